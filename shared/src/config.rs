@@ -1,0 +1,637 @@
+//! Configuration: the user's declarative `conveyor.toml` and the runtime settings that each
+//! function reads once at cold start.
+//!
+//! Everything in `conveyor.toml` is checked while it is parsed, so every error carries the
+//! line and column of the offending value (`conveyor config check FILE`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::secret::SecretSet;
+
+/// The parsed `conveyor.toml`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub environments: Vec<Environment>,
+}
+
+/// A deployment target: a set of instances that runs what one branch builds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawEnvironment")]
+pub struct Environment {
+    pub name: String,
+    /// The branch whose successful builds are deployed here.
+    pub branch: String,
+    /// Only builds of this repository (`owner/name`) deploy here; any repository when unset.
+    pub repository: Option<String>,
+    /// Only a successful run of the workflow with this name deploys here (check suites are
+    /// then ignored); any successful workflow run or check suite when unset.
+    pub require_workflow: Option<String>,
+    /// Where a build's artifact lives: an `s3://` URL template.
+    pub artifact: ArtifactTemplate,
+    pub instances: InstanceFilter,
+    pub rollout: Rollout,
+    pub health: HealthCheck,
+}
+
+/// EC2 tag filters that pick an environment's instances.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFilter {
+    /// Tag key to accepted value. Default: `conveyor:environment = <environment name>`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How a release rolls across the fleet.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawRollout")]
+pub struct Rollout {
+    /// Cumulative share of the fleet that runs the new release after each wave.
+    pub waves: Vec<WaveSize>,
+    /// Instances that must stay healthy throughout; never undercut.
+    pub min_healthy: WaveSize,
+    pub wave_timeout: Seconds,
+}
+
+/// What the agent checks on each instance after a release starts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// A local URL on the instance, e.g. `http://127.0.0.1:8080/health`.
+    pub url: String,
+    pub expect_status: u16,
+    pub timeout: Seconds,
+    /// Attempts before the instance is declared unhealthy.
+    pub attempts: u32,
+    pub interval: Seconds,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8080/health".into(),
+            expect_status: 200,
+            timeout: Seconds(5),
+            attempts: 5,
+            interval: Seconds(2),
+        }
+    }
+}
+
+/// A wave's size or a minimum: a number of instances (`1`, `"3"`) or a share (`"50%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveSize {
+    Count(u32),
+    Percent(u8),
+}
+
+impl WaveSize {
+    /// How many of `fleet` instances this size stands for. Percentages round up, so `"1%"` of
+    /// a small fleet is still one instance.
+    pub fn of(self, fleet: usize) -> usize {
+        match self {
+            WaveSize::Count(n) => (n as usize).min(fleet),
+            WaveSize::Percent(p) => (fleet * p as usize).div_ceil(100),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(percent) = text.strip_suffix('%') {
+            match percent.trim().parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(WaveSize::Percent(p)),
+                _ => Err(format!("`{text}` is not a share from 1% to 100%")),
+            }
+        } else {
+            text.parse::<u32>()
+                .map(WaveSize::Count)
+                .map_err(|_| format!("`{text}` is neither a number of instances nor a share like \"50%\""))
+        }
+    }
+}
+
+impl fmt::Display for WaveSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaveSize::Count(n) => write!(f, "{n}"),
+            WaveSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WaveSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(i64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a number of instances or a share like \"50%\""))?
+        {
+            Either::Number(n) => u32::try_from(n)
+                .map(WaveSize::Count)
+                .map_err(|_| de::Error::custom(format!("{n} is not a number of instances"))),
+            Either::Text(text) => WaveSize::parse(&text).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as `"30s"`, `"10m"`, `"1h"` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration like \"30s\", \"10m\" or \"1h\""))?;
+        let scale = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            other => return Err(format!("unknown unit `{other}` in `{text}`: use s, m or h")),
+        };
+        Ok(Seconds(value * scale))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a duration like \"30s\", \"10m\" or \"1h\""))?
+        {
+            Either::Number(n) => Ok(Seconds(n)),
+            Either::Text(text) => Seconds::parse(&text).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// An `s3://bucket/key` template with `{bucket}`, `{repository}`, `{sha}`, `{version}`,
+/// `{branch}` and `{environment}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactTemplate(String);
+
+/// What an artifact template is filled with.
+pub struct ArtifactFields<'a> {
+    pub bucket: &'a str,
+    pub repository: &'a str,
+    pub sha: &'a str,
+    pub version: &'a str,
+    pub branch: &'a str,
+    pub environment: &'a str,
+}
+
+impl ArtifactTemplate {
+    pub const DEFAULT: &'static str = "s3://{bucket}/{repository}/{sha}.tar.gz";
+    const PLACEHOLDERS: [&'static str; 6] =
+        ["bucket", "repository", "sha", "version", "branch", "environment"];
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with("s3://") {
+            return Err(format!("artifact `{text}` must be an s3:// URL"));
+        }
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in artifact `{text}`"))?;
+            let name = &rest[open + 1..open + close];
+            if !Self::PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "unknown placeholder `{{{name}}}` in artifact; use one of {}",
+                    Self::PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                ));
+            }
+            rest = &rest[open + close + 1..];
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn render(&self, fields: &ArtifactFields<'_>) -> String {
+        self.0
+            .replace("{bucket}", fields.bucket)
+            .replace("{repository}", fields.repository)
+            .replace("{sha}", fields.sha)
+            .replace("{version}", fields.version)
+            .replace("{branch}", fields.branch)
+            .replace("{environment}", fields.environment)
+    }
+}
+
+impl Default for ArtifactTemplate {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for ArtifactTemplate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ArtifactTemplate::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// The preset rollout strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// One instance, then half, then all: `[1, "50%", "100%"]`.
+    #[default]
+    Canary,
+    OneAtATime,
+    HalfAtATime,
+    AllAtOnce,
+}
+
+impl Strategy {
+    fn waves(self) -> Vec<WaveSize> {
+        match self {
+            Strategy::Canary => vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)],
+            // Cumulative waves of one: expanded per fleet size when a deployment is planned.
+            Strategy::OneAtATime => vec![WaveSize::Count(1)],
+            Strategy::HalfAtATime => vec![WaveSize::Percent(50), WaveSize::Percent(100)],
+            Strategy::AllAtOnce => vec![WaveSize::Percent(100)],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    strategy: Option<Strategy>,
+    waves: Option<Vec<WaveSize>>,
+    #[serde(default = "no_minimum")]
+    min_healthy: WaveSize,
+    #[serde(default = "default_wave_timeout")]
+    wave_timeout: Seconds,
+}
+
+fn no_minimum() -> WaveSize {
+    WaveSize::Count(0)
+}
+
+fn default_wave_timeout() -> Seconds {
+    Seconds(600)
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            waves: Strategy::default().waves(),
+            min_healthy: no_minimum(),
+            wave_timeout: default_wave_timeout(),
+        }
+    }
+}
+
+impl TryFrom<RawRollout> for Rollout {
+    type Error = String;
+
+    fn try_from(raw: RawRollout) -> Result<Self, String> {
+        let waves = match (raw.strategy, raw.waves) {
+            (Some(_), Some(_)) => {
+                return Err("set either `strategy` or `waves`, not both".into());
+            }
+            (Some(strategy), None) => strategy.waves(),
+            (None, Some(waves)) => {
+                if waves.is_empty() {
+                    return Err("`waves` needs at least one wave, e.g. [1, \"50%\", \"100%\"]".into());
+                }
+                if waves.last() != Some(&WaveSize::Percent(100)) {
+                    return Err("the last wave must be \"100%\" so that every instance gets the release".into());
+                }
+                if waves.iter().any(|w| *w == WaveSize::Count(0)) {
+                    return Err("a wave of 0 instances deploys nothing; remove it".into());
+                }
+                waves
+            }
+            (None, None) => Strategy::default().waves(),
+        };
+        if raw.wave_timeout.0 == 0 {
+            return Err("`wave_timeout` must be longer than 0s".into());
+        }
+        Ok(Self { waves, min_healthy: raw.min_healthy, wave_timeout: raw.wave_timeout })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    name: String,
+    branch: String,
+    repository: Option<String>,
+    require_workflow: Option<String>,
+    #[serde(default)]
+    artifact: ArtifactTemplate,
+    instances: Option<InstanceFilter>,
+    #[serde(default)]
+    rollout: Rollout,
+    #[serde(default)]
+    health: HealthCheck,
+}
+
+/// The tag that marks an instance as part of an environment when no tags are configured.
+pub const ENVIRONMENT_TAG: &str = "conveyor:environment";
+
+impl TryFrom<RawEnvironment> for Environment {
+    type Error = String;
+
+    fn try_from(raw: RawEnvironment) -> Result<Self, String> {
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 63
+            && raw.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "environment name `{}` must be 1 to 63 characters of a-z, 0-9 and -",
+                raw.name
+            ));
+        }
+        if raw.branch.trim().is_empty() {
+            return Err(format!("environment `{}` needs a `branch`", raw.name));
+        }
+        if raw.branch.starts_with("refs/") {
+            return Err(format!(
+                "write the branch of environment `{}` without `refs/heads/`",
+                raw.name
+            ));
+        }
+        if let Some(repository) = &raw.repository {
+            let parts: Vec<&str> = repository.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                return Err(format!("repository `{repository}` must look like owner/name"));
+            }
+        }
+        let mut instances = raw.instances.unwrap_or(InstanceFilter { tags: BTreeMap::new() });
+        if instances.tags.is_empty() {
+            instances.tags.insert(ENVIRONMENT_TAG.into(), raw.name.clone());
+        }
+        Ok(Self {
+            name: raw.name,
+            branch: raw.branch,
+            repository: raw.repository,
+            require_workflow: raw.require_workflow,
+            artifact: raw.artifact,
+            instances,
+            rollout: raw.rollout,
+            health: raw.health,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    environment: Vec<toml::Spanned<Environment>>,
+}
+
+/// A configuration error with its position in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}\n{excerpt}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// The offending line with a caret under the column.
+    pub excerpt: String,
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl Config {
+    /// Parses `text`; `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            ConfigError::at(text, origin, offset, err.message())
+        })?;
+        let mut seen: Vec<&str> = Vec::new();
+        for env in &raw.environment {
+            if seen.contains(&env.get_ref().name.as_str()) {
+                return Err(ConfigError::at(
+                    text,
+                    origin,
+                    env.span().start,
+                    &format!("environment `{}` is defined twice", env.get_ref().name),
+                ));
+            }
+            seen.push(&env.get_ref().name);
+        }
+        Ok(Config { environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect() })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        Ok(Self::parse(&text, &path.display().to_string())?)
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+}
+
+impl ConfigError {
+    fn at(text: &str, origin: &str, offset: usize, message: &str) -> Self {
+        let offset = offset.min(text.len());
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        let line_text = text[line_start..].lines().next().unwrap_or("");
+        let excerpt = format!("  | {line_text}\n  | {}^", " ".repeat(column - 1));
+        Self { origin: origin.to_owned(), line, column, message: message.trim().to_owned(), excerpt }
+    }
+}
+
+/// Where the GitHub webhook secrets come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    /// `GITHUB_WEBHOOK_SECRET`: comma-separated secrets (local runs).
+    Inline(SecretSet),
+    /// `GITHUB_WEBHOOK_SECRET_ID`: a Secrets Manager secret (name or ARN) whose string is the
+    /// comma-separated list, resolved once at cold start.
+    SecretsManager(String),
+}
+
+/// Runtime settings, read from the environment once at cold start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub table: String,
+    pub config_path: PathBuf,
+    pub artifacts_bucket: String,
+    pub github_secrets: SecretSource,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error(
+        "no GitHub webhook secret: set GITHUB_WEBHOOK_SECRET (comma-separated) or GITHUB_WEBHOOK_SECRET_ID (a Secrets Manager secret)"
+    )]
+    NoGithubSecret,
+}
+
+impl Settings {
+    pub const DEFAULT_TABLE: &'static str = "conveyor";
+    pub const DEFAULT_CONFIG: &'static str = "conveyor.toml";
+    pub const DEFAULT_ARTIFACTS_BUCKET: &'static str = "conveyor-artifacts";
+
+    /// Reads settings through `var` (the process environment in production, a map in tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let github_secrets = match (non_empty("GITHUB_WEBHOOK_SECRET_ID"), non_empty("GITHUB_WEBHOOK_SECRET")) {
+            (Some(id), _) => SecretSource::SecretsManager(id),
+            (None, Some(list)) => SecretSource::Inline(
+                SecretSet::from_comma_separated(&list).ok_or(SettingsError::NoGithubSecret)?,
+            ),
+            (None, None) => return Err(SettingsError::NoGithubSecret),
+        };
+        Ok(Self {
+            table: non_empty("CONVEYOR_TABLE").unwrap_or_else(|| Self::DEFAULT_TABLE.into()),
+            config_path: non_empty("CONVEYOR_CONFIG")
+                .unwrap_or_else(|| Self::DEFAULT_CONFIG.into())
+                .into(),
+            artifacts_bucket: non_empty("CONVEYOR_ARTIFACTS_BUCKET")
+                .unwrap_or_else(|| Self::DEFAULT_ARTIFACTS_BUCKET.into()),
+            github_secrets,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "conveyor.toml")
+    }
+
+    #[test]
+    fn an_environment_with_name_and_branch_gets_defaults() {
+        let config = parse("[[environment]]\nname = \"production\"\nbranch = \"main\"\n").unwrap();
+        let env = &config.environments[0];
+        assert_eq!(env.rollout.waves, vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)]);
+        assert_eq!(env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str), Some("production"));
+        assert_eq!(env.artifact, ArtifactTemplate::default());
+        assert_eq!(env.health, HealthCheck::default());
+        assert_eq!(env.rollout.wave_timeout, Seconds(600));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../conveyor.example.toml");
+        let config = parse(text).unwrap();
+        assert!(!config.environments.is_empty());
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let text = "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n[environment.rollout]\nwaves = [1, \"150%\", \"100%\"]\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("150%"), "{err}");
+        assert!(err.to_string().starts_with("conveyor.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_position() {
+        let err = parse("[[environment]]\nname = \"prod\"\nbrnach = \"main\"\n").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 1), "{err}");
+        assert!(err.message.contains("brnach"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_environment_names_point_at_the_second() {
+        let text = "[[environment]]\nname = \"a\"\nbranch = \"main\"\n\n[[environment]]\nname = \"a\"\nbranch = \"dev\"\n";
+        let err = parse(text).unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err}");
+        assert!(err.line >= 5, "{err}");
+    }
+
+    #[test]
+    fn rollout_rules() {
+        let base = "[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n";
+        let check = |extra: &str| parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone());
+        assert!(check("waves = [1, \"50%\"]\n").unwrap_err().message.contains("last wave"));
+        assert!(check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n").unwrap_err().message.contains("not both"));
+        assert_eq!(check("strategy = \"all-at-once\"\n").unwrap().waves, vec![WaveSize::Percent(100)]);
+        assert!(check("strategy = \"sometimes\"\n").is_err());
+        assert_eq!(check("wave_timeout = \"2m\"\n").unwrap().wave_timeout, Seconds(120));
+        assert!(check("wave_timeout = \"2d\"\n").unwrap_err().message.contains("unit"));
+        assert_eq!(check("min_healthy = \"75%\"\n").unwrap().min_healthy, WaveSize::Percent(75));
+    }
+
+    #[test]
+    fn environment_fields_are_checked() {
+        let err = parse("[[environment]]\nname = \"Prod\"\nbranch = \"main\"\n").unwrap_err();
+        assert!(err.message.contains("a-z"), "{err}");
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
+        assert!(err.message.contains("refs/heads"), "{err}");
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n").unwrap_err();
+        assert!(err.message.contains("owner/name"), "{err}");
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n").unwrap_err();
+        assert!(err.message.contains("{nope}"), "{err}");
+        let err = parse("[[environment]]\nname = \"p\"\n").unwrap_err();
+        assert!(err.message.contains("branch"), "{err}");
+    }
+
+    #[test]
+    fn wave_sizes_round_up() {
+        assert_eq!(WaveSize::Percent(50).of(5), 3);
+        assert_eq!(WaveSize::Percent(1).of(3), 1);
+        assert_eq!(WaveSize::Count(4).of(2), 2);
+        assert_eq!(WaveSize::Percent(100).of(0), 0);
+    }
+
+    #[test]
+    fn artifact_template_renders_every_placeholder() {
+        let template = ArtifactTemplate::parse("s3://{bucket}/{environment}/{branch}/{repository}/{version}-{sha}.tgz").unwrap();
+        let rendered = template.render(&ArtifactFields {
+            bucket: "b", repository: "o/r", sha: "abc", version: "v1", branch: "main", environment: "prod",
+        });
+        assert_eq!(rendered, "s3://b/prod/main/o/r/v1-abc.tgz");
+        assert!(ArtifactTemplate::parse("https://x/y").is_err());
+    }
+
+    #[test]
+    fn settings_need_a_secret_and_prefer_secrets_manager() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(Settings::from_vars(vars(&[])).unwrap_err(), SettingsError::NoGithubSecret);
+        assert_eq!(Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", " , ")])).unwrap_err(), SettingsError::NoGithubSecret);
+        let s = Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", "a,b"), ("CONVEYOR_TABLE", "t")])).unwrap();
+        assert_eq!(s.table, "t");
+        assert!(matches!(s.github_secrets, SecretSource::Inline(ref set) if set.len() == 2));
+        let s = Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", "a"), ("GITHUB_WEBHOOK_SECRET_ID", "arn:x")])).unwrap();
+        assert_eq!(s.github_secrets, SecretSource::SecretsManager("arn:x".into()));
+        assert_eq!(s.table, Settings::DEFAULT_TABLE);
+    }
+}

@@ -1,0 +1,467 @@
+//! The intake decision: from a verified GitHub delivery to the facts to record.
+//!
+//! `payload_json` unwraps the body, `plan` reads the event and decides; both are pure so the
+//! whole decision path is unit-tested and benchmarked without a table.
+
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
+use super::records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
+use crate::config::{ArtifactFields, Config, Environment};
+
+/// GitHub's own cap on a webhook payload.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// A delivery that cannot be acted on. Each maps to an HTTP status and a stable code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntakeError {
+    #[error("the {0} header is missing")]
+    MissingHeader(&'static str),
+    #[error("content type `{0}` is not supported: send application/json or application/x-www-form-urlencoded")]
+    UnsupportedContentType(String),
+    #[error("the form body has no `payload` field")]
+    MissingPayloadField,
+    #[error("the {event} payload is not valid: {detail}")]
+    InvalidPayload { event: String, detail: String },
+}
+
+impl IntakeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            IntakeError::UnsupportedContentType(_) => 415,
+            _ => 400,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::MissingHeader(_) => "missing_header",
+            IntakeError::UnsupportedContentType(_) => "unsupported_content_type",
+            IntakeError::MissingPayloadField => "missing_payload",
+            IntakeError::InvalidPayload { .. } => "invalid_payload",
+        }
+    }
+}
+
+/// The JSON document inside the body: the body itself, or the `payload` form field.
+pub fn payload_json<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, IntakeError> {
+    let media_type = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/json" => Ok(Cow::Borrowed(body)),
+        "application/x-www-form-urlencoded" => form_urlencoded::parse(body)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, value)| Cow::Owned(value.into_owned().into_bytes()))
+            .ok_or(IntakeError::MissingPayloadField),
+        "" => Err(IntakeError::UnsupportedContentType("(none)".into())),
+        other => Err(IntakeError::UnsupportedContentType(other.into())),
+    }
+}
+
+/// What the delivery amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The hook was just created: answer, record nothing.
+    Ping { zen: Option<String> },
+    /// Facts were recorded.
+    Recorded,
+    /// Nothing Conveyor acts on; the delivery is still logged, with the reason.
+    Ignored(String),
+}
+
+/// Everything the delivery asks Conveyor to record. Every entry is keyed by a natural key,
+/// so applying a plan twice changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub outcome: Outcome,
+    pub commits: Vec<CommitRecord>,
+    pub push: Option<PushRecord>,
+    pub build: Option<BuildRecord>,
+    /// At most one per environment; the store creates each only if (environment, sha) is new.
+    pub deployments: Vec<DeploymentRecord>,
+}
+
+impl Plan {
+    fn outcome(outcome: Outcome) -> Self {
+        Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new() }
+    }
+}
+
+/// What the decision needs besides the delivery.
+pub struct PlanContext<'a> {
+    pub config: &'a Config,
+    pub artifacts_bucket: &'a str,
+    /// Unix seconds, for facts without a time of their own.
+    pub now: i64,
+}
+
+/// Decides what a delivery of `event` with the JSON `payload` records.
+pub fn plan(event: &str, delivery: &str, payload: &[u8], ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
+    match event {
+        "ping" => {
+            let ping: PingEvent = parse(event, payload)?;
+            Ok(Plan::outcome(Outcome::Ping { zen: ping.zen }))
+        }
+        "push" => plan_push(parse(event, payload)?, delivery, ctx),
+        "workflow_run" => plan_workflow_run(parse(event, payload)?, ctx),
+        "check_suite" => plan_check_suite(parse(event, payload)?, ctx),
+        other => {
+            // Still a JSON document, or it is not a webhook delivery at all.
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|err| IntakeError::InvalidPayload {
+                event: other.to_owned(),
+                detail: err.to_string(),
+            })?;
+            Ok(Plan::outcome(Outcome::Ignored(format!("Conveyor does not act on `{other}` events"))))
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(event: &str, payload: &[u8]) -> Result<T, IntakeError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let detail = if path == "." { inner.to_string() } else { format!("at `{path}`: {inner}") };
+        IntakeError::InvalidPayload { event: event.to_owned(), detail }
+    })
+}
+
+fn timestamp(event: &str, field: &str, value: &str) -> Result<i64, IntakeError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|_| IntakeError::InvalidPayload {
+            event: event.to_owned(),
+            detail: format!("at `{field}`: `{value}` is not an ISO 8601 timestamp"),
+        })
+}
+
+const TITLE_LIMIT: usize = 200;
+
+fn commit_record(push: &PushEvent, commit: &PushCommit, index: usize) -> Result<CommitRecord, IntakeError> {
+    let title: String = commit.message.lines().next().unwrap_or("").chars().take(TITLE_LIMIT).collect();
+    Ok(CommitRecord {
+        repository: push.repository.full_name.clone(),
+        sha: commit.id.clone(),
+        committed_at: timestamp("push", &format!("commits[{index}].timestamp"), &commit.timestamp)?,
+        git_ref: push.git_ref.clone(),
+        title,
+        author: commit.author.as_ref().and_then(|a| a.name.clone().or_else(|| a.username.clone())),
+    })
+}
+
+fn plan_push(push: PushEvent, delivery: &str, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
+    let mut commits = Vec::with_capacity(push.commits.len() + 1);
+    for (index, commit) in push.commits.iter().enumerate() {
+        commits.push(commit_record(&push, commit, index)?);
+    }
+    if let Some(head) = &push.head_commit
+        && !commits.iter().any(|c| c.sha == head.id)
+    {
+        commits.push(commit_record(&push, head, push.commits.len())?);
+    }
+    let (ref_kind, ref_name) = if let Some(name) = push.git_ref.strip_prefix("refs/heads/") {
+        (RefKind::Branch, name)
+    } else if let Some(name) = push.git_ref.strip_prefix("refs/tags/") {
+        (RefKind::Tag, name)
+    } else {
+        (RefKind::Other, push.git_ref.as_str())
+    };
+    let record = PushRecord {
+        repository: push.repository.full_name.clone(),
+        delivery: delivery.to_owned(),
+        git_ref: push.git_ref.clone(),
+        ref_kind,
+        ref_name: ref_name.to_owned(),
+        before: push.before.clone(),
+        after: push.after.clone(),
+        created: push.created,
+        deleted: push.deleted,
+        forced: push.forced,
+        commit_count: push.commits.len(),
+        received_at: ctx.now,
+    };
+    Ok(Plan { outcome: Outcome::Recorded, commits, push: Some(record), build: None, deployments: Vec::new() })
+}
+
+/// Which kind of build finished, for environments that require one workflow.
+enum BuildKind<'a> {
+    Workflow(&'a str),
+    CheckSuite,
+}
+
+fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
+    if event.action != "completed" {
+        return Ok(Plan::outcome(Outcome::Ignored(format!("workflow run {}", event.action))));
+    }
+    let run = &event.workflow_run;
+    let name = run.name.clone().unwrap_or_default();
+    let completed_at = match &run.updated_at {
+        Some(at) => timestamp("workflow_run", "workflow_run.updated_at", at)?,
+        None => ctx.now,
+    };
+    let build = BuildRecord {
+        repository: event.repository.full_name.clone(),
+        sha: run.head_sha.clone(),
+        branch: run.head_branch.clone(),
+        source: format!(
+            "workflow_run:{}:{}:{}",
+            run.workflow_id.unwrap_or(0),
+            run.id,
+            run.run_attempt.unwrap_or(1)
+        ),
+        name: name.clone(),
+        conclusion: run.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+        url: run.html_url.clone(),
+        completed_at,
+    };
+    // A run on a fork's branch of the same name must never deploy this repository.
+    let from_fork = run
+        .head_repository
+        .as_ref()
+        .is_some_and(|head| head.full_name != event.repository.full_name);
+    let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
+}
+
+fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
+    if event.action != "completed" {
+        return Ok(Plan::outcome(Outcome::Ignored(format!("check suite {}", event.action))));
+    }
+    let suite = &event.check_suite;
+    let app = suite
+        .app
+        .as_ref()
+        .and_then(|app| app.slug.clone().or_else(|| app.name.clone()))
+        .unwrap_or_else(|| "unknown-app".into());
+    let completed_at = match &suite.updated_at {
+        Some(at) => timestamp("check_suite", "check_suite.updated_at", at)?,
+        None => ctx.now,
+    };
+    let build = BuildRecord {
+        repository: event.repository.full_name.clone(),
+        sha: suite.head_sha.clone(),
+        branch: suite.head_branch.clone(),
+        source: format!("check_suite:{app}:{}", suite.id),
+        name: app,
+        conclusion: suite.conclusion.clone().unwrap_or_else(|| "unknown".into()),
+        url: suite.url.clone(),
+        completed_at,
+    };
+    let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
+}
+
+fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {
+    build.branch.as_deref() == Some(env.branch.as_str())
+        && env.repository.as_ref().is_none_or(|repo| *repo == build.repository)
+        && match (&env.require_workflow, kind) {
+            (None, _) => true,
+            (Some(required), BuildKind::Workflow(name)) => required == name,
+            (Some(_), BuildKind::CheckSuite) => false,
+        }
+}
+
+fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'_>) -> Vec<DeploymentRecord> {
+    if !build.succeeded() {
+        return Vec::new();
+    }
+    let version = DeploymentRecord::version_for(&build.sha);
+    ctx.config
+        .environments
+        .iter()
+        .filter(|env| tracks(env, build, &kind))
+        .map(|env| DeploymentRecord {
+            environment: env.name.clone(),
+            repository: build.repository.clone(),
+            sha: build.sha.clone(),
+            branch: env.branch.clone(),
+            artifact: env.artifact.render(&ArtifactFields {
+                bucket: ctx.artifacts_bucket,
+                repository: &build.repository,
+                sha: &build.sha,
+                version: &version,
+                branch: &env.branch,
+                environment: &env.name,
+            }),
+            version: version.clone(),
+            state: DeploymentState::Pending,
+            reason: format!("{} succeeded on {}", build.name, env.branch),
+            build: build.source.clone(),
+            created_at: ctx.now,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/github");
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test.toml").unwrap()
+    }
+
+    fn ctx(config: &Config) -> PlanContext<'_> {
+        PlanContext { config, artifacts_bucket: "artifacts", now: 1_700_000_000 }
+    }
+
+    fn workflow_run(branch: &str, conclusion: &str, name: &str) -> Vec<u8> {
+        serde_json::json!({
+            "action": "completed",
+            "workflow_run": {
+                "id": 7, "name": name, "workflow_id": 3, "head_branch": branch,
+                "head_sha": "0123456789abcdef0123456789abcdef01234567", "run_attempt": 2,
+                "conclusion": conclusion, "html_url": "https://github.com/o/r/actions/runs/7",
+                "updated_at": "2026-01-02T03:04:05Z", "head_repository": {"full_name": "o/r"}
+            },
+            "repository": {"full_name": "o/r"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn success_on_a_tracked_branch_creates_one_pending_deployment_per_environment() {
+        let config = config(
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[[environment]]\nname = \"canary\"\nbranch = \"main\"\nrepository = \"o/r\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n",
+        );
+        let plan = plan("workflow_run", "d1", &workflow_run("main", "success", "CI"), &ctx(&config)).unwrap();
+        let build = plan.build.as_ref().unwrap();
+        assert_eq!(build.source, "workflow_run:3:7:2");
+        assert_eq!(build.completed_at, 1_767_323_045);
+        let envs: Vec<_> = plan.deployments.iter().map(|d| d.environment.as_str()).collect();
+        assert_eq!(envs, ["prod", "canary"]);
+        let deployment = &plan.deployments[0];
+        assert_eq!(deployment.state, DeploymentState::Pending);
+        assert_eq!(deployment.version, "0123456789ab");
+        assert_eq!(deployment.artifact, "s3://artifacts/o/r/0123456789abcdef0123456789abcdef01234567.tar.gz");
+    }
+
+    #[test]
+    fn failures_untracked_branches_and_other_repositories_deploy_nothing() {
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/other\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n");
+        for (branch, conclusion) in [("main", "success"), ("develop", "failure"), ("feature", "success")] {
+            let plan = plan("workflow_run", "d", &workflow_run(branch, conclusion, "CI"), &ctx(&config)).unwrap();
+            assert!(plan.deployments.is_empty(), "{branch} {conclusion}");
+            assert_eq!(plan.build.unwrap().conclusion, conclusion);
+        }
+    }
+
+    #[test]
+    fn require_workflow_limits_what_deploys() {
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrequire_workflow = \"Release\"\n");
+        let other = plan("workflow_run", "d", &workflow_run("main", "success", "Lint"), &ctx(&config)).unwrap();
+        assert!(other.deployments.is_empty());
+        let release = plan("workflow_run", "d", &workflow_run("main", "success", "Release"), &ctx(&config)).unwrap();
+        assert_eq!(release.deployments.len(), 1);
+        let suite = std::fs::read(format!("{FIXTURES}/check_suite/completed.1.payload.json"));
+        if let Ok(suite) = suite {
+            assert!(plan("check_suite", "d", &suite, &ctx(&config)).unwrap().deployments.is_empty());
+        }
+    }
+
+    #[test]
+    fn runs_from_forks_never_deploy() {
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\n");
+        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
+        body["workflow_run"]["head_repository"]["full_name"] = "mallory/r".into();
+        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert!(plan.deployments.is_empty());
+        assert!(plan.build.is_some());
+    }
+
+    #[test]
+    fn unfinished_runs_are_ignored() {
+        let config = Config::default();
+        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
+        body["action"] = "in_progress".into();
+        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert!(matches!(plan.outcome, Outcome::Ignored(_)));
+        assert!(plan.build.is_none());
+    }
+
+    #[test]
+    fn push_records_commits_tags_and_deletions() {
+        let config = Config::default();
+        let body = serde_json::json!({
+            "ref": "refs/heads/main", "before": "a".repeat(40), "after": "b".repeat(40),
+            "created": false, "deleted": false, "forced": true,
+            "commits": [
+                {"id": "c1", "timestamp": "2019-05-15T15:20:30-05:00", "message": "First line\n\nbody", "author": {"name": "Ann"}},
+                {"id": "c2", "timestamp": "2019-05-15T15:21:30-05:00", "message": "Second", "author": {"username": "bob"}}
+            ],
+            "head_commit": {"id": "c2", "timestamp": "2019-05-15T15:21:30-05:00", "message": "Second"},
+            "repository": {"full_name": "o/r", "created_at": 1557933565}
+        });
+        let planned = plan("push", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert_eq!(planned.commits.len(), 2);
+        assert_eq!(planned.commits[0].title, "First line");
+        assert_eq!(planned.commits[0].committed_at, 1_557_951_630);
+        assert_eq!(planned.commits[1].author.as_deref(), Some("bob"));
+        let push = planned.push.unwrap();
+        assert_eq!((push.ref_kind, push.ref_name.as_str(), push.forced), (RefKind::Branch, "main", true));
+
+        let tag_deleted = serde_json::json!({
+            "ref": "refs/tags/v1.2.3", "before": "a".repeat(40), "after": "0".repeat(40),
+            "deleted": true, "commits": [], "head_commit": null, "repository": {"full_name": "o/r"}
+        });
+        let planned = plan("push", "d", tag_deleted.to_string().as_bytes(), &ctx(&config)).unwrap();
+        let push = planned.push.unwrap();
+        assert_eq!((push.ref_kind, push.ref_name.as_str(), push.deleted), (RefKind::Tag, "v1.2.3", true));
+        assert!(planned.commits.is_empty());
+    }
+
+    #[test]
+    fn malformed_payloads_name_the_problem() {
+        let config = Config::default();
+        let err = plan("push", "d", b"{not json", &ctx(&config)).unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        let err = plan("push", "d", br#"{"ref": "refs/heads/main", "before": "a", "after": "b", "repository": {}}"#, &ctx(&config)).unwrap_err();
+        assert!(err.to_string().contains("repository"), "{err}");
+        let bad_time = br#"{"ref":"refs/heads/main","before":"a","after":"b","commits":[{"id":"c","timestamp":"yesterday"}],"repository":{"full_name":"o/r"}}"#;
+        let err = plan("push", "d", bad_time, &ctx(&config)).unwrap_err();
+        assert!(err.to_string().contains("commits[0].timestamp"), "{err}");
+        let err = plan("release", "d", b"[", &ctx(&config)).unwrap_err();
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(payload_json(Some("application/json; charset=utf-8"), b"{}").unwrap().as_ref(), b"{}");
+        let form = b"payload=%7B%22zen%22%3A%22x%22%7D";
+        assert_eq!(payload_json(Some("application/x-www-form-urlencoded"), form).unwrap().as_ref(), br#"{"zen":"x"}"#);
+        assert_eq!(payload_json(Some("application/x-www-form-urlencoded"), b"other=1"), Err(IntakeError::MissingPayloadField));
+        assert_eq!(payload_json(Some("text/plain"), b"{}").unwrap_err().status(), 415);
+        assert_eq!(payload_json(None, b"{}").unwrap_err().status(), 415);
+    }
+
+    #[test]
+    fn every_real_payload_is_planned() {
+        let Ok(folders) = std::fs::read_dir(FIXTURES) else {
+            eprintln!("skipped: {FIXTURES} is not beside this clone");
+            return;
+        };
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"master\"\n");
+        let mut planned = 0;
+        for folder in folders.flatten() {
+            let event = folder.file_name().to_string_lossy().into_owned();
+            for file in std::fs::read_dir(folder.path()).unwrap().flatten() {
+                let body = std::fs::read(file.path()).unwrap();
+                let result = plan(&event, "d", &body, &ctx(&config));
+                assert!(result.is_ok(), "{}: {:?}", file.path().display(), result);
+                planned += 1;
+            }
+        }
+        assert!(planned >= 40, "only {planned} fixtures found");
+    }
+}

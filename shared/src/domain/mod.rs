@@ -1,0 +1,8 @@
+//! Pure domain code: what an outside event means and what Conveyor records for it.
+//! Nothing here performs I/O; the functions decide here and act through [`crate::store`].
+
+pub mod github;
+pub mod intake;
+pub mod records;
+
+pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};

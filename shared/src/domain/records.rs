@@ -1,0 +1,117 @@
+//! The facts Conveyor keeps in its ledger. How they are keyed in the table is the store's
+//! business ([`crate::store`]); these types only say what each fact is.
+
+use serde::{Deserialize, Serialize};
+
+/// A commit seen in a push: the start of lead time for changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub repository: String,
+    pub sha: String,
+    /// Committed at, Unix seconds (from the commit's own ISO 8601 timestamp).
+    pub committed_at: i64,
+    /// The ref of the push that brought the commit (`refs/heads/main`).
+    pub git_ref: String,
+    /// First line of the message, shortened.
+    pub title: String,
+    pub author: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefKind {
+    Branch,
+    Tag,
+    Other,
+}
+
+/// One push: a branch or tag created, moved or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecord {
+    pub repository: String,
+    pub delivery: String,
+    pub git_ref: String,
+    pub ref_kind: RefKind,
+    /// The branch or tag name without `refs/heads/` or `refs/tags/`.
+    pub ref_name: String,
+    pub before: String,
+    pub after: String,
+    pub created: bool,
+    pub deleted: bool,
+    pub forced: bool,
+    pub commit_count: usize,
+    pub received_at: i64,
+}
+
+/// A finished CI build (a workflow run or a check suite) for one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub repository: String,
+    pub sha: String,
+    pub branch: Option<String>,
+    /// `workflow_run:<workflow id>:<run id>:<attempt>` or `check_suite:<app>:<suite id>`:
+    /// unique per build attempt, so a re-run is a new record and a redelivery is not.
+    pub source: String,
+    /// The workflow's name or the checking app's slug.
+    pub name: String,
+    /// success, failure, cancelled, timed_out, ... as GitHub reports it.
+    pub conclusion: String,
+    pub url: Option<String>,
+    pub completed_at: i64,
+}
+
+impl BuildRecord {
+    pub fn succeeded(&self) -> bool {
+        self.conclusion == "success"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    RolledBack,
+    Superseded,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Pending => "pending",
+            DeploymentState::InProgress => "in_progress",
+            DeploymentState::Succeeded => "succeeded",
+            DeploymentState::Failed => "failed",
+            DeploymentState::RolledBack => "rolled_back",
+            DeploymentState::Superseded => "superseded",
+        }
+    }
+}
+
+/// A release of one build to one environment. Exactly one exists per (environment, sha).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub environment: String,
+    pub repository: String,
+    pub sha: String,
+    pub branch: String,
+    pub version: String,
+    /// Where the build's artifact is (an `s3://` URL).
+    pub artifact: String,
+    pub state: DeploymentState,
+    /// Why the deployment is in its state, in words.
+    pub reason: String,
+    /// The build that triggered it ([`BuildRecord::source`]).
+    pub build: String,
+    pub created_at: i64,
+}
+
+impl DeploymentRecord {
+    /// The version a build of `sha` is deployed as: its first 12 hex digits, which stay unique
+    /// within a repository and name the release directory on every instance.
+    pub fn version_for(sha: &str) -> String {
+        sha.chars().take(12).collect()
+    }
+}

@@ -1,0 +1,18 @@
+//! Conveyor's shared library.
+//!
+//! Pure decisions live in [`domain`], [`config`] and [`signature`]; input/output lives in one
+//! adapter per service ([`store`] for the DynamoDB table, [`secrets`] for Secrets Manager).
+//! [`http`] is the small request/response vocabulary every HTTP function speaks, so the same
+//! handler runs behind API Gateway in AWS and behind `conveyor dev` locally.
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod secret;
+pub mod secrets;
+pub mod signature;
+pub mod store;
+pub mod telemetry;
+
+#[cfg(feature = "lambda")]
+pub mod lambda;

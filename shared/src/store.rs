@@ -1,0 +1,566 @@
+//! The DynamoDB adapter: Conveyor's one table, its keys, and the only code that talks to it.
+//!
+//! # Keys (single-table design)
+//!
+//! | item        | `pk`                        | `sk`                     | `gsi1pk`              | `gsi1sk`                         | `ttl` |
+//! |-------------|-----------------------------|--------------------------|-----------------------|----------------------------------|-------|
+//! | delivery    | `DELIVERY#<hook id>#<guid>` | `DELIVERY`               |                       |                                  | 7 days|
+//! | commit      | `REPO#<owner/name>`         | `COMMIT#<sha>`           |                       |                                  |       |
+//! | push        | `REPO#<owner/name>`         | `PUSH#<delivery guid>`   | `PUSHES`              | `<received at>#<owner/name>`     |       |
+//! | build       | `REPO#<owner/name>`         | `BUILD#<sha>#<source>`   | `BUILDS`              | `<completed at>#<owner/name>#<sha>` |    |
+//! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<sha>`       | `DEPLOYMENTS#<env>`   | `<created at>#<sha>`             |       |
+//!
+//! Times in sort keys are zero-padded Unix seconds, so they sort as text. `ttl` is Unix
+//! seconds; DynamoDB deletes expired items lazily, so reads treat an expired item as absent.
+//!
+//! # Rules
+//! - Creating an item from an outside event is a conditional put on its natural key; a
+//!   duplicate is reported as [`Put::AlreadyExists`], never as an error.
+//! - A state change is a conditional update on the previous state ([`Table::transition`]).
+//! - Batches retry `UnprocessedItems` with backoff until written or out of attempts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification, WriteRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::domain::{BuildRecord, CommitRecord, DeploymentRecord, PushRecord};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The name of the listing index.
+pub const GSI1: &str = "gsi1";
+/// How long a delivery id is remembered (GitHub redelivers for up to 3 days).
+pub const DELIVERY_TTL_SECONDS: i64 = 7 * 24 * 3600;
+/// How long a claimed delivery is held before another copy may take it over (a crashed run).
+pub const DELIVERY_LEASE_SECONDS: i64 = 60;
+/// DynamoDB's limit on one BatchWriteItem.
+pub const BATCH_SIZE: usize = 25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} on table {table} failed: {message}")]
+    Aws { operation: &'static str, table: String, message: String },
+    #[error("cannot encode a {kind} item: {source}")]
+    Encode { kind: &'static str, source: serde_dynamo::Error },
+    #[error("cannot decode a {kind} item: {source}")]
+    Decode { kind: &'static str, source: serde_dynamo::Error },
+    #[error("batch write left {remaining} items unprocessed after {attempts} attempts")]
+    Unprocessed { remaining: usize, attempts: u32 },
+    #[error("table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally")]
+    NoTable(String),
+}
+
+/// The result of a conditional put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    /// The condition failed: the item (or a newer claim on it) is already there.
+    AlreadyExists,
+}
+
+/// The result of a conditional state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Applied,
+    /// The item was not in the expected state (someone else moved it first) or is missing.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl Key {
+    pub fn delivery(hook_id: &str, guid: &str) -> Self {
+        Self { pk: format!("DELIVERY#{hook_id}#{guid}"), sk: "DELIVERY".into() }
+    }
+    pub fn commit(repository: &str, sha: &str) -> Self {
+        Self { pk: format!("REPO#{repository}"), sk: format!("COMMIT#{sha}") }
+    }
+    pub fn push(repository: &str, delivery: &str) -> Self {
+        Self { pk: format!("REPO#{repository}"), sk: format!("PUSH#{delivery}") }
+    }
+    pub fn build(repository: &str, sha: &str, source: &str) -> Self {
+        Self { pk: format!("REPO#{repository}"), sk: format!("BUILD#{sha}#{source}") }
+    }
+    pub fn deployment(environment: &str, sha: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: format!("DEPLOYMENT#{sha}") }
+    }
+
+    fn into_item(self) -> Item {
+        HashMap::from([("pk".into(), s(self.pk)), ("sk".into(), s(self.sk))])
+    }
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// A sort key segment for a time: zero-padded so text order is time order.
+fn time_key(unix: i64) -> String {
+    format!("{:012}", unix.max(0))
+}
+
+fn encode<T: Serialize>(kind: &'static str, value: &T, key: Key) -> Result<Item, StoreError> {
+    let mut item: Item = serde_dynamo::to_item(value).map_err(|source| StoreError::Encode { kind, source })?;
+    item.extend(key.into_item());
+    Ok(item)
+}
+
+fn decode<T: DeserializeOwned>(kind: &'static str, item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { kind, source })
+}
+
+/// Why a delivery could not be claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This invocation owns the delivery and must finish or release it.
+    Claimed,
+    /// Processed before, or being processed by another copy right now.
+    Duplicate,
+}
+
+/// The table, with the operations Conveyor performs on it.
+#[derive(Clone, Debug)]
+pub struct Table {
+    client: Client,
+    name: String,
+}
+
+impl Table {
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        Self { client, name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn aws_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
+        &self,
+        operation: &'static str,
+        err: aws_sdk_dynamodb::error::SdkError<E, R>,
+    ) -> StoreError {
+        if err.code() == Some("ResourceNotFoundException") {
+            return StoreError::NoTable(self.name.clone());
+        }
+        StoreError::Aws { operation, table: self.name.clone(), message: DisplayErrorContext(err).to_string() }
+    }
+
+    /// Puts `item` unless an item with its key exists.
+    pub async fn put_if_absent(&self, item: Item) -> Result<Put, StoreError> {
+        self.put_if(item, "attribute_not_exists(pk)", HashMap::new(), HashMap::new()).await
+    }
+
+    /// Puts `item` when `condition` holds for the item currently stored under its key.
+    pub async fn put_if(
+        &self,
+        item: Item,
+        condition: &str,
+        names: HashMap<String, String>,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<Put, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names((!names.is_empty()).then_some(names))
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Put::Created),
+            Err(err) if is_condition_failure(&err) => Ok(Put::AlreadyExists),
+            Err(err) => Err(self.aws_error("PutItem", err)),
+        }
+    }
+
+    /// Moves the item at `key` from state `from` to state `to`, recording `reason` and
+    /// appending the change to its `history`, only if it is in state `from` now.
+    pub async fn transition(&self, key: Key, from: &str, to: &str, reason: &str, at: i64) -> Result<Transition, StoreError> {
+        let entry = AttributeValue::M(HashMap::from([
+            ("from".into(), s(from)),
+            ("to".into(), s(to)),
+            ("reason".into(), s(reason)),
+            ("at".into(), n(at)),
+        ]));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key.into_item()))
+            .update_expression(
+                "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)",
+            )
+            .condition_expression("#state = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":to", s(to))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":at", n(at))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":entry", AttributeValue::L(vec![entry]))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transition::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
+    /// Writes `items` in batches of 25, retrying `UnprocessedItems` with backoff.
+    /// Batch puts overwrite: use them only for items whose content follows from their key.
+    pub async fn batch_put(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        let requests: Vec<WriteRequest> = items
+            .into_iter()
+            .filter_map(|item| PutRequest::builder().set_item(Some(item)).build().ok())
+            .map(|put| WriteRequest::builder().put_request(put).build())
+            .collect();
+        for chunk in requests.chunks(BATCH_SIZE) {
+            write_until_processed(chunk.to_vec(), Backoff::default(), |batch| async move {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.name, batch)
+                    .send()
+                    .await
+                    .map_err(|err| self.aws_error("BatchWriteItem", err))?;
+                Ok(output.unprocessed_items.and_then(|mut left| left.remove(&self.name)).unwrap_or_default())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: Key) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(key.into_item()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| self.aws_error("GetItem", err))?;
+        Ok(output.item)
+    }
+
+    /// The newest `limit` items of a listing (`gsi1pk`), newest first.
+    pub async fn newest(&self, listing: &str, limit: i32) -> Result<Vec<Item>, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .index_name(GSI1)
+            .key_condition_expression("gsi1pk = :listing")
+            .expression_attribute_values(":listing", s(listing))
+            .scan_index_forward(false)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|err| self.aws_error("Query", err))?;
+        Ok(output.items.unwrap_or_default())
+    }
+
+    /// Creates the table with its index, stream and TTL when it is missing. For the local
+    /// emulator only: in AWS the SAM template owns the table. Returns whether it created it.
+    pub async fn create_if_missing(&self) -> Result<bool, StoreError> {
+        match self.client.describe_table().table_name(&self.name).send().await {
+            Ok(_) => return Ok(false),
+            Err(err) if err.code() == Some("ResourceNotFoundException") => {}
+            Err(err) => return Err(self.aws_error("DescribeTable", err)),
+        }
+        let attribute = |name: &str| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+        };
+        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(GSI1)
+            .key_schema(key("gsi1pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
+            .key_schema(key("gsi1sk", KeyType::Range).map_err(|e| self.build_error(e))?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+            .map_err(|e| self.build_error(e))?;
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("pk").map_err(|e| self.build_error(e))?)
+            .attribute_definitions(attribute("sk").map_err(|e| self.build_error(e))?)
+            .attribute_definitions(attribute("gsi1pk").map_err(|e| self.build_error(e))?)
+            .attribute_definitions(attribute("gsi1sk").map_err(|e| self.build_error(e))?)
+            .key_schema(key("pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
+            .key_schema(key("sk", KeyType::Range).map_err(|e| self.build_error(e))?)
+            .global_secondary_indexes(index)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .map_err(|e| self.build_error(e))?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            // Another process created it first: that is what we wanted.
+            Err(err) if err.code() == Some("ResourceInUseException") => return Ok(false),
+            Err(err) => return Err(self.aws_error("CreateTable", err)),
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name("ttl")
+                    .enabled(true)
+                    .build()
+                    .map_err(|e| self.build_error(e))?,
+            )
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateTimeToLive", err))?;
+        Ok(true)
+    }
+
+    fn build_error(&self, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+        StoreError::Aws { operation: "CreateTable", table: self.name.clone(), message: err.to_string() }
+    }
+
+    // ---- deliveries ------------------------------------------------------------------
+
+    /// Claims a delivery for processing. Succeeds for a new delivery, for one whose earlier
+    /// claim was abandoned (lease over: the invocation crashed), and for an expired record.
+    pub async fn claim_delivery(&self, hook_id: &str, guid: &str, event: &str, token: &str, now: i64) -> Result<Claim, StoreError> {
+        let mut item = Key::delivery(hook_id, guid).into_item();
+        item.extend([
+            ("event".into(), s(event)),
+            ("state".into(), s("processing")),
+            ("claim".into(), s(token)),
+            ("lease_until".into(), n(now + DELIVERY_LEASE_SECONDS)),
+            ("received_at".into(), n(now)),
+            ("ttl".into(), n(now + DELIVERY_TTL_SECONDS)),
+        ]);
+        let put = self
+            .put_if(
+                item,
+                "attribute_not_exists(pk) OR (#state = :processing AND lease_until < :now) OR #ttl < :now",
+                HashMap::from([("#state".into(), "state".into()), ("#ttl".into(), "ttl".into())]),
+                HashMap::from([(":processing".into(), s("processing")), (":now".into(), n(now))]),
+            )
+            .await?;
+        Ok(match put {
+            Put::Created => Claim::Claimed,
+            Put::AlreadyExists => Claim::Duplicate,
+        })
+    }
+
+    /// Marks a claimed delivery done with its outcome. Only the holder of the claim can.
+    pub async fn finish_delivery(&self, hook_id: &str, guid: &str, token: &str, outcome: &str, detail: &str) -> Result<Transition, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::delivery(hook_id, guid).into_item()))
+            .update_expression("SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until")
+            .condition_expression("#state = :processing AND claim = :token")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":done", s("done"))
+            .expression_attribute_values(":processing", s("processing"))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":outcome", s(outcome))
+            .expression_attribute_values(":detail", s(detail))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transition::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
+    /// Gives up a claim after a failure so that a redelivery is processed in full.
+    pub async fn release_delivery(&self, hook_id: &str, guid: &str, token: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::delivery(hook_id, guid).into_item()))
+            .condition_expression("#state = :processing AND claim = :token")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":processing", s("processing"))
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_condition_failure(&err) => Ok(()),
+            Err(err) => Err(self.aws_error("DeleteItem", err)),
+        }
+    }
+
+    // ---- the ledger ------------------------------------------------------------------
+
+    /// Commits are facts keyed by sha: writing one twice writes the same thing.
+    pub async fn record_commits(&self, commits: &[CommitRecord]) -> Result<(), StoreError> {
+        let items = commits
+            .iter()
+            .map(|c| encode("commit", c, Key::commit(&c.repository, &c.sha)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_put(items).await
+    }
+
+    pub async fn record_push(&self, push: &PushRecord) -> Result<Put, StoreError> {
+        let mut item = encode("push", push, Key::push(&push.repository, &push.delivery))?;
+        item.insert("gsi1pk".into(), s("PUSHES"));
+        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(push.received_at), push.repository)));
+        self.put_if_absent(item).await
+    }
+
+    pub async fn record_build(&self, build: &BuildRecord) -> Result<Put, StoreError> {
+        let mut item = encode("build", build, Key::build(&build.repository, &build.sha, &build.source))?;
+        item.insert("gsi1pk".into(), s("BUILDS"));
+        item.insert(
+            "gsi1sk".into(),
+            s(format!("{}#{}#{}", time_key(build.completed_at), build.repository, build.sha)),
+        );
+        self.put_if_absent(item).await
+    }
+
+    /// Creates the deployment of `sha` to its environment unless one exists already.
+    pub async fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Put, StoreError> {
+        let mut item = encode("deployment", deployment, Key::deployment(&deployment.environment, &deployment.sha))?;
+        item.insert("gsi1pk".into(), s(format!("DEPLOYMENTS#{}", deployment.environment)));
+        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(deployment.created_at), deployment.sha)));
+        self.put_if_absent(item).await
+    }
+
+    pub async fn recent_builds(&self, limit: i32) -> Result<Vec<BuildRecord>, StoreError> {
+        self.newest("BUILDS", limit).await?.into_iter().map(|item| decode("build", item)).collect()
+    }
+
+    pub async fn recent_deployments(&self, environment: &str, limit: i32) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.newest(&format!("DEPLOYMENTS#{environment}"), limit)
+            .await?
+            .into_iter()
+            .map(|item| decode("deployment", item))
+            .collect()
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
+    err.code() == Some("ConditionalCheckFailedException")
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { first: Duration::from_millis(50), max: Duration::from_secs(2), attempts: 8 }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.first.saturating_mul(1 << attempt.min(16)).min(self.max);
+        // Full jitter from a per-process random seed; no RNG crate needed for this.
+        let random = {
+            use std::hash::{BuildHasher, RandomState};
+            RandomState::new().hash_one(attempt)
+        };
+        ceiling.mul_f64((random % 1000) as f64 / 1000.0)
+    }
+}
+
+/// Sends `requests`, then whatever `send` reports as unprocessed, until nothing is left or
+/// the attempts run out.
+pub async fn write_until_processed<F, Fut>(mut requests: Vec<WriteRequest>, backoff: Backoff, mut send: F) -> Result<(), StoreError>
+where
+    F: FnMut(Vec<WriteRequest>) -> Fut,
+    Fut: Future<Output = Result<Vec<WriteRequest>, StoreError>>,
+{
+    for attempt in 0..backoff.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
+        requests = send(requests).await?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(StoreError::Unprocessed { remaining: requests.len(), attempts: backoff.attempts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: usize) -> WriteRequest {
+        let item = HashMap::from([("pk".to_string(), s(id.to_string()))]);
+        WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().unwrap()).build()
+    }
+
+    fn fast() -> Backoff {
+        Backoff { first: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 4 }
+    }
+
+    #[tokio::test]
+    async fn unprocessed_items_are_sent_again_until_written() {
+        let mut sent = Vec::new();
+        let result = write_until_processed((0..5).map(request).collect(), fast(), |batch| {
+            sent.push(batch.len());
+            // The service takes two items a call and hands back the rest.
+            let left = batch.into_iter().skip(2).collect::<Vec<_>>();
+            async move { Ok(left) }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(sent, vec![5, 3, 1]);
+    }
+
+    #[tokio::test]
+    async fn gives_up_with_a_count_of_what_is_left() {
+        let result = write_until_processed((0..3).map(request).collect(), fast(), |batch| async move { Ok(batch) }).await;
+        assert!(matches!(result, Err(StoreError::Unprocessed { remaining: 3, attempts: 4 })), "{result:?}");
+    }
+
+    #[test]
+    fn backoff_stays_under_its_ceiling() {
+        let backoff = Backoff::default();
+        for attempt in 0..20 {
+            assert!(backoff.delay(attempt) <= backoff.max);
+        }
+    }
+
+    #[test]
+    fn time_keys_sort_as_text() {
+        assert!(time_key(999) < time_key(1000));
+        assert_eq!(time_key(-5), time_key(0));
+    }
+}
