@@ -1,1 +1,157 @@
+//! One harness for every end-to-end test: the dev server's functions on a random loopback
+//! port, each test with its own table in the local AWS emulator (moto), so tests never share
+//! data and can run in parallel.
+//!
+//! The emulator is started once per test run by `make test` (scripts/with-moto) and found
+//! through `CONVEYOR_TEST_AWS_ENDPOINT`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use bytes::Bytes;
+use conveyor_cli::dev;
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::{Config, SecretSource, Settings};
+use conveyor_shared::secret::SecretSet;
+use conveyor_shared::signature::sign_github;
+use conveyor_shared::store::Table;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const SECRET: &str = "e2e-webhook-secret";
+
+/// The emulator's endpoint; a clear message when the tests were started without one.
+pub fn endpoint() -> String {
+    std::env::var("CONVEYOR_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "CONVEYOR_TEST_AWS_ENDPOINT is not set: run the tests with `make test`, which starts the local AWS emulator (moto) and sets it"
+        )
+    })
+}
+
+/// SDK configuration for the emulator: dummy credentials, a fixed region, loopback only.
+pub async fn sdk() -> SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+        .load()
+        .await
+}
+
+/// A name no other test in this or a concurrent run uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The handbook's real payloads, beside the repository; `None` when this clone lacks them.
+pub fn fixtures_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    dir.is_dir().then_some(dir)
+}
+
+/// The repository's own sample events.
+pub fn events_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events")
+}
+
+/// A running dev server with its own table.
+#[derive(Clone)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub table: Table,
+    pub sdk: SdkConfig,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// An HTTP answer: status and parsed JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    /// Starts the dev server's functions with `config` (TOML) on a random port.
+    pub async fn spawn(config: &str) -> TestApp {
+        let sdk = sdk().await;
+        let settings = Settings {
+            table: unique_name("conveyor-test"),
+            config_path: "unused.toml".into(),
+            artifacts_bucket: "conveyor-artifacts".into(),
+            github_secrets: SecretSource::Inline(SecretSet::from_comma_separated(&format!("rotated-out,{SECRET}")).unwrap()),
+        };
+        let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
+        assert!(table.create_if_missing().await.unwrap(), "a fresh table is created");
+        let config = Config::parse(config, "test.toml").unwrap();
+        let functions = dev::functions(config, &settings, &sdk).await.unwrap();
+        let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(dev::serve(listener, functions, std::future::pending()));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        TestApp { addr, table, sdk, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+        let mut request = hyper::Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.client.request(request.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, &[], Bytes::new()).await
+    }
+
+    /// Posts a GitHub delivery signed with the configured secret, as JSON.
+    pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> Answer {
+        let signature = sign_github(SECRET.as_bytes(), body);
+        self.request(
+            "POST",
+            "/webhooks/github",
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", event),
+                ("x-github-delivery", delivery),
+                ("x-github-hook-id", "4242"),
+                ("x-hub-signature-256", &signature),
+            ],
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
+    pub async fn deployments(&self, environment: &str) -> Vec<Value> {
+        let answer = self.get(&format!("/api/v1/deployments?environment={environment}")).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["deployments"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn builds(&self) -> Vec<Value> {
+        let answer = self.get("/api/v1/builds").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body["builds"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Reads a sample from the repository's `events/` folder.
+pub fn sample(path: &str) -> Vec<u8> {
+    std::fs::read(events_dir().join(path)).unwrap()
+}

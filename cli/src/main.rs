@@ -1,1 +1,127 @@
-fn main(){}
+//! `conveyor`: the operator's command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use conveyor_cli::{dev, replay};
+use conveyor_shared::config::Config;
+use conveyor_shared::{load_aws_config, telemetry};
+
+#[derive(Parser)]
+#[command(name = "conveyor", version, about = "Delivery automation on AWS: the operator's tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every function locally, against the AWS emulator at AWS_ENDPOINT_URL.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Sign a sample GitHub delivery with GITHUB_WEBHOOK_SECRET and post it.
+    Replay {
+        /// A payload file; its folder names the event (events/github/push/...).
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:3000/webhooks/github")]
+        url: String,
+        /// The X-GitHub-Event to send (default: the file's folder name).
+        #[arg(long)]
+        event: Option<String>,
+        /// The X-GitHub-Delivery GUID (default: a new one; repeat one to test dedupe).
+        #[arg(long)]
+        delivery: Option<String>,
+    },
+    /// Check conveyor.toml.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print every function's routes as JSON (what the SAM template must declare).
+    Routes,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem with its line and column; exit 1 when there is one.
+    Check { file: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init(false);
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
+            Ok(config) => {
+                let names: Vec<_> = config.environments.iter().map(|e| e.name.as_str()).collect();
+                println!("{}: ok ({} environments: {})", file.display(), names.len(), names.join(", "));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => Err(err.to_string()),
+        },
+        Command::Routes => {
+            let settings = conveyor_shared::config::Settings::from_vars(|name| match name {
+                // Routes do not depend on secrets; a placeholder lets this run anywhere.
+                "GITHUB_WEBHOOK_SECRET" => Some("routes-only".into()),
+                other => std::env::var(other).ok(),
+            })
+            .map_err(|e| e.to_string())?;
+            let functions = dev::functions(Config::default(), &settings, &load_aws_config().await)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&dev::routes(&functions)).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { listen, config } => {
+            let settings = dev::local_settings(config.as_deref()).map_err(|e| e.to_string())?;
+            let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+            let sdk = load_aws_config().await;
+            if dev::prepare_local_table(&settings, &sdk).await.map_err(|e| e.to_string())? {
+                println!("created table {} in the local emulator", settings.table);
+            }
+            let functions = dev::functions(config, &settings, &sdk).await.map_err(|e| e.to_string())?;
+            let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("conveyor dev listening on http://{addr} (table {})", settings.table);
+            for route in dev::routes(&functions).as_array().into_iter().flatten() {
+                println!("  {:6} {:28} -> {}", route["method"].as_str().unwrap_or(""), route["path"].as_str().unwrap_or(""), route["function"].as_str().unwrap_or(""));
+            }
+            dev::serve(listener, functions, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { file, url, event, delivery } => {
+            let settings = dev::local_settings(None).map_err(|e| e.to_string())?;
+            let secret = dev::replay_secret(&settings)
+                .ok_or("replay signs with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret")?;
+            let event = match event {
+                Some(event) => event,
+                None => replay::event_of(&file).map_err(|e| e.to_string())?,
+            };
+            let body = replay::read(&file).map_err(|e| e.to_string())?;
+            let delivery = delivery.unwrap_or_else(replay::new_delivery_id);
+            let reply = replay::post(&url, &event, &delivery, body, &secret).await.map_err(|e| e.to_string())?;
+            println!("{} {} {} -> {} {}", event, delivery, file.display(), reply.status, reply.body);
+            Ok(if reply.status < 300 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

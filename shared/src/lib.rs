@@ -16,3 +16,11 @@ pub mod telemetry;
 
 #[cfg(feature = "lambda")]
 pub mod lambda;
+
+pub use aws_config::SdkConfig;
+
+/// The AWS configuration every function and the CLI start from: region, credentials and,
+/// when `AWS_ENDPOINT_URL` is set, the local emulator's endpoint.
+pub async fn load_aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

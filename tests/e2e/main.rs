@@ -1,1 +1,5 @@
+//! End-to-end tests: real HTTP on loopback, real DynamoDB API (moto).
 
+mod api;
+mod intake;
+mod local_aws;

@@ -1,1 +1,243 @@
+//! GitHub webhook intake (`POST /webhooks/github`) and the read-only ledger API
+//! (`GET /api/v1/builds`, `GET /api/v1/deployments`).
+//!
+//! A delivery is handled in the order that keeps bad input from changing anything:
+//! size, signature (over the raw bytes), headers, content type, parse and plan (pure), and
+//! only then the table: claim the delivery id, record what the plan says, mark it done.
 
+use std::sync::Arc;
+
+use conveyor_shared::config::{Config, LoadError, Settings, SettingsError};
+use conveyor_shared::domain::intake::{self, MAX_BODY_BYTES, Outcome, PlanContext};
+use conveyor_shared::domain::DeploymentRecord;
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::secret::SecretSet;
+use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::signature;
+use conveyor_shared::SdkConfig;
+use conveyor_shared::store::{Claim, Put, StoreError, Table};
+use serde_json::json;
+
+pub const ROUTES: &[Route] = &[
+    Route { method: "POST", path: "/webhooks/github" },
+    Route { method: "GET", path: "/api/v1/builds" },
+    Route { method: "GET", path: "/api/v1/deployments" },
+];
+
+/// Listings answer at most this many items.
+const MAX_LIMIT: i32 = 200;
+const DEFAULT_LIMIT: i32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+}
+
+/// The intake function: everything it needs, built once at cold start.
+#[derive(Clone)]
+pub struct Intake {
+    table: Table,
+    secrets: SecretSet,
+    config: Arc<Config>,
+    artifacts_bucket: String,
+}
+
+impl Intake {
+    pub fn new(table: Table, secrets: SecretSet, config: Arc<Config>, artifacts_bucket: impl Into<String>) -> Self {
+        Self { table, secrets, config, artifacts_bucket: artifacts_bucket.into() }
+    }
+
+    /// Loads `conveyor.toml`, resolves the webhook secrets and builds the table client.
+    pub async fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, StartupError> {
+        let config = Config::load(&settings.config_path)?;
+        let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
+        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        Ok(Self::new(table, secrets, Arc::new(config), settings.artifacts_bucket.clone()))
+    }
+
+    async fn github(&self, request: Request) -> Response {
+        let body = request.body();
+        if body.len() > MAX_BODY_BYTES {
+            return http::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over GitHub's 25 MB limit");
+        }
+        if let Err(err) = signature::verify_github(&self.secrets, http::header(&request, "x-hub-signature-256"), body) {
+            return http::error(StatusCode::UNAUTHORIZED, "invalid_signature", err);
+        }
+        let (Some(event), Some(guid)) =
+            (http::header(&request, "x-github-event"), http::header(&request, "x-github-delivery"))
+        else {
+            let missing = if http::header(&request, "x-github-event").is_none() { "X-GitHub-Event" } else { "X-GitHub-Delivery" };
+            return rejected(&intake::IntakeError::MissingHeader(missing));
+        };
+        // Redeliveries keep their GUID and every hook on an event shares it: dedupe on both.
+        let hook_id = http::header(&request, "x-github-hook-id").unwrap_or("none");
+        let payload = match intake::payload_json(http::header(&request, "content-type"), body) {
+            Ok(payload) => payload,
+            Err(err) => return rejected(&err),
+        };
+        let now = now();
+        let ctx = PlanContext { config: &self.config, artifacts_bucket: &self.artifacts_bucket, now };
+        let plan = match intake::plan(event, guid, &payload, &ctx) {
+            Ok(plan) => plan,
+            Err(err) => return rejected(&err),
+        };
+        if let Outcome::Ping { zen } = &plan.outcome {
+            return http::json(StatusCode::OK, &json!({"ok": true, "event": "ping", "zen": zen}));
+        }
+
+        let token = claim_token(guid, now);
+        match self.table.claim_delivery(hook_id, guid, event, &token, now).await {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Duplicate) => {
+                tracing::info!(event, delivery = guid, hook_id, "duplicate delivery");
+                return http::json(StatusCode::OK, &json!({"ok": true, "duplicate": true, "delivery": guid, "event": event}));
+            }
+            Err(err) => return store_failure(&err),
+        }
+        let created = match self.apply(&plan).await {
+            Ok(created) => created,
+            Err(err) => {
+                // Give the delivery back so that a redelivery is processed in full.
+                if let Err(release) = self.table.release_delivery(hook_id, guid, &token).await {
+                    tracing::error!(error = %release, delivery = guid, "cannot release the delivery claim");
+                }
+                return store_failure(&err);
+            }
+        };
+        let (status, outcome, detail) = match &plan.outcome {
+            Outcome::Ignored(reason) => (StatusCode::ACCEPTED, "ignored", reason.clone()),
+            _ => (StatusCode::OK, "recorded", String::new()),
+        };
+        if let Err(err) = self.table.finish_delivery(hook_id, guid, &token, outcome, &detail).await {
+            // Everything is recorded; only the delivery's own log entry is behind.
+            tracing::warn!(error = %err, delivery = guid, "cannot mark the delivery done");
+        }
+        tracing::info!(event, delivery = guid, outcome, deployments = created.len(), "delivery handled");
+        let deployments: Vec<_> = created
+            .iter()
+            .map(|d| json!({"environment": d.environment, "sha": d.sha, "version": d.version, "state": d.state}))
+            .collect();
+        let mut body = json!({"ok": true, "duplicate": false, "delivery": guid, "event": event, "outcome": outcome, "deployments": deployments});
+        if !detail.is_empty() {
+            body["reason"] = detail.into();
+        }
+        http::json(status, &body)
+    }
+
+    /// Records the plan. Every write is keyed by a natural key, so a retry repeats nothing.
+    /// Returns the deployments that this call created.
+    async fn apply<'p>(&self, plan: &'p intake::Plan) -> Result<Vec<&'p DeploymentRecord>, StoreError> {
+        self.table.record_commits(&plan.commits).await?;
+        if let Some(push) = &plan.push {
+            self.table.record_push(push).await?;
+        }
+        if let Some(build) = &plan.build {
+            self.table.record_build(build).await?;
+            if !build.succeeded() {
+                tracing::warn!(repository = %build.repository, sha = %build.sha, build = %build.name, conclusion = %build.conclusion, "build did not succeed");
+            }
+        }
+        let mut created = Vec::new();
+        for deployment in &plan.deployments {
+            match self.table.create_deployment(deployment).await? {
+                Put::Created => {
+                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment created");
+                    created.push(deployment);
+                }
+                Put::AlreadyExists => {
+                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment exists already");
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    async fn builds(&self, request: Request) -> Response {
+        let limit = match limit(&request) {
+            Ok(limit) => limit,
+            Err(response) => return response,
+        };
+        match self.table.recent_builds(limit).await {
+            Ok(builds) => http::json(StatusCode::OK, &json!({"builds": builds})),
+            Err(err) => store_failure(&err),
+        }
+    }
+
+    async fn deployments(&self, request: Request) -> Response {
+        let limit = match limit(&request) {
+            Ok(limit) => limit,
+            Err(response) => return response,
+        };
+        let Some(environment) = http::query_param(&request, "environment") else {
+            return http::error(StatusCode::BAD_REQUEST, "missing_parameter", "add ?environment=NAME");
+        };
+        if self.config.environment(&environment).is_none() {
+            let known: Vec<_> = self.config.environments.iter().map(|e| e.name.as_str()).collect();
+            return http::error(
+                StatusCode::NOT_FOUND,
+                "unknown_environment",
+                format!("no environment `{environment}` in conveyor.toml (known: {})", known.join(", ")),
+            );
+        }
+        match self.table.recent_deployments(&environment, limit).await {
+            Ok(deployments) => http::json(StatusCode::OK, &json!({"environment": environment, "deployments": deployments})),
+            Err(err) => store_failure(&err),
+        }
+    }
+}
+
+impl HttpFunction for Intake {
+    fn name(&self) -> &'static str {
+        "webhook-intake"
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        ROUTES
+    }
+
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async move {
+            match (request.method(), request.uri().path().trim_end_matches('/')) {
+                (&Method::POST, "/webhooks/github") => self.github(request).await,
+                (&Method::GET, "/api/v1/builds") => self.builds(request).await,
+                (&Method::GET, "/api/v1/deployments") => self.deployments(request).await,
+                (method, path) => http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
+            }
+        })
+    }
+}
+
+fn rejected(err: &intake::IntakeError) -> Response {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    http::error(status, err.code(), err)
+}
+
+fn store_failure(err: &StoreError) -> Response {
+    tracing::error!(error = %err, "table unavailable");
+    http::error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the ledger could not be written; nothing was recorded, retry the delivery")
+}
+
+fn limit(request: &Request) -> Result<i32, Response> {
+    match http::query_param(request, "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => match text.parse::<i32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(http::error(StatusCode::BAD_REQUEST, "invalid_parameter", format!("limit must be a number from 1 to {MAX_LIMIT}"))),
+        },
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A value that tells this invocation's claim from any other's.
+fn claim_token(guid: &str, now: i64) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!("{now}-{:016x}", RandomState::new().hash_one((guid, std::process::id())))
+}

@@ -1,0 +1,145 @@
+//! `conveyor dev`: every function's routes behind one local HTTP server, with the same paths
+//! as the SAM template, against the local AWS emulator.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::{Config, LoadError, SecretSource, Settings};
+use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
+use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::store::{StoreError, Table};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The largest body the dev server reads; each function applies its own, smaller limit.
+pub const MAX_REQUEST_BYTES: usize = 26 * 1024 * 1024;
+
+/// The functions the dev server runs.
+pub type Functions = Arc<Vec<Arc<dyn HttpFunction>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "AWS_ENDPOINT_URL is not set to a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account"
+    )]
+    NotLocal(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Every function, built the way its Lambda `main` builds it, sharing one table.
+pub async fn functions(config: Config, settings: &Settings, sdk: &SdkConfig) -> Result<Functions, DevError> {
+    let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+    let config = Arc::new(config);
+    let intake = webhook_intake::Intake::new(table, secrets, config, settings.artifacts_bucket.clone());
+    Ok(Arc::new(vec![Arc::new(intake) as Arc<dyn HttpFunction>]))
+}
+
+/// Makes sure the table exists in the local emulator. Refuses anything but a loopback
+/// endpoint, so a stray shell with real credentials cannot create resources in AWS.
+pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result<bool, DevError> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+    let host = endpoint.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
+    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+        return Err(DevError::NotLocal(if endpoint.is_empty() { "unset".into() } else { endpoint }));
+    }
+    let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+    Ok(table.create_if_missing().await?)
+}
+
+/// Settings for a local run: `--config` wins over `CONVEYOR_CONFIG`.
+pub fn local_settings(config_path: Option<&std::path::Path>) -> Result<Settings, conveyor_shared::config::SettingsError> {
+    let mut settings = Settings::from_env()?;
+    if let Some(path) = config_path {
+        settings.config_path = path.to_owned();
+    }
+    Ok(settings)
+}
+
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DevError> {
+    TcpListener::bind(addr).await.map_err(|source| DevError::Listen { addr, source })
+}
+
+/// Serves `functions` on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, functions: Functions, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                continue;
+            }
+        };
+        let functions = functions.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let functions = functions.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&functions, request).await) }
+            });
+            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %err, "connection closed with an error");
+            }
+        });
+    }
+}
+
+async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+    let response = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Err(_) => api::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is larger than any route accepts"),
+        Ok(collected) => {
+            let request = http::Request::from_parts(parts, collected.to_bytes());
+            match api::dispatch(functions.iter().map(|f| f.as_ref()), &method, &path) {
+                Dispatch::To(function) => function.handle(request).await,
+                Dispatch::MethodNotAllowed => {
+                    api::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} does not take {method}"))
+                }
+                Dispatch::NotFound => api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
+            }
+        }
+    };
+    tracing::info!(%method, %path, status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    response.map(Full::new)
+}
+
+/// The routes of every function, as `conveyor routes` prints them for the template check.
+pub fn routes(functions: &Functions) -> serde_json::Value {
+    serde_json::Value::Array(
+        functions
+            .iter()
+            .flat_map(|f| {
+                f.routes().iter().map(|r| serde_json::json!({"function": f.name(), "method": r.method, "path": r.path}))
+            })
+            .collect(),
+    )
+}
+
+/// The first configured inline GitHub secret, for signing replays.
+pub fn replay_secret(settings: &Settings) -> Option<conveyor_shared::secret::Secret> {
+    match &settings.github_secrets {
+        SecretSource::Inline(set) => set.iter().next().cloned(),
+        SecretSource::SecretsManager(_) => None,
+    }
+}
