@@ -50,7 +50,11 @@ pub fn unique_name(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The handbook's real payloads, beside the repository; `None` when this clone lacks them.
@@ -88,32 +92,55 @@ impl TestApp {
             table: unique_name("conveyor-test"),
             config_path: "unused.toml".into(),
             artifacts_bucket: "conveyor-artifacts".into(),
-            github_secrets: SecretSource::Inline(SecretSet::from_comma_separated(&format!("rotated-out,{SECRET}")).unwrap()),
+            github_secrets: SecretSource::Inline(
+                SecretSet::from_comma_separated(&format!("rotated-out,{SECRET}")).unwrap(),
+            ),
         };
         let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
-        assert!(table.create_if_missing().await.unwrap(), "a fresh table is created");
+        assert!(
+            table.create_if_missing().await.unwrap(),
+            "a fresh table is created"
+        );
         let config = Config::parse(config, "test.toml").unwrap();
         let functions = dev::functions(config, &settings, &sdk).await.unwrap();
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(dev::serve(listener, functions, std::future::pending()));
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestApp { addr, table, sdk, client }
+        TestApp {
+            addr,
+            table,
+            sdk,
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
         let mut request = hyper::Request::builder().method(method).uri(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = self.client.request(request.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let response = self
+            .client
+            .request(request.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        Answer {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -139,15 +166,23 @@ impl TestApp {
     }
 
     pub async fn deployments(&self, environment: &str) -> Vec<Value> {
-        let answer = self.get(&format!("/api/v1/deployments?environment={environment}")).await;
+        let answer = self
+            .get(&format!("/api/v1/deployments?environment={environment}"))
+            .await;
         assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body["deployments"].as_array().cloned().unwrap_or_default()
+        answer.body["deployments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn builds(&self) -> Vec<Value> {
         let answer = self.get("/api/v1/builds").await;
         assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body["builds"].as_array().cloned().unwrap_or_default()
+        answer.body["builds"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

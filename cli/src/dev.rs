@@ -37,15 +37,23 @@ pub enum DevError {
     )]
     NotLocal(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Every function, built the way its Lambda `main` builds it, sharing one table.
-pub async fn functions(config: Config, settings: &Settings, sdk: &SdkConfig) -> Result<Functions, DevError> {
+pub async fn functions(
+    config: Config,
+    settings: &Settings,
+    sdk: &SdkConfig,
+) -> Result<Functions, DevError> {
     let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
     let config = Arc::new(config);
-    let intake = webhook_intake::Intake::new(table, secrets, config, settings.artifacts_bucket.clone());
+    let intake =
+        webhook_intake::Intake::new(table, secrets, config, settings.artifacts_bucket.clone());
     Ok(Arc::new(vec![Arc::new(intake) as Arc<dyn HttpFunction>]))
 }
 
@@ -53,16 +61,28 @@ pub async fn functions(config: Config, settings: &Settings, sdk: &SdkConfig) -> 
 /// endpoint, so a stray shell with real credentials cannot create resources in AWS.
 pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result<bool, DevError> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-    let host = endpoint.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
+    let host = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split([':', '/'])
+        .next()
+        .unwrap_or("");
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(DevError::NotLocal(if endpoint.is_empty() { "unset".into() } else { endpoint }));
+        return Err(DevError::NotLocal(if endpoint.is_empty() {
+            "unset".into()
+        } else {
+            endpoint
+        }));
     }
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
     Ok(table.create_if_missing().await?)
 }
 
 /// Settings for a local run: `--config` wins over `CONVEYOR_CONFIG`.
-pub fn local_settings(config_path: Option<&std::path::Path>) -> Result<Settings, conveyor_shared::config::SettingsError> {
+pub fn local_settings(
+    config_path: Option<&std::path::Path>,
+) -> Result<Settings, conveyor_shared::config::SettingsError> {
     let mut settings = Settings::from_env()?;
     if let Some(path) = config_path {
         settings.config_path = path.to_owned();
@@ -72,11 +92,17 @@ pub fn local_settings(config_path: Option<&std::path::Path>) -> Result<Settings,
 
 /// Binds `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DevError> {
-    TcpListener::bind(addr).await.map_err(|source| DevError::Listen { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DevError::Listen { addr, source })
 }
 
 /// Serves `functions` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, functions: Functions, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    functions: Functions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -96,27 +122,43 @@ pub async fn serve(listener: TcpListener, functions: Functions, shutdown: impl s
                 let functions = functions.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&functions, request).await) }
             });
-            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %err, "connection closed with an error");
             }
         });
     }
 }
 
-async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+async fn route(
+    functions: &Functions,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
     let response = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-        Err(_) => api::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is larger than any route accepts"),
+        Err(_) => api::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body is larger than any route accepts",
+        ),
         Ok(collected) => {
             let request = http::Request::from_parts(parts, collected.to_bytes());
             match api::dispatch(functions.iter().map(|f| f.as_ref()), &method, &path) {
                 Dispatch::To(function) => function.handle(request).await,
-                Dispatch::MethodNotAllowed => {
-                    api::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} does not take {method}"))
-                }
-                Dispatch::NotFound => api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
+                Dispatch::MethodNotAllowed => api::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{path} does not take {method}"),
+                ),
+                Dispatch::NotFound => api::error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no route for {method} {path}"),
+                ),
             }
         }
     };
@@ -124,13 +166,19 @@ async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hype
     response.map(Full::new)
 }
 
-/// The routes of every function, as `conveyor routes` prints them for the template check.
-pub fn routes(functions: &Functions) -> serde_json::Value {
+/// Every function's routes, by function name: what `conveyor routes` prints for the
+/// template check, without building clients. `functions` must serve exactly these.
+pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
+    vec![("webhook-intake", webhook_intake::ROUTES)]
+}
+
+/// The route table as JSON.
+pub fn routes_json() -> serde_json::Value {
     serde_json::Value::Array(
-        functions
-            .iter()
-            .flat_map(|f| {
-                f.routes().iter().map(|r| serde_json::json!({"function": f.name(), "method": r.method, "path": r.path}))
+        route_table()
+            .into_iter()
+            .flat_map(|(name, routes)| {
+                routes.iter().map(move |r| serde_json::json!({"function": name, "method": r.method, "path": r.path}))
             })
             .collect(),
     )
@@ -141,5 +189,32 @@ pub fn replay_secret(settings: &Settings) -> Option<conveyor_shared::secret::Sec
     match &settings.github_secrets {
         SecretSource::Inline(set) => set.iter().next().cloned(),
         SecretSource::SecretsManager(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conveyor_shared::secret::SecretSet;
+
+    #[tokio::test]
+    async fn the_route_table_is_what_the_functions_serve() {
+        let settings = Settings {
+            table: "t".into(),
+            config_path: "c.toml".into(),
+            artifacts_bucket: "b".into(),
+            github_secrets: SecretSource::Inline(SecretSet::from_comma_separated("s").unwrap()),
+        };
+        // No request is sent: building clients needs no network.
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config_behavior())
+            .build();
+        let functions = functions(Config::default(), &settings, &sdk).await.unwrap();
+        let served: Vec<_> = functions.iter().map(|f| (f.name(), f.routes())).collect();
+        assert_eq!(served, route_table());
+    }
+
+    fn aws_config_behavior() -> aws_sdk_dynamodb::config::BehaviorVersion {
+        aws_sdk_dynamodb::config::BehaviorVersion::latest()
     }
 }

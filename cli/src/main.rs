@@ -10,7 +10,11 @@ use conveyor_shared::config::Config;
 use conveyor_shared::{load_aws_config, telemetry};
 
 #[derive(Parser)]
-#[command(name = "conveyor", version, about = "Delivery automation on AWS: the operator's tool")]
+#[command(
+    name = "conveyor",
+    version,
+    about = "Delivery automation on AWS: the operator's tool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,40 +72,55 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
             Ok(config) => {
-                let names: Vec<_> = config.environments.iter().map(|e| e.name.as_str()).collect();
-                println!("{}: ok ({} environments: {})", file.display(), names.len(), names.join(", "));
+                let names: Vec<_> = config
+                    .environments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect();
+                println!(
+                    "{}: ok ({} environments: {})",
+                    file.display(),
+                    names.len(),
+                    names.join(", ")
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => Err(err.to_string()),
         },
         Command::Routes => {
-            let settings = conveyor_shared::config::Settings::from_vars(|name| match name {
-                // Routes do not depend on secrets; a placeholder lets this run anywhere.
-                "GITHUB_WEBHOOK_SECRET" => Some("routes-only".into()),
-                other => std::env::var(other).ok(),
-            })
-            .map_err(|e| e.to_string())?;
-            let functions = dev::functions(Config::default(), &settings, &load_aws_config().await)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&dev::routes(&functions)).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&dev::routes_json()).map_err(|e| e.to_string())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { listen, config } => {
             let settings = dev::local_settings(config.as_deref()).map_err(|e| e.to_string())?;
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
             let sdk = load_aws_config().await;
-            if dev::prepare_local_table(&settings, &sdk).await.map_err(|e| e.to_string())? {
+            if dev::prepare_local_table(&settings, &sdk)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 println!("created table {} in the local emulator", settings.table);
             }
-            let functions = dev::functions(config, &settings, &sdk).await.map_err(|e| e.to_string())?;
+            let functions = dev::functions(config, &settings, &sdk)
+                .await
+                .map_err(|e| e.to_string())?;
             let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            println!("conveyor dev listening on http://{addr} (table {})", settings.table);
-            for route in dev::routes(&functions).as_array().into_iter().flatten() {
-                println!("  {:6} {:28} -> {}", route["method"].as_str().unwrap_or(""), route["path"].as_str().unwrap_or(""), route["function"].as_str().unwrap_or(""));
+            println!(
+                "conveyor dev listening on http://{addr} (table {})",
+                settings.table
+            );
+            for (function, routes) in dev::route_table() {
+                for route in routes {
+                    println!("  {:6} {:28} -> {function}", route.method, route.path);
+                }
             }
             dev::serve(listener, functions, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -109,19 +128,38 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { file, url, event, delivery } => {
+        Command::Replay {
+            file,
+            url,
+            event,
+            delivery,
+        } => {
             let settings = dev::local_settings(None).map_err(|e| e.to_string())?;
-            let secret = dev::replay_secret(&settings)
-                .ok_or("replay signs with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret")?;
+            let secret = dev::replay_secret(&settings).ok_or(
+                "replay signs with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret",
+            )?;
             let event = match event {
                 Some(event) => event,
                 None => replay::event_of(&file).map_err(|e| e.to_string())?,
             };
             let body = replay::read(&file).map_err(|e| e.to_string())?;
             let delivery = delivery.unwrap_or_else(replay::new_delivery_id);
-            let reply = replay::post(&url, &event, &delivery, body, &secret).await.map_err(|e| e.to_string())?;
-            println!("{} {} {} -> {} {}", event, delivery, file.display(), reply.status, reply.body);
-            Ok(if reply.status < 300 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let reply = replay::post(&url, &event, &delivery, body, &secret)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{} {} {} -> {} {}",
+                event,
+                delivery,
+                file.display(),
+                reply.status,
+                reply.body
+            );
+            Ok(if reply.status < 300 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

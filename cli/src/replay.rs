@@ -12,8 +12,13 @@ use hyper_util::rt::TokioExecutor;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("cannot tell the event of {0}: put it in a folder named after the event (events/github/push/) or pass --event")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot tell the event of {0}: put it in a folder named after the event (events/github/push/) or pass --event"
+    )]
     UnknownEvent(String),
     #[error("`{0}` is not a URL conveyor can post to: use http://HOST:PORT/webhooks/github")]
     BadUrl(String),
@@ -40,8 +45,16 @@ pub fn event_of(path: &Path) -> Result<String, ReplayError> {
 }
 
 /// Signs `body` with `secret` and posts it to `url` as delivery `delivery` of `event`.
-pub async fn post(url: &str, event: &str, delivery: &str, body: Vec<u8>, secret: &Secret) -> Result<Reply, ReplayError> {
-    let uri: hyper::Uri = url.parse().map_err(|_| ReplayError::BadUrl(url.to_owned()))?;
+pub async fn post(
+    url: &str,
+    event: &str,
+    delivery: &str,
+    body: Vec<u8>,
+    secret: &Secret,
+) -> Result<Reply, ReplayError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| ReplayError::BadUrl(url.to_owned()))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ReplayError::BadUrl(url.to_owned()));
     }
@@ -53,18 +66,38 @@ pub async fn post(url: &str, event: &str, delivery: &str, body: Vec<u8>, secret:
         .header("x-github-hook-id", "replay")
         .header("x-hub-signature-256", sign_github(secret.expose(), &body))
         .body(Full::new(Bytes::from(body)))
-        .map_err(|err| ReplayError::Send { url: url.to_owned(), message: err.to_string() })?;
+        .map_err(|err| ReplayError::Send {
+            url: url.to_owned(),
+            message: err.to_string(),
+        })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let send_error = |message: String| ReplayError::Send { url: url.to_owned(), message };
-    let response = client.request(request).await.map_err(|err| send_error(err.to_string()))?;
+    let send_error = |message: String| ReplayError::Send {
+        url: url.to_owned(),
+        message,
+    };
+    let response = client
+        .request(request)
+        .await
+        .map_err(|err| send_error(err.to_string()))?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|err| send_error(err.to_string()))?.to_bytes();
-    Ok(Reply { status, body: String::from_utf8_lossy(&body).into_owned() })
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| send_error(err.to_string()))?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// Reads a sample file.
 pub fn read(path: &Path) -> Result<Vec<u8>, ReplayError> {
-    std::fs::read(path).map_err(|source| ReplayError::Read { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| ReplayError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// A fresh delivery GUID.
@@ -72,5 +105,12 @@ pub fn new_delivery_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     let a = RandomState::new().hash_one(std::time::SystemTime::now());
     let b = RandomState::new().hash_one(std::process::id());
-    format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, a & 0xffff, (b >> 48) & 0xffff, (b >> 32) & 0xffff, b & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        a & 0xffff,
+        (b >> 48) & 0xffff,
+        (b >> 32) & 0xffff,
+        b & 0xffff_ffff_ffff
+    )
 }

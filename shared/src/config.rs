@@ -108,9 +108,9 @@ impl WaveSize {
                 _ => Err(format!("`{text}` is not a share from 1% to 100%")),
             }
         } else {
-            text.parse::<u32>()
-                .map(WaveSize::Count)
-                .map_err(|_| format!("`{text}` is neither a number of instances nor a share like \"50%\""))
+            text.parse::<u32>().map(WaveSize::Count).map_err(|_| {
+                format!("`{text}` is neither a number of instances nor a share like \"50%\"")
+            })
         }
     }
 }
@@ -132,9 +132,9 @@ impl<'de> Deserialize<'de> for WaveSize {
             Number(i64),
             Text(String),
         }
-        match Either::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("expected a number of instances or a share like \"50%\""))?
-        {
+        match Either::deserialize(deserializer).map_err(|_| {
+            de::Error::custom("expected a number of instances or a share like \"50%\"")
+        })? {
             Either::Number(n) => u32::try_from(n)
                 .map(WaveSize::Count)
                 .map_err(|_| de::Error::custom(format!("{n} is not a number of instances"))),
@@ -150,7 +150,10 @@ pub struct Seconds(pub u64);
 impl Seconds {
     fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let (digits, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
         let value: u64 = digits
             .parse()
             .map_err(|_| format!("`{text}` is not a duration like \"30s\", \"10m\" or \"1h\""))?;
@@ -198,8 +201,14 @@ pub struct ArtifactFields<'a> {
 
 impl ArtifactTemplate {
     pub const DEFAULT: &'static str = "s3://{bucket}/{repository}/{sha}.tar.gz";
-    const PLACEHOLDERS: [&'static str; 6] =
-        ["bucket", "repository", "sha", "version", "branch", "environment"];
+    const PLACEHOLDERS: [&'static str; 6] = [
+        "bucket",
+        "repository",
+        "sha",
+        "version",
+        "branch",
+        "environment",
+    ];
 
     pub fn parse(text: &str) -> Result<Self, String> {
         if !text.starts_with("s3://") {
@@ -261,7 +270,11 @@ pub enum Strategy {
 impl Strategy {
     fn waves(self) -> Vec<WaveSize> {
         match self {
-            Strategy::Canary => vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)],
+            Strategy::Canary => vec![
+                WaveSize::Count(1),
+                WaveSize::Percent(50),
+                WaveSize::Percent(100),
+            ],
             // Cumulative waves of one: expanded per fleet size when a deployment is planned.
             Strategy::OneAtATime => vec![WaveSize::Count(1)],
             Strategy::HalfAtATime => vec![WaveSize::Percent(50), WaveSize::Percent(100)],
@@ -310,12 +323,17 @@ impl TryFrom<RawRollout> for Rollout {
             (Some(strategy), None) => strategy.waves(),
             (None, Some(waves)) => {
                 if waves.is_empty() {
-                    return Err("`waves` needs at least one wave, e.g. [1, \"50%\", \"100%\"]".into());
+                    return Err(
+                        "`waves` needs at least one wave, e.g. [1, \"50%\", \"100%\"]".into(),
+                    );
                 }
                 if waves.last() != Some(&WaveSize::Percent(100)) {
-                    return Err("the last wave must be \"100%\" so that every instance gets the release".into());
+                    return Err(
+                        "the last wave must be \"100%\" so that every instance gets the release"
+                            .into(),
+                    );
                 }
-                if waves.iter().any(|w| *w == WaveSize::Count(0)) {
+                if waves.contains(&WaveSize::Count(0)) {
                     return Err("a wave of 0 instances deploys nothing; remove it".into());
                 }
                 waves
@@ -325,7 +343,11 @@ impl TryFrom<RawRollout> for Rollout {
         if raw.wave_timeout.0 == 0 {
             return Err("`wave_timeout` must be longer than 0s".into());
         }
-        Ok(Self { waves, min_healthy: raw.min_healthy, wave_timeout: raw.wave_timeout })
+        Ok(Self {
+            waves,
+            min_healthy: raw.min_healthy,
+            wave_timeout: raw.wave_timeout,
+        })
     }
 }
 
@@ -354,7 +376,10 @@ impl TryFrom<RawEnvironment> for Environment {
     fn try_from(raw: RawEnvironment) -> Result<Self, String> {
         let name_ok = !raw.name.is_empty()
             && raw.name.len() <= 63
-            && raw.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !name_ok {
             return Err(format!(
                 "environment name `{}` must be 1 to 63 characters of a-z, 0-9 and -",
@@ -373,12 +398,18 @@ impl TryFrom<RawEnvironment> for Environment {
         if let Some(repository) = &raw.repository {
             let parts: Vec<&str> = repository.split('/').collect();
             if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(format!("repository `{repository}` must look like owner/name"));
+                return Err(format!(
+                    "repository `{repository}` must look like owner/name"
+                ));
             }
         }
-        let mut instances = raw.instances.unwrap_or(InstanceFilter { tags: BTreeMap::new() });
+        let mut instances = raw.instances.unwrap_or(InstanceFilter {
+            tags: BTreeMap::new(),
+        });
         if instances.tags.is_empty() {
-            instances.tags.insert(ENVIRONMENT_TAG.into(), raw.name.clone());
+            instances
+                .tags
+                .insert(ENVIRONMENT_TAG.into(), raw.name.clone());
         }
         Ok(Self {
             name: raw.name,
@@ -416,7 +447,10 @@ pub struct ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
@@ -440,12 +474,20 @@ impl Config {
             }
             seen.push(&env.get_ref().name);
         }
-        Ok(Config { environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect() })
+        Ok(Config {
+            environments: raw
+                .environment
+                .into_iter()
+                .map(toml::Spanned::into_inner)
+                .collect(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Self::parse(&text, &path.display().to_string())?)
     }
 
@@ -463,7 +505,13 @@ impl ConfigError {
         let column = before[line_start..].chars().count() + 1;
         let line_text = text[line_start..].lines().next().unwrap_or("");
         let excerpt = format!("  | {line_text}\n  | {}^", " ".repeat(column - 1));
-        Self { origin: origin.to_owned(), line, column, message: message.trim().to_owned(), excerpt }
+        Self {
+            origin: origin.to_owned(),
+            line,
+            column,
+            message: message.trim().to_owned(),
+            excerpt,
+        }
     }
 }
 
@@ -502,7 +550,10 @@ impl Settings {
     /// Reads settings through `var` (the process environment in production, a map in tests).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let github_secrets = match (non_empty("GITHUB_WEBHOOK_SECRET_ID"), non_empty("GITHUB_WEBHOOK_SECRET")) {
+        let github_secrets = match (
+            non_empty("GITHUB_WEBHOOK_SECRET_ID"),
+            non_empty("GITHUB_WEBHOOK_SECRET"),
+        ) {
             (Some(id), _) => SecretSource::SecretsManager(id),
             (None, Some(list)) => SecretSource::Inline(
                 SecretSet::from_comma_separated(&list).ok_or(SettingsError::NoGithubSecret)?,
@@ -537,8 +588,18 @@ mod tests {
     fn an_environment_with_name_and_branch_gets_defaults() {
         let config = parse("[[environment]]\nname = \"production\"\nbranch = \"main\"\n").unwrap();
         let env = &config.environments[0];
-        assert_eq!(env.rollout.waves, vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)]);
-        assert_eq!(env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str), Some("production"));
+        assert_eq!(
+            env.rollout.waves,
+            vec![
+                WaveSize::Count(1),
+                WaveSize::Percent(50),
+                WaveSize::Percent(100)
+            ]
+        );
+        assert_eq!(
+            env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str),
+            Some("production")
+        );
         assert_eq!(env.artifact, ArtifactTemplate::default());
         assert_eq!(env.health, HealthCheck::default());
         assert_eq!(env.rollout.wave_timeout, Seconds(600));
@@ -578,25 +639,57 @@ mod tests {
     #[test]
     fn rollout_rules() {
         let base = "[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n";
-        let check = |extra: &str| parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone());
-        assert!(check("waves = [1, \"50%\"]\n").unwrap_err().message.contains("last wave"));
-        assert!(check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n").unwrap_err().message.contains("not both"));
-        assert_eq!(check("strategy = \"all-at-once\"\n").unwrap().waves, vec![WaveSize::Percent(100)]);
+        let check = |extra: &str| {
+            parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone())
+        };
+        assert!(
+            check("waves = [1, \"50%\"]\n")
+                .unwrap_err()
+                .message
+                .contains("last wave")
+        );
+        assert!(
+            check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n")
+                .unwrap_err()
+                .message
+                .contains("not both")
+        );
+        assert_eq!(
+            check("strategy = \"all-at-once\"\n").unwrap().waves,
+            vec![WaveSize::Percent(100)]
+        );
         assert!(check("strategy = \"sometimes\"\n").is_err());
-        assert_eq!(check("wave_timeout = \"2m\"\n").unwrap().wave_timeout, Seconds(120));
-        assert!(check("wave_timeout = \"2d\"\n").unwrap_err().message.contains("unit"));
-        assert_eq!(check("min_healthy = \"75%\"\n").unwrap().min_healthy, WaveSize::Percent(75));
+        assert_eq!(
+            check("wave_timeout = \"2m\"\n").unwrap().wave_timeout,
+            Seconds(120)
+        );
+        assert!(
+            check("wave_timeout = \"2d\"\n")
+                .unwrap_err()
+                .message
+                .contains("unit")
+        );
+        assert_eq!(
+            check("min_healthy = \"75%\"\n").unwrap().min_healthy,
+            WaveSize::Percent(75)
+        );
     }
 
     #[test]
     fn environment_fields_are_checked() {
         let err = parse("[[environment]]\nname = \"Prod\"\nbranch = \"main\"\n").unwrap_err();
         assert!(err.message.contains("a-z"), "{err}");
-        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
+        let err =
+            parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
         assert!(err.message.contains("refs/heads"), "{err}");
-        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n").unwrap_err();
+        let err =
+            parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n")
+                .unwrap_err();
         assert!(err.message.contains("owner/name"), "{err}");
-        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n").unwrap_err();
+        let err = parse(
+            "[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n",
+        )
+        .unwrap_err();
         assert!(err.message.contains("{nope}"), "{err}");
         let err = parse("[[environment]]\nname = \"p\"\n").unwrap_err();
         assert!(err.message.contains("branch"), "{err}");
@@ -612,9 +705,17 @@ mod tests {
 
     #[test]
     fn artifact_template_renders_every_placeholder() {
-        let template = ArtifactTemplate::parse("s3://{bucket}/{environment}/{branch}/{repository}/{version}-{sha}.tgz").unwrap();
+        let template = ArtifactTemplate::parse(
+            "s3://{bucket}/{environment}/{branch}/{repository}/{version}-{sha}.tgz",
+        )
+        .unwrap();
         let rendered = template.render(&ArtifactFields {
-            bucket: "b", repository: "o/r", sha: "abc", version: "v1", branch: "main", environment: "prod",
+            bucket: "b",
+            repository: "o/r",
+            sha: "abc",
+            version: "v1",
+            branch: "main",
+            environment: "prod",
         });
         assert_eq!(rendered, "s3://b/prod/main/o/r/v1-abc.tgz");
         assert!(ArtifactTemplate::parse("https://x/y").is_err());
@@ -623,15 +724,37 @@ mod tests {
     #[test]
     fn settings_need_a_secret_and_prefer_secrets_manager() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
-        assert_eq!(Settings::from_vars(vars(&[])).unwrap_err(), SettingsError::NoGithubSecret);
-        assert_eq!(Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", " , ")])).unwrap_err(), SettingsError::NoGithubSecret);
-        let s = Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", "a,b"), ("CONVEYOR_TABLE", "t")])).unwrap();
+        assert_eq!(
+            Settings::from_vars(vars(&[])).unwrap_err(),
+            SettingsError::NoGithubSecret
+        );
+        assert_eq!(
+            Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", " , ")])).unwrap_err(),
+            SettingsError::NoGithubSecret
+        );
+        let s = Settings::from_vars(vars(&[
+            ("GITHUB_WEBHOOK_SECRET", "a,b"),
+            ("CONVEYOR_TABLE", "t"),
+        ]))
+        .unwrap();
         assert_eq!(s.table, "t");
         assert!(matches!(s.github_secrets, SecretSource::Inline(ref set) if set.len() == 2));
-        let s = Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", "a"), ("GITHUB_WEBHOOK_SECRET_ID", "arn:x")])).unwrap();
-        assert_eq!(s.github_secrets, SecretSource::SecretsManager("arn:x".into()));
+        let s = Settings::from_vars(vars(&[
+            ("GITHUB_WEBHOOK_SECRET", "a"),
+            ("GITHUB_WEBHOOK_SECRET_ID", "arn:x"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.github_secrets,
+            SecretSource::SecretsManager("arn:x".into())
+        );
         assert_eq!(s.table, Settings::DEFAULT_TABLE);
     }
 }

@@ -64,7 +64,10 @@ mod tests {
         assert!(!format!("{secret:?}").contains("hunter2"));
         let set = SecretSet::from_comma_separated("one,two").unwrap();
         let printed = format!("{set:?}");
-        assert!(!printed.contains("one") && !printed.contains("two"), "{printed}");
+        assert!(
+            !printed.contains("one") && !printed.contains("two"),
+            "{printed}"
+        );
     }
 
     #[test]

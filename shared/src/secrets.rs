@@ -7,7 +7,9 @@ use crate::secret::SecretSet;
 pub enum SecretsError {
     #[error("cannot read secret {secret_id} from Secrets Manager: {message}")]
     Fetch { secret_id: String, message: String },
-    #[error("secret {secret_id} holds no secret string (store the comma-separated webhook secrets as text)")]
+    #[error(
+        "secret {secret_id} holds no secret string (store the comma-separated webhook secrets as text)"
+    )]
     Empty { secret_id: String },
 }
 
@@ -33,7 +35,9 @@ pub async fn resolve(
             output
                 .secret_string()
                 .and_then(SecretSet::from_comma_separated)
-                .ok_or_else(|| SecretsError::Empty { secret_id: secret_id.clone() })
+                .ok_or_else(|| SecretsError::Empty {
+                    secret_id: secret_id.clone(),
+                })
         }
     }
 }

@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn github_known_answer() {
-        assert_eq!(sign_github(b"It's a Secret to Everybody", b"Hello, World!"), KNOWN);
+        assert_eq!(
+            sign_github(b"It's a Secret to Everybody", b"Hello, World!"),
+            KNOWN
+        );
         let set = secrets("It's a Secret to Everybody");
         assert_eq!(verify_github(&set, Some(KNOWN), b"Hello, World!"), Ok(()));
     }
@@ -87,10 +90,22 @@ mod tests {
     #[test]
     fn rejections_name_the_problem() {
         let set = secrets("It's a Secret to Everybody");
-        assert_eq!(verify_github(&set, None, b"x"), Err(SignatureError::Missing));
-        assert_eq!(verify_github(&set, Some("sha1=abc"), b"x"), Err(SignatureError::Malformed));
-        assert_eq!(verify_github(&set, Some("sha256=zz"), b"x"), Err(SignatureError::Malformed));
-        assert_eq!(verify_github(&set, Some("sha256=abcd"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify_github(&set, None, b"x"),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_github(&set, Some("sha1=abc"), b"x"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_github(&set, Some("sha256=zz"), b"x"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_github(&set, Some("sha256=abcd"), b"x"),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(
             verify_github(&set, Some(KNOWN), b"Hello, World?"),
             Err(SignatureError::Mismatch)

@@ -26,9 +26,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TimeToLiveSpecification, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification,
+    StreamViewType, TimeToLiveSpecification, WriteRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,14 +49,26 @@ pub const BATCH_SIZE: usize = 25;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {operation} on table {table} failed: {message}")]
-    Aws { operation: &'static str, table: String, message: String },
+    Aws {
+        operation: &'static str,
+        table: String,
+        message: String,
+    },
     #[error("cannot encode a {kind} item: {source}")]
-    Encode { kind: &'static str, source: serde_dynamo::Error },
+    Encode {
+        kind: &'static str,
+        source: serde_dynamo::Error,
+    },
     #[error("cannot decode a {kind} item: {source}")]
-    Decode { kind: &'static str, source: serde_dynamo::Error },
+    Decode {
+        kind: &'static str,
+        source: serde_dynamo::Error,
+    },
     #[error("batch write left {remaining} items unprocessed after {attempts} attempts")]
     Unprocessed { remaining: usize, attempts: u32 },
-    #[error("table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally")]
+    #[error(
+        "table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally"
+    )]
     NoTable(String),
 }
 
@@ -84,19 +96,34 @@ pub struct Key {
 
 impl Key {
     pub fn delivery(hook_id: &str, guid: &str) -> Self {
-        Self { pk: format!("DELIVERY#{hook_id}#{guid}"), sk: "DELIVERY".into() }
+        Self {
+            pk: format!("DELIVERY#{hook_id}#{guid}"),
+            sk: "DELIVERY".into(),
+        }
     }
     pub fn commit(repository: &str, sha: &str) -> Self {
-        Self { pk: format!("REPO#{repository}"), sk: format!("COMMIT#{sha}") }
+        Self {
+            pk: format!("REPO#{repository}"),
+            sk: format!("COMMIT#{sha}"),
+        }
     }
     pub fn push(repository: &str, delivery: &str) -> Self {
-        Self { pk: format!("REPO#{repository}"), sk: format!("PUSH#{delivery}") }
+        Self {
+            pk: format!("REPO#{repository}"),
+            sk: format!("PUSH#{delivery}"),
+        }
     }
     pub fn build(repository: &str, sha: &str, source: &str) -> Self {
-        Self { pk: format!("REPO#{repository}"), sk: format!("BUILD#{sha}#{source}") }
+        Self {
+            pk: format!("REPO#{repository}"),
+            sk: format!("BUILD#{sha}#{source}"),
+        }
     }
     pub fn deployment(environment: &str, sha: &str) -> Self {
-        Self { pk: format!("ENV#{environment}"), sk: format!("DEPLOYMENT#{sha}") }
+        Self {
+            pk: format!("ENV#{environment}"),
+            sk: format!("DEPLOYMENT#{sha}"),
+        }
     }
 
     fn into_item(self) -> Item {
@@ -118,7 +145,8 @@ fn time_key(unix: i64) -> String {
 }
 
 fn encode<T: Serialize>(kind: &'static str, value: &T, key: Key) -> Result<Item, StoreError> {
-    let mut item: Item = serde_dynamo::to_item(value).map_err(|source| StoreError::Encode { kind, source })?;
+    let mut item: Item =
+        serde_dynamo::to_item(value).map_err(|source| StoreError::Encode { kind, source })?;
     item.extend(key.into_item());
     Ok(item)
 }
@@ -145,14 +173,20 @@ pub struct Table {
 
 impl Table {
     pub fn new(client: Client, name: impl Into<String>) -> Self {
-        Self { client, name: name.into() }
+        Self {
+            client,
+            name: name.into(),
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    fn aws_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
+    fn aws_error<
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    >(
         &self,
         operation: &'static str,
         err: aws_sdk_dynamodb::error::SdkError<E, R>,
@@ -160,12 +194,22 @@ impl Table {
         if err.code() == Some("ResourceNotFoundException") {
             return StoreError::NoTable(self.name.clone());
         }
-        StoreError::Aws { operation, table: self.name.clone(), message: DisplayErrorContext(err).to_string() }
+        StoreError::Aws {
+            operation,
+            table: self.name.clone(),
+            message: DisplayErrorContext(err).to_string(),
+        }
     }
 
     /// Puts `item` unless an item with its key exists.
     pub async fn put_if_absent(&self, item: Item) -> Result<Put, StoreError> {
-        self.put_if(item, "attribute_not_exists(pk)", HashMap::new(), HashMap::new()).await
+        self.put_if(
+            item,
+            "attribute_not_exists(pk)",
+            HashMap::new(),
+            HashMap::new(),
+        )
+        .await
     }
 
     /// Puts `item` when `condition` holds for the item currently stored under its key.
@@ -195,7 +239,14 @@ impl Table {
 
     /// Moves the item at `key` from state `from` to state `to`, recording `reason` and
     /// appending the change to its `history`, only if it is in state `from` now.
-    pub async fn transition(&self, key: Key, from: &str, to: &str, reason: &str, at: i64) -> Result<Transition, StoreError> {
+    pub async fn transition(
+        &self,
+        key: Key,
+        from: &str,
+        to: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<Transition, StoreError> {
         let entry = AttributeValue::M(HashMap::from([
             ("from".into(), s(from)),
             ("to".into(), s(to)),
@@ -244,7 +295,10 @@ impl Table {
                     .send()
                     .await
                     .map_err(|err| self.aws_error("BatchWriteItem", err))?;
-                Ok(output.unprocessed_items.and_then(|mut left| left.remove(&self.name)).unwrap_or_default())
+                Ok(output
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.name))
+                    .unwrap_or_default())
             })
             .await?;
         }
@@ -284,20 +338,38 @@ impl Table {
     /// Creates the table with its index, stream and TTL when it is missing. For the local
     /// emulator only: in AWS the SAM template owns the table. Returns whether it created it.
     pub async fn create_if_missing(&self) -> Result<bool, StoreError> {
-        match self.client.describe_table().table_name(&self.name).send().await {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.name)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(false),
             Err(err) if err.code() == Some("ResourceNotFoundException") => {}
             Err(err) => return Err(self.aws_error("DescribeTable", err)),
         }
         let attribute = |name: &str| {
-            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
         };
-        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
         let index = GlobalSecondaryIndex::builder()
             .index_name(GSI1)
             .key_schema(key("gsi1pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
             .key_schema(key("gsi1sk", KeyType::Range).map_err(|e| self.build_error(e))?)
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
             .build()
             .map_err(|e| self.build_error(e))?;
         let created = self
@@ -344,14 +416,25 @@ impl Table {
     }
 
     fn build_error(&self, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-        StoreError::Aws { operation: "CreateTable", table: self.name.clone(), message: err.to_string() }
+        StoreError::Aws {
+            operation: "CreateTable",
+            table: self.name.clone(),
+            message: err.to_string(),
+        }
     }
 
     // ---- deliveries ------------------------------------------------------------------
 
     /// Claims a delivery for processing. Succeeds for a new delivery, for one whose earlier
     /// claim was abandoned (lease over: the invocation crashed), and for an expired record.
-    pub async fn claim_delivery(&self, hook_id: &str, guid: &str, event: &str, token: &str, now: i64) -> Result<Claim, StoreError> {
+    pub async fn claim_delivery(
+        &self,
+        hook_id: &str,
+        guid: &str,
+        event: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Claim, StoreError> {
         let mut item = Key::delivery(hook_id, guid).into_item();
         item.extend([
             ("event".into(), s(event)),
@@ -376,13 +459,22 @@ impl Table {
     }
 
     /// Marks a claimed delivery done with its outcome. Only the holder of the claim can.
-    pub async fn finish_delivery(&self, hook_id: &str, guid: &str, token: &str, outcome: &str, detail: &str) -> Result<Transition, StoreError> {
+    pub async fn finish_delivery(
+        &self,
+        hook_id: &str,
+        guid: &str,
+        token: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<Transition, StoreError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.name)
             .set_key(Some(Key::delivery(hook_id, guid).into_item()))
-            .update_expression("SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until")
+            .update_expression(
+                "SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until",
+            )
             .condition_expression("#state = :processing AND claim = :token")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":done", s("done"))
@@ -400,7 +492,12 @@ impl Table {
     }
 
     /// Gives up a claim after a failure so that a redelivery is processed in full.
-    pub async fn release_delivery(&self, hook_id: &str, guid: &str, token: &str) -> Result<(), StoreError> {
+    pub async fn release_delivery(
+        &self,
+        hook_id: &str,
+        guid: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_item()
@@ -433,33 +530,74 @@ impl Table {
     pub async fn record_push(&self, push: &PushRecord) -> Result<Put, StoreError> {
         let mut item = encode("push", push, Key::push(&push.repository, &push.delivery))?;
         item.insert("gsi1pk".into(), s("PUSHES"));
-        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(push.received_at), push.repository)));
+        item.insert(
+            "gsi1sk".into(),
+            s(format!(
+                "{}#{}",
+                time_key(push.received_at),
+                push.repository
+            )),
+        );
         self.put_if_absent(item).await
     }
 
     pub async fn record_build(&self, build: &BuildRecord) -> Result<Put, StoreError> {
-        let mut item = encode("build", build, Key::build(&build.repository, &build.sha, &build.source))?;
+        let mut item = encode(
+            "build",
+            build,
+            Key::build(&build.repository, &build.sha, &build.source),
+        )?;
         item.insert("gsi1pk".into(), s("BUILDS"));
         item.insert(
             "gsi1sk".into(),
-            s(format!("{}#{}#{}", time_key(build.completed_at), build.repository, build.sha)),
+            s(format!(
+                "{}#{}#{}",
+                time_key(build.completed_at),
+                build.repository,
+                build.sha
+            )),
         );
         self.put_if_absent(item).await
     }
 
     /// Creates the deployment of `sha` to its environment unless one exists already.
-    pub async fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Put, StoreError> {
-        let mut item = encode("deployment", deployment, Key::deployment(&deployment.environment, &deployment.sha))?;
-        item.insert("gsi1pk".into(), s(format!("DEPLOYMENTS#{}", deployment.environment)));
-        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(deployment.created_at), deployment.sha)));
+    pub async fn create_deployment(
+        &self,
+        deployment: &DeploymentRecord,
+    ) -> Result<Put, StoreError> {
+        let mut item = encode(
+            "deployment",
+            deployment,
+            Key::deployment(&deployment.environment, &deployment.sha),
+        )?;
+        item.insert(
+            "gsi1pk".into(),
+            s(format!("DEPLOYMENTS#{}", deployment.environment)),
+        );
+        item.insert(
+            "gsi1sk".into(),
+            s(format!(
+                "{}#{}",
+                time_key(deployment.created_at),
+                deployment.sha
+            )),
+        );
         self.put_if_absent(item).await
     }
 
     pub async fn recent_builds(&self, limit: i32) -> Result<Vec<BuildRecord>, StoreError> {
-        self.newest("BUILDS", limit).await?.into_iter().map(|item| decode("build", item)).collect()
+        self.newest("BUILDS", limit)
+            .await?
+            .into_iter()
+            .map(|item| decode("build", item))
+            .collect()
     }
 
-    pub async fn recent_deployments(&self, environment: &str, limit: i32) -> Result<Vec<DeploymentRecord>, StoreError> {
+    pub async fn recent_deployments(
+        &self,
+        environment: &str,
+        limit: i32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
         self.newest(&format!("DEPLOYMENTS#{environment}"), limit)
             .await?
             .into_iter()
@@ -468,7 +606,9 @@ impl Table {
     }
 }
 
-fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
+fn is_condition_failure<E: ProvideErrorMetadata, R>(
+    err: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
     err.code() == Some("ConditionalCheckFailedException")
 }
 
@@ -482,13 +622,20 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { first: Duration::from_millis(50), max: Duration::from_secs(2), attempts: 8 }
+        Self {
+            first: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+            attempts: 8,
+        }
     }
 }
 
 impl Backoff {
     fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.first.saturating_mul(1 << attempt.min(16)).min(self.max);
+        let ceiling = self
+            .first
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max);
         // Full jitter from a per-process random seed; no RNG crate needed for this.
         let random = {
             use std::hash::{BuildHasher, RandomState};
@@ -500,7 +647,11 @@ impl Backoff {
 
 /// Sends `requests`, then whatever `send` reports as unprocessed, until nothing is left or
 /// the attempts run out.
-pub async fn write_until_processed<F, Fut>(mut requests: Vec<WriteRequest>, backoff: Backoff, mut send: F) -> Result<(), StoreError>
+pub async fn write_until_processed<F, Fut>(
+    mut requests: Vec<WriteRequest>,
+    backoff: Backoff,
+    mut send: F,
+) -> Result<(), StoreError>
 where
     F: FnMut(Vec<WriteRequest>) -> Fut,
     Fut: Future<Output = Result<Vec<WriteRequest>, StoreError>>,
@@ -514,7 +665,10 @@ where
             return Ok(());
         }
     }
-    Err(StoreError::Unprocessed { remaining: requests.len(), attempts: backoff.attempts })
+    Err(StoreError::Unprocessed {
+        remaining: requests.len(),
+        attempts: backoff.attempts,
+    })
 }
 
 #[cfg(test)]
@@ -523,11 +677,17 @@ mod tests {
 
     fn request(id: usize) -> WriteRequest {
         let item = HashMap::from([("pk".to_string(), s(id.to_string()))]);
-        WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().unwrap()).build()
+        WriteRequest::builder()
+            .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+            .build()
     }
 
     fn fast() -> Backoff {
-        Backoff { first: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 4 }
+        Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            attempts: 4,
+        }
     }
 
     #[tokio::test]
@@ -546,8 +706,21 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_with_a_count_of_what_is_left() {
-        let result = write_until_processed((0..3).map(request).collect(), fast(), |batch| async move { Ok(batch) }).await;
-        assert!(matches!(result, Err(StoreError::Unprocessed { remaining: 3, attempts: 4 })), "{result:?}");
+        let result =
+            write_until_processed((0..3).map(request).collect(), fast(), |batch| async move {
+                Ok(batch)
+            })
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Unprocessed {
+                    remaining: 3,
+                    attempts: 4
+                })
+            ),
+            "{result:?}"
+        );
     }
 
     #[test]

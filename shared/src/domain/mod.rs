@@ -5,4 +5,6 @@ pub mod github;
 pub mod intake;
 pub mod records;
 
-pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
+pub use records::{
+    BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind,
+};

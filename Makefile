@@ -1,0 +1,47 @@
+# Conveyor: the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# cargo-nextest when installed, plain cargo test otherwise.
+TEST_RUNNER := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
+
+.PHONY: help run test unit lint build package deploy bench clean
+
+help:
+	@echo "make run      local AWS emulator + conveyor dev + sample deliveries replayed"
+	@echo "make test     lint, unit and end-to-end tests (starts the emulator itself)"
+	@echo "make lint     rustfmt, clippy, cfn-lint, sam validate, route check, checkov"
+	@echo "make build    debug build of the workspace"
+	@echo "make package  Lambda zips for arm64 (cargo lambda) in target/lambda/"
+	@echo "make deploy   sam deploy (needs AWS credentials; see README)"
+	@echo "make bench    criterion benchmarks"
+	@echo "make clean    remove build output and tool environments"
+
+run:
+	cargo build -p conveyor-cli
+	scripts/with-moto scripts/demo.sh
+
+test: lint unit
+
+unit:
+	scripts/with-moto $(TEST_RUNNER) --workspace
+
+lint:
+	scripts/lint.sh
+
+build:
+	cargo build --workspace
+
+package:
+	scripts/package.sh
+
+deploy: package
+	scripts/venvs.sh lint
+	.venv/lint/bin/sam deploy --template-file infra/template.yaml --guided
+
+bench:
+	cargo bench -p conveyor-shared --bench intake
+
+clean:
+	cargo clean
+	rm -rf .venv .aws-sam
