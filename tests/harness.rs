@@ -87,6 +87,11 @@ pub struct Answer {
 impl TestApp {
     /// Starts the dev server's functions with `config` (TOML) on a random port.
     pub async fn spawn(config: &str) -> TestApp {
+        Self::spawn_with(config, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with a chance to add functions to the catalog first.
+    pub async fn spawn_with(config: &str, extend: impl FnOnce(&mut dev::Catalog)) -> TestApp {
         let sdk = sdk().await;
         let settings = Settings {
             table: unique_name("conveyor-test"),
@@ -102,10 +107,22 @@ impl TestApp {
             "a fresh table is created"
         );
         let config = Config::parse(config, "test.toml").unwrap();
-        let functions = dev::functions(config, &settings, &sdk).await.unwrap();
+        let mut catalog = dev::functions(config, &settings, &sdk).await.unwrap();
+        extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(dev::serve(listener, functions, std::future::pending()));
+        let (table_name, run_sdk) = (settings.table.clone(), sdk.clone());
+        tokio::spawn(async move {
+            dev::run(
+                listener,
+                catalog,
+                &table_name,
+                &run_sdk,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+        });
         let client = Client::builder(TokioExecutor::new()).build_http();
         TestApp {
             addr,

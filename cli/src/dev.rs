@@ -11,6 +11,7 @@ use conveyor_shared::config::{Config, LoadError, SecretSource, Settings};
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
+use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -21,8 +22,15 @@ use tokio::net::TcpListener;
 /// The largest body the dev server reads; each function applies its own, smaller limit.
 pub const MAX_REQUEST_BYTES: usize = 26 * 1024 * 1024;
 
-/// The functions the dev server runs.
+/// The HTTP functions the dev server routes to.
 pub type Functions = Arc<Vec<Arc<dyn HttpFunction>>>;
+
+/// Every function of the project, by the trigger that runs it.
+pub struct Catalog {
+    pub http: Functions,
+    pub streams: Vec<Arc<dyn StreamFunction>>,
+    pub schedules: Vec<Arc<dyn ScheduledFunction>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -48,13 +56,17 @@ pub async fn functions(
     config: Config,
     settings: &Settings,
     sdk: &SdkConfig,
-) -> Result<Functions, DevError> {
+) -> Result<Catalog, DevError> {
     let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
     let config = Arc::new(config);
     let intake =
         webhook_intake::Intake::new(table, secrets, config, settings.artifacts_bucket.clone());
-    Ok(Arc::new(vec![Arc::new(intake) as Arc<dyn HttpFunction>]))
+    Ok(Catalog {
+        http: Arc::new(vec![Arc::new(intake) as Arc<dyn HttpFunction>]),
+        streams: Vec::new(),
+        schedules: Vec::new(),
+    })
 }
 
 /// Makes sure the table exists in the local emulator. Refuses anything but a loopback
@@ -95,6 +107,31 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DevError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| DevError::Listen { addr, source })
+}
+
+/// Serves the catalog until `shutdown` completes: HTTP routes on `listener`, and the stream
+/// mappings and schedules in the background.
+pub async fn run(
+    listener: TcpListener,
+    catalog: Catalog,
+    table: &str,
+    sdk: &SdkConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), crate::triggers::TriggerError> {
+    let region = sdk
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".into());
+    let stream = async {
+        crate::triggers::play_stream(catalog.streams, table, sdk).await?;
+        // Nothing reads the stream: keep serving the rest.
+        std::future::pending().await
+    };
+    tokio::select! {
+        () = serve(listener, catalog.http, shutdown) => Ok(()),
+        result = stream => result,
+        () = crate::triggers::play_schedules(catalog.schedules, region) => Ok(()),
+    }
 }
 
 /// Serves `functions` on `listener` until `shutdown` completes.
@@ -209,8 +246,12 @@ mod tests {
         let sdk = SdkConfig::builder()
             .behavior_version(aws_config_behavior())
             .build();
-        let functions = functions(Config::default(), &settings, &sdk).await.unwrap();
-        let served: Vec<_> = functions.iter().map(|f| (f.name(), f.routes())).collect();
+        let catalog = functions(Config::default(), &settings, &sdk).await.unwrap();
+        let served: Vec<_> = catalog
+            .http
+            .iter()
+            .map(|f| (f.name(), f.routes()))
+            .collect();
         assert_eq!(served, route_table());
     }
 

@@ -3,3 +3,4 @@
 
 pub mod dev;
 pub mod replay;
+pub mod triggers;

@@ -122,10 +122,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     println!("  {:6} {:28} -> {function}", route.method, route.path);
                 }
             }
-            dev::serve(listener, functions, async {
+            dev::run(listener, functions, &settings.table, &sdk, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
-            .await;
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay {

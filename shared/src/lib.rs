@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod signature;
 pub mod store;
 pub mod telemetry;
+pub mod triggers;
 
 #[cfg(feature = "lambda")]
 pub mod lambda;

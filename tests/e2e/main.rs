@@ -3,3 +3,4 @@
 mod api;
 mod intake;
 mod local_aws;
+mod triggers;
