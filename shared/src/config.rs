@@ -562,9 +562,10 @@ impl Settings {
         };
         Ok(Self {
             table: non_empty("CONVEYOR_TABLE").unwrap_or_else(|| Self::DEFAULT_TABLE.into()),
-            config_path: non_empty("CONVEYOR_CONFIG")
-                .unwrap_or_else(|| Self::DEFAULT_CONFIG.into())
-                .into(),
+            config_path: config_path(
+                non_empty("CONVEYOR_CONFIG").unwrap_or_else(|| Self::DEFAULT_CONFIG.into()),
+                non_empty("LAMBDA_TASK_ROOT"),
+            ),
             artifacts_bucket: non_empty("CONVEYOR_ARTIFACTS_BUCKET")
                 .unwrap_or_else(|| Self::DEFAULT_ARTIFACTS_BUCKET.into()),
             github_secrets,
@@ -573,6 +574,16 @@ impl Settings {
 
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_vars(|name| std::env::var(name).ok())
+    }
+}
+
+/// A relative configuration path is read from the deployment package in Lambda
+/// (`LAMBDA_TASK_ROOT`), and from the working directory elsewhere.
+fn config_path(path: String, task_root: Option<String>) -> PathBuf {
+    let path = PathBuf::from(path);
+    match task_root {
+        Some(root) if path.is_relative() => Path::new(&root).join(path),
+        _ => path,
     }
 }
 
@@ -756,5 +767,12 @@ mod tests {
             SecretSource::SecretsManager("arn:x".into())
         );
         assert_eq!(s.table, Settings::DEFAULT_TABLE);
+        assert_eq!(s.config_path, PathBuf::from("conveyor.toml"));
+        let s = Settings::from_vars(vars(&[
+            ("GITHUB_WEBHOOK_SECRET", "a"),
+            ("LAMBDA_TASK_ROOT", "/var/task"),
+        ]))
+        .unwrap();
+        assert_eq!(s.config_path, PathBuf::from("/var/task/conveyor.toml"));
     }
 }
