@@ -15,7 +15,7 @@ use conveyor_cli::dev;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, SecretSource, Settings};
 use conveyor_shared::secret::SecretSet;
-use conveyor_shared::signature::sign_github;
+use conveyor_shared::signature::{sign_github, sign_stripe};
 use conveyor_shared::store::Table;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 pub const SECRET: &str = "e2e-webhook-secret";
+pub const STRIPE_SECRET: &str = "whsec_e2e";
 
 /// The emulator's endpoint; a clear message when the tests were started without one.
 pub fn endpoint() -> String {
@@ -97,9 +98,15 @@ impl TestApp {
             table: unique_name("conveyor-test"),
             config_path: "unused.toml".into(),
             artifacts_bucket: "conveyor-artifacts".into(),
-            github_secrets: SecretSource::Inline(
-                SecretSet::from_comma_separated(&format!("rotated-out,{SECRET}")).unwrap(),
-            ),
+        };
+        let inline = |list: String| {
+            Some(SecretSource::Inline(
+                SecretSet::from_comma_separated(&list).unwrap(),
+            ))
+        };
+        let secrets = dev::WebhookSecrets {
+            github: inline(format!("rotated-out,{SECRET}")),
+            stripe: inline(format!("whsec_rotated_out,{STRIPE_SECRET}")),
         };
         let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
         assert!(
@@ -107,7 +114,9 @@ impl TestApp {
             "a fresh table is created"
         );
         let config = Config::parse(config, "test.toml").unwrap();
-        let mut catalog = dev::functions(config, &settings, &sdk).await.unwrap();
+        let mut catalog = dev::functions(config, &settings, &secrets, &sdk)
+            .await
+            .unwrap();
         extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -176,6 +185,25 @@ impl TestApp {
                 ("x-github-delivery", delivery),
                 ("x-github-hook-id", "4242"),
                 ("x-hub-signature-256", &signature),
+            ],
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
+    /// Posts a Stripe event signed `age` seconds ago with the configured endpoint secret.
+    pub async fn deliver_stripe(&self, body: &[u8], age: i64) -> Answer {
+        let signature = sign_stripe(
+            STRIPE_SECRET.as_bytes(),
+            conveyor_shared::unix_now() - age,
+            body,
+        );
+        self.request(
+            "POST",
+            "/webhooks/stripe",
+            &[
+                ("content-type", "application/json; charset=utf-8"),
+                ("stripe-signature", &signature),
             ],
             Bytes::copy_from_slice(body),
         )

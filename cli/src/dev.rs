@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, LoadError, SecretSource, Settings};
+use conveyor_shared::config::{
+    Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings,
+    SettingsError,
+};
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
@@ -40,6 +43,8 @@ pub enum DevError {
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Settings(SettingsError),
     #[error(
         "AWS_ENDPOINT_URL is not set to a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account"
     )]
@@ -51,19 +56,52 @@ pub enum DevError {
     },
 }
 
+/// The webhook secrets of a local run. A function whose secret is not set is left out of
+/// the dev server, with a warning that says what to set.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSecrets {
+    pub github: Option<SecretSource>,
+    pub stripe: Option<SecretSource>,
+}
+
+impl WebhookSecrets {
+    pub fn from_env() -> Self {
+        Self {
+            github: SecretSource::from_env(GITHUB_WEBHOOK_SECRET).ok(),
+            stripe: SecretSource::from_env(STRIPE_WEBHOOK_SECRET).ok(),
+        }
+    }
+}
+
 /// Every function, built the way its Lambda `main` builds it, sharing one table.
 pub async fn functions(
     config: Config,
     settings: &Settings,
+    webhook_secrets: &WebhookSecrets,
     sdk: &SdkConfig,
 ) -> Result<Catalog, DevError> {
-    let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
     let config = Arc::new(config);
-    let intake =
-        webhook_intake::Intake::new(table, secrets, config, settings.artifacts_bucket.clone());
+    let mut http: Vec<Arc<dyn HttpFunction>> = Vec::new();
+    match &webhook_secrets.github {
+        Some(source) => http.push(Arc::new(webhook_intake::Intake::new(
+            table.clone(),
+            secrets::resolve(source, sdk).await?,
+            config.clone(),
+            settings.artifacts_bucket.clone(),
+        ))),
+        None => tracing::warn!("webhook-intake is off: set {GITHUB_WEBHOOK_SECRET} to serve it"),
+    }
+    match &webhook_secrets.stripe {
+        Some(source) => http.push(Arc::new(stripe_webhook::StripeWebhook::new(
+            table.clone(),
+            secrets::resolve(source, sdk).await?,
+            stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
+        ))),
+        None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
+    }
     Ok(Catalog {
-        http: Arc::new(vec![Arc::new(intake) as Arc<dyn HttpFunction>]),
+        http: Arc::new(http),
         streams: Vec::new(),
         schedules: Vec::new(),
     })
@@ -92,14 +130,12 @@ pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result
 }
 
 /// Settings for a local run: `--config` wins over `CONVEYOR_CONFIG`.
-pub fn local_settings(
-    config_path: Option<&std::path::Path>,
-) -> Result<Settings, conveyor_shared::config::SettingsError> {
-    let mut settings = Settings::from_env()?;
+pub fn local_settings(config_path: Option<&std::path::Path>) -> Settings {
+    let mut settings = Settings::from_env();
     if let Some(path) = config_path {
         settings.config_path = path.to_owned();
     }
-    Ok(settings)
+    settings
 }
 
 /// Binds `addr` (port 0 picks a free port).
@@ -206,7 +242,10 @@ async fn route(
 /// Every function's routes, by function name: what `conveyor routes` prints for the
 /// template check, without building clients. `functions` must serve exactly these.
 pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
-    vec![("webhook-intake", webhook_intake::ROUTES)]
+    vec![
+        ("webhook-intake", webhook_intake::ROUTES),
+        ("stripe-webhook", stripe_webhook::ROUTES),
+    ]
 }
 
 /// The route table as JSON.
@@ -221,9 +260,9 @@ pub fn routes_json() -> serde_json::Value {
     )
 }
 
-/// The first configured inline GitHub secret, for signing replays.
-pub fn replay_secret(settings: &Settings) -> Option<conveyor_shared::secret::Secret> {
-    match &settings.github_secrets {
+/// The first inline GitHub secret, for signing replays.
+pub fn replay_secret() -> Option<conveyor_shared::secret::Secret> {
+    match SecretSource::from_env(GITHUB_WEBHOOK_SECRET).ok()? {
         SecretSource::Inline(set) => set.iter().next().cloned(),
         SecretSource::SecretsManager(_) => None,
     }
@@ -240,22 +279,40 @@ mod tests {
             table: "t".into(),
             config_path: "c.toml".into(),
             artifacts_bucket: "b".into(),
-            github_secrets: SecretSource::Inline(SecretSet::from_comma_separated("s").unwrap()),
+        };
+        let inline = || {
+            Some(SecretSource::Inline(
+                SecretSet::from_comma_separated("s").unwrap(),
+            ))
+        };
+        let all = WebhookSecrets {
+            github: inline(),
+            stripe: inline(),
         };
         // No request is sent: building clients needs no network.
         let sdk = SdkConfig::builder()
-            .behavior_version(aws_config_behavior())
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .build();
-        let catalog = functions(Config::default(), &settings, &sdk).await.unwrap();
+        let catalog = functions(Config::default(), &settings, &all, &sdk)
+            .await
+            .unwrap();
         let served: Vec<_> = catalog
             .http
             .iter()
             .map(|f| (f.name(), f.routes()))
             .collect();
         assert_eq!(served, route_table());
-    }
-
-    fn aws_config_behavior() -> aws_sdk_dynamodb::config::BehaviorVersion {
-        aws_sdk_dynamodb::config::BehaviorVersion::latest()
+        let none = functions(
+            Config::default(),
+            &settings,
+            &WebhookSecrets::default(),
+            &sdk,
+        )
+        .await
+        .unwrap();
+        assert!(
+            none.http.is_empty(),
+            "a function without its secret is left out"
+        );
     }
 }

@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { listen, config } => {
-            let settings = dev::local_settings(config.as_deref()).map_err(|e| e.to_string())?;
+            let settings = dev::local_settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
             let sdk = load_aws_config().await;
             if dev::prepare_local_table(&settings, &sdk)
@@ -108,9 +108,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             {
                 println!("created table {} in the local emulator", settings.table);
             }
-            let functions = dev::functions(config, &settings, &sdk)
-                .await
-                .map_err(|e| e.to_string())?;
+            let functions =
+                dev::functions(config, &settings, &dev::WebhookSecrets::from_env(), &sdk)
+                    .await
+                    .map_err(|e| e.to_string())?;
             let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!(
@@ -135,8 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             event,
             delivery,
         } => {
-            let settings = dev::local_settings(None).map_err(|e| e.to_string())?;
-            let secret = dev::replay_secret(&settings).ok_or(
+            let secret = dev::replay_secret().ok_or(
                 "replay signs with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret",
             )?;
             let event = match event {

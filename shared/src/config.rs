@@ -515,31 +515,61 @@ impl ConfigError {
     }
 }
 
-/// Where the GitHub webhook secrets come from.
+/// Where a set of webhook secrets comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
-    /// `GITHUB_WEBHOOK_SECRET`: comma-separated secrets (local runs).
+    /// `<NAME>`: comma-separated secrets in the environment (local runs).
     Inline(SecretSet),
-    /// `GITHUB_WEBHOOK_SECRET_ID`: a Secrets Manager secret (name or ARN) whose string is the
+    /// `<NAME>_ID`: a Secrets Manager secret (name or ARN) whose string is the
     /// comma-separated list, resolved once at cold start.
     SecretsManager(String),
 }
 
-/// Runtime settings, read from the environment once at cold start.
+/// The secrets each webhook function verifies with.
+pub const GITHUB_WEBHOOK_SECRET: &str = "GITHUB_WEBHOOK_SECRET";
+pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
+
+impl SecretSource {
+    /// Reads `<name>_ID` (preferred) or `<name>` through `var`.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        name: &'static str,
+    ) -> Result<Self, SettingsError> {
+        let non_empty = |key: &str| var(key).filter(|v| !v.trim().is_empty());
+        if let Some(id) = non_empty(&format!("{name}_ID")) {
+            return Ok(SecretSource::SecretsManager(id));
+        }
+        non_empty(name)
+            .and_then(|list| SecretSet::from_comma_separated(&list))
+            .map(SecretSource::Inline)
+            .ok_or(SettingsError::MissingSecret(name))
+    }
+
+    pub fn from_env(name: &'static str) -> Result<Self, SettingsError> {
+        Self::from_vars(|key| std::env::var(key).ok(), name)
+    }
+}
+
+/// Runtime settings every function shares, read from the environment once at cold start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub table: String,
     pub config_path: PathBuf,
     pub artifacts_bucket: String,
-    pub github_secrets: SecretSource,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
     #[error(
-        "no GitHub webhook secret: set GITHUB_WEBHOOK_SECRET (comma-separated) or GITHUB_WEBHOOK_SECRET_ID (a Secrets Manager secret)"
+        "no {0}: set {0} (comma-separated secrets) or {0}_ID (a Secrets Manager secret holding them)"
     )]
-    NoGithubSecret,
+    MissingSecret(&'static str),
+    #[error("{name} must be {expected}, not `{value}`")]
+    Invalid {
+        name: &'static str,
+        expected: &'static str,
+        value: String,
+    },
 }
 
 impl Settings {
@@ -548,19 +578,9 @@ impl Settings {
     pub const DEFAULT_ARTIFACTS_BUCKET: &'static str = "conveyor-artifacts";
 
     /// Reads settings through `var` (the process environment in production, a map in tests).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let github_secrets = match (
-            non_empty("GITHUB_WEBHOOK_SECRET_ID"),
-            non_empty("GITHUB_WEBHOOK_SECRET"),
-        ) {
-            (Some(id), _) => SecretSource::SecretsManager(id),
-            (None, Some(list)) => SecretSource::Inline(
-                SecretSet::from_comma_separated(&list).ok_or(SettingsError::NoGithubSecret)?,
-            ),
-            (None, None) => return Err(SettingsError::NoGithubSecret),
-        };
-        Ok(Self {
+        Self {
             table: non_empty("CONVEYOR_TABLE").unwrap_or_else(|| Self::DEFAULT_TABLE.into()),
             config_path: config_path(
                 non_empty("CONVEYOR_CONFIG").unwrap_or_else(|| Self::DEFAULT_CONFIG.into()),
@@ -568,11 +588,10 @@ impl Settings {
             ),
             artifacts_bucket: non_empty("CONVEYOR_ARTIFACTS_BUCKET")
                 .unwrap_or_else(|| Self::DEFAULT_ARTIFACTS_BUCKET.into()),
-            github_secrets,
-        })
+        }
     }
 
-    pub fn from_env() -> Result<Self, SettingsError> {
+    pub fn from_env() -> Self {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 }
@@ -733,7 +752,7 @@ mod tests {
     }
 
     #[test]
-    fn settings_need_a_secret_and_prefer_secrets_manager() {
+    fn secrets_are_required_and_secrets_manager_is_preferred() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| {
                 pairs
@@ -742,37 +761,40 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        assert_eq!(
-            Settings::from_vars(vars(&[])).unwrap_err(),
-            SettingsError::NoGithubSecret
+        let missing = SecretSource::from_vars(vars(&[]), GITHUB_WEBHOOK_SECRET).unwrap_err();
+        assert_eq!(missing, SettingsError::MissingSecret(GITHUB_WEBHOOK_SECRET));
+        assert!(missing.to_string().contains("GITHUB_WEBHOOK_SECRET_ID"));
+        let blank = SecretSource::from_vars(
+            vars(&[("GITHUB_WEBHOOK_SECRET", " , ")]),
+            GITHUB_WEBHOOK_SECRET,
         );
-        assert_eq!(
-            Settings::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", " , ")])).unwrap_err(),
-            SettingsError::NoGithubSecret
-        );
-        let s = Settings::from_vars(vars(&[
-            ("GITHUB_WEBHOOK_SECRET", "a,b"),
-            ("CONVEYOR_TABLE", "t"),
-        ]))
+        assert!(blank.is_err());
+        let inline = SecretSource::from_vars(
+            vars(&[("STRIPE_WEBHOOK_SECRET", "a,b")]),
+            STRIPE_WEBHOOK_SECRET,
+        )
         .unwrap();
-        assert_eq!(s.table, "t");
-        assert!(matches!(s.github_secrets, SecretSource::Inline(ref set) if set.len() == 2));
-        let s = Settings::from_vars(vars(&[
+        assert!(matches!(inline, SecretSource::Inline(ref set) if set.len() == 2));
+        let both = vars(&[
             ("GITHUB_WEBHOOK_SECRET", "a"),
             ("GITHUB_WEBHOOK_SECRET_ID", "arn:x"),
-        ]))
-        .unwrap();
+        ]);
         assert_eq!(
-            s.github_secrets,
+            SecretSource::from_vars(both, GITHUB_WEBHOOK_SECRET).unwrap(),
             SecretSource::SecretsManager("arn:x".into())
         );
+    }
+
+    #[test]
+    fn settings_have_defaults_and_find_the_config_in_lambda() {
+        let none = |_: &str| None;
+        let s = Settings::from_vars(none);
         assert_eq!(s.table, Settings::DEFAULT_TABLE);
         assert_eq!(s.config_path, PathBuf::from("conveyor.toml"));
-        let s = Settings::from_vars(vars(&[
-            ("GITHUB_WEBHOOK_SECRET", "a"),
-            ("LAMBDA_TASK_ROOT", "/var/task"),
-        ]))
-        .unwrap();
-        assert_eq!(s.config_path, PathBuf::from("/var/task/conveyor.toml"));
+        let lambda = |name: &str| (name == "LAMBDA_TASK_ROOT").then(|| "/var/task".to_string());
+        assert_eq!(
+            Settings::from_vars(lambda).config_path,
+            PathBuf::from("/var/task/conveyor.toml")
+        );
     }
 }

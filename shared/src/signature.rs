@@ -123,3 +123,191 @@ mod tests {
         assert_eq!(verify_github(&set, Some(&upper), b"Hello, World!"), Ok(()));
     }
 }
+
+/// Why a `Stripe-Signature` was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StripeSignatureError {
+    #[error("the Stripe-Signature header is missing")]
+    Missing,
+    #[error("the Stripe-Signature header is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("no v1 signature matches any configured endpoint secret")]
+    Mismatch,
+    #[error("the signature's timestamp is {age} s away from now, over the {tolerance} s tolerance")]
+    OutsideTolerance { age: i64, tolerance: i64 },
+}
+
+impl StripeSignatureError {
+    /// 400 for a header that cannot be read, 401 for one that does not authenticate.
+    pub fn status(&self) -> u16 {
+        match self {
+            StripeSignatureError::Missing | StripeSignatureError::Malformed(_) => 400,
+            StripeSignatureError::Mismatch | StripeSignatureError::OutsideTolerance { .. } => 401,
+        }
+    }
+}
+
+/// Verifies `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `"<t>.<raw body>"`.
+/// Accepts when ANY `v1` matches ANY secret (Stripe signs with every live secret while one is
+/// being rolled); ignores `v0` and unknown schemes; then checks `|now - t| <= tolerance`.
+pub fn verify_stripe(
+    secrets: &SecretSet,
+    header: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: i64,
+) -> Result<(), StripeSignatureError> {
+    let header = header.ok_or(StripeSignatureError::Missing)?;
+    let mut timestamp: Option<(&str, i64)> = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        let (key, value) = part
+            .trim()
+            .split_once('=')
+            .ok_or(StripeSignatureError::Malformed(
+                "every element must be key=value",
+            ))?;
+        match key {
+            "t" => {
+                if timestamp.is_some() {
+                    return Err(StripeSignatureError::Malformed("more than one t="));
+                }
+                let seconds = value
+                    .parse::<i64>()
+                    .map_err(|_| StripeSignatureError::Malformed("t= is not a Unix time"))?;
+                timestamp = Some((value, seconds));
+            }
+            "v1" => {
+                // A v1 that is not 64 hex digits cannot match; it does not void the others.
+                if let Ok(bytes) = hex::decode(value)
+                    && bytes.len() == 32
+                {
+                    signatures.push(bytes);
+                }
+            }
+            _ => {} // v0 (test mode) and future schemes are ignored
+        }
+    }
+    let (t_text, t) = timestamp.ok_or(StripeSignatureError::Malformed("no t= timestamp"))?;
+    if signatures.is_empty() {
+        return Err(StripeSignatureError::Malformed("no v1= signature"));
+    }
+    let matches = secrets.iter().any(|secret| {
+        let mut mac = mac_for(secret.expose());
+        mac.update(t_text.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        // Each candidate is compared in constant time against the one MAC of this secret.
+        signatures
+            .iter()
+            .any(|candidate| mac.clone().verify_slice(candidate).is_ok())
+    });
+    if !matches {
+        return Err(StripeSignatureError::Mismatch);
+    }
+    let age = (now - t).abs();
+    if age > tolerance {
+        return Err(StripeSignatureError::OutsideTolerance { age, tolerance });
+    }
+    Ok(())
+}
+
+/// The `Stripe-Signature` header Stripe would send for `body` at `t` (for tests and replays).
+pub fn sign_stripe(secret: &[u8], t: i64, body: &[u8]) -> String {
+    let mut mac = mac_for(secret);
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod stripe_tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_300_000;
+
+    fn secrets(list: &str) -> SecretSet {
+        SecretSet::from_comma_separated(list).unwrap()
+    }
+
+    #[test]
+    fn a_valid_signature_is_accepted() {
+        let header = sign_stripe(b"whsec_a", NOW, b"{}");
+        assert_eq!(
+            verify_stripe(&secrets("whsec_a"), Some(&header), b"{}", NOW + 10, 300),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn any_v1_against_any_secret_while_rolling() {
+        let old = sign_stripe(b"whsec_old", NOW, b"{}");
+        let new = sign_stripe(b"whsec_new", NOW, b"{}");
+        let both = format!("{},{},v0=deadbeef", new, old.split(',').nth(1).unwrap());
+        assert_eq!(
+            verify_stripe(&secrets("whsec_old"), Some(&both), b"{}", NOW, 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify_stripe(&secrets("whsec_new"), Some(&both), b"{}", NOW, 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify_stripe(
+                &secrets("whsec_other,whsec_old"),
+                Some(&old),
+                b"{}",
+                NOW,
+                300
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn v0_alone_is_not_enough() {
+        let v1 = sign_stripe(b"whsec_a", NOW, b"{}");
+        let v0_only = v1.replace("v1=", "v0=");
+        assert_eq!(
+            verify_stripe(&secrets("whsec_a"), Some(&v0_only), b"{}", NOW, 300),
+            Err(StripeSignatureError::Malformed("no v1= signature"))
+        );
+    }
+
+    #[test]
+    fn rejections() {
+        let set = secrets("whsec_a");
+        let header = sign_stripe(b"whsec_a", NOW, b"{}");
+        assert_eq!(
+            verify_stripe(&set, Some(&header), b"{ }", NOW, 300),
+            Err(StripeSignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_stripe(&secrets("whsec_b"), Some(&header), b"{}", NOW, 300),
+            Err(StripeSignatureError::Mismatch)
+        );
+        let late = verify_stripe(&set, Some(&header), b"{}", NOW + 301, 300).unwrap_err();
+        assert_eq!(
+            late,
+            StripeSignatureError::OutsideTolerance {
+                age: 301,
+                tolerance: 300
+            }
+        );
+        assert_eq!(late.status(), 401);
+        assert_eq!(
+            verify_stripe(&set, Some(&header), b"{}", NOW + 301, 600),
+            Ok(())
+        );
+        for bad in ["", "t=abc,v1=00", "v1=00", "t=1,t=2,v1=00", "garbage"] {
+            let err = verify_stripe(&set, Some(bad), b"{}", NOW, 300).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad}: {err}");
+        }
+        assert_eq!(
+            verify_stripe(&set, None, b"{}", NOW, 300)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+}

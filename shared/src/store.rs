@@ -5,10 +5,13 @@
 //! | item        | `pk`                        | `sk`                     | `gsi1pk`              | `gsi1sk`                         | `ttl` |
 //! |-------------|-----------------------------|--------------------------|-----------------------|----------------------------------|-------|
 //! | delivery    | `DELIVERY#<hook id>#<guid>` | `DELIVERY`               |                       |                                  | 7 days|
+//! | Stripe event| `STRIPE_EVENT#<event id>`   | `EVENT`                  |                       |                                  | 30 days|
 //! | commit      | `REPO#<owner/name>`         | `COMMIT#<sha>`           |                       |                                  |       |
 //! | push        | `REPO#<owner/name>`         | `PUSH#<delivery guid>`   | `PUSHES`              | `<received at>#<owner/name>`     |       |
 //! | build       | `REPO#<owner/name>`         | `BUILD#<sha>#<source>`   | `BUILDS`              | `<completed at>#<owner/name>#<sha>` |    |
 //! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<sha>`       | `DEPLOYMENTS#<env>`   | `<created at>#<sha>`             |       |
+//! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
+//! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
 //!
 //! Times in sort keys are zero-padded Unix seconds, so they sort as text. `ttl` is Unix
 //! seconds; DynamoDB deletes expired items lazily, so reads treat an expired item as absent.
@@ -33,6 +36,7 @@ use aws_sdk_dynamodb::types::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BuildRecord, CommitRecord, DeploymentRecord, PushRecord};
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -41,7 +45,9 @@ pub type Item = HashMap<String, AttributeValue>;
 pub const GSI1: &str = "gsi1";
 /// How long a delivery id is remembered (GitHub redelivers for up to 3 days).
 pub const DELIVERY_TTL_SECONDS: i64 = 7 * 24 * 3600;
-/// How long a claimed delivery is held before another copy may take it over (a crashed run).
+/// How long a Stripe event id is remembered (Stripe retries for up to 3 days).
+pub const STRIPE_EVENT_TTL_SECONDS: i64 = 30 * 24 * 3600;
+/// How long a claim is held before another copy may take it over (a crashed run).
 pub const DELIVERY_LEASE_SECONDS: i64 = 60;
 /// DynamoDB's limit on one BatchWriteItem.
 pub const BATCH_SIZE: usize = 25;
@@ -95,6 +101,12 @@ pub struct Key {
 }
 
 impl Key {
+    pub fn stripe_event(id: &str) -> Self {
+        Self {
+            pk: format!("STRIPE_EVENT#{id}"),
+            sk: "EVENT".into(),
+        }
+    }
     pub fn delivery(hook_id: &str, guid: &str) -> Self {
         Self {
             pk: format!("DELIVERY#{hook_id}#{guid}"),
@@ -117,6 +129,18 @@ impl Key {
         Self {
             pk: format!("REPO#{repository}"),
             sk: format!("BUILD#{sha}#{source}"),
+        }
+    }
+    pub fn subscription(customer: &str, subscription: &str) -> Self {
+        Self {
+            pk: format!("CUSTOMER#{customer}"),
+            sk: format!("SUBSCRIPTION#{subscription}"),
+        }
+    }
+    pub fn alert(source: &str, id: &str) -> Self {
+        Self {
+            pk: format!("ALERT#{source}#{id}"),
+            sk: "ALERT".into(),
         }
     }
     pub fn deployment(environment: &str, sha: &str) -> Self {
@@ -153,6 +177,15 @@ fn encode<T: Serialize>(kind: &'static str, value: &T, key: Key) -> Result<Item,
 
 fn decode<T: DeserializeOwned>(kind: &'static str, item: Item) -> Result<T, StoreError> {
     serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { kind, source })
+}
+
+/// A value that tells one invocation's claim on `id` from any other's.
+pub fn claim_token(id: &str, now: i64) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!(
+        "{now}-{:016x}",
+        RandomState::new().hash_one((id, std::process::id()))
+    )
 }
 
 /// Why a delivery could not be claimed.
@@ -423,26 +456,27 @@ impl Table {
         }
     }
 
-    // ---- deliveries ------------------------------------------------------------------
+    // ---- claims on outside events ------------------------------------------------------
 
-    /// Claims a delivery for processing. Succeeds for a new delivery, for one whose earlier
-    /// claim was abandoned (lease over: the invocation crashed), and for an expired record.
-    pub async fn claim_delivery(
+    /// Claims an outside event (a delivery, a Stripe event) for processing. Succeeds for a new
+    /// one, for one whose earlier claim was abandoned (lease over: the invocation crashed),
+    /// and for an expired record. The record is kept `ttl_seconds` for dedupe.
+    pub async fn claim(
         &self,
-        hook_id: &str,
-        guid: &str,
+        key: Key,
         event: &str,
         token: &str,
         now: i64,
+        ttl_seconds: i64,
     ) -> Result<Claim, StoreError> {
-        let mut item = Key::delivery(hook_id, guid).into_item();
+        let mut item = key.into_item();
         item.extend([
             ("event".into(), s(event)),
             ("state".into(), s("processing")),
             ("claim".into(), s(token)),
             ("lease_until".into(), n(now + DELIVERY_LEASE_SECONDS)),
             ("received_at".into(), n(now)),
-            ("ttl".into(), n(now + DELIVERY_TTL_SECONDS)),
+            ("ttl".into(), n(now + ttl_seconds)),
         ]);
         let put = self
             .put_if(
@@ -458,11 +492,10 @@ impl Table {
         })
     }
 
-    /// Marks a claimed delivery done with its outcome. Only the holder of the claim can.
-    pub async fn finish_delivery(
+    /// Marks a claimed event done with its outcome. Only the holder of the claim can.
+    pub async fn finish_claim(
         &self,
-        hook_id: &str,
-        guid: &str,
+        key: Key,
         token: &str,
         outcome: &str,
         detail: &str,
@@ -471,7 +504,7 @@ impl Table {
             .client
             .update_item()
             .table_name(&self.name)
-            .set_key(Some(Key::delivery(hook_id, guid).into_item()))
+            .set_key(Some(key.into_item()))
             .update_expression(
                 "SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until",
             )
@@ -492,17 +525,12 @@ impl Table {
     }
 
     /// Gives up a claim after a failure so that a redelivery is processed in full.
-    pub async fn release_delivery(
-        &self,
-        hook_id: &str,
-        guid: &str,
-        token: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn release_claim(&self, key: Key, token: &str) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_item()
             .table_name(&self.name)
-            .set_key(Some(Key::delivery(hook_id, guid).into_item()))
+            .set_key(Some(key.into_item()))
             .condition_expression("#state = :processing AND claim = :token")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":processing", s("processing"))
@@ -602,6 +630,183 @@ impl Table {
             .await?
             .into_iter()
             .map(|item| decode("deployment", item))
+            .collect()
+    }
+}
+
+/// A customer's subscription as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SubscriptionState {
+    pub customer: String,
+    pub subscription: String,
+    pub status: Option<String>,
+    pub price: Option<String>,
+    pub product: Option<String>,
+    pub current_period_end: Option<i64>,
+    pub cancel_at_period_end: Option<bool>,
+    pub last_event_id: String,
+    pub last_event_type: String,
+    pub last_event_created: i64,
+    pub updated_at: i64,
+}
+
+/// Whether a change was applied or was older than what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordered {
+    Applied,
+    /// An older event: it only filled fields that were still unknown.
+    Stale,
+}
+
+impl Table {
+    /// Applies a subscription change unless a newer event has already been applied.
+    ///
+    /// Order is by the event's `created` (Unix seconds). Tie rule, for two events of the same
+    /// second: the one applied last wins, except that nothing at the same second overrides a
+    /// deletion (`canceled`), so a cancellation is never undone by its own companion events.
+    /// A stale event still fills fields the item does not have yet (e.g. the price from a
+    /// late `customer.subscription.created`), never overwriting one.
+    pub async fn apply_subscription_change(
+        &self,
+        change: &SubscriptionChange,
+        now: i64,
+    ) -> Result<Ordered, StoreError> {
+        let mut names = HashMap::from([("#status".to_string(), "status".to_string())]);
+        let mut values = HashMap::from([
+            (":customer".to_string(), s(&change.customer)),
+            (":subscription".to_string(), s(&change.subscription)),
+            (":event_id".to_string(), s(&change.event_id)),
+            (":event_type".to_string(), s(&change.event_type)),
+            (":created".to_string(), n(change.event_created)),
+            (":now".to_string(), n(now)),
+            (":canceled".to_string(), s("canceled")),
+            (
+                ":terminal".to_string(),
+                AttributeValue::Bool(change.is_terminal()),
+            ),
+            (":yes".to_string(), AttributeValue::Bool(true)),
+        ]);
+        let mut fields: Vec<(&str, AttributeValue)> = Vec::new();
+        if let Some(status) = &change.status {
+            fields.push(("status", s(status)));
+        }
+        if let Some(price) = &change.price {
+            fields.push(("price", s(price)));
+        }
+        if let Some(product) = &change.product {
+            fields.push(("product", s(product)));
+        }
+        if let Some(end) = change.current_period_end {
+            fields.push(("current_period_end", n(end)));
+        }
+        if let Some(cancel) = change.cancel_at_period_end {
+            fields.push(("cancel_at_period_end", AttributeValue::Bool(cancel)));
+        }
+        let mut set = vec![
+            "customer = :customer".to_string(),
+            "subscription = :subscription".to_string(),
+            "last_event_id = :event_id".to_string(),
+            "last_event_type = :event_type".to_string(),
+            "last_event_created = :created".to_string(),
+            "updated_at = :now".to_string(),
+        ];
+        let mut fill = vec![
+            "customer = if_not_exists(customer, :customer)".to_string(),
+            "subscription = if_not_exists(subscription, :subscription)".to_string(),
+            "last_event_id = if_not_exists(last_event_id, :event_id)".to_string(),
+            "last_event_type = if_not_exists(last_event_type, :event_type)".to_string(),
+            "last_event_created = if_not_exists(last_event_created, :created)".to_string(),
+            "updated_at = :now".to_string(),
+        ];
+        for (field, value) in fields {
+            let (name, placeholder) = (format!("#{field}"), format!(":{field}"));
+            set.push(format!("{name} = {placeholder}"));
+            fill.push(format!("{name} = if_not_exists({name}, {placeholder})"));
+            names.insert(name, field.to_string());
+            values.insert(placeholder, value);
+        }
+        let key = || Key::subscription(&change.customer, &change.subscription).into_item();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key()))
+            .update_expression(format!("SET {}", set.join(", ")))
+            .condition_expression(
+                "attribute_not_exists(pk) OR last_event_created < :created OR (last_event_created = :created AND (:terminal = :yes OR attribute_not_exists(#status) OR #status <> :canceled))",
+            )
+            .set_expression_attribute_names(Some(names.clone()))
+            .set_expression_attribute_values(Some(values.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => return Ok(Ordered::Applied),
+            Err(err) if is_condition_failure(&err) => {}
+            Err(err) => return Err(self.aws_error("UpdateItem", err)),
+        }
+        // Only the placeholders the fill expression uses may be sent.
+        for unused in [":canceled", ":terminal", ":yes"] {
+            values.remove(unused);
+        }
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key()))
+            .update_expression(format!("SET {}", fill.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateItem", err))?;
+        Ok(Ordered::Stale)
+    }
+
+    /// Every subscription the ledger knows for `customer`.
+    pub async fn customer_subscriptions(
+        &self,
+        customer: &str,
+    ) -> Result<Vec<SubscriptionState>, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("CUSTOMER#{customer}")))
+            .expression_attribute_values(":prefix", s("SUBSCRIPTION#"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| self.aws_error("Query", err))?;
+        output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| decode("subscription", item))
+            .collect()
+    }
+
+    /// Raises an alert for alert dispatch, once per cause.
+    pub async fn record_alert(&self, alert: &AlertRecord) -> Result<Put, StoreError> {
+        let mut item = encode("alert", alert, Key::alert(&alert.source, &alert.id))?;
+        item.insert("state".into(), s("pending"));
+        item.insert("gsi1pk".into(), s("ALERTS"));
+        item.insert(
+            "gsi1sk".into(),
+            s(format!(
+                "{}#{}#{}",
+                time_key(alert.created_at),
+                alert.source,
+                alert.id
+            )),
+        );
+        self.put_if_absent(item).await
+    }
+
+    pub async fn recent_alerts(&self, limit: i32) -> Result<Vec<AlertRecord>, StoreError> {
+        self.newest("ALERTS", limit)
+            .await?
+            .into_iter()
+            .map(|item| decode("alert", item))
             .collect()
     }
 }

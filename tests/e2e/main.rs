@@ -3,4 +3,5 @@
 mod api;
 mod intake;
 mod local_aws;
+mod stripe;
 mod triggers;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, LoadError, Settings, SettingsError};
+use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::intake::{self, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::http::{
@@ -17,7 +17,7 @@ use conveyor_shared::http::{
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::signature;
-use conveyor_shared::store::{Claim, Put, StoreError, Table};
+use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table};
 use serde_json::json;
 
 pub const ROUTES: &[Route] = &[
@@ -74,9 +74,13 @@ impl Intake {
     }
 
     /// Loads `conveyor.toml`, resolves the webhook secrets and builds the table client.
-    pub async fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, StartupError> {
+    pub async fn from_settings(
+        settings: &Settings,
+        secret: &SecretSource,
+        sdk: &SdkConfig,
+    ) -> Result<Self, StartupError> {
         let config = Config::load(&settings.config_path)?;
-        let secrets = secrets::resolve(&settings.github_secrets, sdk).await?;
+        let secrets = secrets::resolve(secret, sdk).await?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
         Ok(Self::new(
             table,
@@ -119,7 +123,7 @@ impl Intake {
             Ok(payload) => payload,
             Err(err) => return rejected(&err),
         };
-        let now = now();
+        let now = conveyor_shared::unix_now();
         let ctx = PlanContext {
             config: &self.config,
             artifacts_bucket: &self.artifacts_bucket,
@@ -136,10 +140,16 @@ impl Intake {
             );
         }
 
-        let token = claim_token(guid, now);
+        let token = store::claim_token(guid, now);
         match self
             .table
-            .claim_delivery(hook_id, guid, event, &token, now)
+            .claim(
+                Key::delivery(hook_id, guid),
+                event,
+                &token,
+                now,
+                DELIVERY_TTL_SECONDS,
+            )
             .await
         {
             Ok(Claim::Claimed) => {}
@@ -156,7 +166,11 @@ impl Intake {
             Ok(created) => created,
             Err(err) => {
                 // Give the delivery back so that a redelivery is processed in full.
-                if let Err(release) = self.table.release_delivery(hook_id, guid, &token).await {
+                if let Err(release) = self
+                    .table
+                    .release_claim(Key::delivery(hook_id, guid), &token)
+                    .await
+                {
                     tracing::error!(error = %release, delivery = guid, "cannot release the delivery claim");
                 }
                 return store_failure(&err);
@@ -168,7 +182,7 @@ impl Intake {
         };
         if let Err(err) = self
             .table
-            .finish_delivery(hook_id, guid, &token, outcome, &detail)
+            .finish_claim(Key::delivery(hook_id, guid), &token, outcome, &detail)
             .await
         {
             // Everything is recorded; only the delivery's own log entry is behind.
@@ -323,17 +337,4 @@ fn limit(request: &Request) -> Result<i32, String> {
             _ => Err(format!("limit must be a number from 1 to {MAX_LIMIT}")),
         },
     }
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// A value that tells this invocation's claim from any other's.
-fn claim_token(guid: &str, now: i64) -> String {
-    use std::hash::{BuildHasher, RandomState};
-    format!(
-        "{now}-{:016x}",
-        RandomState::new().hash_one((guid, std::process::id()))
-    )
 }

@@ -4,6 +4,7 @@
 pub mod github;
 pub mod intake;
 pub mod records;
+pub mod stripe;
 
 pub use records::{
     BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind,

@@ -1,0 +1,278 @@
+//! Stripe webhooks (`POST /webhooks/stripe`) and the entitlement API
+//! (`GET /api/v1/customers/{customer}`): what the product asks before it lets a customer in.
+//!
+//! The Stripe model is a small serde model of the fields used
+//! ([`conveyor_shared::domain::stripe`], where the choice against `async-stripe` is explained).
+//! Order of checks: size, signature and timestamp (over the raw bytes), envelope; then the
+//! event id is claimed (dedupe), the change applied in event order, the claim marked done.
+
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::{SecretSource, Settings, SettingsError};
+use conveyor_shared::domain::stripe::{self, StripePlan};
+use conveyor_shared::http::{
+    self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode,
+};
+use conveyor_shared::secret::SecretSet;
+use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::signature::verify_stripe;
+use conveyor_shared::store::{
+    self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table,
+};
+use serde_json::json;
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: "/webhooks/stripe",
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/customers/{customer}",
+    },
+];
+
+/// Stripe's default signature tolerance, in seconds.
+pub const DEFAULT_TOLERANCE: i64 = 300;
+/// Events are small; anything larger than this is not from Stripe.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+}
+
+/// `STRIPE_TOLERANCE_SECONDS` (default 300).
+pub fn tolerance_from_env() -> Result<i64, SettingsError> {
+    match std::env::var("STRIPE_TOLERANCE_SECONDS") {
+        Err(_) => Ok(DEFAULT_TOLERANCE),
+        Ok(text) => {
+            text.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|t| *t > 0)
+                .ok_or(SettingsError::Invalid {
+                    name: "STRIPE_TOLERANCE_SECONDS",
+                    expected: "a positive number of seconds",
+                    value: text,
+                })
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StripeWebhook {
+    table: Table,
+    secrets: SecretSet,
+    tolerance: i64,
+}
+
+impl StripeWebhook {
+    pub fn new(table: Table, secrets: SecretSet, tolerance: i64) -> Self {
+        Self {
+            table,
+            secrets,
+            tolerance,
+        }
+    }
+
+    pub async fn from_settings(
+        settings: &Settings,
+        secret: &SecretSource,
+        tolerance: i64,
+        sdk: &SdkConfig,
+    ) -> Result<Self, StartupError> {
+        let secrets = secrets::resolve(secret, sdk).await?;
+        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        Ok(Self::new(table, secrets, tolerance))
+    }
+
+    async fn webhook(&self, request: Request) -> Response {
+        let body = request.body();
+        if body.len() > MAX_BODY_BYTES {
+            return http::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is over 1 MB",
+            );
+        }
+        let now = conveyor_shared::unix_now();
+        if let Err(err) = verify_stripe(
+            &self.secrets,
+            http::header(&request, "stripe-signature"),
+            body,
+            now,
+            self.tolerance,
+        ) {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            let code = if err.status() == 400 {
+                "malformed_signature"
+            } else {
+                "invalid_signature"
+            };
+            return http::error(status, code, err);
+        }
+        let event = match stripe::parse_event(body) {
+            Ok(event) => event,
+            Err(err) => return http::error(StatusCode::BAD_REQUEST, "invalid_event", err),
+        };
+        let key = || Key::stripe_event(&event.id);
+        let token = store::claim_token(&event.id, now);
+        match self
+            .table
+            .claim(key(), &event.kind, &token, now, STRIPE_EVENT_TTL_SECONDS)
+            .await
+        {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Duplicate) => {
+                tracing::info!(event = %event.id, kind = %event.kind, "duplicate Stripe event");
+                return http::json(
+                    StatusCode::OK,
+                    &json!({"ok": true, "duplicate": true, "event": event.id}),
+                );
+            }
+            Err(err) => return store_failure(&err),
+        }
+        let (outcome, detail) = match stripe::plan(&event) {
+            StripePlan::Ignored(reason) => ("ignored", reason),
+            StripePlan::Apply { change, alert } => {
+                let applied = async {
+                    let ordered = self.table.apply_subscription_change(&change, now).await?;
+                    if let Some(alert) = &alert {
+                        self.table.record_alert(alert).await?;
+                    }
+                    Ok::<_, StoreError>(ordered)
+                }
+                .await;
+                match applied {
+                    Ok(Ordered::Applied) => (
+                        "applied",
+                        format!(
+                            "{} is {}",
+                            change.subscription,
+                            change.status.as_deref().unwrap_or("unchanged")
+                        ),
+                    ),
+                    Ok(Ordered::Stale) => (
+                        "stale",
+                        format!(
+                            "a newer event for {} was applied first",
+                            change.subscription
+                        ),
+                    ),
+                    Err(err) => {
+                        if let Err(release) = self.table.release_claim(key(), &token).await {
+                            tracing::error!(error = %release, event = %event.id, "cannot release the event claim");
+                        }
+                        return store_failure(&err);
+                    }
+                }
+            }
+        };
+        if let Err(err) = self
+            .table
+            .finish_claim(key(), &token, outcome, &detail)
+            .await
+        {
+            tracing::warn!(error = %err, event = %event.id, "cannot mark the event done");
+        }
+        tracing::info!(event = %event.id, kind = %event.kind, outcome, %detail, "Stripe event handled");
+        http::json(
+            StatusCode::OK,
+            &json!({"ok": true, "duplicate": false, "event": event.id, "type": event.kind, "outcome": outcome, "detail": detail}),
+        )
+    }
+
+    async fn customer(&self, customer: &str) -> Response {
+        let valid = !customer.is_empty()
+            && customer.len() <= 255
+            && customer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return http::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_customer",
+                "a customer id looks like cus_...",
+            );
+        }
+        match self.table.customer_subscriptions(customer).await {
+            Ok(subscriptions) if subscriptions.is_empty() => http::error(
+                StatusCode::NOT_FOUND,
+                "unknown_customer",
+                format!("no subscription is known for {customer}"),
+            ),
+            Ok(subscriptions) => {
+                let entitled = subscriptions
+                    .iter()
+                    .any(|s| s.status.as_deref().is_some_and(stripe::entitles));
+                let list: Vec<_> = subscriptions
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "subscription": s.subscription,
+                            "status": s.status,
+                            "price": s.price,
+                            "product": s.product,
+                            "current_period_end": s.current_period_end,
+                            "cancel_at_period_end": s.cancel_at_period_end.unwrap_or(false),
+                            "updated_by": s.last_event_type,
+                        })
+                    })
+                    .collect();
+                http::json(
+                    StatusCode::OK,
+                    &json!({"customer": customer, "entitled": entitled, "subscriptions": list}),
+                )
+            }
+            Err(err) => store_failure(&err),
+        }
+    }
+}
+
+impl HttpFunction for StripeWebhook {
+    fn name(&self) -> &'static str {
+        "stripe-webhook"
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        ROUTES
+    }
+
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            if request.method() == Method::POST
+                && http::match_path("/webhooks/stripe", &path).is_some()
+            {
+                return self.webhook(request).await;
+            }
+            if request.method() == Method::GET
+                && let Some(params) = http::match_path("/api/v1/customers/{customer}", &path)
+            {
+                let customer = params
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                return self.customer(&customer).await;
+            }
+            http::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {} {path}", request.method()),
+            )
+        })
+    }
+}
+
+fn store_failure(err: &StoreError) -> Response {
+    tracing::error!(error = %err, "table unavailable");
+    http::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the ledger could not be written; nothing was applied, Stripe will retry",
+    )
+}
