@@ -14,7 +14,8 @@ base="http://127.0.0.1:$port"
 
 # A fresh secret for this run only: the replays sign with it, nothing stores it.
 GITHUB_WEBHOOK_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-export GITHUB_WEBHOOK_SECRET
+STRIPE_WEBHOOK_SECRET=whsec_$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+export GITHUB_WEBHOOK_SECRET STRIPE_WEBHOOK_SECRET
 export CONVEYOR_TABLE=${CONVEYOR_TABLE:-conveyor-dev}
 
 "$conveyor" dev --listen "127.0.0.1:$port" --config events/conveyor.dev.toml &
@@ -42,12 +43,20 @@ echo "== the same delivery again is a duplicate"
 "$conveyor" replay events/github/push/main.json --url "$base/webhooks/github" --delivery demo-repeat
 
 echo
+echo "== replaying sample Stripe events (signed with this run's endpoint secret)"
+for sample in subscription-created invoice-payment-failed; do
+  "$conveyor" replay "events/stripe/$sample.json" --url "$base/webhooks/stripe"
+done
+
+echo
 echo "== GET /api/v1/builds"
 show /api/v1/builds
 echo "== GET /api/v1/deployments?environment=production"
 show "/api/v1/deployments?environment=production"
 echo "== GET /api/v1/deployments?environment=staging"
 show "/api/v1/deployments?environment=staging"
+echo "== GET /api/v1/customers/cus_QdemoShop"
+show /api/v1/customers/cus_QdemoShop
 
 if [ "${DEMO_EXIT:-0}" = 1 ]; then
   exit 0
@@ -55,4 +64,5 @@ fi
 echo
 echo "conveyor dev keeps serving on $base (Ctrl-C to stop). Replay more with:"
 echo "  GITHUB_WEBHOOK_SECRET=$GITHUB_WEBHOOK_SECRET target/debug/conveyor replay events/github/push/main.json --url $base/webhooks/github"
+echo "  STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET target/debug/conveyor replay events/stripe/subscription-created.json --url $base/webhooks/stripe"
 wait "$server"

@@ -260,9 +260,9 @@ pub fn routes_json() -> serde_json::Value {
     )
 }
 
-/// The first inline GitHub secret, for signing replays.
-pub fn replay_secret() -> Option<conveyor_shared::secret::Secret> {
-    match SecretSource::from_env(GITHUB_WEBHOOK_SECRET).ok()? {
+/// The first inline secret of `name`, for signing replays.
+pub fn replay_secret(name: &'static str) -> Option<conveyor_shared::secret::Secret> {
+    match SecretSource::from_env(name).ok()? {
         SecretSource::Inline(set) => set.iter().next().cloned(),
         SecretSource::SecretsManager(_) => None,
     }

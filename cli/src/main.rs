@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use conveyor_cli::{dev, replay};
-use conveyor_shared::config::Config;
+use conveyor_shared::config::{Config, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET};
 use conveyor_shared::{load_aws_config, telemetry};
 
 #[derive(Parser)]
@@ -30,12 +30,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Sign a sample GitHub delivery with GITHUB_WEBHOOK_SECRET and post it.
+    /// Sign a sample webhook and post it: GitHub deliveries with GITHUB_WEBHOOK_SECRET,
+    /// Stripe events (files under a `stripe` folder) with STRIPE_WEBHOOK_SECRET.
     Replay {
-        /// A payload file; its folder names the event (events/github/push/...).
+        /// A payload file: events/github/<event>/*.json or events/stripe/*.json.
         file: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:3000/webhooks/github")]
-        url: String,
+        /// Where to post (default: http://127.0.0.1:3000/webhooks/github or .../stripe).
+        #[arg(long)]
+        url: Option<String>,
         /// The X-GitHub-Event to send (default: the file's folder name).
         #[arg(long)]
         event: Option<String>,
@@ -136,22 +138,32 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             event,
             delivery,
         } => {
-            let secret = dev::replay_secret().ok_or(
-                "replay signs with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret",
-            )?;
-            let event = match event {
-                Some(event) => event,
-                None => replay::event_of(&file).map_err(|e| e.to_string())?,
+            let sender = match event {
+                Some(event) => replay::Sender::GitHub { event },
+                None => replay::Sender::of(&file).map_err(|e| e.to_string())?,
             };
+            let url = url.unwrap_or_else(|| format!("http://127.0.0.1:3000{}", sender.path()));
             let body = replay::read(&file).map_err(|e| e.to_string())?;
-            let delivery = delivery.unwrap_or_else(replay::new_delivery_id);
-            let reply = replay::post(&url, &event, &delivery, body, &secret)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (label, reply) = match &sender {
+                replay::Sender::GitHub { event } => {
+                    let secret = dev::replay_secret(GITHUB_WEBHOOK_SECRET)
+                        .ok_or("replay signs GitHub deliveries with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret")?;
+                    let delivery = delivery.unwrap_or_else(replay::new_delivery_id);
+                    let reply = replay::post(&url, event, &delivery, body, &secret).await;
+                    (format!("{event} {delivery}"), reply)
+                }
+                replay::Sender::Stripe => {
+                    let secret = dev::replay_secret(STRIPE_WEBHOOK_SECRET)
+                        .ok_or("replay signs Stripe events with STRIPE_WEBHOOK_SECRET; set it to the dev server's secret")?;
+                    (
+                        "stripe".to_string(),
+                        replay::post_stripe(&url, body, &secret).await,
+                    )
+                }
+            };
+            let reply = reply.map_err(|e| e.to_string())?;
             println!(
-                "{} {} {} -> {} {}",
-                event,
-                delivery,
+                "{label} {} -> {} {}",
                 file.display(),
                 reply.status,
                 reply.body

@@ -1,10 +1,10 @@
-//! `conveyor replay`: sign a sample GitHub delivery and post it, as GitHub would.
+//! `conveyor replay`: sign a sample webhook and post it, as GitHub or Stripe would.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use conveyor_shared::secret::Secret;
-use conveyor_shared::signature::sign_github;
+use conveyor_shared::signature::{sign_github, sign_stripe};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,10 +20,39 @@ pub enum ReplayError {
         "cannot tell the event of {0}: put it in a folder named after the event (events/github/push/) or pass --event"
     )]
     UnknownEvent(String),
-    #[error("`{0}` is not a URL conveyor can post to: use http://HOST:PORT/webhooks/github")]
+    #[error("`{0}` is not a URL conveyor can post to: use http://HOST:PORT/webhooks/...")]
     BadUrl(String),
     #[error("posting to {url} failed: {message}")]
     Send { url: String, message: String },
+}
+
+/// Who sends a sample, by where it lives: anything under a `stripe` folder is a Stripe
+/// event; otherwise a GitHub delivery whose event is its folder's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    GitHub { event: String },
+    Stripe,
+}
+
+impl Sender {
+    pub fn of(path: &Path) -> Result<Self, ReplayError> {
+        if path
+            .ancestors()
+            .skip(1)
+            .any(|dir| dir.file_name().is_some_and(|name| name == "stripe"))
+        {
+            return Ok(Sender::Stripe);
+        }
+        event_of(path).map(|event| Sender::GitHub { event })
+    }
+
+    /// The dev server's route for this sender.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Sender::GitHub { .. } => "/webhooks/github",
+            Sender::Stripe => "/webhooks/stripe",
+        }
+    }
 }
 
 /// What the server answered.
@@ -52,29 +81,50 @@ pub async fn post(
     body: Vec<u8>,
     secret: &Secret,
 ) -> Result<Reply, ReplayError> {
+    let signature = sign_github(secret.expose(), &body);
+    let headers = [
+        ("user-agent", "GitHub-Hookshot/conveyor-replay"),
+        ("x-github-event", event),
+        ("x-github-delivery", delivery),
+        ("x-github-hook-id", "replay"),
+        ("x-hub-signature-256", &signature),
+    ];
+    send(url, &headers, body).await
+}
+
+/// Signs `body` as Stripe does now (`Stripe-Signature: t=...,v1=...`) and posts it to `url`.
+pub async fn post_stripe(url: &str, body: Vec<u8>, secret: &Secret) -> Result<Reply, ReplayError> {
+    let signature = sign_stripe(secret.expose(), conveyor_shared::unix_now(), &body);
+    send(
+        url,
+        &[
+            ("user-agent", "Stripe/1.0 (conveyor-replay)"),
+            ("stripe-signature", &signature),
+        ],
+        body,
+    )
+    .await
+}
+
+async fn send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply, ReplayError> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|_| ReplayError::BadUrl(url.to_owned()))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ReplayError::BadUrl(url.to_owned()));
     }
-    let request = hyper::Request::post(uri)
-        .header("content-type", "application/json")
-        .header("user-agent", "GitHub-Hookshot/conveyor-replay")
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-github-hook-id", "replay")
-        .header("x-hub-signature-256", sign_github(secret.expose(), &body))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|err| ReplayError::Send {
-            url: url.to_owned(),
-            message: err.to_string(),
-        })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let send_error = |message: String| ReplayError::Send {
         url: url.to_owned(),
         message,
     };
+    let mut request = hyper::Request::post(uri).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|err| send_error(err.to_string()))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let response = client
         .request(request)
         .await
@@ -113,4 +163,24 @@ pub fn new_delivery_id() -> String {
         (b >> 32) & 0xffff,
         b & 0xffff_ffff_ffff
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sender_follows_the_folder() {
+        assert_eq!(
+            Sender::of(Path::new("events/stripe/invoice-paid.json")).unwrap(),
+            Sender::Stripe
+        );
+        assert_eq!(
+            Sender::of(Path::new("events/github/push/main.json")).unwrap(),
+            Sender::GitHub {
+                event: "push".into()
+            }
+        );
+        assert!(Sender::of(Path::new("main.json")).is_err());
+    }
 }

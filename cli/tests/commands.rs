@@ -7,6 +7,8 @@ fn conveyor(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env_remove("GITHUB_WEBHOOK_SECRET")
         .env_remove("GITHUB_WEBHOOK_SECRET_ID")
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .env_remove("STRIPE_WEBHOOK_SECRET_ID")
         .output()
         .expect("the conveyor binary runs");
     (
@@ -63,6 +65,9 @@ fn replay_without_a_secret_says_what_to_set() {
     let (code, _, stderr) = conveyor(&["replay", &repo_file("events/github/push/main.json")]);
     assert_eq!(code, 1);
     assert!(stderr.contains("GITHUB_WEBHOOK_SECRET"), "{stderr}");
+    let (code, _, stderr) = conveyor(&["replay", &repo_file("events/stripe/subscription-created.json")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("STRIPE_WEBHOOK_SECRET"), "{stderr}");
 }
 
 #[test]

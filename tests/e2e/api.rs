@@ -50,7 +50,10 @@ async fn builds_are_listed_newest_first_and_limited() {
 async fn replay_signs_a_sample_as_github_would() {
     let app = TestApp::spawn(CONFIG).await;
     let file = conveyor_e2e::events_dir().join("github/workflow_run/ci-success-main.json");
-    let event = conveyor_cli::replay::event_of(&file).unwrap();
+    let sender = conveyor_cli::replay::Sender::of(&file).unwrap();
+    let conveyor_cli::replay::Sender::GitHub { event } = sender else {
+        panic!("a GitHub sample")
+    };
     assert_eq!(event, "workflow_run");
     let secret = conveyor_shared::secret::Secret::new(conveyor_e2e::SECRET);
     let body = conveyor_cli::replay::read(&file).unwrap();
