@@ -47,15 +47,9 @@ pub async fn sdk() -> SdkConfig {
 /// A name no other test in this or a concurrent run uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The handbook's real payloads, beside the repository; `None` when this clone lacks them.
@@ -75,6 +69,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub table: Table,
     pub sdk: SdkConfig,
+    pub config: Config,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -99,74 +94,39 @@ impl TestApp {
             config_path: "unused.toml".into(),
             artifacts_bucket: "conveyor-artifacts".into(),
         };
-        let inline = |list: String| {
-            Some(SecretSource::Inline(
-                SecretSet::from_comma_separated(&list).unwrap(),
-            ))
-        };
+        let inline = |list: String| Some(SecretSource::Inline(SecretSet::from_comma_separated(&list).unwrap()));
         let secrets = dev::WebhookSecrets {
             github: inline(format!("rotated-out,{SECRET}")),
             stripe: inline(format!("whsec_rotated_out,{STRIPE_SECRET}")),
         };
         let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
-        assert!(
-            table.create_if_missing().await.unwrap(),
-            "a fresh table is created"
-        );
+        assert!(table.create_if_missing().await.unwrap(), "a fresh table is created");
         let config = Config::parse(config, "test.toml").unwrap();
-        let mut catalog = dev::functions(config, &settings, &secrets, &sdk)
-            .await
-            .unwrap();
+        let mut catalog = dev::functions(config.clone(), &settings, &secrets, &sdk).await.unwrap();
         extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (table_name, run_sdk) = (settings.table.clone(), sdk.clone());
         tokio::spawn(async move {
-            dev::run(
-                listener,
-                catalog,
-                &table_name,
-                &run_sdk,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
+            dev::run(listener, catalog, &table_name, &run_sdk, std::future::pending()).await.unwrap();
         });
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestApp {
-            addr,
-            table,
-            sdk,
-            client,
-        }
+        TestApp { addr, table, sdk, config, client }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Answer {
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
         let mut request = hyper::Request::builder().method(method).uri(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = self
-            .client
-            .request(request.body(Full::new(body.into())).unwrap())
-            .await
-            .unwrap();
+        let response = self.client.request(request.body(Full::new(body.into())).unwrap()).await.unwrap();
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -193,41 +153,55 @@ impl TestApp {
 
     /// Posts a Stripe event signed `age` seconds ago with the configured endpoint secret.
     pub async fn deliver_stripe(&self, body: &[u8], age: i64) -> Answer {
-        let signature = sign_stripe(
-            STRIPE_SECRET.as_bytes(),
-            conveyor_shared::unix_now() - age,
-            body,
-        );
+        let signature = sign_stripe(STRIPE_SECRET.as_bytes(), conveyor_shared::unix_now() - age, body);
         self.request(
             "POST",
             "/webhooks/stripe",
-            &[
-                ("content-type", "application/json; charset=utf-8"),
-                ("stripe-signature", &signature),
-            ],
+            &[("content-type", "application/json; charset=utf-8"), ("stripe-signature", &signature)],
             Bytes::copy_from_slice(body),
         )
         .await
     }
 
+    /// A fresh token for `provider`, made as `conveyor token create` makes it.
+    pub async fn provider_token(&self, provider: &str) -> String {
+        let secret = conveyor_cli::ops::create_provider_token(&self.table, &self.config, provider).await.unwrap();
+        String::from_utf8(secret.expose().to_vec()).unwrap()
+    }
+
+    /// Uploads a manifest as `curl --data-binary @manifest.json -H "Authorization: Bearer ..."`.
+    pub async fn upload_manifest(&self, provider: &str, token: &str, query: &str, body: &[u8]) -> Answer {
+        let authorization = format!("Bearer {token}");
+        self.request(
+            "POST",
+            &format!("/providers/{provider}/manifests{query}"),
+            &[("content-type", "application/x-www-form-urlencoded"), ("authorization", &authorization)],
+            Bytes::copy_from_slice(body),
+        )
+        .await
+    }
+
+    pub async fn images(&self, provider: &str, token: &str) -> Answer {
+        let authorization = format!("Bearer {token}");
+        self.request(
+            "GET",
+            &format!("/providers/{provider}/images"),
+            &[("authorization", &authorization)],
+            Bytes::new(),
+        )
+        .await
+    }
+
     pub async fn deployments(&self, environment: &str) -> Vec<Value> {
-        let answer = self
-            .get(&format!("/api/v1/deployments?environment={environment}"))
-            .await;
+        let answer = self.get(&format!("/api/v1/deployments?environment={environment}")).await;
         assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body["deployments"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        answer.body["deployments"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn builds(&self) -> Vec<Value> {
         let answer = self.get("/api/v1/builds").await;
         assert_eq!(answer.status, 200, "{answer:?}");
-        answer.body["builds"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        answer.body["builds"].as_array().cloned().unwrap_or_default()
     }
 }
 

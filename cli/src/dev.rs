@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{
-    Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings,
-    SettingsError,
+    Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings, SettingsError,
 };
+use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
@@ -50,10 +50,7 @@ pub enum DevError {
     )]
     NotLocal(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The webhook secrets of a local run. A function whose secret is not set is left out of
@@ -100,30 +97,17 @@ pub async fn functions(
         ))),
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
-    Ok(Catalog {
-        http: Arc::new(http),
-        streams: Vec::new(),
-        schedules: Vec::new(),
-    })
+    http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));
+    Ok(Catalog { http: Arc::new(http), streams: Vec::new(), schedules: Vec::new() })
 }
 
 /// Makes sure the table exists in the local emulator. Refuses anything but a loopback
 /// endpoint, so a stray shell with real credentials cannot create resources in AWS.
 pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result<bool, DevError> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-    let host = endpoint
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split([':', '/'])
-        .next()
-        .unwrap_or("");
+    let host = endpoint.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
     if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(DevError::NotLocal(if endpoint.is_empty() {
-            "unset".into()
-        } else {
-            endpoint
-        }));
+        return Err(DevError::NotLocal(if endpoint.is_empty() { "unset".into() } else { endpoint }));
     }
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
     Ok(table.create_if_missing().await?)
@@ -140,9 +124,7 @@ pub fn local_settings(config_path: Option<&std::path::Path>) -> Settings {
 
 /// Binds `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DevError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| DevError::Listen { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| DevError::Listen { addr, source })
 }
 
 /// Serves the catalog until `shutdown` completes: HTTP routes on `listener`, and the stream
@@ -154,10 +136,7 @@ pub async fn run(
     sdk: &SdkConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), crate::triggers::TriggerError> {
-    let region = sdk
-        .region()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "us-east-1".into());
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
     let stream = async {
         crate::triggers::play_stream(catalog.streams, table, sdk).await?;
         // Nothing reads the stream: keep serving the rest.
@@ -171,11 +150,7 @@ pub async fn run(
 }
 
 /// Serves `functions` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    functions: Functions,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, functions: Functions, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -195,29 +170,21 @@ pub async fn serve(
                 let functions = functions.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&functions, request).await) }
             });
-            if let Err(err) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %err, "connection closed with an error");
             }
         });
     }
 }
 
-async fn route(
-    functions: &Functions,
-    request: hyper::Request<Incoming>,
-) -> hyper::Response<Full<Bytes>> {
+async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
     let response = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-        Err(_) => api::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the body is larger than any route accepts",
-        ),
+        Err(_) => {
+            api::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is larger than any route accepts")
+        }
         Ok(collected) => {
             let request = http::Request::from_parts(parts, collected.to_bytes());
             match api::dispatch(functions.iter().map(|f| f.as_ref()), &method, &path) {
@@ -227,11 +194,9 @@ async fn route(
                     "method_not_allowed",
                     format!("{path} does not take {method}"),
                 ),
-                Dispatch::NotFound => api::error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no route for {method} {path}"),
-                ),
+                Dispatch::NotFound => {
+                    api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
+                }
             }
         }
     };
@@ -245,6 +210,7 @@ pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
     vec![
         ("webhook-intake", webhook_intake::ROUTES),
         ("stripe-webhook", stripe_webhook::ROUTES),
+        ("manifest-ingest", manifest_ingest::ROUTES),
     ]
 }
 
@@ -275,44 +241,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_route_table_is_what_the_functions_serve() {
-        let settings = Settings {
-            table: "t".into(),
-            config_path: "c.toml".into(),
-            artifacts_bucket: "b".into(),
-        };
-        let inline = || {
-            Some(SecretSource::Inline(
-                SecretSet::from_comma_separated("s").unwrap(),
-            ))
-        };
-        let all = WebhookSecrets {
-            github: inline(),
-            stripe: inline(),
-        };
+        let settings = Settings { table: "t".into(), config_path: "c.toml".into(), artifacts_bucket: "b".into() };
+        let inline = || Some(SecretSource::Inline(SecretSet::from_comma_separated("s").unwrap()));
+        let all = WebhookSecrets { github: inline(), stripe: inline() };
         // No request is sent: building clients needs no network.
-        let sdk = SdkConfig::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .build();
-        let catalog = functions(Config::default(), &settings, &all, &sdk)
-            .await
-            .unwrap();
-        let served: Vec<_> = catalog
-            .http
-            .iter()
-            .map(|f| (f.name(), f.routes()))
-            .collect();
+        let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
+        let catalog = functions(Config::default(), &settings, &all, &sdk).await.unwrap();
+        let served: Vec<_> = catalog.http.iter().map(|f| (f.name(), f.routes())).collect();
         assert_eq!(served, route_table());
-        let none = functions(
-            Config::default(),
-            &settings,
-            &WebhookSecrets::default(),
-            &sdk,
-        )
-        .await
-        .unwrap();
-        assert!(
-            none.http.is_empty(),
-            "a function without its secret is left out"
-        );
+        let none = functions(Config::default(), &settings, &WebhookSecrets::default(), &sdk).await.unwrap();
+        let names: Vec<_> = none.http.iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["manifest-ingest"], "a function without its webhook secret is left out");
     }
 }

@@ -2,5 +2,6 @@
 //! tests drive exactly what the binary runs.
 
 pub mod dev;
+pub mod ops;
 pub mod replay;
 pub mod triggers;

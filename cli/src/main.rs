@@ -5,16 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use conveyor_cli::{dev, replay};
+use conveyor_cli::{dev, ops, replay};
 use conveyor_shared::config::{Config, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET};
+use conveyor_shared::ec2::Ec2;
+use conveyor_shared::store::Table;
 use conveyor_shared::{load_aws_config, telemetry};
 
 #[derive(Parser)]
-#[command(
-    name = "conveyor",
-    version,
-    about = "Delivery automation on AWS: the operator's tool"
-)]
+#[command(name = "conveyor", version, about = "Delivery automation on AWS: the operator's tool")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,6 +50,42 @@ enum Command {
     },
     /// Print every function's routes as JSON (what the SAM template must declare).
     Routes,
+    /// Create access tokens for machine clients.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage providers' machine images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for one provider's manifest uploads; it is printed once, as the last line.
+    Create {
+        #[arg(long)]
+        provider: String,
+        /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Restore a provider's images as they were before the newest change (or at --to).
+    Rollback {
+        #[arg(long)]
+        provider: String,
+        /// The version to restore (see GET /providers/NAME/images).
+        #[arg(long)]
+        to: Option<i64>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,52 +108,80 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Config {
-            command: ConfigCommand::Check { file },
-        } => match Config::load(&file) {
+        Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
             Ok(config) => {
-                let names: Vec<_> = config
-                    .environments
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect();
+                let names: Vec<_> = config.environments.iter().map(|e| e.name.as_str()).collect();
+                let providers: Vec<_> = config.providers.iter().map(|p| p.name.as_str()).collect();
                 println!(
-                    "{}: ok ({} environments: {})",
+                    "{}: ok ({} environments: {}; {} providers: {})",
                     file.display(),
                     names.len(),
-                    names.join(", ")
+                    names.join(", "),
+                    providers.len(),
+                    providers.join(", ")
                 );
+                println!("{}: ok ({} environments: {})", file.display(), names.len(), names.join(", "));
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => Err(err.to_string()),
         },
-        Command::Routes => {
+        Command::Token { command: TokenCommand::Create { provider, config } } => {
+            let settings = dev::local_settings(config.as_deref());
+            let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let secret = ops::create_provider_token(&table, &config, &provider).await.map_err(|e| e.to_string())?;
             println!(
-                "{}",
-                serde_json::to_string_pretty(&dev::routes_json()).map_err(|e| e.to_string())?
+                "Token for provider {provider} (table {}). It is shown only now; Conveyor keeps its hash.",
+                settings.table
             );
+            println!(
+                "Upload with: curl --data-binary @manifest.json -H \"Authorization: Bearer $TOKEN\" URL/providers/{provider}/manifests"
+            );
+            println!("{}", String::from_utf8_lossy(secret.expose()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Images { command: ImagesCommand::Rollback { provider, to, config } } => {
+            let settings = dev::local_settings(config.as_deref());
+            let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+            let sdk = load_aws_config().await;
+            let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
+            let (change, templates, ok) = ops::rollback_images(&table, &Ec2::new(&sdk), &config, &provider, to)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "provider {provider}: version {} restores the images of version {}",
+                change.version,
+                change.restored.unwrap_or_default()
+            );
+            for (region, diff) in &change.changes {
+                println!(
+                    "  {region}: {} -> {}",
+                    diff.old.as_deref().unwrap_or("(none)"),
+                    diff.new.as_deref().unwrap_or("(none)")
+                );
+            }
+            for template in &templates {
+                println!("  launch template {template}");
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Routes => {
+            println!("{}", serde_json::to_string_pretty(&dev::routes_json()).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { listen, config } => {
             let settings = dev::local_settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
             let sdk = load_aws_config().await;
-            if dev::prepare_local_table(&settings, &sdk)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if dev::prepare_local_table(&settings, &sdk).await.map_err(|e| e.to_string())? {
                 println!("created table {} in the local emulator", settings.table);
             }
-            let functions =
-                dev::functions(config, &settings, &dev::WebhookSecrets::from_env(), &sdk)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let functions = dev::functions(config, &settings, &dev::WebhookSecrets::from_env(), &sdk)
+                .await
+                .map_err(|e| e.to_string())?;
             let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            println!(
-                "conveyor dev listening on http://{addr} (table {})",
-                settings.table
-            );
+            println!("conveyor dev listening on http://{addr} (table {})", settings.table);
             for (function, routes) in dev::route_table() {
                 for route in routes {
                     println!("  {:6} {:28} -> {function}", route.method, route.path);
@@ -132,12 +194,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay {
-            file,
-            url,
-            event,
-            delivery,
-        } => {
+        Command::Replay { file, url, event, delivery } => {
             let sender = match event {
                 Some(event) => replay::Sender::GitHub { event },
                 None => replay::Sender::of(&file).map_err(|e| e.to_string())?,
@@ -146,33 +203,23 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let body = replay::read(&file).map_err(|e| e.to_string())?;
             let (label, reply) = match &sender {
                 replay::Sender::GitHub { event } => {
-                    let secret = dev::replay_secret(GITHUB_WEBHOOK_SECRET)
-                        .ok_or("replay signs GitHub deliveries with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret")?;
+                    let secret = dev::replay_secret(GITHUB_WEBHOOK_SECRET).ok_or(
+                        "replay signs GitHub deliveries with GITHUB_WEBHOOK_SECRET; set it to the dev server's secret",
+                    )?;
                     let delivery = delivery.unwrap_or_else(replay::new_delivery_id);
                     let reply = replay::post(&url, event, &delivery, body, &secret).await;
                     (format!("{event} {delivery}"), reply)
                 }
                 replay::Sender::Stripe => {
-                    let secret = dev::replay_secret(STRIPE_WEBHOOK_SECRET)
-                        .ok_or("replay signs Stripe events with STRIPE_WEBHOOK_SECRET; set it to the dev server's secret")?;
-                    (
-                        "stripe".to_string(),
-                        replay::post_stripe(&url, body, &secret).await,
-                    )
+                    let secret = dev::replay_secret(STRIPE_WEBHOOK_SECRET).ok_or(
+                        "replay signs Stripe events with STRIPE_WEBHOOK_SECRET; set it to the dev server's secret",
+                    )?;
+                    ("stripe".to_string(), replay::post_stripe(&url, body, &secret).await)
                 }
             };
             let reply = reply.map_err(|e| e.to_string())?;
-            println!(
-                "{label} {} -> {} {}",
-                file.display(),
-                reply.status,
-                reply.body
-            );
-            Ok(if reply.status < 300 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            println!("{label} {} -> {} {}", file.display(), reply.status, reply.body);
+            Ok(if reply.status < 300 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

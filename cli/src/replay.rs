@@ -12,10 +12,7 @@ use hyper_util::rt::TokioExecutor;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error(
         "cannot tell the event of {0}: put it in a folder named after the event (events/github/push/) or pass --event"
     )]
@@ -36,11 +33,7 @@ pub enum Sender {
 
 impl Sender {
     pub fn of(path: &Path) -> Result<Self, ReplayError> {
-        if path
-            .ancestors()
-            .skip(1)
-            .any(|dir| dir.file_name().is_some_and(|name| name == "stripe"))
-        {
+        if path.ancestors().skip(1).any(|dir| dir.file_name().is_some_and(|name| name == "stripe")) {
             return Ok(Sender::Stripe);
         }
         event_of(path).map(|event| Sender::GitHub { event })
@@ -95,59 +88,30 @@ pub async fn post(
 /// Signs `body` as Stripe does now (`Stripe-Signature: t=...,v1=...`) and posts it to `url`.
 pub async fn post_stripe(url: &str, body: Vec<u8>, secret: &Secret) -> Result<Reply, ReplayError> {
     let signature = sign_stripe(secret.expose(), conveyor_shared::unix_now(), &body);
-    send(
-        url,
-        &[
-            ("user-agent", "Stripe/1.0 (conveyor-replay)"),
-            ("stripe-signature", &signature),
-        ],
-        body,
-    )
-    .await
+    send(url, &[("user-agent", "Stripe/1.0 (conveyor-replay)"), ("stripe-signature", &signature)], body).await
 }
 
 async fn send(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Reply, ReplayError> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|_| ReplayError::BadUrl(url.to_owned()))?;
+    let uri: hyper::Uri = url.parse().map_err(|_| ReplayError::BadUrl(url.to_owned()))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ReplayError::BadUrl(url.to_owned()));
     }
-    let send_error = |message: String| ReplayError::Send {
-        url: url.to_owned(),
-        message,
-    };
+    let send_error = |message: String| ReplayError::Send { url: url.to_owned(), message };
     let mut request = hyper::Request::post(uri).header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|err| send_error(err.to_string()))?;
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|err| send_error(err.to_string()))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client
-        .request(request)
-        .await
-        .map_err(|err| send_error(err.to_string()))?;
+    let response = client.request(request).await.map_err(|err| send_error(err.to_string()))?;
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| send_error(err.to_string()))?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    let body = response.into_body().collect().await.map_err(|err| send_error(err.to_string()))?.to_bytes();
+    Ok(Reply { status, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// Reads a sample file.
 pub fn read(path: &Path) -> Result<Vec<u8>, ReplayError> {
-    std::fs::read(path).map_err(|source| ReplayError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| ReplayError::Read { path: path.display().to_string(), source })
 }
 
 /// A fresh delivery GUID.
@@ -171,15 +135,10 @@ mod tests {
 
     #[test]
     fn the_sender_follows_the_folder() {
-        assert_eq!(
-            Sender::of(Path::new("events/stripe/invoice-paid.json")).unwrap(),
-            Sender::Stripe
-        );
+        assert_eq!(Sender::of(Path::new("events/stripe/invoice-paid.json")).unwrap(), Sender::Stripe);
         assert_eq!(
             Sender::of(Path::new("events/github/push/main.json")).unwrap(),
-            Sender::GitHub {
-                event: "push".into()
-            }
+            Sender::GitHub { event: "push".into() }
         );
         assert!(Sender::of(Path::new("main.json")).is_err());
     }

@@ -10,9 +10,7 @@ use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
 use conveyor_shared::SdkConfig;
-use conveyor_shared::triggers::{
-    Pattern, PatternError, ScheduledFunction, StartingPosition, StreamFunction,
-};
+use conveyor_shared::triggers::{Pattern, PatternError, ScheduledFunction, StartingPosition, StreamFunction};
 use serde_json::{Value, json};
 
 /// Lambda's default batch size for DynamoDB streams.
@@ -24,10 +22,7 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
     #[error("stream function {function}: {source}")]
-    Pattern {
-        function: &'static str,
-        source: PatternError,
-    },
+    Pattern { function: &'static str, source: PatternError },
     #[error("table {table} has no stream: {message}")]
     NoStream { table: String, message: String },
 }
@@ -60,17 +55,11 @@ pub async fn play_stream(
                 .iter()
                 .map(|text| Pattern::parse(text))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TriggerError::Pattern {
-                    function: function.name(),
-                    source,
-                })?;
+                .map_err(|source| TriggerError::Pattern { function: function.name(), source })?;
             Ok(Mapping { function, patterns })
         })
         .collect::<Result<Vec<_>, TriggerError>>()?;
-    let no_stream = |message: String| TriggerError::NoStream {
-        table: table.to_owned(),
-        message,
-    };
+    let no_stream = |message: String| TriggerError::NoStream { table: table.to_owned(), message };
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     let described = dynamodb
         .describe_table()
@@ -78,31 +67,18 @@ pub async fn play_stream(
         .send()
         .await
         .map_err(|e| no_stream(DisplayErrorContext(e).to_string()))?;
-    let stream_arn = described
-        .table
-        .and_then(|t| t.latest_stream_arn)
-        .ok_or_else(|| no_stream("streams are not enabled".into()))?;
+    let stream_arn =
+        described.table.and_then(|t| t.latest_stream_arn).ok_or_else(|| no_stream("streams are not enabled".into()))?;
     let streams = Client::new(sdk);
-    let region = sdk
-        .region()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "us-east-1".into());
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
 
     // One reader per mapping, each with its own position, as Lambda keeps one per mapping.
     let mut readers: Vec<(Mapping, HashMap<String, Option<String>>)> =
         mappings.into_iter().map(|m| (m, HashMap::new())).collect();
     loop {
         let mut busy = false;
-        let shards = match streams
-            .describe_stream()
-            .stream_arn(&stream_arn)
-            .send()
-            .await
-        {
-            Ok(out) => out
-                .stream_description
-                .map(|d| d.shards.unwrap_or_default())
-                .unwrap_or_default(),
+        let shards = match streams.describe_stream().stream_arn(&stream_arn).send().await {
+            Ok(out) => out.stream_description.map(|d| d.shards.unwrap_or_default()).unwrap_or_default(),
             Err(err) => {
                 tracing::warn!(error = %DisplayErrorContext(err), "cannot describe the table stream");
                 Vec::new()
@@ -221,11 +197,9 @@ fn lambda_record(record: &Record, stream_arn: &str, region: &str) -> Value {
         if let Some(at) = stream.approximate_creation_date_time() {
             dynamodb.insert("ApproximateCreationDateTime".into(), json!(at.secs()));
         }
-        for (name, image) in [
-            ("Keys", stream.keys()),
-            ("NewImage", stream.new_image()),
-            ("OldImage", stream.old_image()),
-        ] {
+        for (name, image) in
+            [("Keys", stream.keys()), ("NewImage", stream.new_image()), ("OldImage", stream.old_image())]
+        {
             if let Some(image) = image {
                 dynamodb.insert(name.into(), image_json(image));
             }
@@ -253,10 +227,7 @@ fn lambda_record(record: &Record, stream_arn: &str, region: &str) -> Value {
 
 fn image_json(image: &HashMap<String, AttributeValue>) -> Value {
     // Sorted, so that records print the same way every time.
-    let sorted: BTreeMap<_, _> = image
-        .iter()
-        .map(|(k, v)| (k.clone(), attribute_json(v)))
-        .collect();
+    let sorted: BTreeMap<_, _> = image.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect();
     json!(sorted)
 }
 

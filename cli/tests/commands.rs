@@ -24,13 +24,9 @@ fn repo_file(path: &str) -> String {
 
 #[test]
 fn config_check_accepts_the_shipped_example() {
-    let (code, stdout, stderr) =
-        conveyor(&["config", "check", &repo_file("conveyor.example.toml")]);
+    let (code, stdout, stderr) = conveyor(&["config", "check", &repo_file("conveyor.example.toml")]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stdout.contains("ok (2 environments: staging, production)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ok (2 environments: staging, production; 1 providers: aws-images)"), "{stdout}");
 }
 
 #[test]
@@ -38,26 +34,19 @@ fn config_check_points_at_the_problem() {
     let dir = std::env::temp_dir().join(format!("conveyor-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("conveyor.toml");
-    std::fs::write(&file, "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[environment.rollout]\nwave_timeout = \"soon\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[environment.rollout]\nwave_timeout = \"soon\"\n",
+    )
+    .unwrap();
     let (code, _, stderr) = conveyor(&["config", "check", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("conveyor.toml:6:16"), "{stderr}");
-    assert!(
-        stderr.contains("\"soon\" is not a duration")
-            || stderr.contains("`soon` is not a duration"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("^"),
-        "the line is shown with a caret: {stderr}"
-    );
-    let (code, _, stderr) =
-        conveyor(&["config", "check", dir.join("absent.toml").to_str().unwrap()]);
+    assert!(stderr.contains("\"soon\" is not a duration") || stderr.contains("`soon` is not a duration"), "{stderr}");
+    assert!(stderr.contains("^"), "the line is shown with a caret: {stderr}");
+    let (code, _, stderr) = conveyor(&["config", "check", dir.join("absent.toml").to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("cannot read configuration file"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot read configuration file"), "{stderr}");
 }
 
 #[test]
@@ -75,11 +64,5 @@ fn routes_are_printed_as_json() {
     let (code, stdout, stderr) = conveyor(&["routes"]);
     assert_eq!(code, 0, "{stderr}");
     let routes: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
-    assert!(
-        routes
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["path"] == "/webhooks/github")
-    );
+    assert!(routes.as_array().unwrap().iter().any(|r| r["path"] == "/webhooks/github"));
 }

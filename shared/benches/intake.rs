@@ -21,17 +21,14 @@ const SECRET: &str = "bench-secret";
 fn largest_push() -> (String, Vec<u8>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let fixtures = root.join("../shared/fixtures/github/push");
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&fixtures)
-        .map(|dir| dir.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut candidates: Vec<PathBuf> =
+        std::fs::read_dir(&fixtures).map(|dir| dir.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     candidates.push(root.join("events/github/push/main.json"));
     candidates
         .into_iter()
         .filter_map(|path| {
             let path = path.canonicalize().unwrap_or(path);
-            std::fs::read(&path)
-                .ok()
-                .map(|bytes| (path.display().to_string(), bytes))
+            std::fs::read(&path).ok().map(|bytes| (path.display().to_string(), bytes))
         })
         .max_by_key(|(_, bytes)| bytes.len())
         .expect("at least the repository's own push sample exists")
@@ -41,13 +38,8 @@ fn main() {
     let (name, body) = largest_push();
     let secrets = SecretSet::from_comma_separated(SECRET).expect("a secret");
     let signature = sign_github(SECRET.as_bytes(), &body);
-    let config = Config::parse(include_str!("../../conveyor.example.toml"), "example")
-        .expect("valid example");
-    let ctx = PlanContext {
-        config: &config,
-        artifacts_bucket: "artifacts",
-        now: 1_795_300_000,
-    };
+    let config = Config::parse(include_str!("../../conveyor.example.toml"), "example").expect("valid example");
+    let ctx = PlanContext { config: &config, artifacts_bucket: "artifacts", now: 1_795_300_000 };
 
     let decide = || {
         verify_github(&secrets, Some(&signature), &body).expect("valid signature");
@@ -57,9 +49,7 @@ fn main() {
     let hmac = || sign_github(SECRET.as_bytes(), &body);
     let parse = || serde_json::from_slice::<serde_json::Value>(&body).expect("json");
 
-    let mut criterion = Criterion::default()
-        .configure_from_args()
-        .measurement_time(Duration::from_secs(3));
+    let mut criterion = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(3));
     let mut group = criterion.benchmark_group(format!("intake ({} bytes)", body.len()));
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("decision path", |b| b.iter(|| black_box(decide())));

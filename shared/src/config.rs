@@ -17,6 +17,43 @@ use crate::secret::SecretSet;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub environments: Vec<Environment>,
+    pub providers: Vec<Provider>,
+}
+
+/// A machine-image provider: the per-region image ids that Packer builds publish to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    #[serde(deserialize_with = "resource_name")]
+    pub name: String,
+    /// EC2 launch templates that follow this provider's AMIs: each new image for the
+    /// template's region becomes a new template version, set as the default.
+    #[serde(default, rename = "launch_template")]
+    pub launch_templates: Vec<LaunchTemplateTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchTemplateTarget {
+    /// The launch template's name (or its id, `lt-...`).
+    pub name: String,
+    pub region: String,
+}
+
+/// Names used in keys and paths: 1 to 63 of a-z, 0-9 and -.
+fn resource_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    if valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(de::Error::custom(format!("name `{name}` must be 1 to 63 characters of a-z, 0-9 and -")))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A deployment target: a set of instances that runs what one branch builds.
@@ -108,9 +145,9 @@ impl WaveSize {
                 _ => Err(format!("`{text}` is not a share from 1% to 100%")),
             }
         } else {
-            text.parse::<u32>().map(WaveSize::Count).map_err(|_| {
-                format!("`{text}` is neither a number of instances nor a share like \"50%\"")
-            })
+            text.parse::<u32>()
+                .map(WaveSize::Count)
+                .map_err(|_| format!("`{text}` is neither a number of instances nor a share like \"50%\""))
         }
     }
 }
@@ -132,9 +169,9 @@ impl<'de> Deserialize<'de> for WaveSize {
             Number(i64),
             Text(String),
         }
-        match Either::deserialize(deserializer).map_err(|_| {
-            de::Error::custom("expected a number of instances or a share like \"50%\"")
-        })? {
+        match Either::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a number of instances or a share like \"50%\""))?
+        {
             Either::Number(n) => u32::try_from(n)
                 .map(WaveSize::Count)
                 .map_err(|_| de::Error::custom(format!("{n} is not a number of instances"))),
@@ -150,13 +187,9 @@ pub struct Seconds(pub u64);
 impl Seconds {
     fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let (digits, unit) = text.split_at(
-            text.find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len()),
-        );
-        let value: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration like \"30s\", \"10m\" or \"1h\""))?;
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let value: u64 =
+            digits.parse().map_err(|_| format!("`{text}` is not a duration like \"30s\", \"10m\" or \"1h\""))?;
         let scale = match unit.trim() {
             "" | "s" => 1,
             "m" => 60,
@@ -201,14 +234,7 @@ pub struct ArtifactFields<'a> {
 
 impl ArtifactTemplate {
     pub const DEFAULT: &'static str = "s3://{bucket}/{repository}/{sha}.tar.gz";
-    const PLACEHOLDERS: [&'static str; 6] = [
-        "bucket",
-        "repository",
-        "sha",
-        "version",
-        "branch",
-        "environment",
-    ];
+    const PLACEHOLDERS: [&'static str; 6] = ["bucket", "repository", "sha", "version", "branch", "environment"];
 
     pub fn parse(text: &str) -> Result<Self, String> {
         if !text.starts_with("s3://") {
@@ -216,9 +242,7 @@ impl ArtifactTemplate {
         }
         let mut rest = text;
         while let Some(open) = rest.find('{') {
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in artifact `{text}`"))?;
+            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `{{` in artifact `{text}`"))?;
             let name = &rest[open + 1..open + close];
             if !Self::PLACEHOLDERS.contains(&name) {
                 return Err(format!(
@@ -270,11 +294,7 @@ pub enum Strategy {
 impl Strategy {
     fn waves(self) -> Vec<WaveSize> {
         match self {
-            Strategy::Canary => vec![
-                WaveSize::Count(1),
-                WaveSize::Percent(50),
-                WaveSize::Percent(100),
-            ],
+            Strategy::Canary => vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)],
             // Cumulative waves of one: expanded per fleet size when a deployment is planned.
             Strategy::OneAtATime => vec![WaveSize::Count(1)],
             Strategy::HalfAtATime => vec![WaveSize::Percent(50), WaveSize::Percent(100)],
@@ -304,11 +324,7 @@ fn default_wave_timeout() -> Seconds {
 
 impl Default for Rollout {
     fn default() -> Self {
-        Self {
-            waves: Strategy::default().waves(),
-            min_healthy: no_minimum(),
-            wave_timeout: default_wave_timeout(),
-        }
+        Self { waves: Strategy::default().waves(), min_healthy: no_minimum(), wave_timeout: default_wave_timeout() }
     }
 }
 
@@ -323,15 +339,10 @@ impl TryFrom<RawRollout> for Rollout {
             (Some(strategy), None) => strategy.waves(),
             (None, Some(waves)) => {
                 if waves.is_empty() {
-                    return Err(
-                        "`waves` needs at least one wave, e.g. [1, \"50%\", \"100%\"]".into(),
-                    );
+                    return Err("`waves` needs at least one wave, e.g. [1, \"50%\", \"100%\"]".into());
                 }
                 if waves.last() != Some(&WaveSize::Percent(100)) {
-                    return Err(
-                        "the last wave must be \"100%\" so that every instance gets the release"
-                            .into(),
-                    );
+                    return Err("the last wave must be \"100%\" so that every instance gets the release".into());
                 }
                 if waves.contains(&WaveSize::Count(0)) {
                     return Err("a wave of 0 instances deploys nothing; remove it".into());
@@ -343,11 +354,7 @@ impl TryFrom<RawRollout> for Rollout {
         if raw.wave_timeout.0 == 0 {
             return Err("`wave_timeout` must be longer than 0s".into());
         }
-        Ok(Self {
-            waves,
-            min_healthy: raw.min_healthy,
-            wave_timeout: raw.wave_timeout,
-        })
+        Ok(Self { waves, min_healthy: raw.min_healthy, wave_timeout: raw.wave_timeout })
     }
 }
 
@@ -374,42 +381,24 @@ impl TryFrom<RawEnvironment> for Environment {
     type Error = String;
 
     fn try_from(raw: RawEnvironment) -> Result<Self, String> {
-        let name_ok = !raw.name.is_empty()
-            && raw.name.len() <= 63
-            && raw
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !name_ok {
-            return Err(format!(
-                "environment name `{}` must be 1 to 63 characters of a-z, 0-9 and -",
-                raw.name
-            ));
+        if !valid_name(&raw.name) {
+            return Err(format!("environment name `{}` must be 1 to 63 characters of a-z, 0-9 and -", raw.name));
         }
         if raw.branch.trim().is_empty() {
             return Err(format!("environment `{}` needs a `branch`", raw.name));
         }
         if raw.branch.starts_with("refs/") {
-            return Err(format!(
-                "write the branch of environment `{}` without `refs/heads/`",
-                raw.name
-            ));
+            return Err(format!("write the branch of environment `{}` without `refs/heads/`", raw.name));
         }
         if let Some(repository) = &raw.repository {
             let parts: Vec<&str> = repository.split('/').collect();
             if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(format!(
-                    "repository `{repository}` must look like owner/name"
-                ));
+                return Err(format!("repository `{repository}` must look like owner/name"));
             }
         }
-        let mut instances = raw.instances.unwrap_or(InstanceFilter {
-            tags: BTreeMap::new(),
-        });
+        let mut instances = raw.instances.unwrap_or(InstanceFilter { tags: BTreeMap::new() });
         if instances.tags.is_empty() {
-            instances
-                .tags
-                .insert(ENVIRONMENT_TAG.into(), raw.name.clone());
+            instances.tags.insert(ENVIRONMENT_TAG.into(), raw.name.clone());
         }
         Ok(Self {
             name: raw.name,
@@ -429,6 +418,8 @@ impl TryFrom<RawEnvironment> for Environment {
 struct RawConfig {
     #[serde(default)]
     environment: Vec<toml::Spanned<Environment>>,
+    #[serde(default)]
+    provider: Vec<toml::Spanned<Provider>>,
 }
 
 /// A configuration error with its position in the file.
@@ -447,10 +438,7 @@ pub struct ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
@@ -474,21 +462,31 @@ impl Config {
             }
             seen.push(&env.get_ref().name);
         }
+        let mut seen: Vec<&str> = Vec::new();
+        for provider in &raw.provider {
+            if seen.contains(&provider.get_ref().name.as_str()) {
+                return Err(ConfigError::at(
+                    text,
+                    origin,
+                    provider.span().start,
+                    &format!("provider `{}` is defined twice", provider.get_ref().name),
+                ));
+            }
+            seen.push(&provider.get_ref().name);
+        }
         Ok(Config {
-            environments: raw
-                .environment
-                .into_iter()
-                .map(toml::Spanned::into_inner)
-                .collect(),
+            environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect(),
+            providers: raw.provider.into_iter().map(toml::Spanned::into_inner).collect(),
         })
     }
 
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
         Ok(Self::parse(&text, &path.display().to_string())?)
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.name == name)
     }
 
     pub fn environment(&self, name: &str) -> Option<&Environment> {
@@ -505,13 +503,7 @@ impl ConfigError {
         let column = before[line_start..].chars().count() + 1;
         let line_text = text[line_start..].lines().next().unwrap_or("");
         let excerpt = format!("  | {line_text}\n  | {}^", " ".repeat(column - 1));
-        Self {
-            origin: origin.to_owned(),
-            line,
-            column,
-            message: message.trim().to_owned(),
-            excerpt,
-        }
+        Self { origin: origin.to_owned(), line, column, message: message.trim().to_owned(), excerpt }
     }
 }
 
@@ -531,10 +523,7 @@ pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
 
 impl SecretSource {
     /// Reads `<name>_ID` (preferred) or `<name>` through `var`.
-    pub fn from_vars(
-        var: impl Fn(&str) -> Option<String>,
-        name: &'static str,
-    ) -> Result<Self, SettingsError> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Self, SettingsError> {
         let non_empty = |key: &str| var(key).filter(|v| !v.trim().is_empty());
         if let Some(id) = non_empty(&format!("{name}_ID")) {
             return Ok(SecretSource::SecretsManager(id));
@@ -560,16 +549,10 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error(
-        "no {0}: set {0} (comma-separated secrets) or {0}_ID (a Secrets Manager secret holding them)"
-    )]
+    #[error("no {0}: set {0} (comma-separated secrets) or {0}_ID (a Secrets Manager secret holding them)")]
     MissingSecret(&'static str),
     #[error("{name} must be {expected}, not `{value}`")]
-    Invalid {
-        name: &'static str,
-        expected: &'static str,
-        value: String,
-    },
+    Invalid { name: &'static str, expected: &'static str, value: String },
 }
 
 impl Settings {
@@ -618,18 +601,8 @@ mod tests {
     fn an_environment_with_name_and_branch_gets_defaults() {
         let config = parse("[[environment]]\nname = \"production\"\nbranch = \"main\"\n").unwrap();
         let env = &config.environments[0];
-        assert_eq!(
-            env.rollout.waves,
-            vec![
-                WaveSize::Count(1),
-                WaveSize::Percent(50),
-                WaveSize::Percent(100)
-            ]
-        );
-        assert_eq!(
-            env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str),
-            Some("production")
-        );
+        assert_eq!(env.rollout.waves, vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)]);
+        assert_eq!(env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str), Some("production"));
         assert_eq!(env.artifact, ArtifactTemplate::default());
         assert_eq!(env.health, HealthCheck::default());
         assert_eq!(env.rollout.wave_timeout, Seconds(600));
@@ -660,7 +633,8 @@ mod tests {
 
     #[test]
     fn duplicate_environment_names_point_at_the_second() {
-        let text = "[[environment]]\nname = \"a\"\nbranch = \"main\"\n\n[[environment]]\nname = \"a\"\nbranch = \"dev\"\n";
+        let text =
+            "[[environment]]\nname = \"a\"\nbranch = \"main\"\n\n[[environment]]\nname = \"a\"\nbranch = \"dev\"\n";
         let err = parse(text).unwrap_err();
         assert!(err.message.contains("defined twice"), "{err}");
         assert!(err.line >= 5, "{err}");
@@ -669,60 +643,43 @@ mod tests {
     #[test]
     fn rollout_rules() {
         let base = "[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n";
-        let check = |extra: &str| {
-            parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone())
-        };
-        assert!(
-            check("waves = [1, \"50%\"]\n")
-                .unwrap_err()
-                .message
-                .contains("last wave")
-        );
-        assert!(
-            check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n")
-                .unwrap_err()
-                .message
-                .contains("not both")
-        );
-        assert_eq!(
-            check("strategy = \"all-at-once\"\n").unwrap().waves,
-            vec![WaveSize::Percent(100)]
-        );
+        let check = |extra: &str| parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone());
+        assert!(check("waves = [1, \"50%\"]\n").unwrap_err().message.contains("last wave"));
+        assert!(check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n").unwrap_err().message.contains("not both"));
+        assert_eq!(check("strategy = \"all-at-once\"\n").unwrap().waves, vec![WaveSize::Percent(100)]);
         assert!(check("strategy = \"sometimes\"\n").is_err());
-        assert_eq!(
-            check("wave_timeout = \"2m\"\n").unwrap().wave_timeout,
-            Seconds(120)
-        );
-        assert!(
-            check("wave_timeout = \"2d\"\n")
-                .unwrap_err()
-                .message
-                .contains("unit")
-        );
-        assert_eq!(
-            check("min_healthy = \"75%\"\n").unwrap().min_healthy,
-            WaveSize::Percent(75)
-        );
+        assert_eq!(check("wave_timeout = \"2m\"\n").unwrap().wave_timeout, Seconds(120));
+        assert!(check("wave_timeout = \"2d\"\n").unwrap_err().message.contains("unit"));
+        assert_eq!(check("min_healthy = \"75%\"\n").unwrap().min_healthy, WaveSize::Percent(75));
     }
 
     #[test]
     fn environment_fields_are_checked() {
         let err = parse("[[environment]]\nname = \"Prod\"\nbranch = \"main\"\n").unwrap_err();
         assert!(err.message.contains("a-z"), "{err}");
-        let err =
-            parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
         assert!(err.message.contains("refs/heads"), "{err}");
-        let err =
-            parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n")
-                .unwrap_err();
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n").unwrap_err();
         assert!(err.message.contains("owner/name"), "{err}");
-        let err = parse(
-            "[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n",
-        )
-        .unwrap_err();
+        let err =
+            parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n").unwrap_err();
         assert!(err.message.contains("{nope}"), "{err}");
         let err = parse("[[environment]]\nname = \"p\"\n").unwrap_err();
         assert!(err.message.contains("branch"), "{err}");
+    }
+
+    #[test]
+    fn providers_need_only_a_name() {
+        let config = parse("[[provider]]\nname = \"aws-images\"\n").unwrap();
+        assert_eq!(config.providers[0].name, "aws-images");
+        assert!(config.providers[0].launch_templates.is_empty());
+        let text =
+            "[[provider]]\nname = \"aws\"\n[[provider.launch_template]]\nname = \"web\"\nregion = \"us-east-1\"\n";
+        assert_eq!(parse(text).unwrap().providers[0].launch_templates[0].region, "us-east-1");
+        let err = parse("[[provider]]\nname = \"AWS\"\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+        let err = parse("[[provider]]\nname = \"a\"\n[[provider]]\nname = \"a\"\n").unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err}");
     }
 
     #[test]
@@ -735,10 +692,8 @@ mod tests {
 
     #[test]
     fn artifact_template_renders_every_placeholder() {
-        let template = ArtifactTemplate::parse(
-            "s3://{bucket}/{environment}/{branch}/{repository}/{version}-{sha}.tgz",
-        )
-        .unwrap();
+        let template =
+            ArtifactTemplate::parse("s3://{bucket}/{environment}/{branch}/{repository}/{version}-{sha}.tgz").unwrap();
         let rendered = template.render(&ArtifactFields {
             bucket: "b",
             repository: "o/r",
@@ -754,31 +709,16 @@ mod tests {
     #[test]
     fn secrets_are_required_and_secrets_manager_is_preferred() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         let missing = SecretSource::from_vars(vars(&[]), GITHUB_WEBHOOK_SECRET).unwrap_err();
         assert_eq!(missing, SettingsError::MissingSecret(GITHUB_WEBHOOK_SECRET));
         assert!(missing.to_string().contains("GITHUB_WEBHOOK_SECRET_ID"));
-        let blank = SecretSource::from_vars(
-            vars(&[("GITHUB_WEBHOOK_SECRET", " , ")]),
-            GITHUB_WEBHOOK_SECRET,
-        );
+        let blank = SecretSource::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", " , ")]), GITHUB_WEBHOOK_SECRET);
         assert!(blank.is_err());
-        let inline = SecretSource::from_vars(
-            vars(&[("STRIPE_WEBHOOK_SECRET", "a,b")]),
-            STRIPE_WEBHOOK_SECRET,
-        )
-        .unwrap();
+        let inline = SecretSource::from_vars(vars(&[("STRIPE_WEBHOOK_SECRET", "a,b")]), STRIPE_WEBHOOK_SECRET).unwrap();
         assert!(matches!(inline, SecretSource::Inline(ref set) if set.len() == 2));
-        let both = vars(&[
-            ("GITHUB_WEBHOOK_SECRET", "a"),
-            ("GITHUB_WEBHOOK_SECRET_ID", "arn:x"),
-        ]);
+        let both = vars(&[("GITHUB_WEBHOOK_SECRET", "a"), ("GITHUB_WEBHOOK_SECRET_ID", "arn:x")]);
         assert_eq!(
             SecretSource::from_vars(both, GITHUB_WEBHOOK_SECRET).unwrap(),
             SecretSource::SecretsManager("arn:x".into())
@@ -792,9 +732,6 @@ mod tests {
         assert_eq!(s.table, Settings::DEFAULT_TABLE);
         assert_eq!(s.config_path, PathBuf::from("conveyor.toml"));
         let lambda = |name: &str| (name == "LAMBDA_TASK_ROOT").then(|| "/var/task".to_string());
-        assert_eq!(
-            Settings::from_vars(lambda).config_path,
-            PathBuf::from("/var/task/conveyor.toml")
-        );
+        assert_eq!(Settings::from_vars(lambda).config_path, PathBuf::from("/var/task/conveyor.toml"));
     }
 }

@@ -41,10 +41,7 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
 
 /// The error body every function answers with: `{"error": {"code": ..., "message": ...}}`.
 pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    json(
-        status,
-        &serde_json::json!({"error": {"code": code, "message": message.to_string()}}),
-    )
+    json(status, &serde_json::json!({"error": {"code": code, "message": message.to_string()}}))
 }
 
 /// A header's value, when present and valid text.
@@ -55,9 +52,7 @@ pub fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
 /// A query parameter's decoded value.
 pub fn query_param(request: &Request, name: &str) -> Option<String> {
     let query = request.uri().query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 /// Matches `path` against a route `template` and returns its `{name}` parameters.
@@ -101,11 +96,7 @@ pub fn dispatch<'f, F: HttpFunction + ?Sized>(
             }
         }
     }
-    if path_known {
-        Dispatch::MethodNotAllowed
-    } else {
-        Dispatch::NotFound
-    }
+    if path_known { Dispatch::MethodNotAllowed } else { Dispatch::NotFound }
 }
 
 #[cfg(test)]
@@ -114,22 +105,13 @@ mod tests {
 
     #[test]
     fn paths_match_templates_with_parameters() {
-        assert_eq!(
-            match_path("/webhooks/github", "/webhooks/github"),
-            Some(vec![])
-        );
-        assert_eq!(
-            match_path("/webhooks/github", "/webhooks/github/"),
-            Some(vec![])
-        );
+        assert_eq!(match_path("/webhooks/github", "/webhooks/github"), Some(vec![]));
+        assert_eq!(match_path("/webhooks/github", "/webhooks/github/"), Some(vec![]));
         assert_eq!(
             match_path("/providers/{provider}/images", "/providers/aws/images"),
             Some(vec![("provider".into(), "aws".into())])
         );
-        assert_eq!(
-            match_path("/providers/{provider}/images", "/providers//images"),
-            None
-        );
+        assert_eq!(match_path("/providers/{provider}/images", "/providers//images"), None);
         assert_eq!(match_path("/webhooks/github", "/webhooks/stripe"), None);
         assert_eq!(match_path("/webhooks/github", "/webhooks"), None);
     }
@@ -149,34 +131,16 @@ mod tests {
 
     #[test]
     fn dispatch_tells_wrong_method_from_unknown_path() {
-        let functions = [Fixed(&[Route {
-            method: "POST",
-            path: "/a",
-        }])];
-        assert!(matches!(
-            dispatch(&functions, &Method::POST, "/a"),
-            Dispatch::To(_)
-        ));
-        assert!(matches!(
-            dispatch(&functions, &Method::GET, "/a"),
-            Dispatch::MethodNotAllowed
-        ));
-        assert!(matches!(
-            dispatch(&functions, &Method::GET, "/b"),
-            Dispatch::NotFound
-        ));
+        let functions = [Fixed(&[Route { method: "POST", path: "/a" }])];
+        assert!(matches!(dispatch(&functions, &Method::POST, "/a"), Dispatch::To(_)));
+        assert!(matches!(dispatch(&functions, &Method::GET, "/a"), Dispatch::MethodNotAllowed));
+        assert!(matches!(dispatch(&functions, &Method::GET, "/b"), Dispatch::NotFound));
     }
 
     #[test]
     fn query_parameters_are_decoded() {
-        let request = http::Request::builder()
-            .uri("/x?environment=prod%2Deu&limit=3")
-            .body(Bytes::new())
-            .unwrap();
-        assert_eq!(
-            query_param(&request, "environment").as_deref(),
-            Some("prod-eu")
-        );
+        let request = http::Request::builder().uri("/x?environment=prod%2Deu&limit=3").body(Bytes::new()).unwrap();
+        assert_eq!(query_param(&request, "environment").as_deref(), Some("prod-eu"));
         assert_eq!(query_param(&request, "missing"), None);
     }
 }

@@ -22,17 +22,15 @@ pub fn into_request(request: lambda_http::Request) -> Request {
 /// Serves `function` until the Lambda runtime stops the process.
 pub async fn serve<F: HttpFunction + 'static>(function: F) -> Result<(), lambda_http::Error> {
     let function = &function;
-    lambda_http::run(service_fn(
-        move |request: lambda_http::Request| async move {
-            let response = function.handle(into_request(request)).await;
-            let (parts, body) = response.into_parts();
-            // JSON goes back as text; anything else as binary (API Gateway base64-encodes it).
-            let body = match String::from_utf8(body.to_vec()) {
-                Ok(text) => Body::Text(text),
-                Err(err) => Body::Binary(err.into_bytes()),
-            };
-            Ok::<_, std::convert::Infallible>(lambda_http::Response::from_parts(parts, body))
-        },
-    ))
+    lambda_http::run(service_fn(move |request: lambda_http::Request| async move {
+        let response = function.handle(into_request(request)).await;
+        let (parts, body) = response.into_parts();
+        // JSON goes back as text; anything else as binary (API Gateway base64-encodes it).
+        let body = match String::from_utf8(body.to_vec()) {
+            Ok(text) => Body::Text(text),
+            Err(err) => Body::Binary(err.into_bytes()),
+        };
+        Ok::<_, std::convert::Infallible>(lambda_http::Response::from_parts(parts, body))
+    }))
     .await
 }

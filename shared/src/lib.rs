@@ -13,8 +13,11 @@ pub mod secrets;
 pub mod signature;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 pub mod triggers;
 
+#[cfg(feature = "ec2")]
+pub mod ec2;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 

@@ -32,12 +32,7 @@ impl SecretSet {
     /// Parses a comma-separated list, ignoring blanks around and between entries.
     /// Returns `None` when the list holds no secret at all.
     pub fn from_comma_separated(list: &str) -> Option<Self> {
-        let secrets: Vec<Secret> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(Secret::new)
-            .collect();
+        let secrets: Vec<Secret> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect();
         (!secrets.is_empty()).then_some(Self(secrets))
     }
 
@@ -64,10 +59,7 @@ mod tests {
         assert!(!format!("{secret:?}").contains("hunter2"));
         let set = SecretSet::from_comma_separated("one,two").unwrap();
         let printed = format!("{set:?}");
-        assert!(
-            !printed.contains("one") && !printed.contains("two"),
-            "{printed}"
-        );
+        assert!(!printed.contains("one") && !printed.contains("two"), "{printed}");
     }
 
     #[test]

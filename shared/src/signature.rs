@@ -20,16 +20,9 @@ pub enum SignatureError {
 /// Verifies GitHub's `X-Hub-Signature-256: sha256=<hex>` header against the raw body.
 /// Accepts when the signature matches any one of `secrets` (rotation). The comparison is
 /// constant-time (`Mac::verify_slice`).
-pub fn verify_github(
-    secrets: &SecretSet,
-    header: Option<&str>,
-    body: &[u8],
-) -> Result<(), SignatureError> {
+pub fn verify_github(secrets: &SecretSet, header: Option<&str>, body: &[u8]) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header
-        .trim()
-        .strip_prefix("sha256=")
-        .ok_or(SignatureError::Malformed)?;
+    let hex_digest = header.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed)?;
     let expected = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
     if expected.len() != 32 {
         return Err(SignatureError::Malformed);
@@ -39,11 +32,7 @@ pub fn verify_github(
         mac.update(body);
         mac.verify_slice(&expected).is_ok()
     });
-    if matches {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    if matches { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
 /// `sha256=<hex>` for `body` under `secret`: what GitHub sends, and what `conveyor replay` signs.
@@ -73,10 +62,7 @@ mod tests {
 
     #[test]
     fn github_known_answer() {
-        assert_eq!(
-            sign_github(b"It's a Secret to Everybody", b"Hello, World!"),
-            KNOWN
-        );
+        assert_eq!(sign_github(b"It's a Secret to Everybody", b"Hello, World!"), KNOWN);
         let set = secrets("It's a Secret to Everybody");
         assert_eq!(verify_github(&set, Some(KNOWN), b"Hello, World!"), Ok(()));
     }
@@ -90,30 +76,12 @@ mod tests {
     #[test]
     fn rejections_name_the_problem() {
         let set = secrets("It's a Secret to Everybody");
-        assert_eq!(
-            verify_github(&set, None, b"x"),
-            Err(SignatureError::Missing)
-        );
-        assert_eq!(
-            verify_github(&set, Some("sha1=abc"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            verify_github(&set, Some("sha256=zz"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            verify_github(&set, Some("sha256=abcd"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            verify_github(&set, Some(KNOWN), b"Hello, World?"),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_github(&secrets("wrong"), Some(KNOWN), b"Hello, World!"),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify_github(&set, None, b"x"), Err(SignatureError::Missing));
+        assert_eq!(verify_github(&set, Some("sha1=abc"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(verify_github(&set, Some("sha256=zz"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(verify_github(&set, Some("sha256=abcd"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(verify_github(&set, Some(KNOWN), b"Hello, World?"), Err(SignatureError::Mismatch));
+        assert_eq!(verify_github(&secrets("wrong"), Some(KNOWN), b"Hello, World!"), Err(SignatureError::Mismatch));
     }
 
     #[test]
@@ -161,20 +129,15 @@ pub fn verify_stripe(
     let mut timestamp: Option<(&str, i64)> = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
-        let (key, value) = part
-            .trim()
-            .split_once('=')
-            .ok_or(StripeSignatureError::Malformed(
-                "every element must be key=value",
-            ))?;
+        let (key, value) =
+            part.trim().split_once('=').ok_or(StripeSignatureError::Malformed("every element must be key=value"))?;
         match key {
             "t" => {
                 if timestamp.is_some() {
                     return Err(StripeSignatureError::Malformed("more than one t="));
                 }
-                let seconds = value
-                    .parse::<i64>()
-                    .map_err(|_| StripeSignatureError::Malformed("t= is not a Unix time"))?;
+                let seconds =
+                    value.parse::<i64>().map_err(|_| StripeSignatureError::Malformed("t= is not a Unix time"))?;
                 timestamp = Some((value, seconds));
             }
             "v1" => {
@@ -198,9 +161,7 @@ pub fn verify_stripe(
         mac.update(b".");
         mac.update(body);
         // Each candidate is compared in constant time against the one MAC of this secret.
-        signatures
-            .iter()
-            .any(|candidate| mac.clone().verify_slice(candidate).is_ok())
+        signatures.iter().any(|candidate| mac.clone().verify_slice(candidate).is_ok())
     });
     if !matches {
         return Err(StripeSignatureError::Mismatch);
@@ -233,10 +194,7 @@ mod stripe_tests {
     #[test]
     fn a_valid_signature_is_accepted() {
         let header = sign_stripe(b"whsec_a", NOW, b"{}");
-        assert_eq!(
-            verify_stripe(&secrets("whsec_a"), Some(&header), b"{}", NOW + 10, 300),
-            Ok(())
-        );
+        assert_eq!(verify_stripe(&secrets("whsec_a"), Some(&header), b"{}", NOW + 10, 300), Ok(()));
     }
 
     #[test]
@@ -244,24 +202,9 @@ mod stripe_tests {
         let old = sign_stripe(b"whsec_old", NOW, b"{}");
         let new = sign_stripe(b"whsec_new", NOW, b"{}");
         let both = format!("{},{},v0=deadbeef", new, old.split(',').nth(1).unwrap());
-        assert_eq!(
-            verify_stripe(&secrets("whsec_old"), Some(&both), b"{}", NOW, 300),
-            Ok(())
-        );
-        assert_eq!(
-            verify_stripe(&secrets("whsec_new"), Some(&both), b"{}", NOW, 300),
-            Ok(())
-        );
-        assert_eq!(
-            verify_stripe(
-                &secrets("whsec_other,whsec_old"),
-                Some(&old),
-                b"{}",
-                NOW,
-                300
-            ),
-            Ok(())
-        );
+        assert_eq!(verify_stripe(&secrets("whsec_old"), Some(&both), b"{}", NOW, 300), Ok(()));
+        assert_eq!(verify_stripe(&secrets("whsec_new"), Some(&both), b"{}", NOW, 300), Ok(()));
+        assert_eq!(verify_stripe(&secrets("whsec_other,whsec_old"), Some(&old), b"{}", NOW, 300), Ok(()));
     }
 
     #[test]
@@ -278,36 +221,19 @@ mod stripe_tests {
     fn rejections() {
         let set = secrets("whsec_a");
         let header = sign_stripe(b"whsec_a", NOW, b"{}");
-        assert_eq!(
-            verify_stripe(&set, Some(&header), b"{ }", NOW, 300),
-            Err(StripeSignatureError::Mismatch)
-        );
+        assert_eq!(verify_stripe(&set, Some(&header), b"{ }", NOW, 300), Err(StripeSignatureError::Mismatch));
         assert_eq!(
             verify_stripe(&secrets("whsec_b"), Some(&header), b"{}", NOW, 300),
             Err(StripeSignatureError::Mismatch)
         );
         let late = verify_stripe(&set, Some(&header), b"{}", NOW + 301, 300).unwrap_err();
-        assert_eq!(
-            late,
-            StripeSignatureError::OutsideTolerance {
-                age: 301,
-                tolerance: 300
-            }
-        );
+        assert_eq!(late, StripeSignatureError::OutsideTolerance { age: 301, tolerance: 300 });
         assert_eq!(late.status(), 401);
-        assert_eq!(
-            verify_stripe(&set, Some(&header), b"{}", NOW + 301, 600),
-            Ok(())
-        );
+        assert_eq!(verify_stripe(&set, Some(&header), b"{}", NOW + 301, 600), Ok(()));
         for bad in ["", "t=abc,v1=00", "v1=00", "t=1,t=2,v1=00", "garbage"] {
             let err = verify_stripe(&set, Some(bad), b"{}", NOW, 300).unwrap_err();
             assert_eq!(err.status(), 400, "{bad}: {err}");
         }
-        assert_eq!(
-            verify_stripe(&set, None, b"{}", NOW, 300)
-                .unwrap_err()
-                .status(),
-            400
-        );
+        assert_eq!(verify_stripe(&set, None, b"{}", NOW, 300).unwrap_err().status(), 400);
     }
 }

@@ -12,6 +12,10 @@
 //! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<sha>`       | `DEPLOYMENTS#<env>`   | `<created at>#<sha>`             |       |
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
+//! | token       | `TOKEN#<sha256 of token>`   | `TOKEN`                  |                       |                                  |       |
+//! | image map   | `PROVIDER#<name>`           | `IMAGES`                 |                       |                                  |       |
+//! | image change| `PROVIDER#<name>`           | `HISTORY#<version>`      |                       |                                  |       |
+//! | applied run | `PROVIDER#<name>`           | `RUN#<packer run uuid>`  |                       |                                  |       |
 //!
 //! Times in sort keys are zero-padded Unix seconds, so they sort as text. `ttl` is Unix
 //! seconds; DynamoDB deletes expired items lazily, so reads treat an expired item as absent.
@@ -29,13 +33,14 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification,
-    StreamViewType, TimeToLiveSpecification, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
+    WriteRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::packer::{Change, ImageMap};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BuildRecord, CommitRecord, DeploymentRecord, PushRecord};
 
@@ -55,26 +60,14 @@ pub const BATCH_SIZE: usize = 25;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {operation} on table {table} failed: {message}")]
-    Aws {
-        operation: &'static str,
-        table: String,
-        message: String,
-    },
+    Aws { operation: &'static str, table: String, message: String },
     #[error("cannot encode a {kind} item: {source}")]
-    Encode {
-        kind: &'static str,
-        source: serde_dynamo::Error,
-    },
+    Encode { kind: &'static str, source: serde_dynamo::Error },
     #[error("cannot decode a {kind} item: {source}")]
-    Decode {
-        kind: &'static str,
-        source: serde_dynamo::Error,
-    },
+    Decode { kind: &'static str, source: serde_dynamo::Error },
     #[error("batch write left {remaining} items unprocessed after {attempts} attempts")]
     Unprocessed { remaining: usize, attempts: u32 },
-    #[error(
-        "table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally"
-    )]
+    #[error("table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally")]
     NoTable(String),
 }
 
@@ -102,52 +95,40 @@ pub struct Key {
 
 impl Key {
     pub fn stripe_event(id: &str) -> Self {
-        Self {
-            pk: format!("STRIPE_EVENT#{id}"),
-            sk: "EVENT".into(),
-        }
+        Self { pk: format!("STRIPE_EVENT#{id}"), sk: "EVENT".into() }
     }
     pub fn delivery(hook_id: &str, guid: &str) -> Self {
-        Self {
-            pk: format!("DELIVERY#{hook_id}#{guid}"),
-            sk: "DELIVERY".into(),
-        }
+        Self { pk: format!("DELIVERY#{hook_id}#{guid}"), sk: "DELIVERY".into() }
     }
     pub fn commit(repository: &str, sha: &str) -> Self {
-        Self {
-            pk: format!("REPO#{repository}"),
-            sk: format!("COMMIT#{sha}"),
-        }
+        Self { pk: format!("REPO#{repository}"), sk: format!("COMMIT#{sha}") }
     }
     pub fn push(repository: &str, delivery: &str) -> Self {
-        Self {
-            pk: format!("REPO#{repository}"),
-            sk: format!("PUSH#{delivery}"),
-        }
+        Self { pk: format!("REPO#{repository}"), sk: format!("PUSH#{delivery}") }
     }
     pub fn build(repository: &str, sha: &str, source: &str) -> Self {
-        Self {
-            pk: format!("REPO#{repository}"),
-            sk: format!("BUILD#{sha}#{source}"),
-        }
+        Self { pk: format!("REPO#{repository}"), sk: format!("BUILD#{sha}#{source}") }
     }
     pub fn subscription(customer: &str, subscription: &str) -> Self {
-        Self {
-            pk: format!("CUSTOMER#{customer}"),
-            sk: format!("SUBSCRIPTION#{subscription}"),
-        }
+        Self { pk: format!("CUSTOMER#{customer}"), sk: format!("SUBSCRIPTION#{subscription}") }
+    }
+    pub fn token(hash: &str) -> Self {
+        Self { pk: format!("TOKEN#{hash}"), sk: "TOKEN".into() }
+    }
+    pub fn images(provider: &str) -> Self {
+        Self { pk: format!("PROVIDER#{provider}"), sk: "IMAGES".into() }
+    }
+    pub fn image_history(provider: &str, version: i64) -> Self {
+        Self { pk: format!("PROVIDER#{provider}"), sk: format!("HISTORY#{}", time_key(version)) }
+    }
+    pub fn applied_run(provider: &str, run: &str) -> Self {
+        Self { pk: format!("PROVIDER#{provider}"), sk: format!("RUN#{run}") }
     }
     pub fn alert(source: &str, id: &str) -> Self {
-        Self {
-            pk: format!("ALERT#{source}#{id}"),
-            sk: "ALERT".into(),
-        }
+        Self { pk: format!("ALERT#{source}#{id}"), sk: "ALERT".into() }
     }
     pub fn deployment(environment: &str, sha: &str) -> Self {
-        Self {
-            pk: format!("ENV#{environment}"),
-            sk: format!("DEPLOYMENT#{sha}"),
-        }
+        Self { pk: format!("ENV#{environment}"), sk: format!("DEPLOYMENT#{sha}") }
     }
 
     fn into_item(self) -> Item {
@@ -169,8 +150,7 @@ fn time_key(unix: i64) -> String {
 }
 
 fn encode<T: Serialize>(kind: &'static str, value: &T, key: Key) -> Result<Item, StoreError> {
-    let mut item: Item =
-        serde_dynamo::to_item(value).map_err(|source| StoreError::Encode { kind, source })?;
+    let mut item: Item = serde_dynamo::to_item(value).map_err(|source| StoreError::Encode { kind, source })?;
     item.extend(key.into_item());
     Ok(item)
 }
@@ -182,10 +162,7 @@ fn decode<T: DeserializeOwned>(kind: &'static str, item: Item) -> Result<T, Stor
 /// A value that tells one invocation's claim on `id` from any other's.
 pub fn claim_token(id: &str, now: i64) -> String {
     use std::hash::{BuildHasher, RandomState};
-    format!(
-        "{now}-{:016x}",
-        RandomState::new().hash_one((id, std::process::id()))
-    )
+    format!("{now}-{:016x}", RandomState::new().hash_one((id, std::process::id())))
 }
 
 /// Why a delivery could not be claimed.
@@ -206,10 +183,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(client: Client, name: impl Into<String>) -> Self {
-        Self {
-            client,
-            name: name.into(),
-        }
+        Self { client, name: name.into() }
     }
 
     pub fn name(&self) -> &str {
@@ -227,22 +201,12 @@ impl Table {
         if err.code() == Some("ResourceNotFoundException") {
             return StoreError::NoTable(self.name.clone());
         }
-        StoreError::Aws {
-            operation,
-            table: self.name.clone(),
-            message: DisplayErrorContext(err).to_string(),
-        }
+        StoreError::Aws { operation, table: self.name.clone(), message: DisplayErrorContext(err).to_string() }
     }
 
     /// Puts `item` unless an item with its key exists.
     pub async fn put_if_absent(&self, item: Item) -> Result<Put, StoreError> {
-        self.put_if(
-            item,
-            "attribute_not_exists(pk)",
-            HashMap::new(),
-            HashMap::new(),
-        )
-        .await
+        self.put_if(item, "attribute_not_exists(pk)", HashMap::new(), HashMap::new()).await
     }
 
     /// Puts `item` when `condition` holds for the item currently stored under its key.
@@ -328,10 +292,7 @@ impl Table {
                     .send()
                     .await
                     .map_err(|err| self.aws_error("BatchWriteItem", err))?;
-                Ok(output
-                    .unprocessed_items
-                    .and_then(|mut left| left.remove(&self.name))
-                    .unwrap_or_default())
+                Ok(output.unprocessed_items.and_then(|mut left| left.remove(&self.name)).unwrap_or_default())
             })
             .await?;
         }
@@ -371,38 +332,20 @@ impl Table {
     /// Creates the table with its index, stream and TTL when it is missing. For the local
     /// emulator only: in AWS the SAM template owns the table. Returns whether it created it.
     pub async fn create_if_missing(&self) -> Result<bool, StoreError> {
-        match self
-            .client
-            .describe_table()
-            .table_name(&self.name)
-            .send()
-            .await
-        {
+        match self.client.describe_table().table_name(&self.name).send().await {
             Ok(_) => return Ok(false),
             Err(err) if err.code() == Some("ResourceNotFoundException") => {}
             Err(err) => return Err(self.aws_error("DescribeTable", err)),
         }
         let attribute = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
         };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-        };
+        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
         let index = GlobalSecondaryIndex::builder()
             .index_name(GSI1)
             .key_schema(key("gsi1pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
             .key_schema(key("gsi1sk", KeyType::Range).map_err(|e| self.build_error(e))?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
             .map_err(|e| self.build_error(e))?;
         let created = self
@@ -449,11 +392,7 @@ impl Table {
     }
 
     fn build_error(&self, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-        StoreError::Aws {
-            operation: "CreateTable",
-            table: self.name.clone(),
-            message: err.to_string(),
-        }
+        StoreError::Aws { operation: "CreateTable", table: self.name.clone(), message: err.to_string() }
     }
 
     // ---- claims on outside events ------------------------------------------------------
@@ -505,9 +444,7 @@ impl Table {
             .update_item()
             .table_name(&self.name)
             .set_key(Some(key.into_item()))
-            .update_expression(
-                "SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until",
-            )
+            .update_expression("SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until")
             .condition_expression("#state = :processing AND claim = :token")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":done", s("done"))
@@ -558,74 +495,30 @@ impl Table {
     pub async fn record_push(&self, push: &PushRecord) -> Result<Put, StoreError> {
         let mut item = encode("push", push, Key::push(&push.repository, &push.delivery))?;
         item.insert("gsi1pk".into(), s("PUSHES"));
-        item.insert(
-            "gsi1sk".into(),
-            s(format!(
-                "{}#{}",
-                time_key(push.received_at),
-                push.repository
-            )),
-        );
+        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(push.received_at), push.repository)));
         self.put_if_absent(item).await
     }
 
     pub async fn record_build(&self, build: &BuildRecord) -> Result<Put, StoreError> {
-        let mut item = encode(
-            "build",
-            build,
-            Key::build(&build.repository, &build.sha, &build.source),
-        )?;
+        let mut item = encode("build", build, Key::build(&build.repository, &build.sha, &build.source))?;
         item.insert("gsi1pk".into(), s("BUILDS"));
-        item.insert(
-            "gsi1sk".into(),
-            s(format!(
-                "{}#{}#{}",
-                time_key(build.completed_at),
-                build.repository,
-                build.sha
-            )),
-        );
+        item.insert("gsi1sk".into(), s(format!("{}#{}#{}", time_key(build.completed_at), build.repository, build.sha)));
         self.put_if_absent(item).await
     }
 
     /// Creates the deployment of `sha` to its environment unless one exists already.
-    pub async fn create_deployment(
-        &self,
-        deployment: &DeploymentRecord,
-    ) -> Result<Put, StoreError> {
-        let mut item = encode(
-            "deployment",
-            deployment,
-            Key::deployment(&deployment.environment, &deployment.sha),
-        )?;
-        item.insert(
-            "gsi1pk".into(),
-            s(format!("DEPLOYMENTS#{}", deployment.environment)),
-        );
-        item.insert(
-            "gsi1sk".into(),
-            s(format!(
-                "{}#{}",
-                time_key(deployment.created_at),
-                deployment.sha
-            )),
-        );
+    pub async fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Put, StoreError> {
+        let mut item = encode("deployment", deployment, Key::deployment(&deployment.environment, &deployment.sha))?;
+        item.insert("gsi1pk".into(), s(format!("DEPLOYMENTS#{}", deployment.environment)));
+        item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(deployment.created_at), deployment.sha)));
         self.put_if_absent(item).await
     }
 
     pub async fn recent_builds(&self, limit: i32) -> Result<Vec<BuildRecord>, StoreError> {
-        self.newest("BUILDS", limit)
-            .await?
-            .into_iter()
-            .map(|item| decode("build", item))
-            .collect()
+        self.newest("BUILDS", limit).await?.into_iter().map(|item| decode("build", item)).collect()
     }
 
-    pub async fn recent_deployments(
-        &self,
-        environment: &str,
-        limit: i32,
-    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+    pub async fn recent_deployments(&self, environment: &str, limit: i32) -> Result<Vec<DeploymentRecord>, StoreError> {
         self.newest(&format!("DEPLOYMENTS#{environment}"), limit)
             .await?
             .into_iter()
@@ -680,10 +573,7 @@ impl Table {
             (":created".to_string(), n(change.event_created)),
             (":now".to_string(), n(now)),
             (":canceled".to_string(), s("canceled")),
-            (
-                ":terminal".to_string(),
-                AttributeValue::Bool(change.is_terminal()),
-            ),
+            (":terminal".to_string(), AttributeValue::Bool(change.is_terminal())),
             (":yes".to_string(), AttributeValue::Bool(true)),
         ]);
         let mut fields: Vec<(&str, AttributeValue)> = Vec::new();
@@ -762,10 +652,7 @@ impl Table {
     }
 
     /// Every subscription the ledger knows for `customer`.
-    pub async fn customer_subscriptions(
-        &self,
-        customer: &str,
-    ) -> Result<Vec<SubscriptionState>, StoreError> {
+    pub async fn customer_subscriptions(&self, customer: &str) -> Result<Vec<SubscriptionState>, StoreError> {
         let output = self
             .client
             .query()
@@ -777,12 +664,7 @@ impl Table {
             .send()
             .await
             .map_err(|err| self.aws_error("Query", err))?;
-        output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|item| decode("subscription", item))
-            .collect()
+        output.items.unwrap_or_default().into_iter().map(|item| decode("subscription", item)).collect()
     }
 
     /// Raises an alert for alert dispatch, once per cause.
@@ -790,30 +672,171 @@ impl Table {
         let mut item = encode("alert", alert, Key::alert(&alert.source, &alert.id))?;
         item.insert("state".into(), s("pending"));
         item.insert("gsi1pk".into(), s("ALERTS"));
-        item.insert(
-            "gsi1sk".into(),
-            s(format!(
-                "{}#{}#{}",
-                time_key(alert.created_at),
-                alert.source,
-                alert.id
-            )),
-        );
+        item.insert("gsi1sk".into(), s(format!("{}#{}#{}", time_key(alert.created_at), alert.source, alert.id)));
         self.put_if_absent(item).await
     }
 
     pub async fn recent_alerts(&self, limit: i32) -> Result<Vec<AlertRecord>, StoreError> {
-        self.newest("ALERTS", limit)
-            .await?
-            .into_iter()
-            .map(|item| decode("alert", item))
-            .collect()
+        self.newest("ALERTS", limit).await?.into_iter().map(|item| decode("alert", item)).collect()
     }
 }
 
-fn is_condition_failure<E: ProvideErrorMetadata, R>(
-    err: &aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> bool {
+/// A provider's current images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ImageState {
+    pub provider: String,
+    pub images: ImageMap,
+    /// Starts at 1 and grows by one with every change: the optimistic lock.
+    pub version: i64,
+    pub run_uuid: Option<String>,
+    pub updated_at: i64,
+}
+
+/// One change of a provider's images, kept so that a bad image can be rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ImageChange {
+    pub provider: String,
+    pub version: i64,
+    /// `manifest` or `rollback`.
+    pub kind: String,
+    /// For a rollback: the version whose images it restored.
+    pub restored: Option<i64>,
+    pub run_uuid: Option<String>,
+    pub previous: ImageMap,
+    pub images: ImageMap,
+    pub changes: std::collections::BTreeMap<String, Change>,
+    pub at: i64,
+}
+
+/// The result of writing a provider's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageWrite {
+    Applied,
+    /// Someone else changed the images since they were read: read again and retry.
+    Conflict,
+    /// This Packer run was applied before.
+    RunAlreadyApplied,
+}
+
+impl Table {
+    pub async fn create_token(&self, token_hash: &str, scope: &str, now: i64) -> Result<Put, StoreError> {
+        let mut item = Key::token(token_hash).into_item();
+        item.insert("scope".into(), s(scope));
+        item.insert("created_at".into(), n(now));
+        self.put_if_absent(item).await
+    }
+
+    /// The scope of the token with this hash, when such a token exists.
+    pub async fn token_scope(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(Key::token(token_hash))
+            .await?
+            .and_then(|item| item.get("scope").and_then(|v| v.as_s().ok()).cloned()))
+    }
+
+    pub async fn provider_images(&self, provider: &str) -> Result<Option<ImageState>, StoreError> {
+        self.get(Key::images(provider)).await?.map(|item| decode("image map", item)).transpose()
+    }
+
+    pub async fn image_history(&self, provider: &str, limit: i32) -> Result<Vec<ImageChange>, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(format!("PROVIDER#{provider}")))
+            .expression_attribute_values(":prefix", s("HISTORY#"))
+            .scan_index_forward(false)
+            .limit(limit)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| self.aws_error("Query", err))?;
+        output.items.unwrap_or_default().into_iter().map(|item| decode("image change", item)).collect()
+    }
+
+    /// Writes a provider's new images, its history entry and (for a manifest) the run marker
+    /// in one transaction: all or nothing, and only if the images are still at
+    /// `change.version - 1` (optimistic lock) and the run was never applied.
+    pub async fn write_images(&self, change: &ImageChange) -> Result<ImageWrite, StoreError> {
+        use aws_sdk_dynamodb::types::{Put as TxPut, TransactWriteItem};
+        let state = ImageState {
+            provider: change.provider.clone(),
+            images: change.images.clone(),
+            version: change.version,
+            run_uuid: change.run_uuid.clone(),
+            updated_at: change.at,
+        };
+        let tx_error = |err: aws_sdk_dynamodb::error::BuildError| StoreError::Aws {
+            operation: "TransactWriteItems",
+            table: self.name.clone(),
+            message: err.to_string(),
+        };
+        let state_put = if change.version == 1 {
+            TxPut::builder().condition_expression("attribute_not_exists(pk)")
+        } else {
+            TxPut::builder()
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(change.version - 1))
+        }
+        .table_name(&self.name)
+        .set_item(Some(encode("image map", &state, Key::images(&change.provider))?))
+        .build()
+        .map_err(tx_error)?;
+        let history_put = TxPut::builder()
+            .table_name(&self.name)
+            .set_item(Some(encode("image change", change, Key::image_history(&change.provider, change.version))?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(tx_error)?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(state_put).build(),
+            TransactWriteItem::builder().put(history_put).build(),
+        ];
+        if let Some(run) = &change.run_uuid
+            && change.kind == "manifest"
+        {
+            let mut marker = Key::applied_run(&change.provider, run).into_item();
+            marker.insert("version".into(), n(change.version));
+            marker.insert("at".into(), n(change.at));
+            let run_put = TxPut::builder()
+                .table_name(&self.name)
+                .set_item(Some(marker))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(tx_error)?;
+            items.push(TransactWriteItem::builder().put(run_put).build());
+        }
+        let result = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
+        let err = match result {
+            Ok(_) => return Ok(ImageWrite::Applied),
+            Err(err) => err,
+        };
+        if let Some(
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                cancelled,
+            ),
+        ) = err.as_service_error()
+        {
+            let reasons: Vec<Option<&str>> = cancelled.cancellation_reasons().iter().map(|r| r.code()).collect();
+            if reasons.get(2).copied().flatten() == Some("ConditionalCheckFailed") {
+                return Ok(ImageWrite::RunAlreadyApplied);
+            }
+            // A changed version, or a concurrent transaction on the same items.
+            if reasons.iter().flatten().any(|code| matches!(*code, "ConditionalCheckFailed" | "TransactionConflict")) {
+                return Ok(ImageWrite::Conflict);
+            }
+        }
+        Err(self.aws_error("TransactWriteItems", err))
+    }
+
+    /// Whether a Packer run was applied to a provider before.
+    pub async fn run_applied(&self, provider: &str, run: &str) -> Result<bool, StoreError> {
+        Ok(self.get(Key::applied_run(provider, run)).await?.is_some())
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
     err.code() == Some("ConditionalCheckFailedException")
 }
 
@@ -827,20 +850,13 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            first: Duration::from_millis(50),
-            max: Duration::from_secs(2),
-            attempts: 8,
-        }
+        Self { first: Duration::from_millis(50), max: Duration::from_secs(2), attempts: 8 }
     }
 }
 
 impl Backoff {
     fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .first
-            .saturating_mul(1 << attempt.min(16))
-            .min(self.max);
+        let ceiling = self.first.saturating_mul(1 << attempt.min(16)).min(self.max);
         // Full jitter from a per-process random seed; no RNG crate needed for this.
         let random = {
             use std::hash::{BuildHasher, RandomState};
@@ -870,10 +886,7 @@ where
             return Ok(());
         }
     }
-    Err(StoreError::Unprocessed {
-        remaining: requests.len(),
-        attempts: backoff.attempts,
-    })
+    Err(StoreError::Unprocessed { remaining: requests.len(), attempts: backoff.attempts })
 }
 
 #[cfg(test)]
@@ -882,17 +895,11 @@ mod tests {
 
     fn request(id: usize) -> WriteRequest {
         let item = HashMap::from([("pk".to_string(), s(id.to_string()))]);
-        WriteRequest::builder()
-            .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
-            .build()
+        WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().unwrap()).build()
     }
 
     fn fast() -> Backoff {
-        Backoff {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-            attempts: 4,
-        }
+        Backoff { first: Duration::from_millis(1), max: Duration::from_millis(2), attempts: 4 }
     }
 
     #[tokio::test]
@@ -912,20 +919,8 @@ mod tests {
     #[tokio::test]
     async fn gives_up_with_a_count_of_what_is_left() {
         let result =
-            write_until_processed((0..3).map(request).collect(), fast(), |batch| async move {
-                Ok(batch)
-            })
-            .await;
-        assert!(
-            matches!(
-                result,
-                Err(StoreError::Unprocessed {
-                    remaining: 3,
-                    attempts: 4
-                })
-            ),
-            "{result:?}"
-        );
+            write_until_processed((0..3).map(request).collect(), fast(), |batch| async move { Ok(batch) }).await;
+        assert!(matches!(result, Err(StoreError::Unprocessed { remaining: 3, attempts: 4 })), "{result:?}");
     }
 
     #[test]

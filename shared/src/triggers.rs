@@ -68,9 +68,7 @@ fn check(pattern: &Value) -> Result<(), PatternError> {
             Value::Object(_) => check(value)?,
             Value::Array(conditions) if !conditions.is_empty() => {}
             _ => {
-                return Err(PatternError(format!(
-                    "`{key}` must hold an object or a non-empty array of conditions"
-                )));
+                return Err(PatternError(format!("`{key}` must hold an object or a non-empty array of conditions")));
             }
         }
     }
@@ -112,10 +110,7 @@ fn matches_condition(condition: &Value, actual: Option<&Value>) -> bool {
                 },
                 "numeric" => match (actual.and_then(number), operand.as_array()) {
                     (Some(a), Some(ops)) => ops.chunks(2).all(|pair| {
-                        match (
-                            pair.first().and_then(Value::as_str),
-                            pair.get(1).and_then(Value::as_f64),
-                        ) {
+                        match (pair.first().and_then(Value::as_str), pair.get(1).and_then(Value::as_f64)) {
                             (Some("="), Some(b)) => a == b,
                             (Some("<"), Some(b)) => a < b,
                             (Some("<="), Some(b)) => a <= b,
@@ -136,9 +131,7 @@ fn matches_condition(condition: &Value, actual: Option<&Value>) -> bool {
 
 /// DynamoDB numbers arrive as strings (`{"N": "42"}`); compare them as numbers.
 fn number(value: &Value) -> Option<f64> {
-    value
-        .as_f64()
-        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+    value.as_f64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))
 }
 
 fn equal(expected: &Value, actual: &Value) -> bool {
@@ -162,7 +155,10 @@ mod tests {
 
     #[test]
     fn exact_prefix_and_nested_fields() {
-        let pattern = Pattern::parse(r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#).unwrap();
+        let pattern = Pattern::parse(
+            r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#,
+        )
+        .unwrap();
         assert!(pattern.matches(&record("INSERT", "DEPLOYMENT#abc", "pending")));
         assert!(!pattern.matches(&record("MODIFY", "DEPLOYMENT#abc", "pending")));
         assert!(!pattern.matches(&record("INSERT", "BUILD#abc", "pending")));
@@ -171,20 +167,20 @@ mod tests {
 
     #[test]
     fn anything_but_exists_and_numeric() {
-        let pattern = Pattern::parse(r#"{"dynamodb": {"NewImage": {"state": {"S": [{"anything-but": ["pending", "failed"]}]}}}}"#).unwrap();
+        let pattern = Pattern::parse(
+            r#"{"dynamodb": {"NewImage": {"state": {"S": [{"anything-but": ["pending", "failed"]}]}}}}"#,
+        )
+        .unwrap();
         assert!(pattern.matches(&record("MODIFY", "x", "succeeded")));
         assert!(!pattern.matches(&record("MODIFY", "x", "pending")));
         let exists = Pattern::parse(r#"{"dynamodb": {"OldImage": [{"exists": false}]}}"#).unwrap();
         assert!(exists.matches(&record("INSERT", "x", "y")));
-        let numeric = Pattern::parse(
-            r#"{"dynamodb": {"NewImage": {"attempt": {"N": [{"numeric": [">", 2, "<=", 3]}]}}}}"#,
-        )
-        .unwrap();
+        let numeric =
+            Pattern::parse(r#"{"dynamodb": {"NewImage": {"attempt": {"N": [{"numeric": [">", 2, "<=", 3]}]}}}}"#)
+                .unwrap();
         assert!(numeric.matches(&record("INSERT", "x", "y")));
-        let too_high = Pattern::parse(
-            r#"{"dynamodb": {"NewImage": {"attempt": {"N": [{"numeric": [">", 3]}]}}}}"#,
-        )
-        .unwrap();
+        let too_high =
+            Pattern::parse(r#"{"dynamodb": {"NewImage": {"attempt": {"N": [{"numeric": [">", 3]}]}}}}"#).unwrap();
         assert!(!too_high.matches(&record("INSERT", "x", "y")));
     }
 

@@ -19,13 +19,7 @@ const MAIN_SHA: &str = "3f4a9c2e7b1d5a6c8e0f2b4d6a8c0e1f3a5b7c9d";
 #[tokio::test]
 async fn ci_success_on_a_tracked_branch_creates_one_pending_deployment() {
     let app = TestApp::spawn(CONFIG).await;
-    let answer = app
-        .deliver(
-            "workflow_run",
-            "d-1",
-            &sample("github/workflow_run/ci-success-main.json"),
-        )
-        .await;
+    let answer = app.deliver("workflow_run", "d-1", &sample("github/workflow_run/ci-success-main.json")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body["outcome"], "recorded");
     assert_eq!(answer.body["deployments"][0]["environment"], "production");
@@ -36,20 +30,11 @@ async fn ci_success_on_a_tracked_branch_creates_one_pending_deployment() {
     assert_eq!(deployment["state"], "pending");
     assert_eq!(deployment["sha"], MAIN_SHA);
     assert_eq!(deployment["version"], &MAIN_SHA[..12]);
-    assert_eq!(
-        deployment["artifact"],
-        format!("s3://conveyor-artifacts/acme/shop/{MAIN_SHA}.tar.gz")
-    );
+    assert_eq!(deployment["artifact"], format!("s3://conveyor-artifacts/acme/shop/{MAIN_SHA}.tar.gz"));
     assert!(app.deployments("staging").await.is_empty());
 
     // The check suite of the same commit succeeds too: still exactly one deployment.
-    let answer = app
-        .deliver(
-            "check_suite",
-            "d-2",
-            &sample("github/check_suite/success-main.json"),
-        )
-        .await;
+    let answer = app.deliver("check_suite", "d-2", &sample("github/check_suite/success-main.json")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body["deployments"], serde_json::json!([]));
     assert_eq!(app.deployments("production").await.len(), 1);
@@ -59,13 +44,7 @@ async fn ci_success_on_a_tracked_branch_creates_one_pending_deployment() {
 #[tokio::test]
 async fn a_failed_build_is_recorded_and_deploys_nothing() {
     let app = TestApp::spawn(CONFIG).await;
-    let answer = app
-        .deliver(
-            "workflow_run",
-            "d-fail",
-            &sample("github/workflow_run/ci-failure-main.json"),
-        )
-        .await;
+    let answer = app.deliver("workflow_run", "d-fail", &sample("github/workflow_run/ci-failure-main.json")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     let builds = app.builds().await;
     assert_eq!(builds.len(), 1);
@@ -76,36 +55,14 @@ async fn a_failed_build_is_recorded_and_deploys_nothing() {
 #[tokio::test]
 async fn a_push_records_its_commits() {
     let app = TestApp::spawn(CONFIG).await;
-    let answer = app
-        .deliver("push", "d-push", &sample("github/push/main.json"))
-        .await;
+    let answer = app.deliver("push", "d-push", &sample("github/push/main.json")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    let commit = app
-        .table
-        .get(Key::commit("acme/shop", MAIN_SHA))
-        .await
-        .unwrap()
-        .expect("commit recorded");
-    assert_eq!(
-        commit["title"].as_s().unwrap(),
-        "Fix the cart total rounding"
-    );
+    let commit = app.table.get(Key::commit("acme/shop", MAIN_SHA)).await.unwrap().expect("commit recorded");
+    assert_eq!(commit["title"].as_s().unwrap(), "Fix the cart total rounding");
     assert_eq!(commit["committed_at"].as_n().unwrap(), "1795165390");
-    let first = app
-        .table
-        .get(Key::commit(
-            "acme/shop",
-            "2e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
-        ))
-        .await
-        .unwrap();
+    let first = app.table.get(Key::commit("acme/shop", "2e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d")).await.unwrap();
     assert!(first.is_some());
-    let push = app
-        .table
-        .get(Key::push("acme/shop", "d-push"))
-        .await
-        .unwrap()
-        .expect("push recorded");
+    let push = app.table.get(Key::push("acme/shop", "d-push")).await.unwrap().expect("push recorded");
     assert_eq!(push["ref_kind"].as_s().unwrap(), "branch");
 }
 
@@ -118,12 +75,7 @@ async fn a_tag_deletion_is_recorded_as_such() {
     let app = TestApp::spawn(CONFIG).await;
     let body = std::fs::read(fixtures.join("github/push/1.payload.json")).unwrap();
     assert_eq!(app.deliver("push", "d-tag", &body).await.status, 200);
-    let push = app
-        .table
-        .get(Key::push("Codertocat/Hello-World", "d-tag"))
-        .await
-        .unwrap()
-        .expect("push recorded");
+    let push = app.table.get(Key::push("Codertocat/Hello-World", "d-tag")).await.unwrap().expect("push recorded");
     assert_eq!(push["ref_kind"].as_s().unwrap(), "tag");
     assert_eq!(push["ref_name"].as_s().unwrap(), "simple-tag");
     assert_eq!(push["deleted"].as_bool().unwrap(), &true);
@@ -157,10 +109,7 @@ async fn fifty_concurrent_copies_are_processed_once() {
         answers.push(copy.await.unwrap());
     }
     assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
-    let fresh = answers
-        .iter()
-        .filter(|a| a.body["duplicate"] == false)
-        .count();
+    let fresh = answers.iter().filter(|a| a.body["duplicate"] == false).count();
     assert_eq!(fresh, 1, "exactly one copy is processed");
     assert_eq!(app.builds().await.len(), 1);
     assert_eq!(app.deployments("production").await.len(), 1);
@@ -179,8 +128,7 @@ fn signed(event: &'static str, delivery: &'static str, body: &[u8]) -> Vec<(&'st
 
 async fn post(app: &TestApp, headers: &[(&str, String)], body: Vec<u8>) -> conveyor_e2e::Answer {
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    app.request("POST", "/webhooks/github", &headers, Bytes::from(body))
-        .await
+    app.request("POST", "/webhooks/github", &headers, Bytes::from(body)).await
 }
 
 /// After a rejection, the same delivery id must still be processed in full.
@@ -189,10 +137,7 @@ async fn assert_nothing_written(app: &TestApp, delivery: &'static str) {
     assert!(app.deployments("production").await.is_empty());
     let body = sample("github/workflow_run/ci-success-main.json");
     let answer = app.deliver("workflow_run", delivery, &body).await;
-    assert_eq!(
-        answer.body["duplicate"], false,
-        "the rejected delivery left no dedupe record: {answer:?}"
-    );
+    assert_eq!(answer.body["duplicate"], false, "the rejected delivery left no dedupe record: {answer:?}");
 }
 
 #[tokio::test]
@@ -207,12 +152,7 @@ async fn bad_signatures_are_401_and_write_nothing() {
     headers.remove(4);
     let answer = post(&app, &headers, body.clone()).await;
     assert_eq!(answer.status, 401);
-    assert!(
-        answer.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing")
-    );
+    assert!(answer.body["error"]["message"].as_str().unwrap().contains("missing"));
     // Signed over other bytes than those sent (a re-serialised body does not verify).
     let mut tampered = body.clone();
     tampered.push(b' ');
@@ -224,17 +164,12 @@ async fn bad_signatures_are_401_and_write_nothing() {
 #[tokio::test]
 async fn malformed_json_under_a_valid_signature_is_400_naming_the_problem() {
     let app = TestApp::spawn(CONFIG).await;
-    let body = br#"{"action": "completed", "workflow_run": {"id": 1}, "repository": {"full_name": "acme/shop"}}"#.to_vec();
+    let body =
+        br#"{"action": "completed", "workflow_run": {"id": 1}, "repository": {"full_name": "acme/shop"}}"#.to_vec();
     let answer = post(&app, &signed("workflow_run", "d-bad", &body), body).await;
     assert_eq!(answer.status, 400, "{answer:?}");
     assert_eq!(answer.body["error"]["code"], "invalid_payload");
-    assert!(
-        answer.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("head_sha"),
-        "{answer:?}"
-    );
+    assert!(answer.body["error"]["message"].as_str().unwrap().contains("head_sha"), "{answer:?}");
     let body = b"{\"zen\": ".to_vec();
     let answer = post(&app, &signed("ping", "d-bad", &body), body).await;
     assert_eq!(answer.status, 400);
@@ -261,12 +196,7 @@ async fn oversized_and_unsupported_bodies_are_refused() {
     headers.remove(2);
     let answer = post(&app, &headers, body).await;
     assert_eq!(answer.status, 400);
-    assert!(
-        answer.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("X-GitHub-Delivery")
-    );
+    assert!(answer.body["error"]["message"].as_str().unwrap().contains("X-GitHub-Delivery"));
     assert_nothing_written(&app, "d-type").await;
 }
 
@@ -287,9 +217,7 @@ fn form_encode(json: &str) -> String {
     let mut out = String::from("payload=");
     for byte in json.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                out.push(byte as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(byte as char),
             b' ' => out.push('+'),
             other => out.push_str(&format!("%{other:02X}")),
         }
@@ -300,22 +228,13 @@ fn form_encode(json: &str) -> String {
 #[tokio::test]
 async fn ping_answers_200_and_other_events_202() {
     let app = TestApp::spawn(CONFIG).await;
-    let answer = app
-        .deliver("ping", "d-ping", &sample("github/ping/hook-created.json"))
-        .await;
+    let answer = app.deliver("ping", "d-ping", &sample("github/ping/hook-created.json")).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body["zen"], "Keep it logically awesome.");
-    let answer = app
-        .deliver("star", "d-star", br#"{"action": "created"}"#)
-        .await;
+    let answer = app.deliver("star", "d-star", br#"{"action": "created"}"#).await;
     assert_eq!(answer.status, 202, "{answer:?}");
     assert_eq!(answer.body["outcome"], "ignored");
-    let delivery = app
-        .table
-        .get(Key::delivery("4242", "d-star"))
-        .await
-        .unwrap()
-        .expect("delivery logged");
+    let delivery = app.table.get(Key::delivery("4242", "d-star")).await.unwrap().expect("delivery logged");
     assert_eq!(delivery["outcome"].as_s().unwrap(), "ignored");
     assert!(delivery.contains_key("ttl"));
 }
@@ -328,20 +247,13 @@ async fn every_real_github_payload_is_accepted() {
     };
     let app = TestApp::spawn("[[environment]]\nname = \"prod\"\nbranch = \"master\"\n").await;
     let mut posted = 0;
-    for folder in std::fs::read_dir(fixtures.join("github"))
-        .unwrap()
-        .flatten()
-    {
+    for folder in std::fs::read_dir(fixtures.join("github")).unwrap().flatten() {
         let event = folder.file_name().to_string_lossy().into_owned();
         for file in std::fs::read_dir(folder.path()).unwrap().flatten() {
             let body = std::fs::read(file.path()).unwrap();
             let delivery = format!("fixture-{posted}");
             let answer = app.deliver(&event, &delivery, &body).await;
-            assert!(
-                (200..300).contains(&answer.status),
-                "{}: {answer:?}",
-                file.path().display()
-            );
+            assert!((200..300).contains(&answer.status), "{}: {answer:?}", file.path().display());
             posted += 1;
         }
     }

@@ -3,5 +3,6 @@
 mod api;
 mod intake;
 mod local_aws;
+mod manifests;
 mod stripe;
 mod triggers;

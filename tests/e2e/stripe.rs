@@ -27,28 +27,15 @@ async fn entitlement(app: &TestApp) -> Value {
 #[tokio::test]
 async fn a_subscription_lifecycle_sets_the_entitlement() {
     let app = TestApp::spawn("").await;
-    let created = event(
-        "evt_a",
-        "customer.subscription.created",
-        100,
-        subscription("active", "price_basic"),
-    );
+    let created = event("evt_a", "customer.subscription.created", 100, subscription("active", "price_basic"));
     assert_eq!(app.deliver_stripe(&created, 0).await.status, 200);
     let body = entitlement(&app).await;
     assert_eq!(body["entitled"], true);
     let sub = &body["subscriptions"][0];
-    assert_eq!(
-        (sub["status"].as_str(), sub["price"].as_str()),
-        (Some("active"), Some("price_basic"))
-    );
+    assert_eq!((sub["status"].as_str(), sub["price"].as_str()), (Some("active"), Some("price_basic")));
     assert_eq!(sub["current_period_end"], 1_800_000_000);
 
-    let deleted = event(
-        "evt_b",
-        "customer.subscription.deleted",
-        200,
-        subscription("canceled", "price_basic"),
-    );
+    let deleted = event("evt_b", "customer.subscription.deleted", 200, subscription("canceled", "price_basic"));
     assert_eq!(app.deliver_stripe(&deleted, 0).await.status, 200);
     let body = entitlement(&app).await;
     assert_eq!(body["entitled"], false);
@@ -66,74 +53,31 @@ async fn an_older_event_never_overwrites_a_newer_one() {
             "id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "past_due", "cancel_at_period_end": true
         }),
     );
-    let older = event(
-        "evt_old",
-        "customer.subscription.created",
-        100,
-        subscription("active", "price_pro"),
-    );
-    assert_eq!(
-        app.deliver_stripe(&newer, 0).await.body["outcome"],
-        "applied"
-    );
+    let older = event("evt_old", "customer.subscription.created", 100, subscription("active", "price_pro"));
+    assert_eq!(app.deliver_stripe(&newer, 0).await.body["outcome"], "applied");
     let answer = app.deliver_stripe(&older, 0).await;
     assert_eq!(answer.body["outcome"], "stale", "{answer:?}");
     let sub = &entitlement(&app).await["subscriptions"][0];
     assert_eq!(sub["status"], "past_due", "the newer status stands");
     assert_eq!(sub["cancel_at_period_end"], true);
-    assert_eq!(
-        sub["price"], "price_pro",
-        "the older event filled what was unknown"
-    );
+    assert_eq!(sub["price"], "price_pro", "the older event filled what was unknown");
 }
 
 #[tokio::test]
 async fn at_the_same_second_a_deletion_wins() {
     let app = TestApp::spawn("").await;
-    let deleted = event(
-        "evt_del",
-        "customer.subscription.deleted",
-        300,
-        subscription("canceled", "price_basic"),
-    );
-    let updated = event(
-        "evt_upd",
-        "customer.subscription.updated",
-        300,
-        subscription("active", "price_basic"),
-    );
+    let deleted = event("evt_del", "customer.subscription.deleted", 300, subscription("canceled", "price_basic"));
+    let updated = event("evt_upd", "customer.subscription.updated", 300, subscription("active", "price_basic"));
     app.deliver_stripe(&deleted, 0).await;
-    assert_eq!(
-        app.deliver_stripe(&updated, 0).await.body["outcome"],
-        "stale"
-    );
-    assert_eq!(
-        entitlement(&app).await["subscriptions"][0]["status"],
-        "canceled"
-    );
+    assert_eq!(app.deliver_stripe(&updated, 0).await.body["outcome"], "stale");
+    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "canceled");
 
     // Otherwise the later arrival at the same second applies.
-    let paused = event(
-        "evt_p",
-        "customer.subscription.paused",
-        400,
-        subscription("paused", "price_basic"),
-    );
-    let resumed = event(
-        "evt_r",
-        "customer.subscription.resumed",
-        400,
-        subscription("active", "price_basic"),
-    );
+    let paused = event("evt_p", "customer.subscription.paused", 400, subscription("paused", "price_basic"));
+    let resumed = event("evt_r", "customer.subscription.resumed", 400, subscription("active", "price_basic"));
     app.deliver_stripe(&paused, 0).await;
-    assert_eq!(
-        app.deliver_stripe(&resumed, 0).await.body["outcome"],
-        "applied"
-    );
-    assert_eq!(
-        entitlement(&app).await["subscriptions"][0]["status"],
-        "active"
-    );
+    assert_eq!(app.deliver_stripe(&resumed, 0).await.body["outcome"], "applied");
+    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "active");
 }
 
 #[tokio::test]
@@ -163,31 +107,20 @@ async fn duplicates_change_nothing_also_fifty_at_once() {
     let alerts = app.table.recent_alerts(10).await.unwrap();
     assert_eq!(alerts.len(), 1, "one alert for the failed payment");
     assert_eq!(alerts[0].kind, "payment_failed");
-    assert_eq!(
-        entitlement(&app).await["subscriptions"][0]["status"],
-        "past_due"
-    );
+    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "past_due");
 }
 
 #[tokio::test]
 async fn signatures_are_checked_and_rejections_write_nothing() {
     let app = TestApp::spawn("").await;
-    let body = event(
-        "evt_sig",
-        "customer.subscription.created",
-        100,
-        subscription("active", "price_basic"),
-    );
+    let body = event("evt_sig", "customer.subscription.created", 100, subscription("active", "price_basic"));
     let post = |signature: String, body: Vec<u8>| {
         let app = app.clone();
         async move {
             app.request(
                 "POST",
                 "/webhooks/stripe",
-                &[
-                    ("content-type", "application/json"),
-                    ("stripe-signature", &signature),
-                ],
+                &[("content-type", "application/json"), ("stripe-signature", &signature)],
                 body,
             )
             .await
@@ -195,42 +128,18 @@ async fn signatures_are_checked_and_rejections_write_nothing() {
     };
     let now = conveyor_shared::unix_now();
     let wrong = post(sign_stripe(b"whsec_wrong", now, &body), body.clone()).await;
-    assert_eq!(
-        (wrong.status, wrong.body["error"]["code"].as_str()),
-        (401, Some("invalid_signature"))
-    );
+    assert_eq!((wrong.status, wrong.body["error"]["code"].as_str()), (401, Some("invalid_signature")));
     let stale = app.deliver_stripe(&body, 301).await;
     assert_eq!(stale.status, 401);
-    assert!(
-        stale.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tolerance")
-    );
+    assert!(stale.body["error"]["message"].as_str().unwrap().contains("tolerance"));
     let malformed = post("v1=abc".into(), body.clone()).await;
-    assert_eq!(
-        (malformed.status, malformed.body["error"]["code"].as_str()),
-        (400, Some("malformed_signature"))
-    );
-    let missing = app
-        .request("POST", "/webhooks/stripe", &[], body.clone())
-        .await;
+    assert_eq!((malformed.status, malformed.body["error"]["code"].as_str()), (400, Some("malformed_signature")));
+    let missing = app.request("POST", "/webhooks/stripe", &[], body.clone()).await;
     assert_eq!(missing.status, 400);
     let bad_json = b"{\"id\": \"evt_x\"".to_vec();
-    let answer = post(
-        sign_stripe(STRIPE_SECRET.as_bytes(), now, &bad_json),
-        bad_json,
-    )
-    .await;
-    assert_eq!(
-        (answer.status, answer.body["error"]["code"].as_str()),
-        (400, Some("invalid_event"))
-    );
-    assert_eq!(
-        app.get("/api/v1/customers/cus_1").await.status,
-        404,
-        "nothing was written"
-    );
+    let answer = post(sign_stripe(STRIPE_SECRET.as_bytes(), now, &bad_json), bad_json).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (400, Some("invalid_event")));
+    assert_eq!(app.get("/api/v1/customers/cus_1").await.status, 404, "nothing was written");
 
     // While a secret is rolled, Stripe sends one v1 per secret: any match is enough.
     let other = sign_stripe(b"whsec_not_ours", now, &body);
@@ -238,31 +147,17 @@ async fn signatures_are_checked_and_rejections_write_nothing() {
     let both = format!("{other},{},v0=0000", ours.split(',').nth(1).unwrap());
     let answer = post(both, body.clone()).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(
-        answer.body["duplicate"], false,
-        "the rejected attempts left no dedupe record"
-    );
+    assert_eq!(answer.body["duplicate"], false, "the rejected attempts left no dedupe record");
 }
 
 #[tokio::test]
 async fn unknown_types_are_ignored_and_customer_lookups_are_checked() {
     let app = TestApp::spawn("").await;
-    let answer = app
-        .deliver_stripe(
-            &event("evt_u", "charge.succeeded", 1, json!({"object": "charge"})),
-            0,
-        )
-        .await;
-    assert_eq!(
-        (answer.status, answer.body["outcome"].as_str()),
-        (200, Some("ignored"))
-    );
+    let answer = app.deliver_stripe(&event("evt_u", "charge.succeeded", 1, json!({"object": "charge"})), 0).await;
+    assert_eq!((answer.status, answer.body["outcome"].as_str()), (200, Some("ignored")));
     assert_eq!(app.get("/api/v1/customers/cus_nobody").await.status, 404);
     let answer = app.get("/api/v1/customers/cus%2F..").await;
-    assert_eq!(
-        (answer.status, answer.body["error"]["code"].as_str()),
-        (400, Some("invalid_customer"))
-    );
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (400, Some("invalid_customer")));
 }
 
 #[tokio::test]
@@ -275,26 +170,15 @@ async fn every_fixture_object_in_a_handled_envelope_is_accepted() {
     let text = std::fs::read_to_string(fixtures.join("stripe/fixtures3.json")).unwrap();
     let resources: Value = serde_json::from_str(&text).unwrap();
     let mut sent = 0;
-    for (index, (name, object)) in resources["resources"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    for (index, (name, object)) in resources["resources"].as_object().unwrap().iter().enumerate() {
         // The kinds Conveyor reads go in every handled envelope, the rest in one each.
-        let kinds: Vec<&str> =
-            if ["subscription", "invoice", "checkout.session"].contains(&name.as_str()) {
-                HANDLED.to_vec()
-            } else {
-                vec![HANDLED[index % HANDLED.len()]]
-            };
+        let kinds: Vec<&str> = if ["subscription", "invoice", "checkout.session"].contains(&name.as_str()) {
+            HANDLED.to_vec()
+        } else {
+            vec![HANDLED[index % HANDLED.len()]]
+        };
         for kind in kinds {
-            let body = event(
-                &format!("evt_fixture_{sent}"),
-                kind,
-                1_721_954_054,
-                object.clone(),
-            );
+            let body = event(&format!("evt_fixture_{sent}"), kind, 1_721_954_054, object.clone());
             let answer = app.deliver_stripe(&body, 0).await;
             assert_eq!(answer.status, 200, "{name} in {kind}: {answer:?}");
             sent += 1;
@@ -302,8 +186,5 @@ async fn every_fixture_object_in_a_handled_envelope_is_accepted() {
     }
     assert!(sent > 170, "{sent}");
     let answer = app.get("/api/v1/customers/cus_QXg1o8vcGmoR32").await;
-    assert_eq!(
-        answer.status, 200,
-        "the fixture subscription and invoices were applied: {answer:?}"
-    );
+    assert_eq!(answer.status, 200, "the fixture subscription and invoices were applied: {answer:?}");
 }

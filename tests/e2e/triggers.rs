@@ -18,9 +18,7 @@ impl StreamFunction for NewDeployments {
         "new-deployments"
     }
     fn filters(&self) -> &'static [&'static str] {
-        &[
-            r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#,
-        ]
+        &[r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#]
     }
     fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
@@ -52,22 +50,13 @@ impl ScheduledFunction for Ticks {
 #[tokio::test]
 async fn stream_functions_get_only_the_records_their_filter_matches() {
     let (sender, mut received) = mpsc::unbounded_channel();
-    let app = TestApp::spawn_with(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n",
-        |catalog| {
-            catalog.streams.push(Arc::new(NewDeployments(sender)));
-        },
-    )
+    let app = TestApp::spawn_with("[[environment]]\nname = \"production\"\nbranch = \"main\"\n", |catalog| {
+        catalog.streams.push(Arc::new(NewDeployments(sender)));
+    })
     .await;
     // A push (delivery, commits, push items) and a CI success (build, deployment).
-    app.deliver("push", "t-1", &sample("github/push/main.json"))
-        .await;
-    app.deliver(
-        "workflow_run",
-        "t-2",
-        &sample("github/workflow_run/ci-success-main.json"),
-    )
-    .await;
+    app.deliver("push", "t-1", &sample("github/push/main.json")).await;
+    app.deliver("workflow_run", "t-2", &sample("github/workflow_run/ci-success-main.json")).await;
 
     let record = tokio::time::timeout(Duration::from_secs(20), received.recv())
         .await
@@ -76,10 +65,7 @@ async fn stream_functions_get_only_the_records_their_filter_matches() {
     assert_eq!(record["eventName"], "INSERT");
     assert_eq!(record["eventSource"], "aws:dynamodb");
     assert_eq!(record["dynamodb"]["NewImage"]["state"]["S"], "pending");
-    assert_eq!(
-        record["dynamodb"]["NewImage"]["environment"]["S"],
-        "production"
-    );
+    assert_eq!(record["dynamodb"]["NewImage"]["environment"]["S"], "production");
     // Nothing else (the delivery, commits, push, build) passes the filter.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(received.try_recv().is_err(), "only the deployment matched");
@@ -88,15 +74,9 @@ async fn stream_functions_get_only_the_records_their_filter_matches() {
 #[tokio::test]
 async fn scheduled_functions_get_eventbridge_events_on_their_rate() {
     let (sender, mut received) = mpsc::unbounded_channel();
-    let _app = TestApp::spawn_with("", |catalog| {
-        catalog.schedules.push(Arc::new(Ticks(sender)))
-    })
-    .await;
+    let _app = TestApp::spawn_with("", |catalog| catalog.schedules.push(Arc::new(Ticks(sender)))).await;
     for _ in 0..3 {
-        let event = tokio::time::timeout(Duration::from_secs(5), received.recv())
-            .await
-            .expect("a tick")
-            .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), received.recv()).await.expect("a tick").unwrap();
         assert_eq!(event["detail-type"], "Scheduled Event");
         assert_eq!(event["source"], "aws.events");
     }

@@ -9,26 +9,16 @@
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::stripe::{self, StripePlan};
-use conveyor_shared::http::{
-    self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode,
-};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::signature::verify_stripe;
-use conveyor_shared::store::{
-    self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table,
-};
+use conveyor_shared::store::{self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
 use serde_json::json;
 
 pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        path: "/webhooks/stripe",
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/customers/{customer}",
-    },
+    Route { method: "POST", path: "/webhooks/stripe" },
+    Route { method: "GET", path: "/api/v1/customers/{customer}" },
 ];
 
 /// Stripe's default signature tolerance, in seconds.
@@ -48,17 +38,11 @@ pub enum StartupError {
 pub fn tolerance_from_env() -> Result<i64, SettingsError> {
     match std::env::var("STRIPE_TOLERANCE_SECONDS") {
         Err(_) => Ok(DEFAULT_TOLERANCE),
-        Ok(text) => {
-            text.trim()
-                .parse::<i64>()
-                .ok()
-                .filter(|t| *t > 0)
-                .ok_or(SettingsError::Invalid {
-                    name: "STRIPE_TOLERANCE_SECONDS",
-                    expected: "a positive number of seconds",
-                    value: text,
-                })
-        }
+        Ok(text) => text.trim().parse::<i64>().ok().filter(|t| *t > 0).ok_or(SettingsError::Invalid {
+            name: "STRIPE_TOLERANCE_SECONDS",
+            expected: "a positive number of seconds",
+            value: text,
+        }),
     }
 }
 
@@ -71,11 +55,7 @@ pub struct StripeWebhook {
 
 impl StripeWebhook {
     pub fn new(table: Table, secrets: SecretSet, tolerance: i64) -> Self {
-        Self {
-            table,
-            secrets,
-            tolerance,
-        }
+        Self { table, secrets, tolerance }
     }
 
     pub async fn from_settings(
@@ -92,26 +72,14 @@ impl StripeWebhook {
     async fn webhook(&self, request: Request) -> Response {
         let body = request.body();
         if body.len() > MAX_BODY_BYTES {
-            return http::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body is over 1 MB",
-            );
+            return http::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over 1 MB");
         }
         let now = conveyor_shared::unix_now();
-        if let Err(err) = verify_stripe(
-            &self.secrets,
-            http::header(&request, "stripe-signature"),
-            body,
-            now,
-            self.tolerance,
-        ) {
+        if let Err(err) =
+            verify_stripe(&self.secrets, http::header(&request, "stripe-signature"), body, now, self.tolerance)
+        {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let code = if err.status() == 400 {
-                "malformed_signature"
-            } else {
-                "invalid_signature"
-            };
+            let code = if err.status() == 400 { "malformed_signature" } else { "invalid_signature" };
             return http::error(status, code, err);
         }
         let event = match stripe::parse_event(body) {
@@ -120,18 +88,11 @@ impl StripeWebhook {
         };
         let key = || Key::stripe_event(&event.id);
         let token = store::claim_token(&event.id, now);
-        match self
-            .table
-            .claim(key(), &event.kind, &token, now, STRIPE_EVENT_TTL_SECONDS)
-            .await
-        {
+        match self.table.claim(key(), &event.kind, &token, now, STRIPE_EVENT_TTL_SECONDS).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Duplicate) => {
                 tracing::info!(event = %event.id, kind = %event.kind, "duplicate Stripe event");
-                return http::json(
-                    StatusCode::OK,
-                    &json!({"ok": true, "duplicate": true, "event": event.id}),
-                );
+                return http::json(StatusCode::OK, &json!({"ok": true, "duplicate": true, "event": event.id}));
             }
             Err(err) => return store_failure(&err),
         }
@@ -149,19 +110,11 @@ impl StripeWebhook {
                 match applied {
                     Ok(Ordered::Applied) => (
                         "applied",
-                        format!(
-                            "{} is {}",
-                            change.subscription,
-                            change.status.as_deref().unwrap_or("unchanged")
-                        ),
+                        format!("{} is {}", change.subscription, change.status.as_deref().unwrap_or("unchanged")),
                     ),
-                    Ok(Ordered::Stale) => (
-                        "stale",
-                        format!(
-                            "a newer event for {} was applied first",
-                            change.subscription
-                        ),
-                    ),
+                    Ok(Ordered::Stale) => {
+                        ("stale", format!("a newer event for {} was applied first", change.subscription))
+                    }
                     Err(err) => {
                         if let Err(release) = self.table.release_claim(key(), &token).await {
                             tracing::error!(error = %release, event = %event.id, "cannot release the event claim");
@@ -171,11 +124,7 @@ impl StripeWebhook {
                 }
             }
         };
-        if let Err(err) = self
-            .table
-            .finish_claim(key(), &token, outcome, &detail)
-            .await
-        {
+        if let Err(err) = self.table.finish_claim(key(), &token, outcome, &detail).await {
             tracing::warn!(error = %err, event = %event.id, "cannot mark the event done");
         }
         tracing::info!(event = %event.id, kind = %event.kind, outcome, %detail, "Stripe event handled");
@@ -188,15 +137,9 @@ impl StripeWebhook {
     async fn customer(&self, customer: &str) -> Response {
         let valid = !customer.is_empty()
             && customer.len() <= 255
-            && customer
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            && customer.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_customer",
-                "a customer id looks like cus_...",
-            );
+            return http::error(StatusCode::BAD_REQUEST, "invalid_customer", "a customer id looks like cus_...");
         }
         match self.table.customer_subscriptions(customer).await {
             Ok(subscriptions) if subscriptions.is_empty() => http::error(
@@ -205,9 +148,7 @@ impl StripeWebhook {
                 format!("no subscription is known for {customer}"),
             ),
             Ok(subscriptions) => {
-                let entitled = subscriptions
-                    .iter()
-                    .any(|s| s.status.as_deref().is_some_and(stripe::entitles));
+                let entitled = subscriptions.iter().any(|s| s.status.as_deref().is_some_and(stripe::entitles));
                 let list: Vec<_> = subscriptions
                     .iter()
                     .map(|s| {
@@ -222,10 +163,7 @@ impl StripeWebhook {
                         })
                     })
                     .collect();
-                http::json(
-                    StatusCode::OK,
-                    &json!({"customer": customer, "entitled": entitled, "subscriptions": list}),
-                )
+                http::json(StatusCode::OK, &json!({"customer": customer, "entitled": entitled, "subscriptions": list}))
             }
             Err(err) => store_failure(&err),
         }
@@ -244,26 +182,16 @@ impl HttpFunction for StripeWebhook {
     fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            if request.method() == Method::POST
-                && http::match_path("/webhooks/stripe", &path).is_some()
-            {
+            if request.method() == Method::POST && http::match_path("/webhooks/stripe", &path).is_some() {
                 return self.webhook(request).await;
             }
             if request.method() == Method::GET
                 && let Some(params) = http::match_path("/api/v1/customers/{customer}", &path)
             {
-                let customer = params
-                    .into_iter()
-                    .next()
-                    .map(|(_, v)| v)
-                    .unwrap_or_default();
+                let customer = params.into_iter().next().map(|(_, v)| v).unwrap_or_default();
                 return self.customer(&customer).await;
             }
-            http::error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for {} {path}", request.method()),
-            )
+            http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", request.method()))
         })
     }
 }

@@ -10,8 +10,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let settings = Settings::from_env();
     let secret = SecretSource::from_env(STRIPE_WEBHOOK_SECRET)?;
     let tolerance = tolerance_from_env()?;
-    let function =
-        StripeWebhook::from_settings(&settings, &secret, tolerance, &load_aws_config().await)
-            .await?;
+    let function = StripeWebhook::from_settings(&settings, &secret, tolerance, &load_aws_config().await).await?;
     lambda::serve(function).await
 }

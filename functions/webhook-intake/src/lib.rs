@@ -11,9 +11,7 @@ use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::intake::{self, MAX_BODY_BYTES, Outcome, PlanContext};
-use conveyor_shared::http::{
-    self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode,
-};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::signature;
@@ -21,18 +19,9 @@ use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreE
 use serde_json::json;
 
 pub const ROUTES: &[Route] = &[
-    Route {
-        method: "POST",
-        path: "/webhooks/github",
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/builds",
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/deployments",
-    },
+    Route { method: "POST", path: "/webhooks/github" },
+    Route { method: "GET", path: "/api/v1/builds" },
+    Route { method: "GET", path: "/api/v1/deployments" },
 ];
 
 /// Listings answer at most this many items.
@@ -59,18 +48,8 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(
-        table: Table,
-        secrets: SecretSet,
-        config: Arc<Config>,
-        artifacts_bucket: impl Into<String>,
-    ) -> Self {
-        Self {
-            table,
-            secrets,
-            config,
-            artifacts_bucket: artifacts_bucket.into(),
-        }
+    pub fn new(table: Table, secrets: SecretSet, config: Arc<Config>, artifacts_bucket: impl Into<String>) -> Self {
+        Self { table, secrets, config, artifacts_bucket: artifacts_bucket.into() }
     }
 
     /// Loads `conveyor.toml`, resolves the webhook secrets and builds the table client.
@@ -82,12 +61,7 @@ impl Intake {
         let config = Config::load(&settings.config_path)?;
         let secrets = secrets::resolve(secret, sdk).await?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-        Ok(Self::new(
-            table,
-            secrets,
-            Arc::new(config),
-            settings.artifacts_bucket.clone(),
-        ))
+        Ok(Self::new(table, secrets, Arc::new(config), settings.artifacts_bucket.clone()))
     }
 
     async fn github(&self, request: Request) -> Response {
@@ -99,22 +73,14 @@ impl Intake {
                 "the body is over GitHub's 25 MB limit",
             );
         }
-        if let Err(err) = signature::verify_github(
-            &self.secrets,
-            http::header(&request, "x-hub-signature-256"),
-            body,
-        ) {
+        if let Err(err) = signature::verify_github(&self.secrets, http::header(&request, "x-hub-signature-256"), body) {
             return http::error(StatusCode::UNAUTHORIZED, "invalid_signature", err);
         }
-        let (Some(event), Some(guid)) = (
-            http::header(&request, "x-github-event"),
-            http::header(&request, "x-github-delivery"),
-        ) else {
-            let missing = if http::header(&request, "x-github-event").is_none() {
-                "X-GitHub-Event"
-            } else {
-                "X-GitHub-Delivery"
-            };
+        let (Some(event), Some(guid)) =
+            (http::header(&request, "x-github-event"), http::header(&request, "x-github-delivery"))
+        else {
+            let missing =
+                if http::header(&request, "x-github-event").is_none() { "X-GitHub-Event" } else { "X-GitHub-Delivery" };
             return rejected(&intake::IntakeError::MissingHeader(missing));
         };
         // Redeliveries keep their GUID and every hook on an event shares it: dedupe on both.
@@ -124,34 +90,17 @@ impl Intake {
             Err(err) => return rejected(&err),
         };
         let now = conveyor_shared::unix_now();
-        let ctx = PlanContext {
-            config: &self.config,
-            artifacts_bucket: &self.artifacts_bucket,
-            now,
-        };
+        let ctx = PlanContext { config: &self.config, artifacts_bucket: &self.artifacts_bucket, now };
         let plan = match intake::plan(event, guid, &payload, &ctx) {
             Ok(plan) => plan,
             Err(err) => return rejected(&err),
         };
         if let Outcome::Ping { zen } = &plan.outcome {
-            return http::json(
-                StatusCode::OK,
-                &json!({"ok": true, "event": "ping", "zen": zen}),
-            );
+            return http::json(StatusCode::OK, &json!({"ok": true, "event": "ping", "zen": zen}));
         }
 
         let token = store::claim_token(guid, now);
-        match self
-            .table
-            .claim(
-                Key::delivery(hook_id, guid),
-                event,
-                &token,
-                now,
-                DELIVERY_TTL_SECONDS,
-            )
-            .await
-        {
+        match self.table.claim(Key::delivery(hook_id, guid), event, &token, now, DELIVERY_TTL_SECONDS).await {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Duplicate) => {
                 tracing::info!(event, delivery = guid, hook_id, "duplicate delivery");
@@ -166,11 +115,7 @@ impl Intake {
             Ok(created) => created,
             Err(err) => {
                 // Give the delivery back so that a redelivery is processed in full.
-                if let Err(release) = self
-                    .table
-                    .release_claim(Key::delivery(hook_id, guid), &token)
-                    .await
-                {
+                if let Err(release) = self.table.release_claim(Key::delivery(hook_id, guid), &token).await {
                     tracing::error!(error = %release, delivery = guid, "cannot release the delivery claim");
                 }
                 return store_failure(&err);
@@ -180,21 +125,11 @@ impl Intake {
             Outcome::Ignored(reason) => (StatusCode::ACCEPTED, "ignored", reason.clone()),
             _ => (StatusCode::OK, "recorded", String::new()),
         };
-        if let Err(err) = self
-            .table
-            .finish_claim(Key::delivery(hook_id, guid), &token, outcome, &detail)
-            .await
-        {
+        if let Err(err) = self.table.finish_claim(Key::delivery(hook_id, guid), &token, outcome, &detail).await {
             // Everything is recorded; only the delivery's own log entry is behind.
             tracing::warn!(error = %err, delivery = guid, "cannot mark the delivery done");
         }
-        tracing::info!(
-            event,
-            delivery = guid,
-            outcome,
-            deployments = created.len(),
-            "delivery handled"
-        );
+        tracing::info!(event, delivery = guid, outcome, deployments = created.len(), "delivery handled");
         let deployments: Vec<_> = created
             .iter()
             .map(|d| json!({"environment": d.environment, "sha": d.sha, "version": d.version, "state": d.state}))
@@ -208,10 +143,7 @@ impl Intake {
 
     /// Records the plan. Every write is keyed by a natural key, so a retry repeats nothing.
     /// Returns the deployments that this call created.
-    async fn apply<'p>(
-        &self,
-        plan: &'p intake::Plan,
-    ) -> Result<Vec<&'p DeploymentRecord>, StoreError> {
+    async fn apply<'p>(&self, plan: &'p intake::Plan) -> Result<Vec<&'p DeploymentRecord>, StoreError> {
         self.table.record_commits(&plan.commits).await?;
         if let Some(push) = &plan.push {
             self.table.record_push(push).await?;
@@ -258,33 +190,20 @@ impl Intake {
             }
         };
         let Some(environment) = http::query_param(&request, "environment") else {
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                "missing_parameter",
-                "add ?environment=NAME",
-            );
+            return http::error(StatusCode::BAD_REQUEST, "missing_parameter", "add ?environment=NAME");
         };
         if self.config.environment(&environment).is_none() {
-            let known: Vec<_> = self
-                .config
-                .environments
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect();
+            let known: Vec<_> = self.config.environments.iter().map(|e| e.name.as_str()).collect();
             return http::error(
                 StatusCode::NOT_FOUND,
                 "unknown_environment",
-                format!(
-                    "no environment `{environment}` in conveyor.toml (known: {})",
-                    known.join(", ")
-                ),
+                format!("no environment `{environment}` in conveyor.toml (known: {})", known.join(", ")),
             );
         }
         match self.table.recent_deployments(&environment, limit).await {
-            Ok(deployments) => http::json(
-                StatusCode::OK,
-                &json!({"environment": environment, "deployments": deployments}),
-            ),
+            Ok(deployments) => {
+                http::json(StatusCode::OK, &json!({"environment": environment, "deployments": deployments}))
+            }
             Err(err) => store_failure(&err),
         }
     }
@@ -305,11 +224,9 @@ impl HttpFunction for Intake {
                 (&Method::POST, "/webhooks/github") => self.github(request).await,
                 (&Method::GET, "/api/v1/builds") => self.builds(request).await,
                 (&Method::GET, "/api/v1/deployments") => self.deployments(request).await,
-                (method, path) => http::error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no route for {method} {path}"),
-                ),
+                (method, path) => {
+                    http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
+                }
             }
         })
     }

@@ -15,11 +15,8 @@ use webhook_intake::Intake;
 const SECRET: &str = "api-gateway-test-secret";
 
 fn intake() -> Intake {
-    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version_latest()
-            .build(),
-    );
+    let dynamodb =
+        aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::Config::builder().behavior_version_latest().build());
     Intake::new(
         Table::new(dynamodb, "unused"),
         SecretSet::from_comma_separated(SECRET).unwrap(),
@@ -70,10 +67,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -89,10 +83,7 @@ async fn send(event: &str) -> (u16, serde_json::Value) {
     let request = lambda_http::request::from_str(event).expect("a valid API Gateway event");
     let response = intake().handle(into_request(request)).await;
     let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(response.body()).unwrap_or_default(),
-    )
+    (status, serde_json::from_slice(response.body()).unwrap_or_default())
 }
 
 const PING: &str = r#"{"zen":"Design for failure.","hook_id":42}"#;
@@ -100,13 +91,7 @@ const PING: &str = r#"{"zen":"Design for failure.","hook_id":42}"#;
 #[tokio::test]
 async fn a_base64_body_is_verified_after_decoding() {
     let signature = sign_github(SECRET.as_bytes(), PING.as_bytes());
-    let (status, body) = send(&event(
-        "application/json",
-        &base64(PING.as_bytes()),
-        true,
-        &signature,
-    ))
-    .await;
+    let (status, body) = send(&event("application/json", &base64(PING.as_bytes()), true, &signature)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["zen"], "Design for failure.");
 }
@@ -127,13 +112,8 @@ async fn a_plain_text_body_and_a_form_body_are_accepted() {
 
     let form = "payload=%7B%22zen%22%3A%22Design+for+failure.%22%7D";
     let signature = sign_github(SECRET.as_bytes(), form.as_bytes());
-    let (status, body) = send(&event(
-        "application/x-www-form-urlencoded",
-        &base64(form.as_bytes()),
-        true,
-        &signature,
-    ))
-    .await;
+    let (status, body) =
+        send(&event("application/x-www-form-urlencoded", &base64(form.as_bytes()), true, &signature)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["zen"], "Design for failure.");
 }

@@ -10,9 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
-use super::records::{
-    BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind,
-};
+use super::records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
 use crate::config::{ArtifactFields, Config, Environment};
 
 /// GitHub's own cap on a webhook payload.
@@ -23,9 +21,7 @@ pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 pub enum IntakeError {
     #[error("the {0} header is missing")]
     MissingHeader(&'static str),
-    #[error(
-        "content type `{0}` is not supported: send application/json or application/x-www-form-urlencoded"
-    )]
+    #[error("content type `{0}` is not supported: send application/json or application/x-www-form-urlencoded")]
     UnsupportedContentType(String),
     #[error("the form body has no `payload` field")]
     MissingPayloadField,
@@ -52,17 +48,8 @@ impl IntakeError {
 }
 
 /// The JSON document inside the body: the body itself, or the `payload` form field.
-pub fn payload_json<'a>(
-    content_type: Option<&str>,
-    body: &'a [u8],
-) -> Result<Cow<'a, [u8]>, IntakeError> {
-    let media_type = content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+pub fn payload_json<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, IntakeError> {
+    let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match media_type.as_str() {
         "application/json" => Ok(Cow::Borrowed(body)),
         "application/x-www-form-urlencoded" => form_urlencoded::parse(body)
@@ -99,13 +86,7 @@ pub struct Plan {
 
 impl Plan {
     fn outcome(outcome: Outcome) -> Self {
-        Self {
-            outcome,
-            commits: Vec::new(),
-            push: None,
-            build: None,
-            deployments: Vec::new(),
-        }
+        Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new() }
     }
 }
 
@@ -118,12 +99,7 @@ pub struct PlanContext<'a> {
 }
 
 /// Decides what a delivery of `event` with the JSON `payload` records.
-pub fn plan(
-    event: &str,
-    delivery: &str,
-    payload: &[u8],
-    ctx: &PlanContext<'_>,
-) -> Result<Plan, IntakeError> {
+pub fn plan(event: &str, delivery: &str, payload: &[u8], ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
     match event {
         "ping" => {
             let ping: PingEvent = parse(event, payload)?;
@@ -134,15 +110,9 @@ pub fn plan(
         "check_suite" => plan_check_suite(parse(event, payload)?, ctx),
         other => {
             // Still a JSON document, or it is not a webhook delivery at all.
-            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|err| {
-                IntakeError::InvalidPayload {
-                    event: other.to_owned(),
-                    detail: err.to_string(),
-                }
-            })?;
-            Ok(Plan::outcome(Outcome::Ignored(format!(
-                "Conveyor does not act on `{other}` events"
-            ))))
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .map_err(|err| IntakeError::InvalidPayload { event: other.to_owned(), detail: err.to_string() })?;
+            Ok(Plan::outcome(Outcome::Ignored(format!("Conveyor does not act on `{other}` events"))))
         }
     }
 }
@@ -152,56 +122,31 @@ fn parse<T: DeserializeOwned>(event: &str, payload: &[u8]) -> Result<T, IntakeEr
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let detail = if path == "." {
-            inner.to_string()
-        } else {
-            format!("at `{path}`: {inner}")
-        };
-        IntakeError::InvalidPayload {
-            event: event.to_owned(),
-            detail,
-        }
+        let detail = if path == "." { inner.to_string() } else { format!("at `{path}`: {inner}") };
+        IntakeError::InvalidPayload { event: event.to_owned(), detail }
     })
 }
 
 fn timestamp(event: &str, field: &str, value: &str) -> Result<i64, IntakeError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(OffsetDateTime::unix_timestamp)
-        .map_err(|_| IntakeError::InvalidPayload {
+    OffsetDateTime::parse(value, &Rfc3339).map(OffsetDateTime::unix_timestamp).map_err(|_| {
+        IntakeError::InvalidPayload {
             event: event.to_owned(),
             detail: format!("at `{field}`: `{value}` is not an ISO 8601 timestamp"),
-        })
+        }
+    })
 }
 
 const TITLE_LIMIT: usize = 200;
 
-fn commit_record(
-    push: &PushEvent,
-    commit: &PushCommit,
-    index: usize,
-) -> Result<CommitRecord, IntakeError> {
-    let title: String = commit
-        .message
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(TITLE_LIMIT)
-        .collect();
+fn commit_record(push: &PushEvent, commit: &PushCommit, index: usize) -> Result<CommitRecord, IntakeError> {
+    let title: String = commit.message.lines().next().unwrap_or("").chars().take(TITLE_LIMIT).collect();
     Ok(CommitRecord {
         repository: push.repository.full_name.clone(),
         sha: commit.id.clone(),
-        committed_at: timestamp(
-            "push",
-            &format!("commits[{index}].timestamp"),
-            &commit.timestamp,
-        )?,
+        committed_at: timestamp("push", &format!("commits[{index}].timestamp"), &commit.timestamp)?,
         git_ref: push.git_ref.clone(),
         title,
-        author: commit
-            .author
-            .as_ref()
-            .and_then(|a| a.name.clone().or_else(|| a.username.clone())),
+        author: commit.author.as_ref().and_then(|a| a.name.clone().or_else(|| a.username.clone())),
     })
 }
 
@@ -236,13 +181,7 @@ fn plan_push(push: PushEvent, delivery: &str, ctx: &PlanContext<'_>) -> Result<P
         commit_count: push.commits.len(),
         received_at: ctx.now,
     };
-    Ok(Plan {
-        outcome: Outcome::Recorded,
-        commits,
-        push: Some(record),
-        build: None,
-        deployments: Vec::new(),
-    })
+    Ok(Plan { outcome: Outcome::Recorded, commits, push: Some(record), build: None, deployments: Vec::new() })
 }
 
 /// Which kind of build finished, for environments that require one workflow.
@@ -253,10 +192,7 @@ enum BuildKind<'a> {
 
 fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
     if event.action != "completed" {
-        return Ok(Plan::outcome(Outcome::Ignored(format!(
-            "workflow run {}",
-            event.action
-        ))));
+        return Ok(Plan::outcome(Outcome::Ignored(format!("workflow run {}", event.action))));
     }
     let run = &event.workflow_run;
     let name = run.name.clone().unwrap_or_default();
@@ -268,42 +204,21 @@ fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<P
         repository: event.repository.full_name.clone(),
         sha: run.head_sha.clone(),
         branch: run.head_branch.clone(),
-        source: format!(
-            "workflow_run:{}:{}:{}",
-            run.workflow_id.unwrap_or(0),
-            run.id,
-            run.run_attempt.unwrap_or(1)
-        ),
+        source: format!("workflow_run:{}:{}:{}", run.workflow_id.unwrap_or(0), run.id, run.run_attempt.unwrap_or(1)),
         name: name.clone(),
         conclusion: run.conclusion.clone().unwrap_or_else(|| "unknown".into()),
         url: run.html_url.clone(),
         completed_at,
     };
     // A run on a fork's branch of the same name must never deploy this repository.
-    let from_fork = run
-        .head_repository
-        .as_ref()
-        .is_some_and(|head| head.full_name != event.repository.full_name);
-    let deployments = if from_fork {
-        Vec::new()
-    } else {
-        deployments_for(&build, BuildKind::Workflow(&name), ctx)
-    };
-    Ok(Plan {
-        outcome: Outcome::Recorded,
-        commits: Vec::new(),
-        push: None,
-        build: Some(build),
-        deployments,
-    })
+    let from_fork = run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name);
+    let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
 }
 
 fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
     if event.action != "completed" {
-        return Ok(Plan::outcome(Outcome::Ignored(format!(
-            "check suite {}",
-            event.action
-        ))));
+        return Ok(Plan::outcome(Outcome::Ignored(format!("check suite {}", event.action))));
     }
     let suite = &event.check_suite;
     let app = suite
@@ -326,21 +241,12 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         completed_at,
     };
     let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
-    Ok(Plan {
-        outcome: Outcome::Recorded,
-        commits: Vec::new(),
-        push: None,
-        build: Some(build),
-        deployments,
-    })
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
 }
 
 fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {
     build.branch.as_deref() == Some(env.branch.as_str())
-        && env
-            .repository
-            .as_ref()
-            .is_none_or(|repo| *repo == build.repository)
+        && env.repository.as_ref().is_none_or(|repo| *repo == build.repository)
         && match (&env.require_workflow, kind) {
             (None, _) => true,
             (Some(required), BuildKind::Workflow(name)) => required == name,
@@ -348,11 +254,7 @@ fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool 
         }
 }
 
-fn deployments_for(
-    build: &BuildRecord,
-    kind: BuildKind<'_>,
-    ctx: &PlanContext<'_>,
-) -> Vec<DeploymentRecord> {
+fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'_>) -> Vec<DeploymentRecord> {
     if !build.succeeded() {
         return Vec::new();
     }
@@ -394,11 +296,7 @@ mod tests {
     }
 
     fn ctx(config: &Config) -> PlanContext<'_> {
-        PlanContext {
-            config,
-            artifacts_bucket: "artifacts",
-            now: 1_700_000_000,
-        }
+        PlanContext { config, artifacts_bucket: "artifacts", now: 1_700_000_000 }
     }
 
     fn workflow_run(branch: &str, conclusion: &str, name: &str) -> Vec<u8> {
@@ -421,29 +319,16 @@ mod tests {
         let config = config(
             "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[[environment]]\nname = \"canary\"\nbranch = \"main\"\nrepository = \"o/r\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n",
         );
-        let plan = plan(
-            "workflow_run",
-            "d1",
-            &workflow_run("main", "success", "CI"),
-            &ctx(&config),
-        )
-        .unwrap();
+        let plan = plan("workflow_run", "d1", &workflow_run("main", "success", "CI"), &ctx(&config)).unwrap();
         let build = plan.build.as_ref().unwrap();
         assert_eq!(build.source, "workflow_run:3:7:2");
         assert_eq!(build.completed_at, 1_767_323_045);
-        let envs: Vec<_> = plan
-            .deployments
-            .iter()
-            .map(|d| d.environment.as_str())
-            .collect();
+        let envs: Vec<_> = plan.deployments.iter().map(|d| d.environment.as_str()).collect();
         assert_eq!(envs, ["prod", "canary"]);
         let deployment = &plan.deployments[0];
         assert_eq!(deployment.state, DeploymentState::Pending);
         assert_eq!(deployment.version, "0123456789ab");
-        assert_eq!(
-            deployment.artifact,
-            "s3://artifacts/o/r/0123456789abcdef0123456789abcdef01234567.tar.gz"
-        );
+        assert_eq!(deployment.artifact, "s3://artifacts/o/r/0123456789abcdef0123456789abcdef01234567.tar.gz");
     }
 
     #[test]
@@ -451,18 +336,8 @@ mod tests {
         let config = config(
             "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/other\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n",
         );
-        for (branch, conclusion) in [
-            ("main", "success"),
-            ("develop", "failure"),
-            ("feature", "success"),
-        ] {
-            let plan = plan(
-                "workflow_run",
-                "d",
-                &workflow_run(branch, conclusion, "CI"),
-                &ctx(&config),
-            )
-            .unwrap();
+        for (branch, conclusion) in [("main", "success"), ("develop", "failure"), ("feature", "success")] {
+            let plan = plan("workflow_run", "d", &workflow_run(branch, conclusion, "CI"), &ctx(&config)).unwrap();
             assert!(plan.deployments.is_empty(), "{branch} {conclusion}");
             assert_eq!(plan.build.unwrap().conclusion, conclusion);
         }
@@ -470,49 +345,23 @@ mod tests {
 
     #[test]
     fn require_workflow_limits_what_deploys() {
-        let config = config(
-            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrequire_workflow = \"Release\"\n",
-        );
-        let other = plan(
-            "workflow_run",
-            "d",
-            &workflow_run("main", "success", "Lint"),
-            &ctx(&config),
-        )
-        .unwrap();
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrequire_workflow = \"Release\"\n");
+        let other = plan("workflow_run", "d", &workflow_run("main", "success", "Lint"), &ctx(&config)).unwrap();
         assert!(other.deployments.is_empty());
-        let release = plan(
-            "workflow_run",
-            "d",
-            &workflow_run("main", "success", "Release"),
-            &ctx(&config),
-        )
-        .unwrap();
+        let release = plan("workflow_run", "d", &workflow_run("main", "success", "Release"), &ctx(&config)).unwrap();
         assert_eq!(release.deployments.len(), 1);
         let suite = std::fs::read(format!("{FIXTURES}/check_suite/completed.1.payload.json"));
         if let Ok(suite) = suite {
-            assert!(
-                plan("check_suite", "d", &suite, &ctx(&config))
-                    .unwrap()
-                    .deployments
-                    .is_empty()
-            );
+            assert!(plan("check_suite", "d", &suite, &ctx(&config)).unwrap().deployments.is_empty());
         }
     }
 
     #[test]
     fn runs_from_forks_never_deploy() {
         let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\n");
-        let mut body: serde_json::Value =
-            serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
+        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
         body["workflow_run"]["head_repository"]["full_name"] = "mallory/r".into();
-        let plan = plan(
-            "workflow_run",
-            "d",
-            body.to_string().as_bytes(),
-            &ctx(&config),
-        )
-        .unwrap();
+        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
         assert!(plan.deployments.is_empty());
         assert!(plan.build.is_some());
     }
@@ -520,16 +369,9 @@ mod tests {
     #[test]
     fn unfinished_runs_are_ignored() {
         let config = Config::default();
-        let mut body: serde_json::Value =
-            serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
+        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
         body["action"] = "in_progress".into();
-        let plan = plan(
-            "workflow_run",
-            "d",
-            body.to_string().as_bytes(),
-            &ctx(&config),
-        )
-        .unwrap();
+        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
         assert!(matches!(plan.outcome, Outcome::Ignored(_)));
         assert!(plan.build.is_none());
     }
@@ -553,27 +395,15 @@ mod tests {
         assert_eq!(planned.commits[0].committed_at, 1_557_951_630);
         assert_eq!(planned.commits[1].author.as_deref(), Some("bob"));
         let push = planned.push.unwrap();
-        assert_eq!(
-            (push.ref_kind, push.ref_name.as_str(), push.forced),
-            (RefKind::Branch, "main", true)
-        );
+        assert_eq!((push.ref_kind, push.ref_name.as_str(), push.forced), (RefKind::Branch, "main", true));
 
         let tag_deleted = serde_json::json!({
             "ref": "refs/tags/v1.2.3", "before": "a".repeat(40), "after": "0".repeat(40),
             "deleted": true, "commits": [], "head_commit": null, "repository": {"full_name": "o/r"}
         });
-        let planned = plan(
-            "push",
-            "d",
-            tag_deleted.to_string().as_bytes(),
-            &ctx(&config),
-        )
-        .unwrap();
+        let planned = plan("push", "d", tag_deleted.to_string().as_bytes(), &ctx(&config)).unwrap();
         let push = planned.push.unwrap();
-        assert_eq!(
-            (push.ref_kind, push.ref_name.as_str(), push.deleted),
-            (RefKind::Tag, "v1.2.3", true)
-        );
+        assert_eq!((push.ref_kind, push.ref_name.as_str(), push.deleted), (RefKind::Tag, "v1.2.3", true));
         assert!(planned.commits.is_empty());
     }
 
@@ -599,29 +429,14 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            payload_json(Some("application/json; charset=utf-8"), b"{}")
-                .unwrap()
-                .as_ref(),
-            b"{}"
-        );
+        assert_eq!(payload_json(Some("application/json; charset=utf-8"), b"{}").unwrap().as_ref(), b"{}");
         let form = b"payload=%7B%22zen%22%3A%22x%22%7D";
-        assert_eq!(
-            payload_json(Some("application/x-www-form-urlencoded"), form)
-                .unwrap()
-                .as_ref(),
-            br#"{"zen":"x"}"#
-        );
+        assert_eq!(payload_json(Some("application/x-www-form-urlencoded"), form).unwrap().as_ref(), br#"{"zen":"x"}"#);
         assert_eq!(
             payload_json(Some("application/x-www-form-urlencoded"), b"other=1"),
             Err(IntakeError::MissingPayloadField)
         );
-        assert_eq!(
-            payload_json(Some("text/plain"), b"{}")
-                .unwrap_err()
-                .status(),
-            415
-        );
+        assert_eq!(payload_json(Some("text/plain"), b"{}").unwrap_err().status(), 415);
         assert_eq!(payload_json(None, b"{}").unwrap_err().status(), 415);
     }
 

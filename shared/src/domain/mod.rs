@@ -3,9 +3,8 @@
 
 pub mod github;
 pub mod intake;
+pub mod packer;
 pub mod records;
 pub mod stripe;
 
-pub use records::{
-    BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind,
-};
+pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};

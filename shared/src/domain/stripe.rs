@@ -153,10 +153,7 @@ pub struct AlertRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StripePlan {
     Ignored(String),
-    Apply {
-        change: SubscriptionChange,
-        alert: Option<Box<AlertRecord>>,
-    },
+    Apply { change: SubscriptionChange, alert: Option<Box<AlertRecord>> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -195,22 +192,14 @@ pub fn plan(event: &Event) -> StripePlan {
     if !HANDLED.contains(&event.kind.as_str()) {
         return StripePlan::Ignored(format!("Conveyor does not act on `{}` events", event.kind));
     }
-    let object_kind = event
-        .data
-        .object
-        .get("object")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let object_kind = event.data.object.get("object").and_then(Value::as_str).unwrap_or("");
     let expected = match event.kind.split('.').next() {
         Some("checkout") => "checkout.session",
         Some("customer") => "subscription",
         _ => "invoice",
     };
     if object_kind != expected {
-        return StripePlan::Ignored(format!(
-            "a `{}` event carries a `{object_kind}`, not a `{expected}`",
-            event.kind
-        ));
+        return StripePlan::Ignored(format!("a `{}` event carries a `{object_kind}`, not a `{expected}`", event.kind));
     }
     let result = match expected {
         "subscription" => from_subscription(event),
@@ -236,56 +225,35 @@ fn change(event: &Event, customer: String, subscription: String) -> Subscription
 }
 
 fn object<T: serde::de::DeserializeOwned>(event: &Event, what: &str) -> Result<T, String> {
-    T::deserialize(&event.data.object)
-        .map_err(|err| format!("the {what} lacks what Conveyor reads: {err}"))
+    T::deserialize(&event.data.object).map_err(|err| format!("the {what} lacks what Conveyor reads: {err}"))
 }
 
 fn from_subscription(event: &Event) -> Result<StripePlan, String> {
     let sub: Subscription = object(event, "subscription")?;
     let items = sub.items.map(|list| list.data).unwrap_or_default();
-    let first_price = items
-        .iter()
-        .find_map(|item| item.price.as_ref().or(item.plan.as_ref()));
+    let first_price = items.iter().find_map(|item| item.price.as_ref().or(item.plan.as_ref()));
     // Newer API versions keep the period on each item; older ones on the subscription.
-    let period_end = sub
-        .current_period_end
-        .or_else(|| items.iter().filter_map(|i| i.current_period_end).max());
+    let period_end = sub.current_period_end.or_else(|| items.iter().filter_map(|i| i.current_period_end).max());
     let mut change = change(event, sub.customer.id(), sub.id);
-    change.status = Some(if event.kind == "customer.subscription.deleted" {
-        "canceled".into()
-    } else {
-        sub.status
-    });
+    change.status = Some(if event.kind == "customer.subscription.deleted" { "canceled".into() } else { sub.status });
     change.price = first_price.map(|p| p.id.clone());
-    change.product = first_price
-        .and_then(|p| p.product.as_ref())
-        .map(|p| match p {
-            Expandable::Id(id) | Expandable::Object { id } => id.clone(),
-        });
+    change.product = first_price.and_then(|p| p.product.as_ref()).map(|p| match p {
+        Expandable::Id(id) | Expandable::Object { id } => id.clone(),
+    });
     change.current_period_end = period_end;
     change.cancel_at_period_end = Some(sub.cancel_at_period_end);
-    Ok(StripePlan::Apply {
-        change,
-        alert: None,
-    })
+    Ok(StripePlan::Apply { change, alert: None })
 }
 
 fn from_invoice(event: &Event) -> Result<StripePlan, String> {
     let invoice: Invoice = object(event, "invoice")?;
     let subscription = invoice
         .subscription
-        .or_else(|| {
-            invoice
-                .parent
-                .and_then(|p| p.subscription_details)
-                .and_then(|d| d.subscription)
-        })
+        .or_else(|| invoice.parent.and_then(|p| p.subscription_details).and_then(|d| d.subscription))
         .map(Expandable::id)
         .ok_or_else(|| format!("invoice {} is not for a subscription", invoice.id))?;
-    let customer = invoice
-        .customer
-        .map(Expandable::id)
-        .ok_or_else(|| format!("invoice {} has no customer", invoice.id))?;
+    let customer =
+        invoice.customer.map(Expandable::id).ok_or_else(|| format!("invoice {} has no customer", invoice.id))?;
     let period_end = invoice
         .lines
         .map(|l| l.data)
@@ -295,11 +263,7 @@ fn from_invoice(event: &Event) -> Result<StripePlan, String> {
         .max();
     let failed = event.kind == "invoice.payment_failed";
     let mut change = change(event, customer.clone(), subscription.clone());
-    change.status = Some(if failed {
-        "past_due".into()
-    } else {
-        "active".into()
-    });
+    change.status = Some(if failed { "past_due".into() } else { "active".into() });
     if !failed {
         change.current_period_end = period_end;
     }
@@ -307,16 +271,16 @@ fn from_invoice(event: &Event) -> Result<StripePlan, String> {
         id: event.id.clone(),
         source: "stripe".into(),
         kind: "payment_failed".into(),
-        summary: format!("Payment failed for customer {customer} (subscription {subscription}, invoice {})", invoice.id),
+        summary: format!(
+            "Payment failed for customer {customer} (subscription {subscription}, invoice {})",
+            invoice.id
+        ),
         action: "Stripe retries the payment; check the customer's payment method in the Stripe dashboard".into(),
         customer: Some(customer),
         subscription: Some(subscription),
         created_at: event.created,
     });
-    Ok(StripePlan::Apply {
-        change,
-        alert: alert.map(Box::new),
-    })
+    Ok(StripePlan::Apply { change, alert: alert.map(Box::new) })
 }
 
 fn from_checkout(event: &Event) -> Result<StripePlan, String> {
@@ -324,14 +288,8 @@ fn from_checkout(event: &Event) -> Result<StripePlan, String> {
     if session.mode.as_deref() != Some("subscription") {
         return Err("the checkout session is not a subscription checkout".into());
     }
-    let subscription = session
-        .subscription
-        .map(Expandable::id)
-        .ok_or("the checkout session has no subscription")?;
-    let customer = session
-        .customer
-        .map(Expandable::id)
-        .ok_or("the checkout session has no customer")?;
+    let subscription = session.subscription.map(Expandable::id).ok_or("the checkout session has no subscription")?;
+    let customer = session.customer.map(Expandable::id).ok_or("the checkout session has no customer")?;
     let mut change = change(event, customer, subscription);
     change.status = Some(
         match session.payment_status.as_deref() {
@@ -341,10 +299,7 @@ fn from_checkout(event: &Event) -> Result<StripePlan, String> {
         }
         .into(),
     );
-    Ok(StripePlan::Apply {
-        change,
-        alert: None,
-    })
+    Ok(StripePlan::Apply { change, alert: None })
 }
 
 /// Statuses in which a customer may use the product: Stripe still retries a `past_due`
@@ -358,13 +313,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/stripe/fixtures3.json"
-    );
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/stripe/fixtures3.json");
 
     fn event(kind: &str, object: Value) -> Event {
-        parse_event(json!({"id": "evt_1", "object": "event", "type": kind, "created": 100, "data": {"object": object}}).to_string().as_bytes()).unwrap()
+        parse_event(
+            json!({"id": "evt_1", "object": "event", "type": kind, "created": 100, "data": {"object": object}})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn subscription(extra: Value) -> Value {
@@ -388,35 +345,19 @@ mod tests {
 
     #[test]
     fn subscription_events_carry_plan_status_and_period_end_in_both_api_shapes() {
-        let (change, _) = applied(plan(&event(
-            "customer.subscription.updated",
-            subscription(json!({})),
-        )));
+        let (change, _) = applied(plan(&event("customer.subscription.updated", subscription(json!({})))));
         assert_eq!(change.status.as_deref(), Some("active"));
         assert_eq!(change.price.as_deref(), Some("price_1"));
         assert_eq!(change.product.as_deref(), Some("prod_1"));
-        assert_eq!(
-            change.current_period_end,
-            Some(2000),
-            "from the items (new API)"
-        );
+        assert_eq!(change.current_period_end, Some(2000), "from the items (new API)");
         assert_eq!(change.cancel_at_period_end, Some(true));
         let (change, _) = applied(plan(&event(
             "customer.subscription.created",
-            subscription(
-                json!({"current_period_end": 3000, "customer": {"id": "cus_1", "object": "customer"}}),
-            ),
+            subscription(json!({"current_period_end": 3000, "customer": {"id": "cus_1", "object": "customer"}})),
         )));
-        assert_eq!(
-            change.current_period_end,
-            Some(3000),
-            "from the subscription (old API)"
-        );
+        assert_eq!(change.current_period_end, Some(3000), "from the subscription (old API)");
         assert_eq!(change.customer, "cus_1", "an expanded customer");
-        let (change, _) = applied(plan(&event(
-            "customer.subscription.deleted",
-            subscription(json!({})),
-        )));
+        let (change, _) = applied(plan(&event("customer.subscription.deleted", subscription(json!({})))));
         assert!(change.is_terminal());
     }
 
@@ -424,74 +365,39 @@ mod tests {
     fn invoices_in_both_shapes_and_failed_payments_raise_an_alert() {
         let old = json!({"id": "in_1", "object": "invoice", "customer": "cus_1", "subscription": "sub_1", "lines": {"data": [{"period": {"end": 5000}}]}});
         let (change, alert) = applied(plan(&event("invoice.paid", old)));
-        assert_eq!(
-            (change.status.as_deref(), change.current_period_end),
-            (Some("active"), Some(5000))
-        );
+        assert_eq!((change.status.as_deref(), change.current_period_end), (Some("active"), Some(5000)));
         assert!(alert.is_none());
         let new = json!({"id": "in_2", "object": "invoice", "customer": "cus_1", "parent": {"subscription_details": {"subscription": "sub_2"}}});
         let (change, alert) = applied(plan(&event("invoice.payment_failed", new)));
-        assert_eq!(
-            (change.subscription.as_str(), change.status.as_deref()),
-            ("sub_2", Some("past_due"))
-        );
+        assert_eq!((change.subscription.as_str(), change.status.as_deref()), ("sub_2", Some("past_due")));
         let alert = alert.expect("an alert");
-        assert_eq!(
-            (alert.id.as_str(), alert.kind.as_str()),
-            ("evt_1", "payment_failed")
-        );
+        assert_eq!((alert.id.as_str(), alert.kind.as_str()), ("evt_1", "payment_failed"));
         let one_off = json!({"id": "in_3", "object": "invoice", "customer": "cus_1"});
-        assert!(matches!(
-            plan(&event("invoice.paid", one_off)),
-            StripePlan::Ignored(_)
-        ));
+        assert!(matches!(plan(&event("invoice.paid", one_off)), StripePlan::Ignored(_)));
     }
 
     #[test]
     fn checkout_sessions() {
         let paid = json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": "sub_1", "payment_status": "paid"});
-        assert_eq!(
-            applied(plan(&event("checkout.session.completed", paid)))
-                .0
-                .status
-                .as_deref(),
-            Some("active")
-        );
+        assert_eq!(applied(plan(&event("checkout.session.completed", paid))).0.status.as_deref(), Some("active"));
         let trial = json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": {"id": "sub_1"}, "payment_status": "no_payment_required"});
-        assert_eq!(
-            applied(plan(&event("checkout.session.completed", trial)))
-                .0
-                .status
-                .as_deref(),
-            Some("trialing")
-        );
+        assert_eq!(applied(plan(&event("checkout.session.completed", trial))).0.status.as_deref(), Some("trialing"));
         let payment = json!({"object": "checkout.session", "mode": "payment", "customer": "cus_1"});
-        assert!(matches!(
-            plan(&event("checkout.session.completed", payment)),
-            StripePlan::Ignored(_)
-        ));
+        assert!(matches!(plan(&event("checkout.session.completed", payment)), StripePlan::Ignored(_)));
     }
 
     #[test]
     fn unknown_types_and_mismatched_objects_are_ignored() {
+        assert!(matches!(plan(&event("charge.succeeded", json!({"object": "charge"}))), StripePlan::Ignored(_)));
         assert!(matches!(
-            plan(&event("charge.succeeded", json!({"object": "charge"}))),
-            StripePlan::Ignored(_)
-        ));
-        assert!(matches!(
-            plan(&event(
-                "invoice.paid",
-                json!({"object": "charge", "id": "ch_1"})
-            )),
+            plan(&event("invoice.paid", json!({"object": "charge", "id": "ch_1"}))),
             StripePlan::Ignored(_)
         ));
     }
 
     #[test]
     fn malformed_envelopes_name_the_field() {
-        let err =
-            parse_event(br#"{"id": "evt_1", "type": "invoice.paid", "data": {"object": {}}}"#)
-                .unwrap_err();
+        let err = parse_event(br#"{"id": "evt_1", "type": "invoice.paid", "data": {"object": {}}}"#).unwrap_err();
         assert!(err.to_string().contains("created"), "{err}");
         assert!(parse_event(b"not json").is_err());
     }
@@ -510,10 +416,7 @@ mod tests {
                 if let StripePlan::Apply { .. } = plan(&event(kind, object.clone())) {
                     applied_count += 1;
                     assert!(
-                        matches!(
-                            name.as_str(),
-                            "subscription" | "invoice" | "checkout.session"
-                        ),
+                        matches!(name.as_str(), "subscription" | "invoice" | "checkout.session"),
                         "{name} in {kind}"
                     );
                 }
