@@ -49,6 +49,26 @@ for sample in subscription-created invoice-payment-failed; do
 done
 
 echo
+echo "== a Packer manifest uploaded with a provider token"
+token=$("$conveyor" token create --provider aws-images --config events/conveyor.dev.toml | tail -n 1)
+upload() {
+  python3 - "$base/providers/aws-images/manifests" "$token" events/packer/manifest.json <<'PY'
+import json, sys, urllib.error, urllib.request
+url, token, path = sys.argv[1:]
+request = urllib.request.Request(url, data=open(path, "rb").read(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}"})
+try:
+    with urllib.request.urlopen(request) as response:
+        print(response.status, json.dumps(json.load(response)))
+except urllib.error.HTTPError as err:
+    print(err.code, err.read().decode())
+PY
+}
+upload
+echo "(the same manifest again changes nothing)"
+upload
+
+echo
 echo "== GET /api/v1/builds"
 show /api/v1/builds
 echo "== GET /api/v1/deployments?environment=production"

@@ -66,3 +66,12 @@ fn routes_are_printed_as_json() {
     let routes: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
     assert!(routes.as_array().unwrap().iter().any(|r| r["path"] == "/webhooks/github"));
 }
+
+#[test]
+fn token_create_names_the_known_providers() {
+    let (code, stdout, stderr) =
+        conveyor(&["token", "create", "--provider", "gcp", "--config", &repo_file("conveyor.example.toml")]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "no token is printed: {stdout}");
+    assert!(stderr.contains("no provider `gcp`") && stderr.contains("aws-images"), "{stderr}");
+}
