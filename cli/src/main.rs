@@ -128,6 +128,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Token { command: TokenCommand::Create { provider, config } } => {
             let settings = dev::local_settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+            ops::known_provider(&config, &provider).map_err(|e| e.to_string())?;
             let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
             let secret = ops::create_provider_token(&table, &config, &provider).await.map_err(|e| e.to_string())?;
             println!(

@@ -20,7 +20,8 @@ pub enum OpsError {
     Collision,
 }
 
-fn known_provider<'c>(config: &'c Config, name: &str) -> Result<&'c conveyor_shared::config::Provider, OpsError> {
+/// The provider `name`, or an error that lists the known ones.
+pub fn known_provider<'c>(config: &'c Config, name: &str) -> Result<&'c conveyor_shared::config::Provider, OpsError> {
     config.provider(name).ok_or_else(|| OpsError::UnknownProvider {
         name: name.to_owned(),
         known: if config.providers.is_empty() {
