@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_ec2::types::{ImageState, RequestLaunchTemplateData};
+use aws_sdk_ec2::types::{Filter, ImageState, RequestLaunchTemplateData};
+
+use crate::domain::rollout::Instance;
 
 use crate::SdkConfig;
 
@@ -34,6 +36,56 @@ pub struct Ec2 {
 impl Ec2 {
     pub fn new(sdk: &SdkConfig) -> Self {
         Self { sdk: sdk.clone() }
+    }
+
+    /// The running instances that carry every one of `tags` (key to value), in `region` or
+    /// the configured default. Pages of 1,000 are followed to the end; throttling
+    /// (`RequestLimitExceeded`) is retried by the SDK's standard retry with backoff.
+    pub async fn running_instances(
+        &self,
+        region: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, Ec2Error> {
+        let client = match region {
+            Some(region) => self.client(region),
+            None => Client::new(&self.sdk),
+        };
+        let region_name =
+            region.map(str::to_owned).or_else(|| self.sdk.region().map(|r| r.to_string())).unwrap_or_default();
+        let mut filters: Vec<Filter> = tags
+            .iter()
+            .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
+            .collect();
+        filters.push(Filter::builder().name("instance-state-name").values("running").build());
+        paginate(|token| {
+            let request =
+                client.describe_instances().set_filters(Some(filters.clone())).max_results(1000).set_next_token(token);
+            let region_name = region_name.clone();
+            async move {
+                let page = request.send().await.map_err(|err| Ec2Error::Aws {
+                    operation: "DescribeInstances",
+                    region: region_name,
+                    message: DisplayErrorContext(err).to_string(),
+                })?;
+                let instances = page
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(|i| {
+                        Some(Instance {
+                            id: i.instance_id()?.to_owned(),
+                            availability_zone: i
+                                .placement()
+                                .and_then(|p| p.availability_zone())
+                                .unwrap_or("")
+                                .to_owned(),
+                        })
+                    })
+                    .collect();
+                Ok((instances, page.next_token().map(str::to_owned)))
+            }
+        })
+        .await
     }
 
     fn client(&self, region: &str) -> Client {
@@ -113,5 +165,70 @@ impl Ec2 {
         modify = if by_id { modify.launch_template_id(template) } else { modify.launch_template_name(template) };
         modify.send().await.map_err(|e| aws("ModifyLaunchTemplate", DisplayErrorContext(e).to_string()))?;
         Ok(TemplateUpdate::NewDefault { version })
+    }
+}
+
+/// Collects every page: `fetch` gets the previous page's token (none for the first) and
+/// answers its items and the next token. Stops on a missing or repeated token.
+pub async fn paginate<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Ec2Error>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), Ec2Error>>,
+{
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let (page, next) = fetch(token.clone()).await?;
+        items.extend(page);
+        match next {
+            Some(next) if !next.is_empty() && Some(&next) != token.as_ref() => token = Some(next),
+            _ => return Ok(items),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_end() {
+        let pages = [(vec![1, 2], Some("a")), (vec![3], Some("b")), (vec![4, 5], None)];
+        let mut asked = Vec::new();
+        let all = paginate(|token| {
+            asked.push(token.clone());
+            let index = asked.len() - 1;
+            let (items, next) = pages[index].clone();
+            async move { Ok((items, next.map(str::to_owned))) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(all, [1, 2, 3, 4, 5]);
+        assert_eq!(asked, [None, Some("a".to_owned()), Some("b".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_token_ends_the_loop() {
+        let mut calls = 0;
+        let all = paginate(|_| {
+            calls += 1;
+            async { Ok((vec![1], Some("same".to_owned()))) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((all.len(), calls), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn an_error_stops_the_walk() {
+        let result: Result<Vec<u8>, _> = paginate(|_| async {
+            Err(Ec2Error::Aws {
+                operation: "DescribeInstances",
+                region: "r".into(),
+                message: "RequestLimitExceeded".into(),
+            })
+        })
+        .await;
+        assert!(result.is_err());
     }
 }

@@ -86,3 +86,45 @@ async fn webhook_secrets_resolve_from_secrets_manager() {
     let err = secrets::resolve(&SecretSource::SecretsManager("conveyor/absent".into()), &sdk).await.unwrap_err();
     assert!(err.to_string().contains("conveyor/absent"), "{err}");
 }
+
+#[tokio::test]
+async fn discovery_takes_only_running_instances_with_every_tag() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let sdk = sdk().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let app = unique_name("shop");
+    let tags = |stage: &str| {
+        TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key("app").value(&app).build())
+            .tags(Tag::builder().key("stage").value(stage).build())
+            .build()
+    };
+    let launch = |count: i32, stage: &'static str| {
+        ec2.run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(count)
+            .max_count(count)
+            .tag_specifications(tags(stage))
+            .send()
+    };
+    let mut running = 0;
+    for _ in 0..3 {
+        running += launch(500, "production").await.unwrap().instances().len();
+    }
+    launch(20, "staging").await.unwrap();
+    let stopped = launch(10, "production").await.unwrap();
+    let stopped_ids: Vec<String> =
+        stopped.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    ec2.stop_instances().set_instance_ids(Some(stopped_ids.clone())).send().await.unwrap();
+
+    let wanted = std::collections::BTreeMap::from([
+        ("app".to_string(), app.clone()),
+        ("stage".to_string(), "production".to_string()),
+    ]);
+    let found = conveyor_shared::ec2::Ec2::new(&sdk).running_instances(None, &wanted).await.unwrap();
+    assert_eq!(running, 1500);
+    assert_eq!(found.len(), 1500, "only the running production instances");
+    assert!(found.iter().all(|i| !stopped_ids.contains(&i.id)));
+    assert!(found.iter().all(|i| !i.availability_zone.is_empty()));
+}

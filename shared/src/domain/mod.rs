@@ -5,6 +5,7 @@ pub mod github;
 pub mod intake;
 pub mod packer;
 pub mod records;
+pub mod rollout;
 pub mod stripe;
 
 pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
