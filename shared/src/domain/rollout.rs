@@ -81,6 +81,72 @@ fn spread_across_zones(instances: &[Instance]) -> Vec<String> {
     (0..longest).flat_map(|i| zones.values().filter_map(move |ids| ids.get(i).map(|id| id.to_string()))).collect()
 }
 
+/// Where one instance stands in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// In a later wave; not touched yet.
+    Waiting,
+    /// Handed the new release; its agent has not reported yet.
+    Assigned,
+    /// Runs the new release and passed its health check.
+    Succeeded,
+    /// Reported a failed install or health check.
+    Failed,
+    /// Terminated during the deployment: not part of it any more, and no failure.
+    Dropped,
+}
+
+/// One instance of a deployment, as the decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub instance: String,
+    pub wave: usize,
+    pub state: TargetState,
+    /// What the agent said with its last report (a log tail, a health failure).
+    pub detail: Option<String>,
+}
+
+/// What a running deployment does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do until agents report or the wave times out.
+    Wait,
+    /// The current wave passed: hand the next wave its release.
+    StartWave(usize),
+    /// Every wave passed.
+    Succeed,
+    /// A target failed or the wave timed out: restore every instance already changed.
+    RollBack { reason: String },
+}
+
+/// Decides the next step of a deployment in wave `wave` (started at `wave_started_at`).
+pub fn next_step(targets: &[Target], wave: usize, wave_started_at: i64, timeout_seconds: i64, now: i64) -> Step {
+    let current: Vec<&Target> = targets.iter().filter(|t| t.wave == wave && t.state != TargetState::Dropped).collect();
+    if let Some(failed) = current.iter().find(|t| t.state == TargetState::Failed) {
+        return Step::RollBack {
+            reason: format!(
+                "{} failed in wave {}: {}",
+                failed.instance,
+                wave + 1,
+                failed.detail.as_deref().unwrap_or("no detail reported")
+            ),
+        };
+    }
+    let pending: Vec<&str> =
+        current.iter().filter(|t| t.state != TargetState::Succeeded).map(|t| t.instance.as_str()).collect();
+    if pending.is_empty() {
+        let last_wave = targets.iter().map(|t| t.wave).max().unwrap_or(0);
+        return if wave >= last_wave { Step::Succeed } else { Step::StartWave(wave + 1) };
+    }
+    if now - wave_started_at > timeout_seconds {
+        return Step::RollBack {
+            reason: format!("wave {} timed out after {timeout_seconds} s waiting for {}", wave + 1, pending.join(", ")),
+        };
+    }
+    Step::Wait
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +201,38 @@ mod tests {
             Err(PlanError::MinHealthyTooHigh { min_healthy: 2, fleet: 2 })
         );
         assert_eq!(plan_waves(&[], &CANARY, WaveSize::Count(0)), Err(PlanError::NoInstances));
+    }
+
+    fn target(instance: &str, wave: usize, state: TargetState) -> Target {
+        Target { instance: instance.into(), wave, state, detail: None }
+    }
+
+    #[test]
+    fn a_wave_passes_when_every_target_succeeded() {
+        use TargetState::*;
+        let targets =
+            [target("a", 0, Succeeded), target("b", 1, Assigned), target("c", 1, Succeeded), target("d", 2, Waiting)];
+        assert_eq!(next_step(&targets, 0, 0, 600, 10), Step::StartWave(1));
+        assert_eq!(next_step(&targets, 1, 0, 600, 10), Step::Wait);
+        let done = [target("a", 0, Succeeded), target("b", 1, Succeeded), target("c", 1, Dropped)];
+        assert_eq!(next_step(&done, 1, 0, 600, 10), Step::Succeed, "a dropped instance is not waited for");
+        let all_dropped = [target("a", 0, Dropped), target("b", 1, Waiting)];
+        assert_eq!(next_step(&all_dropped, 0, 0, 600, 10), Step::StartWave(1));
+    }
+
+    #[test]
+    fn a_failure_or_a_timeout_rolls_back() {
+        use TargetState::*;
+        let failed =
+            [Target { detail: Some("health check: 500".into()), ..target("b", 1, Failed) }, target("c", 1, Succeeded)];
+        let Step::RollBack { reason } = next_step(&failed, 1, 0, 600, 10) else { panic!("rolls back") };
+        assert!(reason.contains("b failed in wave 2: health check: 500"), "{reason}");
+        let slow = [target("a", 0, Assigned)];
+        assert_eq!(next_step(&slow, 0, 0, 600, 600), Step::Wait);
+        let Step::RollBack { reason } = next_step(&slow, 0, 0, 600, 601) else { panic!("times out") };
+        assert!(reason.contains("timed out") && reason.contains('a'), "{reason}");
+        let last = [target("a", 0, Succeeded), target("z", 1, Failed)];
+        assert!(matches!(next_step(&last, 1, 0, 600, 1), Step::RollBack { .. }), "a failure on the last host fails it");
     }
 
     #[test]
