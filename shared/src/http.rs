@@ -44,6 +44,13 @@ pub fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) ->
     json(status, &serde_json::json!({"error": {"code": code, "message": message.to_string()}}))
 }
 
+/// 503 for a dependency that failed (the table, an AWS API): logged in full, answered with
+/// `advice` only, so internals never reach the caller.
+pub fn unavailable(err: &dyn std::fmt::Display, advice: &str) -> Response {
+    tracing::error!(error = %err, "dependency unavailable");
+    error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", advice)
+}
+
 /// A header's value, when present and valid text.
 pub fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())

@@ -312,6 +312,31 @@ impl Table {
         Ok(output.item)
     }
 
+    /// The items of partition `pk` whose sort key starts with `prefix` (strongly consistent),
+    /// in sort key order or reversed.
+    pub async fn partition(
+        &self,
+        pk: &str,
+        prefix: &str,
+        limit: Option<i32>,
+        reverse: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":prefix", s(prefix))
+            .scan_index_forward(!reverse)
+            .set_limit(limit)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| self.aws_error("Query", err))?;
+        Ok(output.items.unwrap_or_default())
+    }
+
     /// The newest `limit` items of a listing (`gsi1pk`), newest first.
     pub async fn newest(&self, listing: &str, limit: i32) -> Result<Vec<Item>, StoreError> {
         let output = self
@@ -653,18 +678,8 @@ impl Table {
 
     /// Every subscription the ledger knows for `customer`.
     pub async fn customer_subscriptions(&self, customer: &str) -> Result<Vec<SubscriptionState>, StoreError> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.name)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("CUSTOMER#{customer}")))
-            .expression_attribute_values(":prefix", s("SUBSCRIPTION#"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|err| self.aws_error("Query", err))?;
-        output.items.unwrap_or_default().into_iter().map(|item| decode("subscription", item)).collect()
+        let items = self.partition(&format!("CUSTOMER#{customer}"), "SUBSCRIPTION#", None, false).await?;
+        items.into_iter().map(|item| decode("subscription", item)).collect()
     }
 
     /// Raises an alert for alert dispatch, once per cause.
@@ -739,20 +754,8 @@ impl Table {
     }
 
     pub async fn image_history(&self, provider: &str, limit: i32) -> Result<Vec<ImageChange>, StoreError> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.name)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(format!("PROVIDER#{provider}")))
-            .expression_attribute_values(":prefix", s("HISTORY#"))
-            .scan_index_forward(false)
-            .limit(limit)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|err| self.aws_error("Query", err))?;
-        output.items.unwrap_or_default().into_iter().map(|item| decode("image change", item)).collect()
+        let items = self.partition(&format!("PROVIDER#{provider}"), "HISTORY#", Some(limit), true).await?;
+        items.into_iter().map(|item| decode("image change", item)).collect()
     }
 
     /// Writes a provider's new images, its history entry and (for a manifest) the run marker

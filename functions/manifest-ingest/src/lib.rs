@@ -356,10 +356,5 @@ impl HttpFunction for ManifestIngest {
 }
 
 fn store_failure(err: &StoreError) -> Response {
-    tracing::error!(error = %err, "table unavailable");
-    http::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the ledger could not be read or written; nothing changed, retry",
-    )
+    http::unavailable(err, "the ledger could not be read or written; nothing changed, retry")
 }

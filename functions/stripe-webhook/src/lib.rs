@@ -197,10 +197,5 @@ impl HttpFunction for StripeWebhook {
 }
 
 fn store_failure(err: &StoreError) -> Response {
-    tracing::error!(error = %err, "table unavailable");
-    http::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the ledger could not be written; nothing was applied, Stripe will retry",
-    )
+    http::unavailable(err, "the ledger could not be written; nothing was applied, Stripe will retry")
 }

@@ -238,12 +238,7 @@ fn rejected(err: &intake::IntakeError) -> Response {
 }
 
 fn store_failure(err: &StoreError) -> Response {
-    tracing::error!(error = %err, "table unavailable");
-    http::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the ledger could not be written; nothing was recorded, retry the delivery",
-    )
+    http::unavailable(err, "the ledger could not be written; nothing was recorded, retry the delivery")
 }
 
 fn limit(request: &Request) -> Result<i32, String> {
