@@ -12,6 +12,7 @@
 //! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<sha>`       | `DEPLOYMENTS#<env>`   | `<created at>#<sha>`             |       |
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
+//! | deploy lock | `ENV#<environment>`         | `LOCK`                   |                       |                                  |       |
 //! | token       | `TOKEN#<sha256 of token>`   | `TOKEN`                  |                       |                                  |       |
 //! | image map   | `PROVIDER#<name>`           | `IMAGES`                 |                       |                                  |       |
 //! | image change| `PROVIDER#<name>`           | `HISTORY#<version>`      |                       |                                  |       |
@@ -111,6 +112,9 @@ impl Key {
     }
     pub fn subscription(customer: &str, subscription: &str) -> Self {
         Self { pk: format!("CUSTOMER#{customer}"), sk: format!("SUBSCRIPTION#{subscription}") }
+    }
+    pub fn lock(environment: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: "LOCK".into() }
     }
     pub fn token(hash: &str) -> Self {
         Self { pk: format!("TOKEN#{hash}"), sk: "TOKEN".into() }
@@ -693,6 +697,62 @@ impl Table {
 
     pub async fn recent_alerts(&self, limit: i32) -> Result<Vec<AlertRecord>, StoreError> {
         self.newest("ALERTS", limit).await?.into_iter().map(|item| decode("alert", item)).collect()
+    }
+}
+
+impl Table {
+    /// Takes (or renews) an environment's deploy lock for `holder` until `now + ttl`. Fails
+    /// while another holder's lock is live; a crashed holder's lock expires.
+    pub async fn take_lock(&self, environment: &str, holder: &str, now: i64, ttl: i64) -> Result<bool, StoreError> {
+        let mut item = Key::lock(environment).into_item();
+        item.insert("holder".into(), s(holder));
+        item.insert("expires_at".into(), n(now + ttl));
+        let put = self
+            .put_if(
+                item,
+                "attribute_not_exists(pk) OR expires_at < :now OR holder = :holder",
+                HashMap::new(),
+                HashMap::from([(":now".into(), n(now)), (":holder".into(), s(holder))]),
+            )
+            .await?;
+        Ok(put == Put::Created)
+    }
+
+    /// Gives the lock up; only its holder can.
+    pub async fn release_lock(&self, environment: &str, holder: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::lock(environment).into_item()))
+            .condition_expression("holder = :holder")
+            .expression_attribute_values(":holder", s(holder))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_condition_failure(&err) => Ok(()),
+            Err(err) => Err(self.aws_error("DeleteItem", err)),
+        }
+    }
+
+    /// Marks every deployment of the environment that is still queued (`pending`) and older
+    /// than `newest` as superseded by it. Returns the shas it superseded.
+    pub async fn supersede_queued(&self, newest: &DeploymentRecord, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut superseded = Vec::new();
+        for queued in self.recent_deployments(&newest.environment, 100).await? {
+            let older = (queued.created_at, &queued.sha) < (newest.created_at, &newest.sha);
+            if queued.state != crate::domain::DeploymentState::Pending || !older {
+                continue;
+            }
+            let reason = format!("superseded by {} ({})", newest.version, newest.reason);
+            let key = Key::deployment(&queued.environment, &queued.sha);
+            // Conditional: a queued deployment that started meanwhile is left alone.
+            if self.transition(key, "pending", "superseded", &reason, now).await? == Transition::Applied {
+                superseded.push(queued.sha);
+            }
+        }
+        Ok(superseded)
     }
 }
 

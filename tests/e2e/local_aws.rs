@@ -128,3 +128,59 @@ async fn discovery_takes_only_running_instances_with_every_tag() {
     assert!(found.iter().all(|i| !stopped_ids.contains(&i.id)));
     assert!(found.iter().all(|i| !i.availability_zone.is_empty()));
 }
+
+#[tokio::test]
+async fn the_deploy_lock_is_exclusive_until_it_expires() {
+    let sdk = sdk().await;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-lock"));
+    table.create_if_missing().await.unwrap();
+    assert!(table.take_lock("production", "sha-a", 100, 60).await.unwrap());
+    assert!(!table.take_lock("production", "sha-b", 120, 60).await.unwrap(), "held by a");
+    assert!(table.take_lock("production", "sha-a", 130, 60).await.unwrap(), "the holder renews");
+    assert!(table.take_lock("staging", "sha-b", 130, 60).await.unwrap(), "one lock per environment");
+    assert!(table.take_lock("production", "sha-b", 191, 60).await.unwrap(), "a crashed holder's lock expires");
+    table.release_lock("production", "sha-a").await.unwrap();
+    assert!(!table.take_lock("production", "sha-c", 200, 60).await.unwrap(), "only the holder releases");
+    table.release_lock("production", "sha-b").await.unwrap();
+    assert!(table.take_lock("production", "sha-c", 200, 60).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_newer_build_supersedes_the_queued_ones() {
+    use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+    let sdk = sdk().await;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-supersede"));
+    table.create_if_missing().await.unwrap();
+    let deployment = |sha: &str, created_at: i64, state: DeploymentState| DeploymentRecord {
+        environment: "production".into(),
+        repository: "acme/shop".into(),
+        sha: sha.into(),
+        branch: "main".into(),
+        version: sha.into(),
+        artifact: format!("s3://a/{sha}.tar.gz"),
+        state,
+        reason: "CI succeeded on main".into(),
+        build: "b".into(),
+        created_at,
+    };
+    let running = deployment("aaa", 100, DeploymentState::InProgress);
+    let queued = deployment("bbb", 200, DeploymentState::Pending);
+    let newest = deployment("ccc", 300, DeploymentState::Pending);
+    for d in [&running, &queued, &newest] {
+        table.create_deployment(d).await.unwrap();
+    }
+    assert_eq!(table.supersede_queued(&newest, 301).await.unwrap(), ["bbb"]);
+    let states: Vec<_> =
+        table.recent_deployments("production", 10).await.unwrap().into_iter().map(|d| (d.sha, d.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("ccc".to_string(), DeploymentState::Pending),
+            ("bbb".to_string(), DeploymentState::Superseded),
+            ("aaa".to_string(), DeploymentState::InProgress)
+        ]
+    );
+    let stored = table.get(Key::deployment("production", "bbb")).await.unwrap().unwrap();
+    assert!(stored["reason"].as_s().unwrap().starts_with("superseded by ccc"));
+    assert!(table.supersede_queued(&newest, 302).await.unwrap().is_empty(), "idempotent");
+}
