@@ -70,6 +70,8 @@ pub struct TestApp {
     pub table: Table,
     pub sdk: SdkConfig,
     pub config: Config,
+    pub artifacts: conveyor_shared::s3::Artifacts,
+    pub artifacts_bucket: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -101,8 +103,17 @@ impl TestApp {
         };
         let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
         assert!(table.create_if_missing().await.unwrap(), "a fresh table is created");
+        let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
+        artifacts.create_bucket_if_missing(&settings.artifacts_bucket).await.unwrap();
         let config = Config::parse(config, "test.toml").unwrap();
-        let mut catalog = dev::functions(config.clone(), &settings, &secrets, &sdk).await.unwrap();
+        let timing = deploy_fanout::Timing {
+            lock_ttl: 60,
+            presign: std::time::Duration::from_secs(300),
+            busy_poll: 1,
+            idle_poll: 1,
+            tick: std::time::Duration::from_secs(1),
+        };
+        let mut catalog = dev::functions(config.clone(), &settings, &secrets, timing, &sdk).await.unwrap();
         extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,7 +122,7 @@ impl TestApp {
             dev::run(listener, catalog, &table_name, &run_sdk, std::future::pending()).await.unwrap();
         });
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestApp { addr, table, sdk, config, client }
+        TestApp { addr, table, sdk, config, artifacts, artifacts_bucket: settings.artifacts_bucket.clone(), client }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,6 +1,7 @@
-//! The instance agent's building blocks. The polling loop that drives them against the
-//! deploy channel comes with the `deploy-fanout` function.
+//! The instance agent: it polls the deploy channel over outgoing HTTP(S) only (nothing
+//! listens on the instance), installs the release it is handed, and reports.
 //!
+//! - [`run`]: the polling loop and one deploy, step by step.
 //! - [`releases`]: releases side by side under `releases/<version>/`, a `current` symlink
 //!   switched atomically, crash recovery, pruning.
 //! - [`hooks`]: the release's own hooks (`conveyor-hooks.toml` inside the artifact), each
@@ -8,3 +9,4 @@
 
 pub mod hooks;
 pub mod releases;
+pub mod run;

@@ -45,6 +45,8 @@ pub enum DevError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Settings(SettingsError),
+    #[error("cannot prepare the artifacts bucket: {0}")]
+    Artifacts(String),
     #[error(
         "AWS_ENDPOINT_URL is not set to a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account"
     )]
@@ -75,6 +77,7 @@ pub async fn functions(
     config: Config,
     settings: &Settings,
     webhook_secrets: &WebhookSecrets,
+    timing: deploy_fanout::Timing,
     sdk: &SdkConfig,
 ) -> Result<Catalog, DevError> {
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
@@ -98,7 +101,17 @@ pub async fn functions(
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
     http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));
-    Ok(Catalog { http: Arc::new(http), streams: Vec::new(), schedules: Vec::new() })
+    let fanout = Arc::new(deploy_fanout::Fanout::new(
+        table.clone(),
+        Ec2::new(sdk),
+        conveyor_shared::s3::Artifacts::new(sdk),
+        config.clone(),
+        timing,
+    ));
+    http.push(fanout.clone());
+    let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone()];
+    let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout];
+    Ok(Catalog { http: Arc::new(http), streams, schedules })
 }
 
 /// Makes sure the table exists in the local emulator. Refuses anything but a loopback
@@ -110,7 +123,12 @@ pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result
         return Err(DevError::NotLocal(if endpoint.is_empty() { "unset".into() } else { endpoint }));
     }
     let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-    Ok(table.create_if_missing().await?)
+    let created = table.create_if_missing().await?;
+    conveyor_shared::s3::Artifacts::new(sdk)
+        .create_bucket_if_missing(&settings.artifacts_bucket)
+        .await
+        .map_err(|e| DevError::Artifacts(e.to_string()))?;
+    Ok(created)
 }
 
 /// Settings for a local run: `--config` wins over `CONVEYOR_CONFIG`.
@@ -211,6 +229,7 @@ pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
         ("webhook-intake", webhook_intake::ROUTES),
         ("stripe-webhook", stripe_webhook::ROUTES),
         ("manifest-ingest", manifest_ingest::ROUTES),
+        ("deploy-fanout", deploy_fanout::ROUTES),
     ]
 }
 
@@ -246,11 +265,15 @@ mod tests {
         let all = WebhookSecrets { github: inline(), stripe: inline() };
         // No request is sent: building clients needs no network.
         let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
-        let catalog = functions(Config::default(), &settings, &all, &sdk).await.unwrap();
+        let catalog =
+            functions(Config::default(), &settings, &all, deploy_fanout::Timing::default(), &sdk).await.unwrap();
         let served: Vec<_> = catalog.http.iter().map(|f| (f.name(), f.routes())).collect();
         assert_eq!(served, route_table());
-        let none = functions(Config::default(), &settings, &WebhookSecrets::default(), &sdk).await.unwrap();
+        let none =
+            functions(Config::default(), &settings, &WebhookSecrets::default(), deploy_fanout::Timing::default(), &sdk)
+                .await
+                .unwrap();
         let names: Vec<_> = none.http.iter().map(|f| f.name()).collect();
-        assert_eq!(names, ["manifest-ingest"], "a function without its webhook secret is left out");
+        assert_eq!(names, ["manifest-ingest", "deploy-fanout"], "a function without its webhook secret is left out");
     }
 }

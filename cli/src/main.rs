@@ -55,6 +55,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Upload a build's artifact: s3://$CONVEYOR_ARTIFACTS_BUCKET/<repository>/<sha>.tar.gz.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
+    /// Show an environment's deployments, waves and instances.
+    Status {
+        #[arg(long)]
+        environment: String,
+    },
     /// Manage providers' machine images.
     Images {
         #[command(subcommand)]
@@ -64,13 +74,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token for one provider's manifest uploads; it is printed once, as the last line.
+    /// Create a token for one provider's manifest uploads or one environment's agents; it is
+    /// printed once, as the last line.
     Create {
+        #[arg(long, required_unless_present = "environment", conflicts_with = "environment")]
+        provider: Option<String>,
         #[arg(long)]
-        provider: String,
+        environment: Option<String>,
         /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactCommand {
+    /// Upload FILE (a .tar.gz) as the artifact of commit SHA, with its sha256 and version.
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        sha: String,
+        /// owner/name, as GitHub names the repository.
+        #[arg(long)]
+        repository: String,
+        /// Default: the first 12 digits of the sha, as deployments name versions.
+        #[arg(long)]
+        version: Option<String>,
     },
 }
 
@@ -125,20 +154,49 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Err(err) => Err(err.to_string()),
         },
-        Command::Token { command: TokenCommand::Create { provider, config } } => {
+        Command::Token { command: TokenCommand::Create { provider, environment, config } } => {
             let settings = dev::local_settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
-            ops::known_provider(&config, &provider).map_err(|e| e.to_string())?;
+            if let Some(provider) = &provider {
+                ops::known_provider(&config, provider).map_err(|e| e.to_string())?;
+            }
             let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
-            let secret = ops::create_provider_token(&table, &config, &provider).await.map_err(|e| e.to_string())?;
-            println!(
-                "Token for provider {provider} (table {}). It is shown only now; Conveyor keeps its hash.",
-                settings.table
-            );
-            println!(
-                "Upload with: curl --data-binary @manifest.json -H \"Authorization: Bearer $TOKEN\" URL/providers/{provider}/manifests"
-            );
+            let (what, secret) = match (&provider, &environment) {
+                (Some(provider), _) => (
+                    format!("provider {provider}"),
+                    ops::create_provider_token(&table, &config, provider).await.map_err(|e| e.to_string())?,
+                ),
+                (None, Some(environment)) => (
+                    format!("the agents of environment {environment}"),
+                    ops::create_environment_token(&table, &config, environment).await.map_err(|e| e.to_string())?,
+                ),
+                (None, None) => return Err("name --provider or --environment".into()),
+            };
+            println!("Token for {what} (table {}). It is shown only now; Conveyor keeps its hash.", settings.table);
             println!("{}", String::from_utf8_lossy(secret.expose()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Artifact { command: ArtifactCommand::Push { file, sha, repository, version } } => {
+            let settings = dev::local_settings(None);
+            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let artifacts = conveyor_shared::s3::Artifacts::new(&load_aws_config().await);
+            let (url, sha256) = ops::push_artifact(
+                &artifacts,
+                &settings.artifacts_bucket,
+                &repository,
+                &sha,
+                version.as_deref(),
+                bytes,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("{url} sha256={sha256}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { environment } => {
+            let settings = dev::local_settings(None);
+            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            print!("{}", ops::status(&table, &environment).await.map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Images { command: ImagesCommand::Rollback { provider, to, config } } => {
@@ -177,9 +235,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             if dev::prepare_local_table(&settings, &sdk).await.map_err(|e| e.to_string())? {
                 println!("created table {} in the local emulator", settings.table);
             }
-            let functions = dev::functions(config, &settings, &dev::WebhookSecrets::from_env(), &sdk)
-                .await
-                .map_err(|e| e.to_string())?;
+            let functions = dev::functions(
+                config,
+                &settings,
+                &dev::WebhookSecrets::from_env(),
+                deploy_fanout::Timing::from_env(),
+                &sdk,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("conveyor dev listening on http://{addr} (table {})", settings.table);

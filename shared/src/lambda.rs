@@ -34,3 +34,45 @@ pub async fn serve<F: HttpFunction + 'static>(function: F) -> Result<(), lambda_
     }))
     .await
 }
+
+/// Runs a function that several triggers invoke (API Gateway, a table stream, a schedule),
+/// telling them apart by the event's shape. A stream batch that fails is answered with an
+/// error, so Lambda retries it.
+pub async fn serve_triggers<F>(function: F) -> Result<(), lambda_http::Error>
+where
+    F: HttpFunction + crate::triggers::StreamFunction + crate::triggers::ScheduledFunction + 'static,
+{
+    use lambda_http::lambda_runtime::{self, LambdaEvent};
+    use serde_json::{Value, json};
+
+    let function = &function;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let payload = event.payload;
+        if payload.get("requestContext").is_some() {
+            let request = lambda_http::request::from_str(&payload.to_string())?;
+            let response = HttpFunction::handle(function, into_request(request)).await;
+            let (parts, body) = response.into_parts();
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.to_string(), Value::from(value.to_str().ok()?))))
+                .collect();
+            return Ok::<Value, lambda_http::Error>(json!({
+                "statusCode": parts.status.as_u16(),
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+                "isBase64Encoded": false,
+            }));
+        }
+        if payload["Records"].as_array().is_some_and(|r| r.iter().all(|r| r["eventSource"] == "aws:dynamodb")) {
+            crate::triggers::StreamFunction::handle(function, payload).await?;
+            return Ok(Value::Null);
+        }
+        if payload["source"] == "aws.events" {
+            crate::triggers::ScheduledFunction::tick(function, payload).await?;
+            return Ok(Value::Null);
+        }
+        Err("an event of a kind this function does not take".into())
+    }))
+    .await
+}

@@ -20,6 +20,8 @@ pub mod triggers;
 pub mod ec2;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use aws_config::SdkConfig;
 

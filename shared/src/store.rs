@@ -13,6 +13,9 @@
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
 //! | deploy lock | `ENV#<environment>`         | `LOCK`                   |                       |                                  |       |
+//! | target      | `ENV#<environment>`         | `TARGET#<sha>#<instance>`|                       |                                  |       |
+//! | instance    | `ENV#<environment>`         | `INSTANCE#<instance id>` |                       |                                  |       |
+//! | last good   | `ENV#<environment>`         | `RELEASE`                |                       |                                  |       |
 //! | token       | `TOKEN#<sha256 of token>`   | `TOKEN`                  |                       |                                  |       |
 //! | image map   | `PROVIDER#<name>`           | `IMAGES`                 |                       |                                  |       |
 //! | image change| `PROVIDER#<name>`           | `HISTORY#<version>`      |                       |                                  |       |
@@ -113,6 +116,15 @@ impl Key {
     pub fn subscription(customer: &str, subscription: &str) -> Self {
         Self { pk: format!("CUSTOMER#{customer}"), sk: format!("SUBSCRIPTION#{subscription}") }
     }
+    pub fn target(environment: &str, sha: &str, instance: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: format!("TARGET#{sha}#{instance}") }
+    }
+    pub fn instance(environment: &str, instance: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: format!("INSTANCE#{instance}") }
+    }
+    pub fn last_release(environment: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: "RELEASE".into() }
+    }
     pub fn lock(environment: &str) -> Self {
         Self { pk: format!("ENV#{environment}"), sk: "LOCK".into() }
     }
@@ -146,6 +158,16 @@ fn s(value: impl Into<String>) -> AttributeValue {
 
 fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
+}
+
+/// A string attribute, for fields set through [`Table::transition_setting`].
+pub fn text(value: &str) -> AttributeValue {
+    s(value)
+}
+
+/// A number attribute, for fields set through [`Table::transition_setting`].
+pub fn number(value: i64) -> AttributeValue {
+    n(value)
 }
 
 /// A sort key segment for a time: zero-padded so text order is time order.
@@ -248,20 +270,39 @@ impl Table {
         reason: &str,
         at: i64,
     ) -> Result<Transition, StoreError> {
+        self.transition_setting(key, from, to, reason, at, Vec::new()).await
+    }
+
+    /// [`Table::transition`], also setting `fields` in the same conditional update.
+    pub async fn transition_setting(
+        &self,
+        key: Key,
+        from: &str,
+        to: &str,
+        reason: &str,
+        at: i64,
+        fields: Vec<(&str, AttributeValue)>,
+    ) -> Result<Transition, StoreError> {
         let entry = AttributeValue::M(HashMap::from([
             ("from".into(), s(from)),
             ("to".into(), s(to)),
             ("reason".into(), s(reason)),
             ("at".into(), n(at)),
         ]));
-        let result = self
-            .client
-            .update_item()
+        let mut update =
+            "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)"
+                .to_string();
+        let mut request = self.client.update_item();
+        for (field, value) in fields {
+            update.push_str(&format!(", #f_{field} = :f_{field}"));
+            request = request
+                .expression_attribute_names(format!("#f_{field}"), field)
+                .expression_attribute_values(format!(":f_{field}"), value);
+        }
+        let result = request
             .table_name(&self.name)
             .set_key(Some(key.into_item()))
-            .update_expression(
-                "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)",
-            )
+            .update_expression(update)
             .condition_expression("#state = :from")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":from", s(from))
@@ -753,6 +794,261 @@ impl Table {
             }
         }
         Ok(superseded)
+    }
+}
+
+/// A release as an instance runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Release {
+    pub version: String,
+    /// `s3://` URL of the artifact.
+    pub artifact: String,
+    pub sha256: String,
+}
+
+/// One instance's part in one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TargetRecord {
+    pub environment: String,
+    pub deployment: String,
+    pub instance: String,
+    pub wave: usize,
+    pub state: crate::domain::rollout::TargetState,
+    pub detail: Option<String>,
+    /// What the instance ran before: what a rollback gives back.
+    pub previous: Option<Release>,
+    pub updated_at: i64,
+}
+
+/// What an instance runs and what it should run (read by every agent poll: one item).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct InstanceRecord {
+    pub environment: String,
+    pub instance: String,
+    pub current: Option<String>,
+    pub healthy: Option<bool>,
+    pub desired: Option<Release>,
+    /// The deployment (sha) that set `desired`, and whether it is a rollback.
+    pub desired_by: Option<String>,
+    pub rollback: Option<bool>,
+    pub reported_at: Option<i64>,
+}
+
+impl Table {
+    pub async fn write_targets(&self, targets: &[TargetRecord]) -> Result<(), StoreError> {
+        let items = targets
+            .iter()
+            .map(|t| encode("target", t, Key::target(&t.environment, &t.deployment, &t.instance)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_put(items).await
+    }
+
+    pub async fn deployment_targets(&self, environment: &str, sha: &str) -> Result<Vec<TargetRecord>, StoreError> {
+        let items = self.partition(&format!("ENV#{environment}"), &format!("TARGET#{sha}#"), None, false).await?;
+        items.into_iter().map(|item| decode("target", item)).collect()
+    }
+
+    /// Moves a target to `to` if it is in one of `from`.
+    pub async fn set_target_state(
+        &self,
+        target: &TargetRecord,
+        from: &[crate::domain::rollout::TargetState],
+        to: crate::domain::rollout::TargetState,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        let state = |s: crate::domain::rollout::TargetState| {
+            serde_dynamo::to_attribute_value(s).map_err(|source| StoreError::Encode { kind: "target state", source })
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::target(&target.environment, &target.deployment, &target.instance).into_item()))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":to", state(to)?)
+            .expression_attribute_values(":now", n(now));
+        let mut allowed = Vec::new();
+        for (i, from) in from.iter().enumerate() {
+            allowed.push(format!(":from{i}"));
+            request = request.expression_attribute_values(format!(":from{i}"), state(*from)?);
+        }
+        let update = match detail {
+            Some(detail) => {
+                request = request.expression_attribute_values(":detail", s(detail));
+                "SET #state = :to, updated_at = :now, detail = :detail"
+            }
+            None => "SET #state = :to, updated_at = :now",
+        };
+        let result = request
+            .update_expression(update)
+            .condition_expression(format!("#state IN ({})", allowed.join(", ")))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transition::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
+    pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        self.get(Key::instance(environment, instance)).await?.map(|item| decode("instance", item)).transpose()
+    }
+
+    /// Tells an instance's agent which release to run.
+    pub async fn set_desired(
+        &self,
+        environment: &str,
+        instance: &str,
+        release: &Release,
+        by: &str,
+        rollback: bool,
+    ) -> Result<(), StoreError> {
+        let release = serde_dynamo::to_attribute_value(release)
+            .map_err(|source| StoreError::Encode { kind: "release", source })?;
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::instance(environment, instance).into_item()))
+            .update_expression(
+                "SET environment = :env, instance = :id, desired = :release, desired_by = :by, #rollback = :rollback",
+            )
+            .expression_attribute_names("#rollback", "rollback")
+            .expression_attribute_values(":env", s(environment))
+            .expression_attribute_values(":id", s(instance))
+            .expression_attribute_values(":release", release)
+            .expression_attribute_values(":by", s(by))
+            .expression_attribute_values(":rollback", AttributeValue::Bool(rollback))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateItem", err))?;
+        Ok(())
+    }
+
+    /// Records what an agent says its instance runs.
+    pub async fn record_agent_state(
+        &self,
+        environment: &str,
+        instance: &str,
+        current: Option<&str>,
+        healthy: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let current = current.map_or(AttributeValue::Null(true), s);
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::instance(environment, instance).into_item()))
+            .update_expression(
+                "SET environment = :env, instance = :id, #current = :current, healthy = :healthy, reported_at = :now",
+            )
+            .expression_attribute_names("#current", "current")
+            .expression_attribute_values(":env", s(environment))
+            .expression_attribute_values(":id", s(instance))
+            .expression_attribute_values(":current", current)
+            .expression_attribute_values(":healthy", AttributeValue::Bool(healthy))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateItem", err))?;
+        Ok(())
+    }
+
+    pub async fn environment_instances(&self, environment: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        let items = self.partition(&format!("ENV#{environment}"), "INSTANCE#", None, false).await?;
+        items.into_iter().map(|item| decode("instance", item)).collect()
+    }
+
+    pub async fn deployment(&self, environment: &str, sha: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.get(Key::deployment(environment, sha)).await?.map(|item| decode("deployment", item)).transpose()
+    }
+
+    /// Elects one invocation to plan a pending deployment (several can see it at once: the
+    /// stream and the tick). A planner that crashed is replaced after `ttl` seconds.
+    pub async fn claim_planning(
+        &self,
+        environment: &str,
+        sha: &str,
+        token: &str,
+        now: i64,
+        ttl: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::deployment(environment, sha).into_item()))
+            .update_expression("SET planner = :token, planning_until = :until")
+            .condition_expression("#state = :pending AND (attribute_not_exists(planner) OR planning_until < :now)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(now + ttl))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if is_condition_failure(&err) => Ok(false),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
+    /// Moves a running deployment from wave `from` to the next, once.
+    pub async fn advance_wave(
+        &self,
+        environment: &str,
+        sha: &str,
+        from: usize,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(Key::deployment(environment, sha).into_item()))
+            .update_expression("SET wave = :next, wave_started_at = :now, updated_at = :now")
+            .condition_expression("#state = :running AND wave = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":running", s("in_progress"))
+            .expression_attribute_values(":from", n(from as i64))
+            .expression_attribute_values(":next", n(from as i64 + 1))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Transition::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
+    /// The deployment holding the environment's lock, if the lock is live.
+    pub async fn lock_holder(&self, environment: &str, now: i64) -> Result<Option<String>, StoreError> {
+        let Some(item) = self.get(Key::lock(environment)).await? else { return Ok(None) };
+        let live = item
+            .get("expires_at")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|t| t >= now);
+        Ok(live.then(|| item.get("holder").and_then(|v| v.as_s().ok()).cloned()).flatten())
+    }
+
+    pub async fn set_last_release(&self, environment: &str, release: &Release) -> Result<(), StoreError> {
+        let item = encode("release", release, Key::last_release(environment))?;
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("PutItem", err))?;
+        Ok(())
+    }
+
+    pub async fn last_release(&self, environment: &str) -> Result<Option<Release>, StoreError> {
+        self.get(Key::last_release(environment)).await?.map(|item| decode("release", item)).transpose()
     }
 }
 

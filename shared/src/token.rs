@@ -12,12 +12,15 @@ pub const PREFIX: &str = "cvy_";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Provider(String),
+    /// The agents of one environment.
+    Environment(String),
 }
 
 impl Scope {
     pub fn as_string(&self) -> String {
         match self {
             Scope::Provider(name) => format!("provider:{name}"),
+            Scope::Environment(name) => format!("environment:{name}"),
         }
     }
 }

@@ -162,6 +162,9 @@ async fn a_newer_build_supersedes_the_queued_ones() {
         reason: "CI succeeded on main".into(),
         build: "b".into(),
         created_at,
+        wave: None,
+        wave_started_at: None,
+        sha256: None,
     };
     let running = deployment("aaa", 100, DeploymentState::InProgress);
     let queued = deployment("bbb", 200, DeploymentState::Pending);

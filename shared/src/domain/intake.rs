@@ -281,6 +281,9 @@ fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'
             reason: format!("{} succeeded on {}", build.name, env.branch),
             build: build.source.clone(),
             created_at: ctx.now,
+            wave: None,
+            wave_started_at: None,
+            sha256: None,
         })
         .collect()
 }

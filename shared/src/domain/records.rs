@@ -106,6 +106,14 @@ pub struct DeploymentRecord {
     /// The build that triggered it ([`BuildRecord::source`]).
     pub build: String,
     pub created_at: i64,
+    /// While it runs: the current wave (from 0) and when it started.
+    #[serde(default)]
+    pub wave: Option<usize>,
+    #[serde(default)]
+    pub wave_started_at: Option<i64>,
+    /// The artifact's SHA-256, known once the deployment starts.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 impl DeploymentRecord {

@@ -1,0 +1,311 @@
+//! The agent's loop: poll, deploy what the server asks for, report, and pick up honestly
+//! after being killed mid-deploy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::hooks::{Hooks, Stage};
+use crate::releases::Releases;
+
+/// Everything the agent needs, from flags or its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The Conveyor API base URL (`https://...execute-api...` or `http://127.0.0.1:3000`).
+    pub server: String,
+    pub token_file: PathBuf,
+    pub environment: String,
+    pub app_dir: PathBuf,
+    /// Run after `current` switches, e.g. `systemctl restart shop`.
+    pub restart_command: Option<String>,
+    /// Local health URL checked after the restart, e.g. `http://127.0.0.1:8080/health`.
+    pub health_url: Option<String>,
+    #[serde(default = "default_attempts")]
+    pub health_attempts: u32,
+    #[serde(default = "default_interval")]
+    pub health_interval_ms: u64,
+    /// From IMDSv2 when unset.
+    pub instance_id: Option<String>,
+    /// Releases kept on disk.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_keep() -> usize {
+    5
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("the server at {url} answered {status}: {body}")]
+    Server { url: String, status: u16, body: String },
+    #[error("cannot reach {url}: {message}")]
+    Network { url: String, message: String },
+    #[error(transparent)]
+    Release(#[from] crate::releases::ReleaseError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    #[error("{0}")]
+    Deploy(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct PollAnswer {
+    action: String,
+    release: Option<Desired>,
+    #[serde(default)]
+    poll_after: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Desired {
+    version: String,
+    url: String,
+    sha256: String,
+}
+
+/// Written before a deploy starts and removed when it is reported: after a kill, the agent
+/// knows which deploy was interrupted.
+#[derive(Debug, Serialize, Deserialize)]
+struct InFlight {
+    version: String,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    instance_id: String,
+    token: String,
+    http: reqwest::Client,
+    releases: Releases,
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let token = std::fs::read_to_string(&config.token_file)
+            .map_err(|e| {
+                AgentError::Config(format!("cannot read the token file {}: {e}", config.token_file.display()))
+            })?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(AgentError::Config(format!("the token file {} is empty", config.token_file.display())));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let instance_id = match &config.instance_id {
+            Some(id) => id.clone(),
+            None => instance_id_from_imds(&http).await?,
+        };
+        let releases = Releases::open(&config.app_dir)?;
+        Ok(Self { config, instance_id, token, http, releases })
+    }
+
+    fn in_flight_file(&self) -> PathBuf {
+        self.config.app_dir.join("agent-in-flight.json")
+    }
+
+    /// Polls and deploys until the process is stopped.
+    pub async fn run(&self) -> Result<(), AgentError> {
+        self.report_interrupted().await?;
+        loop {
+            let wait = match self.poll_once().await {
+                Ok(wait) => wait,
+                Err(err) => {
+                    tracing::warn!(error = %err, "poll failed; trying again");
+                    5
+                }
+            };
+            tokio::time::sleep(Duration::from_secs(wait.clamp(1, 300))).await;
+        }
+    }
+
+    /// One poll, and the deploy it asks for. Answers how long to wait before the next.
+    pub async fn poll_once(&self) -> Result<u64, AgentError> {
+        let answer: PollAnswer = self
+            .post(
+                "/agent/v1/poll",
+                json!({
+                    "instance_id": self.instance_id,
+                    "environment": self.config.environment,
+                    "current": self.releases.current(),
+                }),
+            )
+            .await
+            .and_then(|body| {
+                serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
+            })?;
+        if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
+            std::fs::write(
+                self.in_flight_file(),
+                serde_json::to_vec(&InFlight { version: release.version.clone() }).unwrap_or_default(),
+            )
+            .map_err(|e| AgentError::Deploy(format!("cannot write {}: {e}", self.in_flight_file().display())))?;
+            let result = self.deploy(&release).await;
+            let (healthy, log) = match &result {
+                Ok(log) => (true, log.clone()),
+                Err(err) => (false, err.to_string()),
+            };
+            tracing::info!(version = %release.version, healthy, "deploy finished");
+            self.report(&release.version, result.is_ok(), healthy, &log).await?;
+            let _ = std::fs::remove_file(self.in_flight_file());
+            return Ok(1);
+        }
+        Ok(answer.poll_after)
+    }
+
+    /// A deploy the agent did not finish (it was killed) is reported as failed, with the
+    /// release `current` points at now: the old one or the new one, never half of one.
+    async fn report_interrupted(&self) -> Result<(), AgentError> {
+        let Ok(bytes) = std::fs::read(self.in_flight_file()) else { return Ok(()) };
+        if let Ok(in_flight) = serde_json::from_slice::<InFlight>(&bytes) {
+            let current = self.releases.current();
+            let log = format!(
+                "the agent was stopped while deploying {}; it restarted on {}",
+                in_flight.version,
+                current.as_deref().unwrap_or("no release")
+            );
+            tracing::warn!(%log);
+            self.report(&in_flight.version, false, false, &log).await?;
+        }
+        let _ = std::fs::remove_file(self.in_flight_file());
+        Ok(())
+    }
+
+    async fn deploy(&self, release: &Desired) -> Result<String, AgentError> {
+        let mut log = Vec::new();
+        if self.releases.installed(&release.version) {
+            log.push(format!("{} is on disk: switching without a download", release.version));
+        } else {
+            let bytes = self.download(&release.url).await?;
+            self.releases.install(&release.version, &bytes, &release.sha256)?;
+            log.push(format!("installed {} ({} bytes, sha256 verified)", release.version, bytes.len()));
+        }
+        let dir = self.releases.path(&release.version);
+        let hooks = Hooks::load(&dir)?;
+        for stage in [Stage::BeforeInstall, Stage::AfterInstall] {
+            log.push(hooks.run(stage, &dir, &release.version).await?);
+        }
+        self.releases.activate(&release.version)?;
+        if let Some(command) = &self.config.restart_command {
+            let status = tokio::time::timeout(
+                Duration::from_secs(120),
+                tokio::process::Command::new("sh").arg("-c").arg(command).current_dir(&self.config.app_dir).status(),
+            )
+            .await
+            .map_err(|_| AgentError::Deploy("the restart command did not finish within 120 s".into()))?
+            .map_err(|e| AgentError::Deploy(format!("the restart command could not run: {e}")))?;
+            if !status.success() {
+                return Err(AgentError::Deploy(format!("the restart command exited with {status}")));
+            }
+        }
+        log.push(hooks.run(Stage::Start, &dir, &release.version).await?);
+        if let Some(url) = &self.config.health_url {
+            log.push(self.check_health(url).await?);
+        }
+        log.push(hooks.run(Stage::Validate, &dir, &release.version).await?);
+        let pruned = self.releases.prune(self.config.keep)?;
+        if !pruned.is_empty() {
+            log.push(format!("removed old releases {}", pruned.join(", ")));
+        }
+        Ok(crate::hooks::tail(log.into_iter().filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n").as_bytes()))
+    }
+
+    async fn check_health(&self, url: &str) -> Result<String, AgentError> {
+        let mut last = String::new();
+        for attempt in 1..=self.config.health_attempts.max(1) {
+            match self.http.get(url).timeout(Duration::from_secs(5)).send().await {
+                Ok(response) if response.status().is_success() => {
+                    return Ok(format!("health check passed ({url}, attempt {attempt})"));
+                }
+                Ok(response) => last = format!("health check {url} answered {}", response.status()),
+                Err(err) => last = format!("health check {url} failed: {err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(self.config.health_interval_ms)).await;
+        }
+        Err(AgentError::Deploy(last))
+    }
+
+    async fn download(&self, url: &str) -> Result<Vec<u8>, AgentError> {
+        let network = |message: String| AgentError::Network { url: "the artifact URL".into(), message };
+        let response = self.http.get(url).send().await.map_err(|e| network(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(AgentError::Deploy(format!("the artifact download answered {}", response.status())));
+        }
+        Ok(response.bytes().await.map_err(|e| network(e.to_string()))?.to_vec())
+    }
+
+    async fn report(&self, version: &str, succeeded: bool, healthy: bool, log: &str) -> Result<(), AgentError> {
+        self.post(
+            "/agent/v1/report",
+            json!({
+                "instance_id": self.instance_id,
+                "environment": self.config.environment,
+                "version": version,
+                "outcome": if succeeded { "succeeded" } else { "failed" },
+                "healthy": healthy,
+                "current": self.releases.current(),
+                "log": log,
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, AgentError> {
+        let url = format!("{}{path}", self.config.server.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| AgentError::Network { url: url.clone(), message: e.to_string() })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        if status >= 300 {
+            return Err(AgentError::Server { url, status, body: text });
+        }
+        serde_json::from_str(&text).map_err(|e| AgentError::Deploy(format!("the server's answer is not JSON: {e}")))
+    }
+}
+
+/// The instance id from the instance metadata service (IMDSv2: token first).
+async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentError> {
+    let base = "http://169.254.169.254/latest";
+    let fail =
+        |e: String| AgentError::Config(format!("cannot read the instance id from IMDSv2 ({e}); pass --instance-id"));
+    let token = http
+        .put(format!("{base}/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "300")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    http.get(format!("{base}/meta-data/instance-id"))
+        .header("X-aws-ec2-metadata-token", token)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| fail(e.to_string()))
+}

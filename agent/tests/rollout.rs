@@ -1,0 +1,269 @@
+//! Rollouts with real agent processes: four agents play four EC2 instances registered in the
+//! emulator, the dev server plays the fan-out's triggers, and a health endpoint on loopback
+//! answers for each instance from the release it runs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use conveyor_e2e::TestApp;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+/// The agents, killed when the test ends.
+struct Fleet {
+    agents: Vec<(String, Child)>,
+    root: tempfile::TempDir,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.agents {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Fleet {
+    fn current(&self, instance: &str) -> Option<String> {
+        std::fs::read_link(self.root.path().join(instance).join("current"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    fn all_run(&self, version: &str) -> bool {
+        self.agents.iter().all(|(id, _)| self.current(id).as_deref() == Some(version))
+    }
+}
+
+/// Serves `GET /<instance>/health`: 200 when the instance's current release says `ok` in
+/// its `health.txt` and the instance is not on the sick list, 500 otherwise.
+async fn health_server(root: PathBuf, sick: Arc<Mutex<HashSet<String>>>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (root, sick) = (root.clone(), sick.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let instance = request.uri().path().trim_matches('/').split('/').next().unwrap_or("").to_owned();
+                    let healthy = !sick.lock().unwrap().contains(&instance)
+                        && std::fs::read_to_string(root.join(&instance).join("current/health.txt"))
+                            .is_ok_and(|s| s.trim() == "ok");
+                    let status = if healthy { 200 } else { 500 };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A release: a `.tar.gz` with `health.txt` and a hook file.
+fn artifact(health: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, body) in
+        [("health.txt", health), ("conveyor-hooks.toml", "[validate]\ncommand = \"test -f health.txt\"\n")]
+    {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, body.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+struct Rig {
+    app: TestApp,
+    fleet: Fleet,
+    repository: String,
+    instances: Vec<String>,
+    sick: Arc<Mutex<HashSet<String>>>,
+}
+
+async fn rig(instances: i32) -> Rig {
+    let tag = conveyor_e2e::unique_name("shop");
+    let config = format!(
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
+    );
+    let app = TestApp::spawn(&config).await;
+    let ec2 = aws_sdk_ec2::Client::new(&app.sdk);
+    let launched = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(instances)
+        .max_count(instances)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(aws_sdk_ec2::types::Tag::builder().key("app").value(&tag).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<String> = launched.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let root = tempfile::tempdir().unwrap();
+    let sick = Arc::new(Mutex::new(HashSet::new()));
+    let health = health_server(root.path().to_owned(), sick.clone()).await;
+    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
+    let token_file = root.path().join("token");
+    std::fs::write(&token_file, token.expose()).unwrap();
+    let mut fleet = Fleet { agents: Vec::new(), root };
+    for id in &ids {
+        fleet.agents.push((id.clone(), spawn_agent(&app, fleet.root.path(), &token_file, id, health)));
+    }
+    Rig { app, fleet, repository: format!("acme/{tag}"), instances: ids, sick }
+}
+
+fn spawn_agent(app: &TestApp, root: &Path, token_file: &Path, id: &str, health: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_conveyor-agent"))
+        .args(["--server", &app.url("")])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(["--environment", "production", "--instance-id", id])
+        .arg("--app-dir")
+        .arg(root.join(id))
+        .args(["--health-url", &format!("http://{health}/{id}/health")])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+impl Rig {
+    /// Uploads a build and tells Conveyor its CI succeeded on main.
+    async fn ship(&self, sha: &str, health: &str) {
+        let bytes = artifact(health);
+        conveyor_cli::ops::push_artifact(
+            &self.app.artifacts,
+            &self.app.artifacts_bucket,
+            &self.repository,
+            sha,
+            None,
+            bytes,
+        )
+        .await
+        .unwrap();
+        let body = json!({
+            "action": "completed",
+            "workflow_run": {"id": 1, "name": "CI", "workflow_id": 1, "head_branch": "main", "head_sha": sha,
+                             "run_attempt": 1, "conclusion": "success", "updated_at": "2026-11-22T00:00:00Z",
+                             "head_repository": {"full_name": self.repository}},
+            "repository": {"full_name": self.repository}
+        });
+        let answer = self.app.deliver("workflow_run", &format!("ship-{sha}"), body.to_string().as_bytes()).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+
+    async fn deployment(&self, sha: &str) -> Value {
+        let all = self.app.deployments("production").await;
+        all.into_iter().find(|d| d["sha"] == sha).unwrap_or(Value::Null)
+    }
+
+    /// Waits until the deployment of `sha` reaches a final state.
+    async fn finished(&self, sha: &str) -> Value {
+        for _ in 0..240 {
+            let deployment = self.deployment(sha).await;
+            if ["succeeded", "rolled_back", "failed", "superseded"]
+                .contains(&deployment["state"].as_str().unwrap_or(""))
+            {
+                return deployment;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the deployment of {sha} did not finish: {}", self.deployment(sha).await);
+    }
+
+    async fn wait_until(&self, what: &str, check: impl Fn() -> bool) {
+        for _ in 0..240 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    async fn targets(&self, sha: &str) -> Vec<conveyor_shared::store::TargetRecord> {
+        self.app.table.deployment_targets("production", sha).await.unwrap()
+    }
+}
+
+fn sha(n: u8) -> String {
+    format!("{n:02x}").repeat(20)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
+    let rig = rig(4).await;
+    let (good, better, broken) = (sha(1), sha(2), sha(3));
+
+    rig.ship(&good, "ok").await;
+    let deployment = rig.finished(&good).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    assert!(rig.fleet.all_run(&good[..12]));
+    let mut waves: Vec<usize> = rig.targets(&good).await.iter().map(|t| t.wave).collect();
+    waves.sort();
+    assert_eq!(waves, [0, 1, 2, 2], "a canary, then up to half, then the rest");
+
+    rig.ship(&better, "ok").await;
+    assert_eq!(rig.finished(&better).await["state"], "succeeded");
+    assert!(rig.fleet.all_run(&better[..12]));
+
+    rig.ship(&broken, "broken").await;
+    let deployment = rig.finished(&broken).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    assert!(deployment["reason"].as_str().unwrap().contains("failed in wave 1"), "{deployment}");
+    let targets = rig.targets(&broken).await;
+    assert!(
+        targets
+            .iter()
+            .filter(|t| t.wave > 0)
+            .all(|t| t.state == conveyor_shared::domain::rollout::TargetState::Waiting),
+        "later waves untouched"
+    );
+    rig.wait_until("the canary is back on the last good release", || rig.fleet.all_run(&better[..12])).await;
+    let alerts = rig.app.table.recent_alerts(10).await.unwrap();
+    assert!(alerts.iter().any(|a| a.kind == "deployment_rolled_back"), "{alerts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_failing_in_wave_two_restores_waves_one_and_two() {
+    let rig = rig(4).await;
+    let (good, next) = (sha(4), sha(5));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+
+    // The instance of wave 2 in the next rollout is unhealthy whatever it runs.
+    let plan = rig.targets(&good).await;
+    let wave_two = plan.iter().find(|t| t.wave == 1).unwrap().instance.clone();
+    rig.sick.lock().unwrap().insert(wave_two.clone());
+    rig.ship(&next, "ok").await;
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    assert!(deployment["reason"].as_str().unwrap().contains(&wave_two), "{deployment}");
+    let targets = rig.targets(&next).await;
+    assert!(
+        targets
+            .iter()
+            .filter(|t| t.wave == 2)
+            .all(|t| t.state == conveyor_shared::domain::rollout::TargetState::Waiting),
+        "wave 3 untouched"
+    );
+    rig.wait_until("waves 1 and 2 are restored", || rig.fleet.all_run(&good[..12])).await;
+    assert!(rig.instances.len() == 4);
+}

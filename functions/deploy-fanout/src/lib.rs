@@ -1,0 +1,561 @@
+//! Deploy fan-out: rolls a pending deployment across its environment's EC2 instances in
+//! waves, gates each wave on the agents' reports and health, and rolls back by itself.
+//!
+//! Three triggers, one function: a new deployment (table stream, INSERT of `DEPLOYMENT#`),
+//! the agent channel (`POST /agent/v1/poll`, `POST /agent/v1/report`), and a periodic tick
+//! that times waves out, drops terminated instances and resumes whatever a crashed
+//! invocation left half-done. Nothing is remembered between invocations: every step reads
+//! the ledger, decides with [`conveyor_shared::domain::rollout`], and writes conditionally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::{Config, Environment, LoadError, Settings};
+use conveyor_shared::domain::rollout::{self, Step, Target, TargetState};
+use conveyor_shared::domain::stripe::AlertRecord;
+use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+use conveyor_shared::ec2::{Ec2, Ec2Error};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::s3::{Artifacts, S3Error};
+use conveyor_shared::store::{Key, Release, StoreError, Table, TargetRecord, Transition};
+use conveyor_shared::token::{self, Scope};
+use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const ROUTES: &[Route] =
+    &[Route { method: "POST", path: "/agent/v1/poll" }, Route { method: "POST", path: "/agent/v1/report" }];
+
+/// New deployments, as the template's stream mapping filters them.
+pub const NEW_DEPLOYMENTS: &str =
+    r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+}
+
+/// Timings, with production defaults; `conveyor dev` and tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long a deploy lock lives without renewal (a crashed run's lock expires).
+    pub lock_ttl: i64,
+    /// How long a presigned artifact URL is valid.
+    pub presign: Duration,
+    /// The poll interval an agent is told while it has work.
+    pub busy_poll: u64,
+    /// The poll interval an agent is told while idle.
+    pub idle_poll: u64,
+    /// How often the tick runs.
+    pub tick: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            lock_ttl: 900,
+            presign: Duration::from_secs(900),
+            busy_poll: 2,
+            idle_poll: 20,
+            tick: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timing {
+    /// `CONVEYOR_TICK_SECONDS` and `CONVEYOR_IDLE_POLL_SECONDS` override the defaults.
+    pub fn from_env() -> Self {
+        let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
+        let mut timing = Self::default();
+        if let Some(tick) = read("CONVEYOR_TICK_SECONDS") {
+            timing.tick = Duration::from_secs(tick);
+        }
+        if let Some(idle) = read("CONVEYOR_IDLE_POLL_SECONDS") {
+            timing.idle_poll = idle;
+        }
+        timing
+    }
+}
+
+#[derive(Clone)]
+pub struct Fanout {
+    table: Table,
+    ec2: Ec2,
+    artifacts: Artifacts,
+    config: Arc<Config>,
+    timing: Timing,
+}
+
+impl Fanout {
+    pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
+        Self { table, ec2, artifacts, config, timing }
+    }
+
+    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
+        let config = Config::load(&settings.config_path)?;
+        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env()))
+    }
+
+    /// Starts the newest queued deployment of `env` when no other one runs; older queued
+    /// ones are superseded by it.
+    pub async fn start_next(&self, env: &Environment, now: i64) -> Result<(), FanoutError> {
+        let queued = self.table.recent_deployments(&env.name, 100).await?;
+        let Some(newest) = queued
+            .into_iter()
+            .filter(|d| d.state == DeploymentState::Pending)
+            .max_by(|a, b| (a.created_at, &a.sha).cmp(&(b.created_at, &b.sha)))
+        else {
+            return Ok(());
+        };
+        for sha in self.table.supersede_queued(&newest, now).await? {
+            tracing::info!(environment = %env.name, %sha, by = %newest.sha, "queued deployment superseded");
+        }
+        if !self.table.take_lock(&env.name, &newest.sha, now, self.timing.lock_ttl).await? {
+            tracing::info!(environment = %env.name, sha = %newest.sha, "queued behind the running deployment");
+            return Ok(());
+        }
+        match self.begin(env, &newest, now).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // Leave it queued; the next tick tries again.
+                self.table.release_lock(&env.name, &newest.sha).await?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn begin(&self, env: &Environment, deployment: &DeploymentRecord, now: i64) -> Result<(), FanoutError> {
+        // The stream and the tick can both get here for one deployment: one plans it.
+        let token = conveyor_shared::store::claim_token(&deployment.sha, now);
+        if !self.table.claim_planning(&env.name, &deployment.sha, &token, now, 60).await? {
+            return Ok(());
+        }
+        let fail = |reason: String| async move {
+            tracing::warn!(environment = %env.name, sha = %deployment.sha, %reason, "deployment failed before it started");
+            self.table
+                .transition(Key::deployment(&env.name, &deployment.sha), "pending", "failed", &reason, now)
+                .await?;
+            self.table.release_lock(&env.name, &deployment.sha).await?;
+            Ok::<_, FanoutError>(())
+        };
+        let artifact = match self.artifacts.head(&deployment.artifact).await {
+            Ok(Some(artifact)) => artifact,
+            Ok(None) => {
+                return fail(format!(
+                    "the build's artifact is missing at {}: upload it with `conveyor artifact push`",
+                    deployment.artifact
+                ))
+                .await;
+            }
+            Err(S3Error::NoChecksum(url)) => {
+                return fail(format!("the artifact at {url} has no sha256: upload it with `conveyor artifact push`"))
+                    .await;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let instances = self.ec2.running_instances(None, &env.instances.tags).await?;
+        let waves = match rollout::plan_waves(&instances, &env.rollout.waves, env.rollout.min_healthy) {
+            Ok(waves) => waves,
+            Err(err) => return fail(err.to_string()).await,
+        };
+        let last_good = self.table.last_release(&env.name).await?;
+        let mut targets = Vec::new();
+        for (wave, ids) in waves.iter().enumerate() {
+            for id in ids {
+                let current = self.table.instance(&env.name, id).await?.and_then(|i| i.current);
+                // A rollback can only give back a release whose artifact Conveyor knows.
+                let previous = last_good.clone().filter(|release| current.as_deref() == Some(release.version.as_str()));
+                targets.push(TargetRecord {
+                    environment: env.name.clone(),
+                    deployment: deployment.sha.clone(),
+                    instance: id.clone(),
+                    wave,
+                    state: TargetState::Waiting,
+                    detail: None,
+                    previous,
+                    updated_at: now,
+                });
+            }
+        }
+        self.table.write_targets(&targets).await?;
+        let reason =
+            format!("rolling {} out to {} instances in {} waves", deployment.version, targets.len(), waves.len());
+        let started = self
+            .table
+            .transition_setting(
+                Key::deployment(&env.name, &deployment.sha),
+                "pending",
+                "in_progress",
+                &reason,
+                now,
+                vec![
+                    ("wave", conveyor_shared::store::number(0)),
+                    ("wave_started_at", conveyor_shared::store::number(now)),
+                    ("sha256", conveyor_shared::store::text(&artifact.sha256)),
+                ],
+            )
+            .await?;
+        if started == Transition::Applied {
+            tracing::info!(environment = %env.name, sha = %deployment.sha, %reason, "deployment started");
+            let release = Release {
+                version: deployment.version.clone(),
+                artifact: deployment.artifact.clone(),
+                sha256: artifact.sha256,
+            };
+            self.assign_wave(&targets, &release, &deployment.sha, 0, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn assign_wave(
+        &self,
+        targets: &[TargetRecord],
+        release: &Release,
+        sha: &str,
+        wave: usize,
+        now: i64,
+    ) -> Result<(), FanoutError> {
+        for target in targets.iter().filter(|t| t.wave == wave && t.state == TargetState::Waiting) {
+            self.table.set_desired(&target.environment, &target.instance, release, sha, false).await?;
+            self.table.set_target_state(target, &[TargetState::Waiting], TargetState::Assigned, None, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the running deployment of `env` one step further, if there is one.
+    pub async fn advance(&self, env: &Environment, sha: &str, now: i64) -> Result<Step, FanoutError> {
+        let Some(deployment) = self.table.deployment(&env.name, sha).await? else { return Ok(Step::Wait) };
+        if deployment.state != DeploymentState::InProgress {
+            return Ok(Step::Wait);
+        }
+        self.table.take_lock(&env.name, sha, now, self.timing.lock_ttl).await?;
+        let records = self.table.deployment_targets(&env.name, sha).await?;
+        let view: Vec<Target> = records
+            .iter()
+            .map(|t| Target { instance: t.instance.clone(), wave: t.wave, state: t.state, detail: t.detail.clone() })
+            .collect();
+        let wave = deployment.wave.unwrap_or(0);
+        let release = Release {
+            version: deployment.version.clone(),
+            artifact: deployment.artifact.clone(),
+            sha256: deployment.sha256.clone().unwrap_or_default(),
+        };
+        // Resume an assignment that a crashed invocation left half-done.
+        if records.iter().any(|t| t.wave == wave && t.state == TargetState::Waiting) {
+            self.assign_wave(&records, &release, sha, wave, now).await?;
+            return Ok(Step::Wait);
+        }
+        let step = rollout::next_step(
+            &view,
+            wave,
+            deployment.wave_started_at.unwrap_or(now),
+            env.rollout.wave_timeout.0 as i64,
+            now,
+        );
+        match &step {
+            Step::Wait => {}
+            Step::StartWave(next) => {
+                if self.table.advance_wave(&env.name, sha, wave, now).await? == Transition::Applied {
+                    tracing::info!(environment = %env.name, %sha, wave = next + 1, "next wave");
+                    self.assign_wave(&records, &release, sha, *next, now).await?;
+                }
+            }
+            Step::Succeed => {
+                let reason = format!("{} runs on all {} instances", release.version, records.len());
+                let key = Key::deployment(&env.name, sha);
+                if self.table.transition(key, "in_progress", "succeeded", &reason, now).await? == Transition::Applied {
+                    tracing::info!(environment = %env.name, %sha, %reason, "deployment succeeded");
+                    self.table.set_last_release(&env.name, &release).await?;
+                    self.table.release_lock(&env.name, sha).await?;
+                    Box::pin(self.start_next(env, now)).await?;
+                }
+            }
+            Step::RollBack { reason } => {
+                let key = Key::deployment(&env.name, sha);
+                if self.table.transition(key, "in_progress", "rolled_back", reason, now).await? == Transition::Applied {
+                    tracing::warn!(environment = %env.name, %sha, %reason, "rolling back");
+                    let changed = [TargetState::Assigned, TargetState::Succeeded, TargetState::Failed];
+                    for target in records.iter().filter(|t| t.wave <= wave && changed.contains(&t.state)) {
+                        if let Some(previous) = &target.previous {
+                            self.table.set_desired(&env.name, &target.instance, previous, sha, true).await?;
+                        }
+                    }
+                    let alert = AlertRecord {
+                        id: format!("{}-{sha}", env.name),
+                        source: "deploy".into(),
+                        kind: "deployment_rolled_back".into(),
+                        summary: format!("Deployment of {} to {} rolled back: {reason}", release.version, env.name),
+                        action: "The fleet is going back to the last good release; look at the failing instance's log tail in `conveyor status`".into(),
+                        customer: None,
+                        subscription: None,
+                        created_at: now,
+                    };
+                    self.table.record_alert(&alert).await?;
+                    self.table.release_lock(&env.name, sha).await?;
+                    Box::pin(self.start_next(env, now)).await?;
+                }
+            }
+        }
+        Ok(step)
+    }
+
+    /// Every environment: drop terminated instances, time waves out, start queued work.
+    pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
+        for env in &self.config.environments {
+            if let Some(sha) = self.table.lock_holder(&env.name, now).await? {
+                self.drop_terminated(env, &sha, now).await?;
+                self.advance(env, &sha, now).await?;
+            }
+            self.start_next(env, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_terminated(&self, env: &Environment, sha: &str, now: i64) -> Result<(), FanoutError> {
+        let targets = self.table.deployment_targets(&env.name, sha).await?;
+        let open = [TargetState::Waiting, TargetState::Assigned];
+        if !targets.iter().any(|t| open.contains(&t.state)) {
+            return Ok(());
+        }
+        let running: Vec<String> =
+            self.ec2.running_instances(None, &env.instances.tags).await?.into_iter().map(|i| i.id).collect();
+        for target in targets.iter().filter(|t| open.contains(&t.state) && !running.contains(&t.instance)) {
+            tracing::info!(environment = %env.name, instance = %target.instance, "instance gone: dropped from the deployment");
+            self.table.set_target_state(target, &open, TargetState::Dropped, Some("no longer running"), now).await?;
+        }
+        Ok(())
+    }
+
+    /// The environment a request's token and body agree on.
+    async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
+        let Some(presented) = token::bearer(http::header(request, "authorization")) else {
+            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
+        };
+        let scope = match self.table.token_scope(&token::hash(presented.as_bytes())).await {
+            Ok(Some(scope)) => scope,
+            Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
+            Err(err) => return Err(http::unavailable(&err, "the ledger could not be read; poll again")),
+        };
+        if scope != Scope::Environment(claimed.to_owned()).as_string() {
+            return Err(http::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the token is not for environment `{claimed}`"),
+            ));
+        }
+        self.config.environment(claimed).ok_or_else(|| {
+            http::error(StatusCode::NOT_FOUND, "unknown_environment", format!("no environment `{claimed}`"))
+        })
+    }
+
+    async fn poll(&self, request: Request) -> Response {
+        let poll: Poll = match parse_body(&request) {
+            Ok(poll) => poll,
+            Err(response) => return *response,
+        };
+        let env = match self.agent_environment(&request, &poll.environment).await {
+            Ok(env) => env,
+            Err(response) => return response,
+        };
+        // The one read of an idle poll.
+        let instance = match self.table.instance(&env.name, &poll.instance_id).await {
+            Ok(instance) => instance,
+            Err(err) => return http::unavailable(&err, "the ledger could not be read; poll again"),
+        };
+        let desired = instance.as_ref().and_then(|i| i.desired.clone());
+        match desired {
+            Some(release) if poll.current.as_deref() != Some(release.version.as_str()) => {
+                let url = match self.artifacts.presigned_get(&release.artifact, self.timing.presign).await {
+                    Ok(url) => url,
+                    Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
+                };
+                http::json(
+                    StatusCode::OK,
+                    &json!({
+                        "action": "deploy",
+                        "release": {"version": release.version, "url": url, "sha256": release.sha256},
+                        "rollback": instance.and_then(|i| i.rollback).unwrap_or(false),
+                        "poll_after": self.timing.busy_poll,
+                    }),
+                )
+            }
+            _ => http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll})),
+        }
+    }
+
+    async fn report(&self, request: Request) -> Response {
+        let report: Report = match parse_body(&request) {
+            Ok(report) => report,
+            Err(response) => return *response,
+        };
+        let env = match self.agent_environment(&request, &report.environment).await {
+            Ok(env) => env,
+            Err(response) => return response,
+        };
+        let now = conveyor_shared::unix_now();
+        match self.record_report(env, &report, now).await {
+            Ok(step) => http::json(StatusCode::OK, &json!({"ok": true, "step": format!("{step:?}")})),
+            Err(err) => http::unavailable(&err, "the report could not be recorded; report again"),
+        }
+    }
+
+    async fn record_report(&self, env: &Environment, report: &Report, now: i64) -> Result<Step, FanoutError> {
+        let succeeded = report.outcome == Outcome::Succeeded && report.healthy;
+        self.table
+            .record_agent_state(&env.name, &report.instance_id, report.current.as_deref(), report.healthy, now)
+            .await?;
+        let Some(sha) = self.table.lock_holder(&env.name, now).await? else { return Ok(Step::Wait) };
+        let Some(deployment) = self.table.deployment(&env.name, &sha).await? else { return Ok(Step::Wait) };
+        let key = Key::target(&env.name, &sha, &report.instance_id);
+        let Some(item) = self.table.get(key).await? else { return Ok(Step::Wait) };
+        let target: TargetRecord =
+            serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { kind: "target", source })?;
+        if report.version != deployment.version || target.state != TargetState::Assigned {
+            // A report about another release (a rollback, an old retry) does not move this one.
+            return Ok(Step::Wait);
+        }
+        let (state, detail) = if succeeded {
+            (TargetState::Succeeded, format!("runs {} and is healthy", report.version))
+        } else {
+            (TargetState::Failed, report.log.clone().unwrap_or_else(|| "failed without a log".into()))
+        };
+        self.table.set_target_state(&target, &[TargetState::Assigned], state, Some(&detail), now).await?;
+        self.advance(env, &sha, now).await
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Poll {
+    instance_id: String,
+    environment: String,
+    current: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    healthy: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    instance_id: String,
+    environment: String,
+    /// The release the agent tried.
+    version: String,
+    outcome: Outcome,
+    healthy: bool,
+    /// What `current` points at now.
+    current: Option<String>,
+    log: Option<String>,
+}
+
+trait AgentMessage {
+    fn instance_id(&self) -> &str;
+}
+
+impl AgentMessage for Poll {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+}
+
+impl AgentMessage for Report {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned + AgentMessage>(request: &Request) -> Result<T, Box<Response>> {
+    let bad = |status, code, message: String| Box::new(http::error(status, code, message));
+    if request.body().len() > 64 * 1024 {
+        return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "agent messages are at most 64 KB".into()));
+    }
+    let message: T = serde_json::from_slice(request.body())
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, "invalid_message", format!("the message is not valid: {e}")))?;
+    let id = message.instance_id();
+    let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            "instance_id must look like i-0123456789abcdef0".into(),
+        ));
+    }
+    Ok(message)
+}
+
+impl HttpFunction for Fanout {
+    fn name(&self) -> &'static str {
+        "deploy-fanout"
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        ROUTES
+    }
+
+    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async move {
+            let path = request.uri().path().trim_end_matches('/').to_owned();
+            match (request.method(), path.as_str()) {
+                (&Method::POST, "/agent/v1/poll") => self.poll(request).await,
+                (&Method::POST, "/agent/v1/report") => self.report(request).await,
+                (method, path) => {
+                    http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
+                }
+            }
+        })
+    }
+}
+
+impl StreamFunction for Fanout {
+    fn name(&self) -> &'static str {
+        "deploy-fanout"
+    }
+
+    fn filters(&self) -> &'static [&'static str] {
+        &[NEW_DEPLOYMENTS]
+    }
+
+    fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let now = conveyor_shared::unix_now();
+            for record in event["Records"].as_array().into_iter().flatten() {
+                let Some(name) = record["dynamodb"]["NewImage"]["environment"]["S"].as_str() else { continue };
+                let Some(env) = self.config.environment(name) else {
+                    tracing::warn!(environment = name, "a deployment for an environment not in conveyor.toml");
+                    continue;
+                };
+                self.start_next(env, now).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl ScheduledFunction for Fanout {
+    fn name(&self) -> &'static str {
+        "deploy-fanout"
+    }
+
+    fn every(&self) -> Duration {
+        self.timing.tick
+    }
+
+    fn tick(&self, _event: Value) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { Fanout::tick(self, conveyor_shared::unix_now()).await.map_err(|e| e.to_string()) })
+    }
+}

@@ -1,0 +1,139 @@
+//! S3 adapter: build artifacts. One artifact per build at `<repository>/<sha>.tar.gz` in the
+//! artifacts bucket, with its SHA-256 and version as object metadata, so the same bytes go
+//! to every host and each host can check them.
+
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::SdkConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("S3 {operation} of {url} failed: {message}")]
+    Aws { operation: &'static str, url: String, message: String },
+    #[error("`{0}` is not an s3://bucket/key URL")]
+    BadUrl(String),
+    #[error("{0} has no sha256 metadata: upload it with `conveyor artifact push`")]
+    NoChecksum(String),
+}
+
+/// An artifact as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub url: String,
+    pub sha256: String,
+    pub version: Option<String>,
+    pub size: i64,
+}
+
+/// `s3://bucket/key` split into bucket and key.
+pub fn parse_url(url: &str) -> Result<(&str, &str), S3Error> {
+    url.strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(bucket, key)| bucket.len() >= 3 && !key.is_empty())
+        .ok_or_else(|| S3Error::BadUrl(url.to_owned()))
+}
+
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    client: Client,
+}
+
+impl Artifacts {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        // Path-style addressing works with every endpoint, the local emulator's included.
+        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
+        Self { client: Client::from_conf(config) }
+    }
+
+    /// The artifact at `url`, or `None` when there is no such object.
+    pub async fn head(&self, url: &str) -> Result<Option<Artifact>, S3Error> {
+        let (bucket, key) = parse_url(url)?;
+        let head = match self.client.head_object().bucket(bucket).key(key).send().await {
+            Ok(head) => head,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => return Ok(None),
+            Err(err) => {
+                return Err(S3Error::Aws {
+                    operation: "HeadObject",
+                    url: url.to_owned(),
+                    message: DisplayErrorContext(err).to_string(),
+                });
+            }
+        };
+        let metadata = head.metadata().cloned().unwrap_or_default();
+        let sha256 = metadata.get("sha256").cloned().ok_or_else(|| S3Error::NoChecksum(url.to_owned()))?;
+        Ok(Some(Artifact {
+            url: url.to_owned(),
+            sha256,
+            version: metadata.get("version").cloned(),
+            size: head.content_length().unwrap_or_default(),
+        }))
+    }
+
+    /// Uploads `bytes` to `url` with their SHA-256 and `version` as metadata.
+    pub async fn put(&self, url: &str, bytes: Vec<u8>, sha256: &str, version: &str) -> Result<(), S3Error> {
+        let (bucket, key) = parse_url(url)?;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/gzip")
+            .metadata("sha256", sha256)
+            .metadata("version", version)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| S3Error::Aws {
+                operation: "PutObject",
+                url: url.to_owned(),
+                message: DisplayErrorContext(e).to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Creates `bucket` unless it exists. For the local emulator: in AWS the template owns it.
+    pub async fn create_bucket_if_missing(&self, bucket: &str) -> Result<bool, S3Error> {
+        if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
+            return Ok(false);
+        }
+        self.client.create_bucket().bucket(bucket).send().await.map_err(|e| S3Error::Aws {
+            operation: "CreateBucket",
+            url: format!("s3://{bucket}"),
+            message: DisplayErrorContext(e).to_string(),
+        })?;
+        Ok(true)
+    }
+
+    /// A URL that lets an agent download the artifact for `expires`, without credentials.
+    pub async fn presigned_get(&self, url: &str, expires: Duration) -> Result<String, S3Error> {
+        let (bucket, key) = parse_url(url)?;
+        let aws = |message: String| S3Error::Aws { operation: "presign GetObject", url: url.to_owned(), message };
+        let config = PresigningConfig::expires_in(expires).map_err(|e| aws(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| aws(DisplayErrorContext(e).to_string()))?;
+        Ok(request.uri().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_bucket_and_key() {
+        assert_eq!(parse_url("s3://artifacts/acme/shop/abc.tar.gz").unwrap(), ("artifacts", "acme/shop/abc.tar.gz"));
+        assert!(parse_url("s3://ab/x").is_err(), "bucket names have 3+ characters");
+        assert!(parse_url("https://x/y").is_err());
+        assert!(parse_url("s3://bucket/").is_err());
+    }
+}
