@@ -28,7 +28,11 @@ def main(template_path, routes_path, out_path):
     with open(template_path) as f:
         template = yaml_parse(f.read())
     with open(routes_path) as f:
-        served = {(r["function"], r["method"], r["path"]) for r in json.load(f)}
+        table = json.load(f)
+    served = {(r["function"], r["method"], r["path"]) for r in table if "path" in r}
+    # Filters are compared as JSON values, so spacing does not matter.
+    filters = {(r["function"], json.dumps(json.loads(r["stream_filter"]), sort_keys=True)) for r in table if "stream_filter" in r}
+    declared_filters = set()
 
     wired = set()
     problems = []
@@ -47,6 +51,9 @@ def main(template_path, routes_path, out_path):
             if event.get("Type") == "HttpApi":
                 props = event["Properties"]
                 wired.add((name, props["Method"].upper(), props["Path"]))
+            if event.get("Type") == "DynamoDB":
+                for f in event["Properties"].get("FilterCriteria", {}).get("Filters", []):
+                    declared_filters.add((name, json.dumps(json.loads(f["Pattern"]), sort_keys=True)))
         # samtranslator needs an S3 location; the real one comes from `sam deploy`.
         resource["Properties"]["CodeUri"] = "s3://conveyor-placeholder/code.zip"
 
@@ -54,6 +61,10 @@ def main(template_path, routes_path, out_path):
         problems.append("served by %s but not in the template: %s %s" % route)
     for route in sorted(wired - served):
         problems.append("in the template but not served by %s: %s %s" % route)
+    for name, pattern in sorted(filters - declared_filters):
+        problems.append(f"{name} filters its stream with {pattern} but the template does not")
+    for name, pattern in sorted(declared_filters - filters):
+        problems.append(f"the template filters {name}'s stream with {pattern}, which the function does not")
 
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     try:
@@ -69,7 +80,7 @@ def main(template_path, routes_path, out_path):
         for problem in problems:
             print(f"template: {problem}", file=sys.stderr)
         return 1
-    print(f"template: {len(wired)} routes match the functions; expanded to {out_path}")
+    print(f"template: {len(wired)} routes and {len(declared_filters)} stream filters match the functions; expanded to {out_path}")
     return 0
 
 

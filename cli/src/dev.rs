@@ -233,16 +233,21 @@ pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
     ]
 }
 
-/// The route table as JSON.
+/// Every function's stream filters, by function name: what the template's stream mappings
+/// must declare.
+pub fn stream_table() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![("deploy-fanout", &[deploy_fanout::NEW_DEPLOYMENTS])]
+}
+
+/// The route and stream tables as JSON.
 pub fn routes_json() -> serde_json::Value {
-    serde_json::Value::Array(
-        route_table()
-            .into_iter()
-            .flat_map(|(name, routes)| {
-                routes.iter().map(move |r| serde_json::json!({"function": name, "method": r.method, "path": r.path}))
-            })
-            .collect(),
-    )
+    let routes = route_table().into_iter().flat_map(|(name, routes)| {
+        routes.iter().map(move |r| serde_json::json!({"function": name, "method": r.method, "path": r.path}))
+    });
+    let streams = stream_table().into_iter().flat_map(|(name, filters)| {
+        filters.iter().map(move |f| serde_json::json!({"function": name, "stream_filter": f}))
+    });
+    serde_json::Value::Array(routes.chain(streams).collect())
 }
 
 /// The first inline secret of `name`, for signing replays.
@@ -269,6 +274,8 @@ mod tests {
             functions(Config::default(), &settings, &all, deploy_fanout::Timing::default(), &sdk).await.unwrap();
         let served: Vec<_> = catalog.http.iter().map(|f| (f.name(), f.routes())).collect();
         assert_eq!(served, route_table());
+        let streams: Vec<_> = catalog.streams.iter().map(|f| (f.name(), f.filters())).collect();
+        assert_eq!(streams, stream_table());
         let none =
             functions(Config::default(), &settings, &WebhookSecrets::default(), deploy_fanout::Timing::default(), &sdk)
                 .await
