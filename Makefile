@@ -18,7 +18,7 @@ help:
 	@echo "make clean    remove build output and tool environments"
 
 run:
-	cargo build -p conveyor-cli
+	cargo build -p conveyor-cli -p conveyor-agent
 	scripts/with-moto scripts/demo.sh
 
 test: lint unit

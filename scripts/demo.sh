@@ -17,10 +17,21 @@ GITHUB_WEBHOOK_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))
 STRIPE_WEBHOOK_SECRET=whsec_$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 export GITHUB_WEBHOOK_SECRET STRIPE_WEBHOOK_SECRET
 export CONVEYOR_TABLE=${CONVEYOR_TABLE:-conveyor-dev}
+# Quick ticks and polls, so the rollout is watchable.
+export CONVEYOR_TICK_SECONDS=1 CONVEYOR_IDLE_POLL_SECONDS=1
+agent="$root/target/debug/conveyor-agent"
+fleet_py="$root/.venv/moto/bin/python $root/scripts/demo_fleet.py"
+work=$(mktemp -d)
+pids=()
 
 "$conveyor" dev --listen "127.0.0.1:$port" --config events/conveyor.dev.toml &
 server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT INT TERM
+cleanup() {
+  for pid in "${pids[@]}" "$server"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
 for _ in $(seq 1 100); do
   python3 -c "import urllib.request; urllib.request.urlopen('$base/api/v1/builds', timeout=1)" 2>/dev/null && break
   kill -0 "$server" 2>/dev/null || { echo "the dev server did not start" >&2; exit 1; }
@@ -31,12 +42,66 @@ show() {
   python3 -c "import json, sys, urllib.request; print(json.dumps(json.load(urllib.request.urlopen(sys.argv[1])), indent=2))" "$base$1"
 }
 
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_state() { # environment sha states...
+  local env=$1 sha=$2; shift 2
+  for _ in $(seq 1 240); do
+    state=$(python3 -c "import json, sys, urllib.request
+d = json.load(urllib.request.urlopen('$base/api/v1/deployments?environment=$env'))['deployments']
+print(next((x['state'] for x in d if x['sha'] == '$sha'), ''))")
+    for want in "$@"; do [ "$state" = "$want" ] && { echo "deployment ${sha:0:12} is $state"; return 0; }; done
+    sleep 0.5
+  done
+  echo "deployment ${sha:0:12} did not reach $*" >&2; return 1
+}
+
+echo
+echo "== four agents play four EC2 instances (tagged app=shop-demo in the emulator)"
+mapfile -t instances < <($fleet_py instances 4 shop-demo)
+health_port=$(free_port)
+$fleet_py health "$health_port" "$work/apps" & pids+=($!)
+"$conveyor" token create --environment production --config events/conveyor.dev.toml | tail -n 1 > "$work/agent-token"
+for id in "${instances[@]}"; do
+  RUST_LOG=warn "$agent" --server "$base" --token-file "$work/agent-token" --environment production \
+    --instance-id "$id" --app-dir "$work/apps/$id" --health-url "http://127.0.0.1:$health_port/$id/health" &
+  pids+=($!)
+  echo "  agent for $id"
+done
+good_sha=3f4a9c2e7b1d5a6c8e0f2b4d6a8c0e1f3a5b7c9d
+broken_sha=9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d
+$fleet_py artifact "$work/good.tar.gz" ok
+$fleet_py artifact "$work/broken.tar.gz" broken
+echo "CI uploads the build's artifact:"
+"$conveyor" artifact push "$work/good.tar.gz" --sha "$good_sha" --repository acme/shop
+
 echo
 echo "== replaying sample GitHub deliveries (signed with this run's secret)"
 for sample in ping/hook-created push/main workflow_run/ci-success-main check_suite/success-main \
               workflow_run/ci-failure-main workflow_run/ci-success-develop; do
   "$conveyor" replay "events/github/$sample.json" --url "$base/webhooks/github"
 done
+echo
+echo "== the canary gets the release first, then half, then the rest"
+wait_state production "$good_sha" succeeded
+"$conveyor" status --environment production
+
+echo
+echo "== a broken release: its canary fails health and the fleet goes back"
+"$conveyor" artifact push "$work/broken.tar.gz" --sha "$broken_sha" --repository acme/shop
+python3 -c "import json; d = json.load(open('events/github/workflow_run/ci-success-main.json')); d['workflow_run']['head_sha'] = '$broken_sha'; d['workflow_run']['id'] += 100; print(json.dumps(d))" > "$work/broken-ci.json"
+mkdir -p "$work/github/workflow_run" && mv "$work/broken-ci.json" "$work/github/workflow_run/"
+"$conveyor" replay "$work/github/workflow_run/broken-ci.json" --url "$base/webhooks/github"
+wait_state production "$broken_sha" rolled_back
+for _ in $(seq 1 60); do
+  back=0
+  for id in "${instances[@]}"; do [ "$(readlink "$work/apps/$id/current")" = "releases/${good_sha:0:12}" ] && back=$((back + 1)); done
+  [ "$back" = 4 ] && break
+  sleep 0.5
+done
+"$conveyor" status --environment production
+echo "staging (no instances, no artifact):"
+"$conveyor" status --environment staging
+
 echo
 echo "== the same delivery again is a duplicate"
 "$conveyor" replay events/github/push/main.json --url "$base/webhooks/github" --delivery demo-repeat >/dev/null
@@ -71,10 +136,6 @@ upload
 echo
 echo "== GET /api/v1/builds"
 show /api/v1/builds
-echo "== GET /api/v1/deployments?environment=production"
-show "/api/v1/deployments?environment=production"
-echo "== GET /api/v1/deployments?environment=staging"
-show "/api/v1/deployments?environment=staging"
 echo "== GET /api/v1/customers/cus_QdemoShop"
 show /api/v1/customers/cus_QdemoShop
 

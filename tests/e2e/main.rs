@@ -1,5 +1,6 @@
 //! End-to-end tests: real HTTP on loopback, real DynamoDB API (moto).
 
+mod agent_channel;
 mod api;
 mod intake;
 mod local_aws;

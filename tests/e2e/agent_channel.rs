@@ -1,0 +1,50 @@
+use conveyor_e2e::TestApp;
+use serde_json::json;
+
+const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\n";
+
+async fn token(app: &TestApp, environment: &str) -> String {
+    let secret = conveyor_cli::ops::create_environment_token(&app.table, &app.config, environment).await.unwrap();
+    String::from_utf8(secret.expose().to_vec()).unwrap()
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: &str) -> conveyor_e2e::Answer {
+    let authorization = format!("Bearer {token}");
+    app.request("POST", path, &[("authorization", &authorization), ("content-type", "application/json")], body.to_owned()).await
+}
+
+#[tokio::test]
+async fn every_agent_endpoint_checks_token_environment_and_message() {
+    let app = TestApp::spawn(CONFIG).await;
+    let production = token(&app, "production").await;
+    let staging = token(&app, "staging").await;
+    let poll = json!({"instance_id": "i-0123456789abcdef0", "environment": "production", "current": null}).to_string();
+    let report = json!({"instance_id": "i-0123456789abcdef0", "environment": "production", "version": "v1",
+                        "outcome": "succeeded", "healthy": true, "current": "v1", "log": "ok"})
+    .to_string();
+    for (path, body) in [("/agent/v1/poll", &poll), ("/agent/v1/report", &report)] {
+        let wrong = post(&app, path, "cvy_not_a_token", body).await;
+        assert_eq!((wrong.status, wrong.body["error"]["code"].as_str()), (401, Some("invalid_token")), "{path}");
+        let missing = app.request("POST", path, &[], body.clone()).await;
+        assert_eq!(missing.status, 401, "{path}");
+        let other = post(&app, path, &staging, body).await;
+        assert_eq!((other.status, other.body["error"]["code"].as_str()), (403, Some("forbidden")), "{path}");
+        let malformed = post(&app, path, &production, "{\"instance_id\": 5}").await;
+        assert_eq!((malformed.status, malformed.body["error"]["code"].as_str()), (400, Some("invalid_message")), "{path}");
+        let bad_id = body.replace("i-0123456789abcdef0", "../etc");
+        assert_eq!(post(&app, path, &production, &bad_id).await.status, 400, "{path}");
+    }
+    // Nothing above changed the instance's record.
+    assert!(app.table.instance("production", "i-0123456789abcdef0").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_instance_outside_every_deployment_gets_nothing() {
+    let app = TestApp::spawn(CONFIG).await;
+    let production = token(&app, "production").await;
+    let poll = json!({"instance_id": "i-00000000000000001", "environment": "production", "current": "v1"}).to_string();
+    let answer = post(&app, "/agent/v1/poll", &production, &poll).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["action"], "none");
+    assert_eq!(answer.body["poll_after"], 1, "the idle interval");
+}
