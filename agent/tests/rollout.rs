@@ -72,12 +72,16 @@ async fn health_server(root: PathBuf, sick: Arc<Mutex<HashSet<String>>>) -> Sock
     addr
 }
 
-/// A release: a `.tar.gz` with `health.txt` and a hook file.
+/// A release: a `.tar.gz` with `health.txt` and a hook file. A `slow` release takes three
+/// seconds to validate on each instance, so that a test can act while it rolls.
 fn artifact(health: &str) -> Vec<u8> {
+    let (health, validate) = match health {
+        "slow" => ("ok", "sleep 3; test -f health.txt"),
+        other => (other, "test -f health.txt"),
+    };
+    let hooks = format!("[validate]\ncommand = \"{validate}\"\n");
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (name, body) in
-        [("health.txt", health), ("conveyor-hooks.toml", "[validate]\ncommand = \"test -f health.txt\"\n")]
-    {
+    for (name, body) in [("health.txt", health), ("conveyor-hooks.toml", hooks.as_str())] {
         let mut header = tar::Header::new_gnu();
         header.set_size(body.len() as u64);
         header.set_mode(0o644);
@@ -266,4 +270,81 @@ async fn health_failing_in_wave_two_restores_waves_one_and_two() {
     );
     rig.wait_until("waves 1 and 2 are restored", || rig.fleet.all_run(&good[..12])).await;
     assert!(rig.instances.len() == 4);
+}
+
+impl Rig {
+    /// Stops the agent of `instance`, as if its machine died.
+    fn kill_agent(&mut self, instance: &str) {
+        if let Some((_, child)) = self.fleet.agents.iter_mut().find(|(id, _)| id == instance) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the deployment of `sha` runs.
+    async fn running(&self, sha: &str) {
+        for _ in 0..240 {
+            if self.deployment(sha).await["state"] == "in_progress" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the deployment of {sha} did not start");
+    }
+
+    async fn wave_of(&self, sha: &str, wave: usize) -> Vec<String> {
+        self.targets(sha).await.into_iter().filter(|t| t.wave == wave).map(|t| t.instance).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_whose_agent_died_times_out_and_rolls_back() {
+    let mut rig = rig(4).await;
+    let (good, next) = (sha(6), sha(7));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    // The plan is the same for the same fleet: the canary of `next` is this one.
+    let canary = rig.wave_of(&good, 0).await.remove(0);
+    rig.kill_agent(&canary);
+    rig.ship(&next, "ok").await;
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    assert!(deployment["reason"].as_str().unwrap().contains("timed out"), "{deployment}");
+    assert!(rig.wave_of(&next, 1).await.iter().all(|id| rig.fleet.current(id).as_deref() == Some(&good[..12])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_terminated_mid_deployment_is_dropped_not_failed() {
+    let mut rig = rig(4).await;
+    let (good, next) = (sha(8), sha(9));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    let doomed = rig.wave_of(&good, 2).await.remove(0);
+    rig.ship(&next, "slow").await;
+    rig.running(&next).await;
+    // The last wave's instance goes away while the canary validates.
+    rig.kill_agent(&doomed);
+    aws_sdk_ec2::Client::new(&rig.app.sdk).terminate_instances().instance_ids(&doomed).send().await.unwrap();
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    let targets = rig.targets(&next).await;
+    let dropped = targets.iter().find(|t| t.instance == doomed).unwrap();
+    assert_eq!(dropped.state, conveyor_shared::domain::rollout::TargetState::Dropped);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_build_supersedes_the_queued_one() {
+    let rig = rig(2).await;
+    let (first, queued, newest) = (sha(10), sha(11), sha(12));
+    rig.ship(&first, "slow").await;
+    rig.running(&first).await;
+    rig.ship(&queued, "ok").await;
+    rig.ship(&newest, "ok").await;
+    let deployment = rig.finished(&first).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    let superseded = rig.finished(&queued).await;
+    assert_eq!(superseded["state"], "superseded", "{superseded}");
+    assert!(superseded["reason"].as_str().unwrap().contains(&newest[..12]), "{superseded}");
+    assert_eq!(rig.finished(&newest).await["state"], "succeeded");
+    assert!(rig.fleet.all_run(&newest[..12]));
 }

@@ -10,7 +10,13 @@ async fn token(app: &TestApp, environment: &str) -> String {
 
 async fn post(app: &TestApp, path: &str, token: &str, body: &str) -> conveyor_e2e::Answer {
     let authorization = format!("Bearer {token}");
-    app.request("POST", path, &[("authorization", &authorization), ("content-type", "application/json")], body.to_owned()).await
+    app.request(
+        "POST",
+        path,
+        &[("authorization", &authorization), ("content-type", "application/json")],
+        body.to_owned(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -30,7 +36,11 @@ async fn every_agent_endpoint_checks_token_environment_and_message() {
         let other = post(&app, path, &staging, body).await;
         assert_eq!((other.status, other.body["error"]["code"].as_str()), (403, Some("forbidden")), "{path}");
         let malformed = post(&app, path, &production, "{\"instance_id\": 5}").await;
-        assert_eq!((malformed.status, malformed.body["error"]["code"].as_str()), (400, Some("invalid_message")), "{path}");
+        assert_eq!(
+            (malformed.status, malformed.body["error"]["code"].as_str()),
+            (400, Some("invalid_message")),
+            "{path}"
+        );
         let bad_id = body.replace("i-0123456789abcdef0", "../etc");
         assert_eq!(post(&app, path, &production, &bad_id).await.status, 400, "{path}");
     }
