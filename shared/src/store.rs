@@ -260,6 +260,39 @@ impl Table {
         }
     }
 
+    /// Updates the item at `key` with `update` when `condition` holds: the one way Conveyor
+    /// changes state. `#state` always names the `state` attribute.
+    pub async fn update_if(
+        &self,
+        key: Key,
+        update: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Transition, StoreError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key.into_item()))
+            .update_expression(update)
+            .condition_expression(condition);
+        if condition.contains("#state") || update.contains("#state") {
+            request = request.expression_attribute_names("#state", "state");
+        }
+        for (name, attribute) in names {
+            request = request.expression_attribute_names(*name, *attribute);
+        }
+        for (placeholder, value) in values {
+            request = request.expression_attribute_values(placeholder, value);
+        }
+        match request.send().await {
+            Ok(_) => Ok(Transition::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
+    }
+
     /// Moves the item at `key` from state `from` to state `to`, recording `reason` and
     /// appending the change to its `history`, only if it is in state `from` now.
     pub async fn transition(
@@ -289,35 +322,25 @@ impl Table {
             ("reason".into(), s(reason)),
             ("at".into(), n(at)),
         ]));
-        let mut update =
-            "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)"
-                .to_string();
-        let mut request = self.client.update_item();
-        for (field, value) in fields {
-            update.push_str(&format!(", #f_{field} = :f_{field}"));
-            request = request
-                .expression_attribute_names(format!("#f_{field}"), field)
-                .expression_attribute_values(format!(":f_{field}"), value);
+        let mut update = String::from(
+            "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)",
+        );
+        let names: Vec<(String, String)> = fields.iter().map(|(f, _)| (format!("#f_{f}"), f.to_string())).collect();
+        let mut values = vec![
+            (":from", s(from)),
+            (":to", s(to)),
+            (":reason", s(reason)),
+            (":at", n(at)),
+            (":empty", AttributeValue::L(Vec::new())),
+            (":entry", AttributeValue::L(vec![entry])),
+        ];
+        let placeholders: Vec<String> = fields.iter().map(|(f, _)| format!(":f_{f}")).collect();
+        for ((field, value), placeholder) in fields.into_iter().zip(&placeholders) {
+            update.push_str(&format!(", #f_{field} = {placeholder}"));
+            values.push((placeholder.as_str(), value));
         }
-        let result = request
-            .table_name(&self.name)
-            .set_key(Some(key.into_item()))
-            .update_expression(update)
-            .condition_expression("#state = :from")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":from", s(from))
-            .expression_attribute_values(":to", s(to))
-            .expression_attribute_values(":reason", s(reason))
-            .expression_attribute_values(":at", n(at))
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":entry", AttributeValue::L(vec![entry]))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Transition::Applied),
-            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
-        }
+        let names: Vec<(&str, &str)> = names.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        self.update_if(key, &update, "#state = :from", &names, values).await
     }
 
     /// Writes `items` in batches of 25, retrying `UnprocessedItems` with backoff.
@@ -509,26 +532,20 @@ impl Table {
         outcome: &str,
         detail: &str,
     ) -> Result<Transition, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(key.into_item()))
-            .update_expression("SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until")
-            .condition_expression("#state = :processing AND claim = :token")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":done", s("done"))
-            .expression_attribute_values(":processing", s("processing"))
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":outcome", s(outcome))
-            .expression_attribute_values(":detail", s(detail))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Transition::Applied),
-            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
-        }
+        self.update_if(
+            key,
+            "SET #state = :done, outcome = :outcome, detail = :detail REMOVE lease_until",
+            "#state = :processing AND claim = :token",
+            &[],
+            vec![
+                (":done", s("done")),
+                (":processing", s("processing")),
+                (":token", s(token)),
+                (":outcome", s(outcome)),
+                (":detail", s(detail)),
+            ],
+        )
+        .await
     }
 
     /// Gives up a claim after a failure so that a redelivery is processed in full.
@@ -857,39 +874,24 @@ impl Table {
         detail: Option<&str>,
         now: i64,
     ) -> Result<Transition, StoreError> {
-        let state = |s: crate::domain::rollout::TargetState| {
-            serde_dynamo::to_attribute_value(s).map_err(|source| StoreError::Encode { kind: "target state", source })
+        let state = |state: crate::domain::rollout::TargetState| {
+            serde_dynamo::to_attribute_value(state)
+                .map_err(|source| StoreError::Encode { kind: "target state", source })
         };
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::target(&target.environment, &target.deployment, &target.instance).into_item()))
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":to", state(to)?)
-            .expression_attribute_values(":now", n(now));
-        let mut allowed = Vec::new();
-        for (i, from) in from.iter().enumerate() {
-            allowed.push(format!(":from{i}"));
-            request = request.expression_attribute_values(format!(":from{i}"), state(*from)?);
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!(":from{i}")).collect();
+        let mut values = vec![(":to", state(to)?), (":now", n(now))];
+        for (placeholder, from) in placeholders.iter().zip(from) {
+            values.push((placeholder.as_str(), state(*from)?));
         }
         let update = match detail {
             Some(detail) => {
-                request = request.expression_attribute_values(":detail", s(detail));
+                values.push((":detail", s(detail)));
                 "SET #state = :to, updated_at = :now, detail = :detail"
             }
             None => "SET #state = :to, updated_at = :now",
         };
-        let result = request
-            .update_expression(update)
-            .condition_expression(format!("#state IN ({})", allowed.join(", ")))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Transition::Applied),
-            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
-        }
+        let key = Key::target(&target.environment, &target.deployment, &target.instance);
+        self.update_if(key, update, &format!("#state IN ({})", placeholders.join(", ")), &[], values).await
     }
 
     pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
@@ -974,25 +976,16 @@ impl Table {
         now: i64,
         ttl: i64,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::deployment(environment, sha).into_item()))
-            .update_expression("SET planner = :token, planning_until = :until")
-            .condition_expression("#state = :pending AND (attribute_not_exists(planner) OR planning_until < :now)")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":token", s(token))
-            .expression_attribute_values(":until", n(now + ttl))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if is_condition_failure(&err) => Ok(false),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
-        }
+        let claimed = self
+            .update_if(
+                Key::deployment(environment, sha),
+                "SET planner = :token, planning_until = :until",
+                "#state = :pending AND (attribute_not_exists(planner) OR planning_until < :now)",
+                &[],
+                vec![(":pending", s("pending")), (":token", s(token)), (":until", n(now + ttl)), (":now", n(now))],
+            )
+            .await?;
+        Ok(claimed == Transition::Applied)
     }
 
     /// Moves a running deployment from wave `from` to the next, once.
@@ -1003,25 +996,19 @@ impl Table {
         from: usize,
         now: i64,
     ) -> Result<Transition, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::deployment(environment, sha).into_item()))
-            .update_expression("SET wave = :next, wave_started_at = :now, updated_at = :now")
-            .condition_expression("#state = :running AND wave = :from")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":running", s("in_progress"))
-            .expression_attribute_values(":from", n(from as i64))
-            .expression_attribute_values(":next", n(from as i64 + 1))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Transition::Applied),
-            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
-        }
+        self.update_if(
+            Key::deployment(environment, sha),
+            "SET wave = :next, wave_started_at = :now, updated_at = :now",
+            "#state = :running AND wave = :from",
+            &[],
+            vec![
+                (":running", s("in_progress")),
+                (":from", n(from as i64)),
+                (":next", n(from as i64 + 1)),
+                (":now", n(now)),
+            ],
+        )
+        .await
     }
 
     /// The deployment holding the environment's lock, if the lock is live.

@@ -77,8 +77,9 @@ pub async fn apply_run(table: &Table, provider: &str, run: &RunImages, now: i64)
         };
         match table.write_images(&change).await? {
             ImageWrite::Applied => return Ok(Applied::Changed(change)),
-            ImageWrite::RunAlreadyApplied => return Ok(already()),
-            ImageWrite::Conflict => backoff(attempt).await,
+            // Verified by the read at the top of the loop: a cancelled transaction's reasons
+            // are not trusted alone to decide that nothing needs writing.
+            ImageWrite::RunAlreadyApplied | ImageWrite::Conflict => backoff(attempt).await,
         }
     }
     Err(ImagesError::Contended(provider.to_owned()))
