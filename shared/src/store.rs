@@ -1201,7 +1201,8 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    fn delay(&self, attempt: u32) -> Duration {
+    /// How long to wait before attempt `attempt` (from 0): exponential, capped, jittered.
+    pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.first.saturating_mul(1 << attempt.min(16)).min(self.max);
         // Full jitter from a per-process random seed; no RNG crate needed for this.
         let random = {

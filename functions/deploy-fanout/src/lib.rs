@@ -444,9 +444,6 @@ struct Poll {
     instance_id: String,
     environment: String,
     current: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    healthy: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

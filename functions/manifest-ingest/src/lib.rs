@@ -17,7 +17,7 @@ use conveyor_shared::config::{Config, LoadError, Provider, Settings};
 use conveyor_shared::domain::packer::{self, Change, ImageMap, RunImages};
 use conveyor_shared::ec2::{Ec2, TemplateUpdate};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
-use conveyor_shared::store::{ImageChange, ImageState, ImageWrite, StoreError, Table};
+use conveyor_shared::store::{Backoff, ImageChange, ImageState, ImageWrite, StoreError, Table};
 use conveyor_shared::token::{self, Scope};
 use serde_json::json;
 
@@ -137,9 +137,8 @@ async fn current_images(table: &Table, provider: &str) -> Result<(ImageMap, i64)
 }
 
 async fn backoff(attempt: u32) {
-    use std::hash::{BuildHasher, RandomState};
-    let jitter = RandomState::new().hash_one(attempt) % 50;
-    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt + 1) + jitter)).await;
+    let policy = Backoff { first: Duration::from_millis(20), max: Duration::from_millis(500), attempts: MAX_ATTEMPTS };
+    tokio::time::sleep(policy.delay(attempt + 1)).await;
 }
 
 /// Points each of the provider's launch templates at the image of its region. Returns one
