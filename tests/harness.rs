@@ -90,6 +90,10 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with a chance to add functions to the catalog first.
     pub async fn spawn_with(config: &str, extend: impl FnOnce(&mut dev::Catalog)) -> TestApp {
+        // Warnings and errors of the functions show with a failing test's output.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let sdk = sdk().await;
         let settings = Settings {
             table: unique_name("conveyor-test"),

@@ -114,8 +114,13 @@ impl Hooks {
         let group = child.id();
         match tokio::time::timeout(Duration::from_secs(hook.timeout), child.wait_with_output()).await {
             Err(_) => {
-                if let Some(group) = group {
-                    let _ = tokio::process::Command::new("kill").arg("-KILL").arg(format!("-{group}")).status().await;
+                if let Some(group) = group.and_then(|id| i32::try_from(id).ok()).filter(|&id| id > 1) {
+                    // killpg, not `kill -KILL -<pgid>`: some kill(1) builds read a negative
+                    // pid as -1, which would signal every process the agent may signal.
+                    // SAFETY: killpg only sends a signal; `group` is the hook's own group.
+                    unsafe {
+                        libc::killpg(group, libc::SIGKILL);
+                    }
                 }
                 Err(HookError::TimedOut { stage: stage.name(), timeout: hook.timeout, tail: String::new() })
             }
@@ -169,12 +174,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_hook_is_killed() {
-        let dir = release("[start]\ncommand = \"sleep 30 & sleep 30; echo never\"\ntimeout = 1\n");
+    async fn a_slow_hook_is_killed_with_what_it_started_and_nothing_else() {
+        let dir = release("[start]\ncommand = \"sleep 30 & echo $! > bg.pid; sleep 30; echo never\"\ntimeout = 1\n");
+        let mut bystander = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let started = std::time::Instant::now();
         let err = Hooks::load(dir.path()).unwrap().run(Stage::Start, dir.path(), "v1").await.unwrap_err();
         assert!(matches!(err, HookError::TimedOut { timeout: 1, .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
+        let background = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap();
+        // Alive: listed and not a zombie waiting for its (new) parent to reap it.
+        let alive = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        };
+        for _ in 0..50 {
+            if !alive(background.trim()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!alive(background.trim()), "the hook's background process was killed too");
+        assert!(bystander.try_wait().unwrap().is_none(), "a process outside the hook's group lives on");
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 
     #[test]

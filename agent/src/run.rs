@@ -64,8 +64,32 @@ pub enum AgentError {
 struct PollAnswer {
     action: String,
     release: Option<Desired>,
+    /// The environment's `[environment.health]`, when conveyor.toml sets one: it replaces
+    /// the agent's own health flags.
+    health: Option<HealthCheck>,
     #[serde(default)]
     poll_after: u64,
+}
+
+/// How the agent checks its instance after a switch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HealthCheck {
+    pub url: String,
+    /// The status a healthy answer has; any 2xx when unset.
+    pub expect_status: Option<u16>,
+    pub timeout_seconds: u64,
+    pub attempts: u32,
+    /// 0: the agent's own `health_interval_ms`.
+    pub interval_seconds: u64,
+}
+
+impl HealthCheck {
+    fn passes(&self, status: reqwest::StatusCode) -> bool {
+        match self.expect_status {
+            Some(expected) => status.as_u16() == expected,
+            None => status.is_success(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,12 +172,13 @@ impl Agent {
                 serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
             })?;
         if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
+            let health = answer.health.or_else(|| self.own_health_check());
             std::fs::write(
                 self.in_flight_file(),
                 serde_json::to_vec(&InFlight { version: release.version.clone() }).unwrap_or_default(),
             )
             .map_err(|e| AgentError::Deploy(format!("cannot write {}: {e}", self.in_flight_file().display())))?;
-            let result = self.deploy(&release).await;
+            let result = self.deploy(&release, health.as_ref()).await;
             let (healthy, log) = match &result {
                 Ok(log) => (true, log.clone()),
                 Err(err) => (false, err.to_string()),
@@ -184,7 +209,18 @@ impl Agent {
         Ok(())
     }
 
-    async fn deploy(&self, release: &Desired) -> Result<String, AgentError> {
+    /// The health check from the agent's own flags, used when the server sends none.
+    fn own_health_check(&self) -> Option<HealthCheck> {
+        self.config.health_url.as_ref().map(|url| HealthCheck {
+            url: url.clone(),
+            expect_status: None,
+            timeout_seconds: 5,
+            attempts: self.config.health_attempts,
+            interval_seconds: 0,
+        })
+    }
+
+    async fn deploy(&self, release: &Desired, health: Option<&HealthCheck>) -> Result<String, AgentError> {
         let mut log = Vec::new();
         if self.releases.installed(&release.version) {
             log.push(format!("{} is on disk: switching without a download", release.version));
@@ -212,8 +248,8 @@ impl Agent {
             }
         }
         log.push(hooks.run(Stage::Start, &dir, &release.version).await?);
-        if let Some(url) = &self.config.health_url {
-            log.push(self.check_health(url).await?);
+        if let Some(health) = health {
+            log.push(self.check_health(health).await?);
         }
         log.push(hooks.run(Stage::Validate, &dir, &release.version).await?);
         let pruned = self.releases.prune(self.config.keep)?;
@@ -223,17 +259,25 @@ impl Agent {
         Ok(crate::hooks::tail(log.into_iter().filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n").as_bytes()))
     }
 
-    async fn check_health(&self, url: &str) -> Result<String, AgentError> {
+    async fn check_health(&self, check: &HealthCheck) -> Result<String, AgentError> {
+        let url = &check.url;
+        let interval = match check.interval_seconds {
+            0 => Duration::from_millis(self.config.health_interval_ms),
+            seconds => Duration::from_secs(seconds),
+        };
+        let timeout = Duration::from_secs(check.timeout_seconds.max(1));
         let mut last = String::new();
-        for attempt in 1..=self.config.health_attempts.max(1) {
-            match self.http.get(url).timeout(Duration::from_secs(5)).send().await {
-                Ok(response) if response.status().is_success() => {
+        for attempt in 1..=check.attempts.max(1) {
+            match self.http.get(url).timeout(timeout).send().await {
+                Ok(response) if check.passes(response.status()) => {
                     return Ok(format!("health check passed ({url}, attempt {attempt})"));
                 }
                 Ok(response) => last = format!("health check {url} answered {}", response.status()),
                 Err(err) => last = format!("health check {url} failed: {err}"),
             }
-            tokio::time::sleep(Duration::from_millis(self.config.health_interval_ms)).await;
+            if attempt < check.attempts {
+                tokio::time::sleep(interval).await;
+            }
         }
         Err(AgentError::Deploy(last))
     }

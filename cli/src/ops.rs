@@ -1,7 +1,8 @@
 //! Operator commands that change the ledger: tokens and image rollbacks.
 
 use conveyor_shared::config::Config;
-use conveyor_shared::domain::DeploymentRecord;
+use conveyor_shared::domain::rollout::{self, Instruction, TargetState};
+use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::s3::Artifacts;
 use conveyor_shared::secret::Secret;
@@ -116,29 +117,42 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
     for d in &deployments {
         let _ = writeln!(out, "  {:<12} {:<11} {}", d.version, d.state.as_str(), d.reason);
     }
+    let mut wants = std::collections::HashMap::new();
     if let Some(latest) = deployments.first() {
         let targets = table.deployment_targets(environment, &latest.sha).await?;
+        let progress = latest.progress();
         if !targets.is_empty() {
             let _ = writeln!(out, "deployment {} by wave", latest.version);
-            for t in &targets {
-                let state =
-                    serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  wave {} {:<22} {:<10} {}",
-                    t.wave + 1,
-                    t.instance,
-                    state,
-                    t.detail.as_deref().unwrap_or("")
-                );
-            }
+        }
+        for t in &targets {
+            let state = match t.state {
+                TargetState::Waiting if latest.state == DeploymentState::InProgress && t.wave <= progress.wave => {
+                    "deploying"
+                }
+                state => state.as_str(),
+            };
+            let _ = writeln!(
+                out,
+                "  wave {} {:<22} {:<11} {}",
+                t.wave + 1,
+                t.instance,
+                state,
+                t.detail.as_deref().unwrap_or("")
+            );
+            wants.insert(t.instance.clone(), (t.clone(), progress.clone()));
         }
     }
     let instances = table.environment_instances(environment).await?;
     if !instances.is_empty() {
         let _ = writeln!(out, "instances");
         for i in &instances {
-            let desired = i.desired.as_ref().map(|r| r.version.as_str()).unwrap_or("-");
+            // What the agent will be told at its next poll.
+            let desired = wants.get(&i.instance).and_then(|(target, progress)| {
+                match rollout::instruct(target, Some(progress), i.current.as_deref()).instruction {
+                    Instruction::Deploy { release, .. } => Some(release.version),
+                    _ => None,
+                }
+            });
             let health = match i.healthy {
                 Some(true) => "healthy",
                 Some(false) => "unhealthy",
@@ -146,10 +160,10 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
             };
             let _ = writeln!(
                 out,
-                "  {:<22} runs {:<12} wants {:<12} {health}",
+                "  {:<22} runs {:<12} {:<18} {health}",
                 i.instance,
                 i.current.as_deref().unwrap_or("-"),
-                desired
+                desired.map(|v| format!("next {v}")).unwrap_or_default(),
             );
         }
     }

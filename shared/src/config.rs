@@ -72,7 +72,9 @@ pub struct Environment {
     pub artifact: ArtifactTemplate,
     pub instances: InstanceFilter,
     pub rollout: Rollout,
-    pub health: HealthCheck,
+    /// When set, sent to the agents with each release and used instead of their own
+    /// `health_url` flags; when unset, each agent checks its own.
+    pub health: Option<HealthCheck>,
 }
 
 /// EC2 tag filters that pick an environment's instances.
@@ -370,8 +372,7 @@ struct RawEnvironment {
     instances: Option<InstanceFilter>,
     #[serde(default)]
     rollout: Rollout,
-    #[serde(default)]
-    health: HealthCheck,
+    health: Option<HealthCheck>,
 }
 
 /// The tag that marks an instance as part of an environment when no tags are configured.
@@ -604,7 +605,7 @@ mod tests {
         assert_eq!(env.rollout.waves, vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)]);
         assert_eq!(env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str), Some("production"));
         assert_eq!(env.artifact, ArtifactTemplate::default());
-        assert_eq!(env.health, HealthCheck::default());
+        assert_eq!(env.health, None, "agents check their own health URL");
         assert_eq!(env.rollout.wave_timeout, Seconds(600));
     }
 

@@ -30,12 +30,27 @@ pub enum TemplateUpdate {
 
 #[derive(Clone, Debug)]
 pub struct Ec2 {
-    sdk: SdkConfig,
+    /// The default region's client; other regions' are derived from its config.
+    client: Client,
 }
+
+/// EC2 throttles per account (`RequestLimitExceeded`); the SDK's standard retry classifies
+/// that as throttling and backs off. A deployment start can wait a little longer than the
+/// default three attempts rather than fail.
+const MAX_ATTEMPTS: u32 = 8;
 
 impl Ec2 {
     pub fn new(sdk: &SdkConfig) -> Self {
-        Self { sdk: sdk.clone() }
+        Self::from_conf(aws_sdk_ec2::config::Builder::from(sdk).build())
+    }
+
+    /// With a config of the caller's (interceptors in benchmarks); the retry policy is ours.
+    pub fn from_conf(config: aws_sdk_ec2::Config) -> Self {
+        let retry = aws_sdk_ec2::config::retry::RetryConfig::standard()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_initial_backoff(std::time::Duration::from_millis(100))
+            .with_max_backoff(std::time::Duration::from_secs(5));
+        Self { client: Client::from_conf(config.to_builder().retry_config(retry).build()) }
     }
 
     /// The running instances that carry every one of `tags` (key to value), in `region` or
@@ -46,17 +61,37 @@ impl Ec2 {
         region: Option<&str>,
         tags: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, Ec2Error> {
-        let client = match region {
-            Some(region) => self.client(region),
-            None => Client::new(&self.sdk),
-        };
-        let region_name =
-            region.map(str::to_owned).or_else(|| self.sdk.region().map(|r| r.to_string())).unwrap_or_default();
         let mut filters: Vec<Filter> = tags
             .iter()
             .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
             .collect();
         filters.push(Filter::builder().name("instance-state-name").values("running").build());
+        self.describe_running(region, filters).await
+    }
+
+    /// Which of `ids` (in the default region) still run.
+    pub async fn running_among(&self, ids: &[String]) -> Result<std::collections::HashSet<String>, Ec2Error> {
+        let mut running = std::collections::HashSet::new();
+        // EC2 takes at most 200 values per filter.
+        for chunk in ids.chunks(200) {
+            let filters = vec![
+                Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build(),
+                Filter::builder().name("instance-state-name").values("running").build(),
+            ];
+            running.extend(self.describe_running(None, filters).await?.into_iter().map(|i| i.id));
+        }
+        Ok(running)
+    }
+
+    async fn describe_running(&self, region: Option<&str>, filters: Vec<Filter>) -> Result<Vec<Instance>, Ec2Error> {
+        let client = match region {
+            Some(region) => self.client(region),
+            None => self.client.clone(),
+        };
+        let region_name = region
+            .map(str::to_owned)
+            .or_else(|| self.client.config().region().map(|r| r.to_string()))
+            .unwrap_or_default();
         paginate(|token| {
             let request =
                 client.describe_instances().set_filters(Some(filters.clone())).max_results(1000).set_next_token(token);
@@ -89,8 +124,7 @@ impl Ec2 {
     }
 
     fn client(&self, region: &str) -> Client {
-        let config = aws_sdk_ec2::config::Builder::from(&self.sdk).region(Region::new(region.to_owned())).build();
-        Client::from_conf(config)
+        Client::from_conf(self.client.config().to_builder().region(Region::new(region.to_owned())).build())
     }
 
     /// The AMIs (region to id) that are not `available` in their region, each with the reason.

@@ -45,9 +45,13 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn new(sdk: &SdkConfig) -> Self {
+        Self::from_conf(aws_sdk_s3::config::Builder::from(sdk).build())
+    }
+
+    /// With a config of the caller's (interceptors in benchmarks).
+    pub fn from_conf(config: aws_sdk_s3::Config) -> Self {
         // Path-style addressing works with every endpoint, the local emulator's included.
-        let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
-        Self { client: Client::from_conf(config) }
+        Self { client: Client::from_conf(config.to_builder().force_path_style(true).build()) }
     }
 
     /// The artifact at `url`, or `None` when there is no such object.

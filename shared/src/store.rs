@@ -13,7 +13,7 @@
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
 //! | deploy lock | `ENV#<environment>`         | `LOCK`                   |                       |                                  |       |
-//! | target      | `ENV#<environment>`         | `TARGET#<sha>#<instance>`|                       |                                  |       |
+//! | target      | `ENV#<environment>`         | `TARGET#<instance id>`   |                       |                                  |       |
 //! | instance    | `ENV#<environment>`         | `INSTANCE#<instance id>` |                       |                                  |       |
 //! | last good   | `ENV#<environment>`         | `RELEASE`                |                       |                                  |       |
 //! | token       | `TOKEN#<sha256 of token>`   | `TOKEN`                  |                       |                                  |       |
@@ -45,6 +45,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::packer::{Change, ImageMap};
+use crate::domain::rollout::{Release, TargetRecord, TargetState};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BuildRecord, CommitRecord, DeploymentRecord, PushRecord};
 
@@ -116,8 +117,8 @@ impl Key {
     pub fn subscription(customer: &str, subscription: &str) -> Self {
         Self { pk: format!("CUSTOMER#{customer}"), sk: format!("SUBSCRIPTION#{subscription}") }
     }
-    pub fn target(environment: &str, sha: &str, instance: &str) -> Self {
-        Self { pk: format!("ENV#{environment}"), sk: format!("TARGET#{sha}#{instance}") }
+    pub fn target(environment: &str, instance: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: format!("TARGET#{instance}") }
     }
     pub fn instance(environment: &str, instance: &str) -> Self {
         Self { pk: format!("ENV#{environment}"), sk: format!("INSTANCE#{instance}") }
@@ -381,7 +382,7 @@ impl Table {
     }
 
     /// The items of partition `pk` whose sort key starts with `prefix` (strongly consistent),
-    /// in sort key order or reversed.
+    /// in sort key order or reversed; pages are followed until `limit` items or the end.
     pub async fn partition(
         &self,
         pk: &str,
@@ -389,20 +390,30 @@ impl Table {
         limit: Option<i32>,
         reverse: bool,
     ) -> Result<Vec<Item>, StoreError> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.name)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(pk))
-            .expression_attribute_values(":prefix", s(prefix))
-            .scan_index_forward(!reverse)
-            .set_limit(limit)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|err| self.aws_error("Query", err))?;
-        Ok(output.items.unwrap_or_default())
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .scan_index_forward(!reverse)
+                .set_limit(limit.map(|limit| limit - items.len() as i32))
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|err| self.aws_error("Query", err))?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key.filter(|key| !key.is_empty());
+            let full = limit.is_some_and(|limit| items.len() as i32 >= limit);
+            if start.is_none() || full {
+                return Ok(items);
+            }
+        }
     }
 
     /// The newest `limit` items of a listing (`gsi1pk`), newest first.
@@ -814,118 +825,172 @@ impl Table {
     }
 }
 
-/// A release as an instance runs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Release {
-    pub version: String,
-    /// `s3://` URL of the artifact.
-    pub artifact: String,
-    pub sha256: String,
-}
-
-/// One instance's part in one deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct TargetRecord {
-    pub environment: String,
-    pub deployment: String,
-    pub instance: String,
-    pub wave: usize,
-    pub state: crate::domain::rollout::TargetState,
-    pub detail: Option<String>,
-    /// What the instance ran before: what a rollback gives back.
-    pub previous: Option<Release>,
-    pub updated_at: i64,
-}
-
-/// What an instance runs and what it should run (read by every agent poll: one item).
+/// What an agent last said its instance runs (written by reports, read by `conveyor status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct InstanceRecord {
     pub environment: String,
     pub instance: String,
     pub current: Option<String>,
     pub healthy: Option<bool>,
-    pub desired: Option<Release>,
-    /// The deployment (sha) that set `desired`, and whether it is a rollback.
-    pub desired_by: Option<String>,
-    pub rollback: Option<bool>,
     pub reported_at: Option<i64>,
 }
 
+/// Which per-wave counter of a running deployment a target's outcome goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Succeeded,
+    Failed,
+    Dropped,
+}
+
+impl Counter {
+    fn attribute(self) -> &'static str {
+        match self {
+            Counter::Succeeded => "succeeded",
+            Counter::Failed => "failed",
+            Counter::Dropped => "dropped",
+        }
+    }
+
+    fn state(self) -> TargetState {
+        match self {
+            Counter::Succeeded => TargetState::Succeeded,
+            Counter::Failed => TargetState::Failed,
+            Counter::Dropped => TargetState::Dropped,
+        }
+    }
+}
+
+fn target_state(state: TargetState) -> AttributeValue {
+    s(state.as_str())
+}
+
 impl Table {
+    /// Writes a deployment's targets in batches: one item per instance, replacing the
+    /// instance's target of an earlier (finished: the lock says so) deployment.
     pub async fn write_targets(&self, targets: &[TargetRecord]) -> Result<(), StoreError> {
         let items = targets
             .iter()
-            .map(|t| encode("target", t, Key::target(&t.environment, &t.deployment, &t.instance)))
+            .map(|t| encode("target", t, Key::target(&t.environment, &t.instance)))
             .collect::<Result<Vec<_>, _>>()?;
         self.batch_put(items).await
     }
 
-    pub async fn deployment_targets(&self, environment: &str, sha: &str) -> Result<Vec<TargetRecord>, StoreError> {
-        let items = self.partition(&format!("ENV#{environment}"), &format!("TARGET#{sha}#"), None, false).await?;
-        items.into_iter().map(|item| decode("target", item)).collect()
+    /// The instance's target in its latest deployment: the one read of an idle poll.
+    pub async fn target(&self, environment: &str, instance: &str) -> Result<Option<TargetRecord>, StoreError> {
+        self.get(Key::target(environment, instance)).await?.map(|item| decode("target", item)).transpose()
     }
 
-    /// Moves a target to `to` if it is in one of `from`.
-    pub async fn set_target_state(
+    /// The targets of deployment `sha`, by wave, then instance.
+    pub async fn deployment_targets(&self, environment: &str, sha: &str) -> Result<Vec<TargetRecord>, StoreError> {
+        let items = self.partition(&format!("ENV#{environment}"), "TARGET#", None, false).await?;
+        let mut targets: Vec<TargetRecord> = items
+            .into_iter()
+            .map(|item| decode("target", item))
+            .filter(|t: &Result<TargetRecord, _>| t.as_ref().map_or(true, |t| t.deployment == sha))
+            .collect::<Result<_, _>>()?;
+        targets.sort_by(|a, b| (a.wave, &a.instance).cmp(&(b.wave, &b.instance)));
+        Ok(targets)
+    }
+
+    /// Records a target's outcome and counts it in its deployment's wave, in one transaction:
+    /// only if the target still waits in deployment `target.deployment` and that deployment
+    /// still runs. A failure also becomes the deployment's failure reason, if it is the first.
+    pub async fn count_outcome(
         &self,
         target: &TargetRecord,
-        from: &[crate::domain::rollout::TargetState],
-        to: crate::domain::rollout::TargetState,
+        counter: Counter,
         detail: Option<&str>,
         now: i64,
     ) -> Result<Transition, StoreError> {
-        let state = |state: crate::domain::rollout::TargetState| {
-            serde_dynamo::to_attribute_value(state)
-                .map_err(|source| StoreError::Encode { kind: "target state", source })
+        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+        let built = |err: aws_sdk_dynamodb::error::BuildError| StoreError::Aws {
+            operation: "TransactWriteItems",
+            table: self.name.clone(),
+            message: err.to_string(),
         };
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!(":from{i}")).collect();
-        let mut values = vec![(":to", state(to)?), (":now", n(now))];
-        for (placeholder, from) in placeholders.iter().zip(from) {
-            values.push((placeholder.as_str(), state(*from)?));
-        }
-        let update = match detail {
-            Some(detail) => {
-                values.push((":detail", s(detail)));
+        let mut target_update = Update::builder()
+            .table_name(&self.name)
+            .set_key(Some(Key::target(&target.environment, &target.instance).into_item()))
+            .update_expression(if detail.is_some() {
                 "SET #state = :to, updated_at = :now, detail = :detail"
-            }
-            None => "SET #state = :to, updated_at = :now",
+            } else {
+                "SET #state = :to, updated_at = :now"
+            })
+            .condition_expression("deployment = :sha AND #state = :waiting")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":to", target_state(counter.state()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":sha", s(&target.deployment))
+            .expression_attribute_values(":waiting", target_state(TargetState::Waiting));
+        if let Some(detail) = detail {
+            target_update = target_update.expression_attribute_values(":detail", s(detail));
+        }
+        // Counters are lists indexed by wave; `wave` comes from our own plan.
+        let wave = target.wave;
+        let counter_name = counter.attribute();
+        let mut deployment_update = Update::builder()
+            .table_name(&self.name)
+            .set_key(Some(Key::deployment(&target.environment, &target.deployment).into_item()))
+            .condition_expression("#state = :running")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#counter", counter_name)
+            .expression_attribute_values(":running", s("in_progress"))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now));
+        let mut update = format!("SET #counter[{wave}] = #counter[{wave}] + :one, updated_at = :now");
+        if counter == Counter::Failed {
+            let failure =
+                format!("{} failed in wave {}: {}", target.instance, wave + 1, detail.unwrap_or("no detail reported"));
+            update.push_str(", failure = if_not_exists(failure, :failure)");
+            deployment_update = deployment_update.expression_attribute_values(":failure", s(failure));
+        }
+        let items = vec![
+            TransactWriteItem::builder().update(target_update.build().map_err(built)?).build(),
+            TransactWriteItem::builder()
+                .update(deployment_update.update_expression(update).build().map_err(built)?)
+                .build(),
+        ];
+        let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => return Ok(Transition::Applied),
+            Err(err) => err,
         };
-        let key = Key::target(&target.environment, &target.deployment, &target.instance);
-        self.update_if(key, update, &format!("#state IN ({})", placeholders.join(", ")), &[], values).await
+        if let Some(
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                cancelled,
+            ),
+        ) = err.as_service_error()
+            && cancelled.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
+        {
+            return Ok(Transition::Rejected);
+        }
+        Err(self.aws_error("TransactWriteItems", err))
+    }
+
+    /// Settles a target once its deployment has ended (see [`crate::domain::rollout::instruct`]).
+    pub async fn settle_target(
+        &self,
+        target: &TargetRecord,
+        to: TargetState,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        self.update_if(
+            Key::target(&target.environment, &target.instance),
+            "SET #state = :to, updated_at = :now",
+            "deployment = :sha AND #state = :from",
+            &[],
+            vec![
+                (":to", target_state(to)),
+                (":now", n(now)),
+                (":sha", s(&target.deployment)),
+                (":from", target_state(target.state)),
+            ],
+        )
+        .await
     }
 
     pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
         self.get(Key::instance(environment, instance)).await?.map(|item| decode("instance", item)).transpose()
-    }
-
-    /// Tells an instance's agent which release to run.
-    pub async fn set_desired(
-        &self,
-        environment: &str,
-        instance: &str,
-        release: &Release,
-        by: &str,
-        rollback: bool,
-    ) -> Result<(), StoreError> {
-        let release = serde_dynamo::to_attribute_value(release)
-            .map_err(|source| StoreError::Encode { kind: "release", source })?;
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::instance(environment, instance).into_item()))
-            .update_expression(
-                "SET environment = :env, instance = :id, desired = :release, desired_by = :by, #rollback = :rollback",
-            )
-            .expression_attribute_names("#rollback", "rollback")
-            .expression_attribute_values(":env", s(environment))
-            .expression_attribute_values(":id", s(instance))
-            .expression_attribute_values(":release", release)
-            .expression_attribute_values(":by", s(by))
-            .expression_attribute_values(":rollback", AttributeValue::Bool(rollback))
-            .send()
-            .await
-            .map_err(|err| self.aws_error("UpdateItem", err))?;
-        Ok(())
     }
 
     /// Records what an agent says its instance runs.
@@ -986,6 +1051,50 @@ impl Table {
             )
             .await?;
         Ok(claimed == Transition::Applied)
+    }
+
+    /// Gives up a planning claim (the planner failed), so that the next tick plans at once.
+    pub async fn release_planning(&self, environment: &str, sha: &str, token: &str) -> Result<(), StoreError> {
+        self.update_if(
+            Key::deployment(environment, sha),
+            "REMOVE planner, planning_until",
+            "#state = :pending AND planner = :token",
+            &[],
+            vec![(":pending", s("pending")), (":token", s(token))],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a planned deployment at wave 0 with zeroed per-wave counters, once.
+    pub async fn start_deployment(
+        &self,
+        environment: &str,
+        sha: &str,
+        sizes: &[usize],
+        sha256: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        let list = |values: Vec<i64>| AttributeValue::L(values.into_iter().map(n).collect());
+        let zeros = || list(vec![0; sizes.len()]);
+        self.transition_setting(
+            Key::deployment(environment, sha),
+            "pending",
+            "in_progress",
+            reason,
+            now,
+            vec![
+                ("wave", n(0)),
+                ("wave_started_at", n(now)),
+                ("sha256", s(sha256)),
+                ("sizes", list(sizes.iter().map(|&size| size as i64).collect())),
+                ("succeeded", zeros()),
+                ("failed", zeros()),
+                ("dropped", zeros()),
+            ],
+        )
+        .await
     }
 
     /// Moves a running deployment from wave `from` to the next, once.

@@ -165,6 +165,11 @@ async fn a_newer_build_supersedes_the_queued_ones() {
         wave: None,
         wave_started_at: None,
         sha256: None,
+        sizes: Vec::new(),
+        succeeded: Vec::new(),
+        failed: Vec::new(),
+        dropped: Vec::new(),
+        failure: None,
     };
     let running = deployment("aaa", 100, DeploymentState::InProgress);
     let queued = deployment("bbb", 200, DeploymentState::Pending);

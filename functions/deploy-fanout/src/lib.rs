@@ -7,18 +7,21 @@
 //! invocation left half-done. Nothing is remembered between invocations: every step reads
 //! the ledger, decides with [`conveyor_shared::domain::rollout`], and writes conditionally.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, Environment, LoadError, Settings};
-use conveyor_shared::domain::rollout::{self, Step, Target, TargetState};
+use conveyor_shared::domain::rollout::{
+    self, DeploymentPlan, Instruction, Release, ReportEffect, Step, TargetRecord, TargetState,
+};
 use conveyor_shared::domain::stripe::AlertRecord;
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::{Ec2, Ec2Error};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::s3::{Artifacts, S3Error};
-use conveyor_shared::store::{Key, Release, StoreError, Table, TargetRecord, Transition};
+use conveyor_shared::store::{Counter, Key, StoreError, Table, Transition};
 use conveyor_shared::token::{self, Scope};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
 use serde::Deserialize;
@@ -83,6 +86,13 @@ impl Timing {
     }
 }
 
+/// How long a warm function trusts an agent token it found in the table. Polls come every few
+/// seconds from every instance; with this an idle poll costs one table read, and a token
+/// deleted from the table stops working within this time.
+const TOKEN_CACHE: Duration = Duration::from_secs(300);
+/// Tokens cached at most (one per environment in practice).
+const TOKEN_CACHE_ENTRIES: usize = 256;
+
 #[derive(Clone)]
 pub struct Fanout {
     table: Table,
@@ -90,11 +100,31 @@ pub struct Fanout {
     artifacts: Artifacts,
     config: Arc<Config>,
     timing: Timing,
+    /// Token hash to (scope, when it was read).
+    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl Fanout {
     pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
-        Self { table, ec2, artifacts, config, timing }
+        Self { table, ec2, artifacts, config, timing, tokens: Arc::default() }
+    }
+
+    /// The scope of a presented token's hash, from the cache or the table.
+    async fn token_scope(&self, hash: String) -> Result<Option<String>, StoreError> {
+        let cached = self.tokens.lock().ok().and_then(|cache| {
+            cache.get(&hash).filter(|(_, read)| read.elapsed() < TOKEN_CACHE).map(|(scope, _)| scope.clone())
+        });
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let scope = self.table.token_scope(&hash).await?;
+        if let (Some(scope), Ok(mut cache)) = (&scope, self.tokens.lock()) {
+            if cache.len() >= TOKEN_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(hash, (scope.clone(), Instant::now()));
+        }
+        Ok(scope)
     }
 
     pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
@@ -137,6 +167,15 @@ impl Fanout {
         if !self.table.claim_planning(&env.name, &deployment.sha, &token, now, 60).await? {
             return Ok(());
         }
+        let planned = self.plan(env, deployment, now).await;
+        if planned.is_err() {
+            // Let the next tick plan it again at once rather than when the claim expires.
+            self.table.release_planning(&env.name, &deployment.sha, &token).await?;
+        }
+        planned
+    }
+
+    async fn plan(&self, env: &Environment, deployment: &DeploymentRecord, now: i64) -> Result<(), FanoutError> {
         let fail = |reason: String| async move {
             tracing::warn!(environment = %env.name, sha = %deployment.sha, %reason, "deployment failed before it started");
             self.table
@@ -165,133 +204,83 @@ impl Fanout {
             Ok(waves) => waves,
             Err(err) => return fail(err.to_string()).await,
         };
-        let last_good = self.table.last_release(&env.name).await?;
-        let mut targets = Vec::new();
-        for (wave, ids) in waves.iter().enumerate() {
-            for id in ids {
-                let current = self.table.instance(&env.name, id).await?.and_then(|i| i.current);
-                // A rollback can only give back a release whose artifact Conveyor knows.
-                let previous = last_good.clone().filter(|release| current.as_deref() == Some(release.version.as_str()));
-                targets.push(TargetRecord {
-                    environment: env.name.clone(),
-                    deployment: deployment.sha.clone(),
-                    instance: id.clone(),
-                    wave,
-                    state: TargetState::Waiting,
-                    detail: None,
-                    previous,
-                    updated_at: now,
-                });
-            }
+        let release = Release {
+            version: deployment.version.clone(),
+            artifact: deployment.artifact.clone(),
+            sha256: artifact.sha256,
+        };
+        // A rollback gives back the environment's last good release, whose artifact is known.
+        let previous = self.table.last_release(&env.name).await?;
+        let targets = DeploymentPlan {
+            environment: &env.name,
+            deployment: &deployment.sha,
+            release: &release,
+            previous: previous.as_ref(),
+            now,
         }
+        .targets(&waves);
         self.table.write_targets(&targets).await?;
-        let reason =
-            format!("rolling {} out to {} instances in {} waves", deployment.version, targets.len(), waves.len());
-        let started = self
-            .table
-            .transition_setting(
-                Key::deployment(&env.name, &deployment.sha),
-                "pending",
-                "in_progress",
-                &reason,
-                now,
-                vec![
-                    ("wave", conveyor_shared::store::number(0)),
-                    ("wave_started_at", conveyor_shared::store::number(now)),
-                    ("sha256", conveyor_shared::store::text(&artifact.sha256)),
-                ],
-            )
-            .await?;
+        let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
+        let reason = format!("rolling {} out to {} instances in {} waves", release.version, targets.len(), waves.len());
+        let started =
+            self.table.start_deployment(&env.name, &deployment.sha, &sizes, &release.sha256, &reason, now).await?;
         if started == Transition::Applied {
             tracing::info!(environment = %env.name, sha = %deployment.sha, %reason, "deployment started");
-            let release = Release {
-                version: deployment.version.clone(),
-                artifact: deployment.artifact.clone(),
-                sha256: artifact.sha256,
-            };
-            self.assign_wave(&targets, &release, &deployment.sha, 0, now).await?;
         }
         Ok(())
     }
 
-    async fn assign_wave(
+    /// Takes the running deployment of `env` one step further, if there is one. The wave's
+    /// hand-out needs no writes: each agent's poll sees the wave number on the deployment.
+    pub async fn advance(
         &self,
-        targets: &[TargetRecord],
-        release: &Release,
+        env: &Environment,
         sha: &str,
-        wave: usize,
         now: i64,
-    ) -> Result<(), FanoutError> {
-        for target in targets.iter().filter(|t| t.wave == wave && t.state == TargetState::Waiting) {
-            self.table.set_desired(&target.environment, &target.instance, release, sha, false).await?;
-            self.table.set_target_state(target, &[TargetState::Waiting], TargetState::Assigned, None, now).await?;
-        }
-        Ok(())
-    }
-
-    /// Takes the running deployment of `env` one step further, if there is one.
-    pub async fn advance(&self, env: &Environment, sha: &str, now: i64) -> Result<Step, FanoutError> {
+        waiting_for: &[String],
+    ) -> Result<Step, FanoutError> {
         let Some(deployment) = self.table.deployment(&env.name, sha).await? else { return Ok(Step::Wait) };
         if deployment.state != DeploymentState::InProgress {
             return Ok(Step::Wait);
         }
-        self.table.take_lock(&env.name, sha, now, self.timing.lock_ttl).await?;
-        let records = self.table.deployment_targets(&env.name, sha).await?;
-        let view: Vec<Target> = records
-            .iter()
-            .map(|t| Target { instance: t.instance.clone(), wave: t.wave, state: t.state, detail: t.detail.clone() })
-            .collect();
-        let wave = deployment.wave.unwrap_or(0);
-        let release = Release {
-            version: deployment.version.clone(),
-            artifact: deployment.artifact.clone(),
-            sha256: deployment.sha256.clone().unwrap_or_default(),
-        };
-        // Resume an assignment that a crashed invocation left half-done.
-        if records.iter().any(|t| t.wave == wave && t.state == TargetState::Waiting) {
-            self.assign_wave(&records, &release, sha, wave, now).await?;
-            return Ok(Step::Wait);
-        }
-        let step = rollout::next_step(
-            &view,
-            wave,
-            deployment.wave_started_at.unwrap_or(now),
-            env.rollout.wave_timeout.0 as i64,
-            now,
-        );
+        let progress = deployment.progress();
+        let step = rollout::next_step(&progress, env.rollout.wave_timeout.0 as i64, now, waiting_for);
+        let key = Key::deployment(&env.name, sha);
         match &step {
             Step::Wait => {}
             Step::StartWave(next) => {
-                if self.table.advance_wave(&env.name, sha, wave, now).await? == Transition::Applied {
+                if self.table.advance_wave(&env.name, sha, progress.wave, now).await? == Transition::Applied {
                     tracing::info!(environment = %env.name, %sha, wave = next + 1, "next wave");
-                    self.assign_wave(&records, &release, sha, *next, now).await?;
                 }
             }
             Step::Succeed => {
-                let reason = format!("{} runs on all {} instances", release.version, records.len());
-                let key = Key::deployment(&env.name, sha);
+                let planned: usize = progress.sizes.iter().sum();
+                let dropped: usize = progress.dropped.iter().sum();
+                let reason = match dropped {
+                    0 => format!("{} runs on all {planned} instances", deployment.version),
+                    _ => format!("{} runs on {} instances ({dropped} dropped)", deployment.version, planned - dropped),
+                };
                 if self.table.transition(key, "in_progress", "succeeded", &reason, now).await? == Transition::Applied {
                     tracing::info!(environment = %env.name, %sha, %reason, "deployment succeeded");
+                    let release = Release {
+                        version: deployment.version.clone(),
+                        artifact: deployment.artifact.clone(),
+                        sha256: deployment.sha256.clone().unwrap_or_default(),
+                    };
                     self.table.set_last_release(&env.name, &release).await?;
                     self.table.release_lock(&env.name, sha).await?;
                     Box::pin(self.start_next(env, now)).await?;
                 }
             }
             Step::RollBack { reason } => {
-                let key = Key::deployment(&env.name, sha);
+                // Every instance of the waves so far goes back to `previous` at its next poll.
                 if self.table.transition(key, "in_progress", "rolled_back", reason, now).await? == Transition::Applied {
                     tracing::warn!(environment = %env.name, %sha, %reason, "rolling back");
-                    let changed = [TargetState::Assigned, TargetState::Succeeded, TargetState::Failed];
-                    for target in records.iter().filter(|t| t.wave <= wave && changed.contains(&t.state)) {
-                        if let Some(previous) = &target.previous {
-                            self.table.set_desired(&env.name, &target.instance, previous, sha, true).await?;
-                        }
-                    }
                     let alert = AlertRecord {
                         id: format!("{}-{sha}", env.name),
                         source: "deploy".into(),
                         kind: "deployment_rolled_back".into(),
-                        summary: format!("Deployment of {} to {} rolled back: {reason}", release.version, env.name),
+                        summary: format!("Deployment of {} to {} rolled back: {reason}", deployment.version, env.name),
                         action: "The fleet is going back to the last good release; look at the failing instance's log tail in `conveyor status`".into(),
                         customer: None,
                         subscription: None,
@@ -306,31 +295,55 @@ impl Fanout {
         Ok(step)
     }
 
-    /// Every environment: drop terminated instances, time waves out, start queued work.
+    /// Every environment: renew the running deployment's lock, drop its terminated
+    /// instances, time its wave out; then start queued work.
     pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
         for env in &self.config.environments {
             if let Some(sha) = self.table.lock_holder(&env.name, now).await? {
-                self.drop_terminated(env, &sha, now).await?;
-                self.advance(env, &sha, now).await?;
+                self.table.take_lock(&env.name, &sha, now, self.timing.lock_ttl).await?;
+                if let Some(deployment) = self.table.deployment(&env.name, &sha).await?
+                    && deployment.state == DeploymentState::InProgress
+                {
+                    let waiting = self.drop_terminated(env, &deployment, now).await?;
+                    self.advance(env, &sha, now, &waiting).await?;
+                }
             }
             self.start_next(env, now).await?;
         }
         Ok(())
     }
 
-    async fn drop_terminated(&self, env: &Environment, sha: &str, now: i64) -> Result<(), FanoutError> {
-        let targets = self.table.deployment_targets(&env.name, sha).await?;
-        let open = [TargetState::Waiting, TargetState::Assigned];
-        if !targets.iter().any(|t| open.contains(&t.state)) {
-            return Ok(());
+    /// Drops the current wave's unreported targets whose instances no longer run; answers the
+    /// ones still waited for.
+    async fn drop_terminated(
+        &self,
+        env: &Environment,
+        deployment: &DeploymentRecord,
+        now: i64,
+    ) -> Result<Vec<String>, FanoutError> {
+        let wave = deployment.wave.unwrap_or(0);
+        let waiting: Vec<TargetRecord> = self
+            .table
+            .deployment_targets(&env.name, &deployment.sha)
+            .await?
+            .into_iter()
+            .filter(|t| t.wave == wave && t.state == TargetState::Waiting)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(Vec::new());
         }
-        let running: Vec<String> =
-            self.ec2.running_instances(None, &env.instances.tags).await?.into_iter().map(|i| i.id).collect();
-        for target in targets.iter().filter(|t| open.contains(&t.state) && !running.contains(&t.instance)) {
+        let ids: Vec<String> = waiting.iter().map(|t| t.instance.clone()).collect();
+        let running = self.ec2.running_among(&ids).await?;
+        let mut still = Vec::new();
+        for target in waiting {
+            if running.contains(&target.instance) {
+                still.push(target.instance);
+                continue;
+            }
             tracing::info!(environment = %env.name, instance = %target.instance, "instance gone: dropped from the deployment");
-            self.table.set_target_state(target, &open, TargetState::Dropped, Some("no longer running"), now).await?;
+            self.table.count_outcome(&target, Counter::Dropped, Some("no longer running"), now).await?;
         }
-        Ok(())
+        Ok(still)
     }
 
     /// The environment a request's token and body agree on.
@@ -338,7 +351,7 @@ impl Fanout {
         let Some(presented) = token::bearer(http::header(request, "authorization")) else {
             return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
         };
-        let scope = match self.table.token_scope(&token::hash(presented.as_bytes())).await {
+        let scope = match self.token_scope(token::hash(presented.as_bytes())).await {
             Ok(Some(scope)) => scope,
             Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
             Err(err) => return Err(http::unavailable(&err, "the ledger could not be read; poll again")),
@@ -364,30 +377,57 @@ impl Fanout {
             Ok(env) => env,
             Err(response) => return response,
         };
-        // The one read of an idle poll.
-        let instance = match self.table.instance(&env.name, &poll.instance_id).await {
-            Ok(instance) => instance,
+        let decision = match self.decide_poll(env, &poll).await {
+            Ok(decision) => decision,
             Err(err) => return http::unavailable(&err, "the ledger could not be read; poll again"),
         };
-        let desired = instance.as_ref().and_then(|i| i.desired.clone());
-        match desired {
-            Some(release) if poll.current.as_deref() != Some(release.version.as_str()) => {
-                let url = match self.artifacts.presigned_get(&release.artifact, self.timing.presign).await {
-                    Ok(url) => url,
-                    Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
-                };
-                http::json(
-                    StatusCode::OK,
-                    &json!({
-                        "action": "deploy",
-                        "release": {"version": release.version, "url": url, "sha256": release.sha256},
-                        "rollback": instance.and_then(|i| i.rollback).unwrap_or(false),
-                        "poll_after": self.timing.busy_poll,
-                    }),
-                )
+        let (release, rollback) = match decision {
+            Instruction::Deploy { release, rollback } => (release, rollback),
+            Instruction::Wait => {
+                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.busy_poll}));
             }
-            _ => http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll})),
+            Instruction::Nothing => {
+                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll}));
+            }
+        };
+        let url = match self.artifacts.presigned_get(&release.artifact, self.timing.presign).await {
+            Ok(url) => url,
+            Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
+        };
+        let mut answer = json!({
+            "action": "deploy",
+            "release": {"version": release.version, "url": url, "sha256": release.sha256},
+            "rollback": rollback,
+            "poll_after": self.timing.busy_poll,
+        });
+        if let Some(health) = &env.health {
+            answer["health"] = json!({
+                "url": health.url,
+                "expect_status": health.expect_status,
+                "timeout_seconds": health.timeout.0,
+                "attempts": health.attempts,
+                "interval_seconds": health.interval.0,
+            });
         }
+        http::json(StatusCode::OK, &answer)
+    }
+
+    /// An idle poll reads the instance's target only; the deployment is read while one
+    /// involves the instance, and an ended deployment settles the target once.
+    async fn decide_poll(&self, env: &Environment, poll: &Poll) -> Result<Instruction, StoreError> {
+        let Some(target) = self.table.target(&env.name, &poll.instance_id).await? else {
+            return Ok(Instruction::Nothing);
+        };
+        let progress = if rollout::needs_progress(&target) {
+            self.table.deployment(&env.name, &target.deployment).await?.map(|d| d.progress())
+        } else {
+            None
+        };
+        let decision = rollout::instruct(&target, progress.as_ref(), poll.current.as_deref());
+        if let Some(to) = decision.settle {
+            self.table.settle_target(&target, to, conveyor_shared::unix_now()).await?;
+        }
+        Ok(decision.instruction)
     }
 
     async fn report(&self, request: Request) -> Response {
@@ -411,23 +451,24 @@ impl Fanout {
         self.table
             .record_agent_state(&env.name, &report.instance_id, report.current.as_deref(), report.healthy, now)
             .await?;
-        let Some(sha) = self.table.lock_holder(&env.name, now).await? else { return Ok(Step::Wait) };
-        let Some(deployment) = self.table.deployment(&env.name, &sha).await? else { return Ok(Step::Wait) };
-        let key = Key::target(&env.name, &sha, &report.instance_id);
-        let Some(item) = self.table.get(key).await? else { return Ok(Step::Wait) };
-        let target: TargetRecord =
-            serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { kind: "target", source })?;
-        if report.version != deployment.version || target.state != TargetState::Assigned {
-            // A report about another release (a rollback, an old retry) does not move this one.
+        let Some(target) = self.table.target(&env.name, &report.instance_id).await? else { return Ok(Step::Wait) };
+        let Some(deployment) = self.table.deployment(&env.name, &target.deployment).await? else {
+            return Ok(Step::Wait);
+        };
+        let counter = match rollout::judge_report(&target, &deployment.progress(), &report.version, succeeded) {
+            ReportEffect::Ignore => return Ok(Step::Wait),
+            ReportEffect::Record(TargetState::Succeeded) => Counter::Succeeded,
+            ReportEffect::Record(_) => Counter::Failed,
+        };
+        let detail = match counter {
+            Counter::Succeeded => format!("runs {} and is healthy", report.version),
+            _ => report.log.clone().unwrap_or_else(|| "failed without a log".into()),
+        };
+        if self.table.count_outcome(&target, counter, Some(&detail), now).await? == Transition::Rejected {
+            // Counted before (a retried report), or the deployment ended meanwhile.
             return Ok(Step::Wait);
         }
-        let (state, detail) = if succeeded {
-            (TargetState::Succeeded, format!("runs {} and is healthy", report.version))
-        } else {
-            (TargetState::Failed, report.log.clone().unwrap_or_else(|| "failed without a log".into()))
-        };
-        self.table.set_target_state(&target, &[TargetState::Assigned], state, Some(&detail), now).await?;
-        self.advance(env, &sha, now).await
+        self.advance(env, &target.deployment, now, &[]).await
     }
 }
 

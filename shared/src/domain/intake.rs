@@ -284,6 +284,11 @@ fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'
             wave: None,
             wave_started_at: None,
             sha256: None,
+            sizes: Vec::new(),
+            succeeded: Vec::new(),
+            failed: Vec::new(),
+            dropped: Vec::new(),
+            failure: None,
         })
         .collect()
 }

@@ -114,9 +114,37 @@ pub struct DeploymentRecord {
     /// The artifact's SHA-256, known once the deployment starts.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Per wave, from the start: planned targets, and those that succeeded, failed or were
+    /// dropped (counted by the agents' reports, so deciding never reads the targets).
+    #[serde(default)]
+    pub sizes: Vec<usize>,
+    #[serde(default)]
+    pub succeeded: Vec<usize>,
+    #[serde(default)]
+    pub failed: Vec<usize>,
+    #[serde(default)]
+    pub dropped: Vec<usize>,
+    /// The first failure an agent reported, in words. Absent, not null, until then: the
+    /// store sets it with `if_not_exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl DeploymentRecord {
+    /// Where the deployment stands, as [`crate::domain::rollout`] decides on it.
+    pub fn progress(&self) -> crate::domain::rollout::Progress {
+        crate::domain::rollout::Progress {
+            state: self.state,
+            wave: self.wave.unwrap_or(0),
+            wave_started_at: self.wave_started_at.unwrap_or(self.created_at),
+            sizes: self.sizes.clone(),
+            succeeded: self.succeeded.clone(),
+            failed: self.failed.clone(),
+            dropped: self.dropped.clone(),
+            failure: self.failure.clone(),
+        }
+    }
+
     /// The version a build of `sha` is deployed as: its first 12 hex digits, which stay unique
     /// within a repository and name the release directory on every instance.
     pub fn version_for(sha: &str) -> String {

@@ -81,30 +81,131 @@ fn spread_across_zones(instances: &[Instance]) -> Vec<String> {
     (0..longest).flat_map(|i| zones.values().filter_map(move |ids| ids.get(i).map(|id| id.to_string()))).collect()
 }
 
-/// Where one instance stands in a deployment.
+/// A release as an instance runs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    pub version: String,
+    /// `s3://` URL of the artifact.
+    pub artifact: String,
+    pub sha256: String,
+}
+
+/// Where one instance stands in its latest deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetState {
-    /// In a later wave; not touched yet.
+    /// Planned; once its wave starts the agent is handed the release, until it reports.
     Waiting,
-    /// Handed the new release; its agent has not reported yet.
-    Assigned,
     /// Runs the new release and passed its health check.
     Succeeded,
     /// Reported a failed install or health check.
     Failed,
     /// Terminated during the deployment: not part of it any more, and no failure.
     Dropped,
+    /// Settled: the deployment succeeded and this instance keeps the release.
+    Kept,
+    /// Settled: the deployment rolled back and this instance goes back to `previous`.
+    RolledBack,
+    /// Settled: the deployment ended before this instance's wave.
+    Untouched,
 }
 
-/// One instance of a deployment, as the decision needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+impl TargetState {
+    /// Settled states need no look at the deployment to know what the instance should run.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Dropped | Self::Kept | Self::RolledBack | Self::Untouched)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+            Self::Kept => "kept",
+            Self::RolledBack => "rolled_back",
+            Self::Untouched => "untouched",
+        }
+    }
+}
+
+/// One instance's part in its latest deployment: one item per instance, written in batches
+/// when a deployment is planned, and the only item an agent's poll reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TargetRecord {
+    pub environment: String,
+    /// The deployment (its sha).
+    pub deployment: String,
     pub instance: String,
     pub wave: usize,
     pub state: TargetState,
     /// What the agent said with its last report (a log tail, a health failure).
     pub detail: Option<String>,
+    pub release: Release,
+    /// The environment's last good release when the deployment was planned: what a rollback
+    /// gives back.
+    pub previous: Option<Release>,
+    pub updated_at: i64,
+}
+
+impl TargetRecord {
+    /// What a settled target's instance should run.
+    fn settled_release(&self) -> Option<&Release> {
+        match self.state {
+            TargetState::Kept => Some(&self.release),
+            TargetState::RolledBack => self.previous.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What every target of one deployment shares.
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentPlan<'a> {
+    pub environment: &'a str,
+    pub deployment: &'a str,
+    pub release: &'a Release,
+    pub previous: Option<&'a Release>,
+    pub now: i64,
+}
+
+impl DeploymentPlan<'_> {
+    /// One waiting target per instance of `waves` (from [`plan_waves`]).
+    pub fn targets(&self, waves: &[Vec<String>]) -> Vec<TargetRecord> {
+        waves
+            .iter()
+            .enumerate()
+            .flat_map(|(wave, ids)| ids.iter().map(move |id| (wave, id)))
+            .map(|(wave, id)| TargetRecord {
+                environment: self.environment.to_owned(),
+                deployment: self.deployment.to_owned(),
+                instance: id.clone(),
+                wave,
+                state: TargetState::Waiting,
+                detail: None,
+                release: self.release.clone(),
+                previous: self.previous.cloned(),
+                updated_at: self.now,
+            })
+            .collect()
+    }
+}
+
+/// Where a deployment stands, as the poll and the gate need it: all of it lives on the
+/// deployment record, so deciding never reads the targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub state: crate::domain::DeploymentState,
+    /// The current wave, from 0.
+    pub wave: usize,
+    pub wave_started_at: i64,
+    /// Per wave: planned, succeeded, failed and dropped targets.
+    pub sizes: Vec<usize>,
+    pub succeeded: Vec<usize>,
+    pub failed: Vec<usize>,
+    pub dropped: Vec<usize>,
+    /// The first failure reported, in words.
+    pub failure: Option<String>,
 }
 
 /// What a running deployment does next.
@@ -112,7 +213,7 @@ pub struct Target {
 pub enum Step {
     /// Nothing to do until agents report or the wave times out.
     Wait,
-    /// The current wave passed: hand the next wave its release.
+    /// The current wave passed: start the next one.
     StartWave(usize),
     /// Every wave passed.
     Succeed,
@@ -120,31 +221,112 @@ pub enum Step {
     RollBack { reason: String },
 }
 
-/// Decides the next step of a deployment in wave `wave` (started at `wave_started_at`).
-pub fn next_step(targets: &[Target], wave: usize, wave_started_at: i64, timeout_seconds: i64, now: i64) -> Step {
-    let current: Vec<&Target> = targets.iter().filter(|t| t.wave == wave && t.state != TargetState::Dropped).collect();
-    if let Some(failed) = current.iter().find(|t| t.state == TargetState::Failed) {
-        return Step::RollBack {
-            reason: format!(
-                "{} failed in wave {}: {}",
-                failed.instance,
-                wave + 1,
-                failed.detail.as_deref().unwrap_or("no detail reported")
-            ),
-        };
+/// Decides the next step of a running deployment. `waiting_for` names the current wave's
+/// instances that have not reported, when the caller knows them (for the timeout reason).
+pub fn next_step(progress: &Progress, timeout_seconds: i64, now: i64, waiting_for: &[String]) -> Step {
+    let wave = progress.wave;
+    let count = |counts: &[usize]| counts.get(wave).copied().unwrap_or(0);
+    if count(&progress.failed) > 0 {
+        let reason = progress.failure.clone().unwrap_or_else(|| format!("an instance failed in wave {}", wave + 1));
+        return Step::RollBack { reason };
     }
-    let pending: Vec<&str> =
-        current.iter().filter(|t| t.state != TargetState::Succeeded).map(|t| t.instance.as_str()).collect();
-    if pending.is_empty() {
-        let last_wave = targets.iter().map(|t| t.wave).max().unwrap_or(0);
-        return if wave >= last_wave { Step::Succeed } else { Step::StartWave(wave + 1) };
+    let planned = count(&progress.sizes);
+    let settled = count(&progress.succeeded) + count(&progress.dropped);
+    if settled >= planned {
+        return if wave + 1 >= progress.sizes.len() { Step::Succeed } else { Step::StartWave(wave + 1) };
     }
-    if now - wave_started_at > timeout_seconds {
+    if now - progress.wave_started_at > timeout_seconds {
+        let missing = planned - settled;
+        let who =
+            if waiting_for.is_empty() { format!("{missing} of {planned} instances") } else { waiting_for.join(", ") };
         return Step::RollBack {
-            reason: format!("wave {} timed out after {timeout_seconds} s waiting for {}", wave + 1, pending.join(", ")),
+            reason: format!("wave {} timed out after {timeout_seconds} s waiting for {who}", wave + 1),
         };
     }
     Step::Wait
+}
+
+/// What a poll answers an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instruction {
+    /// Install and switch to this release.
+    Deploy { release: Release, rollback: bool },
+    /// A deployment involves this instance but has nothing for it yet: poll again soon.
+    Wait,
+    /// Nothing to do: poll again at the idle pace.
+    Nothing,
+}
+
+/// A poll's answer, and the state to settle the target in (once) when its deployment has
+/// ended, so that later polls need only the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub instruction: Instruction,
+    pub settle: Option<TargetState>,
+}
+
+/// Whether answering a poll needs the deployment's progress besides the target.
+pub fn needs_progress(target: &TargetRecord) -> bool {
+    !target.state.is_settled()
+}
+
+/// Decides a poll from the instance's target, its deployment's progress (read only when
+/// [`needs_progress`]), and the release the agent runs now.
+pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Option<&str>) -> Decision {
+    use crate::domain::DeploymentState as D;
+    let run = |release: Option<&Release>, rollback: bool| match release {
+        Some(release) if current != Some(release.version.as_str()) => {
+            Instruction::Deploy { release: release.clone(), rollback }
+        }
+        _ => Instruction::Nothing,
+    };
+    let settled = |state: TargetState| {
+        let settled = TargetRecord { state, ..target.clone() };
+        Decision {
+            instruction: run(settled.settled_release(), state == TargetState::RolledBack),
+            settle: (state != target.state).then_some(state),
+        }
+    };
+    if target.state.is_settled() {
+        return settled(target.state);
+    }
+    let Some(progress) = progress else { return settled(TargetState::Untouched) };
+    let reached = target.wave <= progress.wave;
+    match progress.state {
+        D::InProgress if !reached => Decision { instruction: Instruction::Wait, settle: None },
+        D::InProgress => {
+            let instruction = match target.state {
+                // Also when the agent already runs it: it re-checks health and reports.
+                TargetState::Waiting => Instruction::Deploy { release: target.release.clone(), rollback: false },
+                _ => Instruction::Wait,
+            };
+            Decision { instruction, settle: None }
+        }
+        D::Succeeded if target.state == TargetState::Succeeded => settled(TargetState::Kept),
+        D::RolledBack | D::Failed if reached => settled(TargetState::RolledBack),
+        _ => settled(TargetState::Untouched),
+    }
+}
+
+/// What an agent's report does to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEffect {
+    /// Count the target as succeeded or failed in its wave.
+    Record(TargetState),
+    /// A report about another release (a rollback, an old retry) or a wave not started.
+    Ignore,
+}
+
+pub fn judge_report(target: &TargetRecord, progress: &Progress, version: &str, succeeded: bool) -> ReportEffect {
+    let counts = progress.state == crate::domain::DeploymentState::InProgress
+        && target.state == TargetState::Waiting
+        && target.wave <= progress.wave
+        && target.release.version == version;
+    match (counts, succeeded) {
+        (true, true) => ReportEffect::Record(TargetState::Succeeded),
+        (true, false) => ReportEffect::Record(TargetState::Failed),
+        (false, _) => ReportEffect::Ignore,
+    }
 }
 
 #[cfg(test)]
@@ -203,36 +385,134 @@ mod tests {
         assert_eq!(plan_waves(&[], &CANARY, WaveSize::Count(0)), Err(PlanError::NoInstances));
     }
 
-    fn target(instance: &str, wave: usize, state: TargetState) -> Target {
-        Target { instance: instance.into(), wave, state, detail: None }
+    fn progress(wave: usize, sizes: &[usize], succeeded: &[usize], failed: &[usize], dropped: &[usize]) -> Progress {
+        Progress {
+            state: crate::domain::DeploymentState::InProgress,
+            wave,
+            wave_started_at: 0,
+            sizes: sizes.to_vec(),
+            succeeded: succeeded.to_vec(),
+            failed: failed.to_vec(),
+            dropped: dropped.to_vec(),
+            failure: None,
+        }
     }
 
     #[test]
-    fn a_wave_passes_when_every_target_succeeded() {
-        use TargetState::*;
-        let targets =
-            [target("a", 0, Succeeded), target("b", 1, Assigned), target("c", 1, Succeeded), target("d", 2, Waiting)];
-        assert_eq!(next_step(&targets, 0, 0, 600, 10), Step::StartWave(1));
-        assert_eq!(next_step(&targets, 1, 0, 600, 10), Step::Wait);
-        let done = [target("a", 0, Succeeded), target("b", 1, Succeeded), target("c", 1, Dropped)];
-        assert_eq!(next_step(&done, 1, 0, 600, 10), Step::Succeed, "a dropped instance is not waited for");
-        let all_dropped = [target("a", 0, Dropped), target("b", 1, Waiting)];
-        assert_eq!(next_step(&all_dropped, 0, 0, 600, 10), Step::StartWave(1));
+    fn a_wave_passes_when_every_target_succeeded_or_was_dropped() {
+        assert_eq!(next_step(&progress(0, &[1, 2, 1], &[1, 0, 0], &[0; 3], &[0; 3]), 600, 10, &[]), Step::StartWave(1));
+        assert_eq!(next_step(&progress(1, &[1, 2, 1], &[1, 1, 0], &[0; 3], &[0; 3]), 600, 10, &[]), Step::Wait);
+        let done = progress(1, &[1, 2], &[1, 1], &[0, 0], &[0, 1]);
+        assert_eq!(next_step(&done, 600, 10, &[]), Step::Succeed, "a dropped instance is not waited for");
+        let all_dropped = progress(0, &[1, 1], &[0, 0], &[0, 0], &[1, 0]);
+        assert_eq!(next_step(&all_dropped, 600, 10, &[]), Step::StartWave(1));
     }
 
     #[test]
     fn a_failure_or_a_timeout_rolls_back() {
-        use TargetState::*;
-        let failed =
-            [Target { detail: Some("health check: 500".into()), ..target("b", 1, Failed) }, target("c", 1, Succeeded)];
-        let Step::RollBack { reason } = next_step(&failed, 1, 0, 600, 10) else { panic!("rolls back") };
+        let failed = Progress {
+            failure: Some("b failed in wave 2: health check: 500".into()),
+            ..progress(1, &[1, 2], &[1, 1], &[0, 1], &[0, 0])
+        };
+        let Step::RollBack { reason } = next_step(&failed, 600, 10, &[]) else { panic!("rolls back") };
         assert!(reason.contains("b failed in wave 2: health check: 500"), "{reason}");
-        let slow = [target("a", 0, Assigned)];
-        assert_eq!(next_step(&slow, 0, 0, 600, 600), Step::Wait);
-        let Step::RollBack { reason } = next_step(&slow, 0, 0, 600, 601) else { panic!("times out") };
-        assert!(reason.contains("timed out") && reason.contains('a'), "{reason}");
-        let last = [target("a", 0, Succeeded), target("z", 1, Failed)];
-        assert!(matches!(next_step(&last, 1, 0, 600, 1), Step::RollBack { .. }), "a failure on the last host fails it");
+        let slow = progress(0, &[2, 1], &[1, 0], &[0, 0], &[0, 0]);
+        assert_eq!(next_step(&slow, 600, 600, &[]), Step::Wait);
+        let Step::RollBack { reason } = next_step(&slow, 600, 601, &["i-a".into()]) else { panic!("times out") };
+        assert!(reason.contains("wave 1 timed out") && reason.contains("i-a"), "{reason}");
+        let Step::RollBack { reason } = next_step(&slow, 600, 601, &[]) else { panic!("times out") };
+        assert!(reason.contains("1 of 2 instances"), "{reason}");
+        let last = progress(1, &[1, 1], &[1, 0], &[0, 1], &[0, 0]);
+        assert!(matches!(next_step(&last, 600, 1, &[]), Step::RollBack { .. }), "a failure on the last host fails it");
+    }
+
+    fn release(version: &str) -> Release {
+        Release { version: version.into(), artifact: format!("s3://a/{version}.tar.gz"), sha256: "00".into() }
+    }
+
+    fn target(wave: usize, state: TargetState) -> TargetRecord {
+        TargetRecord {
+            environment: "production".into(),
+            deployment: "abc".into(),
+            instance: "i-1".into(),
+            wave,
+            state,
+            detail: None,
+            release: release("new"),
+            previous: Some(release("old")),
+            updated_at: 0,
+        }
+    }
+
+    fn deploy(version: &str, rollback: bool) -> Instruction {
+        Instruction::Deploy { release: release(version), rollback }
+    }
+
+    #[test]
+    fn a_poll_is_handed_the_release_once_its_wave_starts() {
+        use TargetState::*;
+        let running = progress(0, &[1, 1], &[0, 0], &[0, 0], &[0, 0]);
+        assert_eq!(instruct(&target(1, Waiting), Some(&running), Some("old")).instruction, Instruction::Wait);
+        assert_eq!(instruct(&target(0, Waiting), Some(&running), Some("old")).instruction, deploy("new", false));
+        assert_eq!(
+            instruct(&target(0, Waiting), Some(&running), Some("new")).instruction,
+            deploy("new", false),
+            "an agent that switched but never reported is asked again, so it reports"
+        );
+        assert_eq!(instruct(&target(0, Succeeded), Some(&running), Some("new")).instruction, Instruction::Wait);
+        assert_eq!(instruct(&target(0, Waiting), Some(&running), None).settle, None);
+    }
+
+    #[test]
+    fn an_ended_deployment_settles_each_target_once() {
+        use crate::domain::DeploymentState as D;
+        use TargetState::*;
+        let ended = |state, wave| Progress { state, ..progress(wave, &[1, 1, 1], &[1, 0, 0], &[0, 1, 0], &[0; 3]) };
+        let rolled_back = ended(D::RolledBack, 1);
+        let decision = instruct(&target(0, Succeeded), Some(&rolled_back), Some("new"));
+        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(RolledBack) });
+        let decision = instruct(&target(1, Failed), Some(&rolled_back), Some("new"));
+        assert_eq!(decision.instruction, deploy("old", true));
+        let decision = instruct(&target(2, Waiting), Some(&rolled_back), Some("old"));
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched) });
+        let decision = instruct(&target(0, Succeeded), Some(&ended(D::Succeeded, 2)), Some("new"));
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Kept) });
+        assert_eq!(instruct(&target(0, Waiting), None, Some("old")).settle, Some(Untouched));
+    }
+
+    #[test]
+    fn a_settled_target_needs_no_deployment() {
+        use TargetState::*;
+        for state in [Kept, RolledBack, Untouched, Dropped] {
+            assert!(!needs_progress(&target(0, state)));
+        }
+        assert_eq!(
+            instruct(&target(0, Kept), None, Some("new")),
+            Decision { instruction: Instruction::Nothing, settle: None }
+        );
+        assert_eq!(
+            instruct(&target(0, Kept), None, Some("old")).instruction,
+            deploy("new", false),
+            "drift is repaired"
+        );
+        assert_eq!(instruct(&target(0, RolledBack), None, Some("new")).instruction, deploy("old", true));
+        assert_eq!(instruct(&target(0, RolledBack), None, Some("old")).instruction, Instruction::Nothing);
+        let first_ever = TargetRecord { previous: None, ..target(0, RolledBack) };
+        assert_eq!(instruct(&first_ever, None, Some("new")).instruction, Instruction::Nothing);
+        assert_eq!(instruct(&target(0, Untouched), None, Some("old")).instruction, Instruction::Nothing);
+    }
+
+    #[test]
+    fn only_a_report_on_the_release_of_a_started_wave_counts() {
+        use TargetState::*;
+        let running = progress(0, &[1, 1], &[0, 0], &[0, 0], &[0, 0]);
+        assert_eq!(judge_report(&target(0, Waiting), &running, "new", true), ReportEffect::Record(Succeeded));
+        assert_eq!(judge_report(&target(0, Waiting), &running, "new", false), ReportEffect::Record(Failed));
+        assert_eq!(judge_report(&target(0, Waiting), &running, "old", true), ReportEffect::Ignore);
+        assert_eq!(judge_report(&target(1, Waiting), &running, "new", true), ReportEffect::Ignore);
+        assert_eq!(judge_report(&target(0, Succeeded), &running, "new", false), ReportEffect::Ignore, "once");
+        let ended = Progress { state: crate::domain::DeploymentState::RolledBack, ..running };
+        assert_eq!(judge_report(&target(0, Waiting), &ended, "new", true), ReportEffect::Ignore);
     }
 
     #[test]
