@@ -14,7 +14,7 @@ help:
 	@echo "make build    debug build of the workspace"
 	@echo "make package  Lambda zips for arm64 (cargo lambda) in target/lambda/"
 	@echo "make deploy   sam deploy (needs AWS credentials; see README)"
-	@echo "make bench    criterion benchmarks"
+	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll"
 	@echo "make clean    remove build output and tool environments"
 
 run:
@@ -41,6 +41,7 @@ deploy: package
 
 bench:
 	cargo bench -p conveyor-shared --bench intake
+	scripts/with-moto cargo bench -p deploy-fanout --bench fanout
 
 clean:
 	cargo clean

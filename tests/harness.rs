@@ -36,8 +36,13 @@ pub fn endpoint() -> String {
 
 /// SDK configuration for the emulator: dummy credentials, a fixed region, loopback only.
 pub async fn sdk() -> SdkConfig {
+    sdk_at(&endpoint()).await
+}
+
+/// Like [`sdk`], through another endpoint (a [`ThrottlingProxy`] in front of the emulator).
+pub async fn sdk_at(endpoint: &str) -> SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
         .load()
@@ -223,4 +228,81 @@ impl TestApp {
 /// Reads a sample from the repository's `events/` folder.
 pub fn sample(path: &str) -> Vec<u8> {
     std::fs::read(events_dir().join(path)).unwrap()
+}
+
+/// A loopback proxy in front of the emulator that answers the first `times` calls of one EC2
+/// action as EC2 does when an account is over its request rate (HTTP 503,
+/// `RequestLimitExceeded`), and passes everything else through.
+pub struct ThrottlingProxy {
+    addr: SocketAddr,
+    calls: std::sync::Arc<AtomicU32>,
+    throttled: std::sync::Arc<AtomicU32>,
+}
+
+impl ThrottlingProxy {
+    pub async fn start(action: &'static str, times: u32) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (calls, throttled) = (std::sync::Arc::new(AtomicU32::new(0)), std::sync::Arc::new(AtomicU32::new(0)));
+        let upstream = endpoint();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let (counted, limited) = (calls.clone(), throttled.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, upstream, counted, limited) =
+                    (client.clone(), upstream.clone(), counted.clone(), limited.clone());
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (client, upstream, counted, limited) =
+                        (client.clone(), upstream.clone(), counted.clone(), limited.clone());
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let form = String::from_utf8_lossy(&body);
+                        if form.split('&').any(|pair| pair == format!("Action={action}")) {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            if limited.fetch_add(1, Ordering::SeqCst) < times {
+                                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>";
+                                return Ok(hyper::Response::builder()
+                                    .status(503)
+                                    .header("content-type", "text/xml;charset=UTF-8")
+                                    .body(Full::new(Bytes::from(xml)))
+                                    .unwrap());
+                            }
+                            limited.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+                        let mut forward = hyper::Request::builder().method(parts.method).uri(uri);
+                        for (name, value) in &parts.headers {
+                            if name != hyper::header::HOST {
+                                forward = forward.header(name, value);
+                            }
+                        }
+                        let answer = client.request(forward.body(Full::new(body)).unwrap()).await.unwrap();
+                        let (parts, body) = answer.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(hyper::Response::from_parts(parts, Full::new(body)))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { addr, calls, throttled }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Calls of the action seen, throttled or not.
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of the action answered with `RequestLimitExceeded`.
+    pub fn throttled(&self) -> u32 {
+        self.throttled.load(Ordering::SeqCst)
+    }
 }

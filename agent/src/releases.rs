@@ -48,6 +48,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The lowercase hex SHA-256 of a file, read in pieces.
+fn file_sha256(path: &Path) -> Result<String, ReleaseError> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(io("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 256 * 1024];
+    loop {
+        let read = file.read(&mut buffer).map_err(io("read", path))?;
+        if read == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
 pub struct Releases {
     root: PathBuf,
 }
@@ -73,12 +88,15 @@ impl Releases {
         self.dir().join(version)
     }
 
-    /// Removes half-unpacked artifacts and a half-made symlink.
+    /// Removes half-downloaded and half-unpacked artifacts and a half-made symlink.
     pub fn recover(&self) -> Result<(), ReleaseError> {
         let entries = fs::read_dir(self.dir()).map_err(io("read", &self.dir()))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".incoming-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".incoming-") {
                 fs::remove_dir_all(entry.path()).map_err(io("remove", &entry.path()))?;
+            } else if name.starts_with(".download-") {
+                fs::remove_file(entry.path()).map_err(io("remove", &entry.path()))?;
             }
         }
         let pending = self.root.join("current.new");
@@ -113,11 +131,19 @@ impl Releases {
         Ok(found.into_iter().map(|(_, name)| name).collect())
     }
 
-    /// Verifies `artifact` against `expected_sha256` and unpacks it as `version`. Installing
-    /// a version that is already there does nothing.
-    pub fn install(&self, version: &str, artifact: &[u8], expected_sha256: &str) -> Result<PathBuf, ReleaseError> {
+    /// Where an artifact for `version` is downloaded to before it is installed; hidden, so
+    /// that [`Releases::recover`] removes it after an interrupted download.
+    pub fn download_path(&self, version: &str) -> Result<PathBuf, ReleaseError> {
         check_version(version)?;
-        let actual = sha256_hex(artifact);
+        Ok(self.dir().join(format!(".download-{version}.tar.gz")))
+    }
+
+    /// Verifies the artifact file against `expected_sha256` and unpacks it as `version`,
+    /// reading it in pieces (an artifact can be larger than the instance's memory).
+    /// Installing a version that is already there does nothing.
+    pub fn install(&self, version: &str, artifact: &Path, expected_sha256: &str) -> Result<PathBuf, ReleaseError> {
+        check_version(version)?;
+        let actual = file_sha256(artifact)?;
         if !actual.eq_ignore_ascii_case(expected_sha256.trim()) {
             return Err(ReleaseError::Checksum { expected: expected_sha256.to_owned(), actual });
         }
@@ -130,7 +156,8 @@ impl Releases {
             fs::remove_dir_all(&incoming).map_err(io("remove", &incoming))?;
         }
         fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
-        unpack(artifact, &incoming)?;
+        let file = fs::File::open(artifact).map_err(io("open", artifact))?;
+        unpack(std::io::BufReader::new(file), &incoming)?;
         fs::rename(&incoming, &target).map_err(io("move into place", &target))?;
         Ok(target)
     }
@@ -163,7 +190,7 @@ impl Releases {
 }
 
 /// Unpacks a `.tar.gz` into `into`, refusing entries that would land outside it.
-fn unpack(artifact: &[u8], into: &Path) -> Result<(), ReleaseError> {
+fn unpack(artifact: impl std::io::Read, into: &Path) -> Result<(), ReleaseError> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(artifact));
     let entries = archive.entries().map_err(|e| ReleaseError::Archive(e.to_string()))?;
     for entry in entries {
@@ -195,15 +222,22 @@ pub(crate) mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
+    /// Installs `bytes` as the agent does: from a downloaded file.
+    fn install(releases: &Releases, version: &str, bytes: &[u8], sha256: &str) -> Result<PathBuf, ReleaseError> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        releases.install(version, file.path(), sha256)
+    }
+
     #[test]
     fn install_activate_and_switch_back_without_downloading() {
         let dir = tempfile::tempdir().unwrap();
         let releases = Releases::open(dir.path()).unwrap();
         let v1 = artifact(&[("app.txt", "one")]);
         let v2 = artifact(&[("app.txt", "two")]);
-        releases.install("v1", &v1, &sha256_hex(&v1)).unwrap();
+        install(&releases, "v1", &v1, &sha256_hex(&v1)).unwrap();
         releases.activate("v1").unwrap();
-        releases.install("v2", &v2, &sha256_hex(&v2)).unwrap();
+        install(&releases, "v2", &v2, &sha256_hex(&v2)).unwrap();
         releases.activate("v2").unwrap();
         assert_eq!(releases.current().as_deref(), Some("v2"));
         assert_eq!(fs::read_to_string(dir.path().join("current/app.txt")).unwrap(), "two");
@@ -217,7 +251,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let releases = Releases::open(dir.path()).unwrap();
         let bytes = artifact(&[("app.txt", "one")]);
-        let err = releases.install("v1", &bytes, &"0".repeat(64)).unwrap_err();
+        let err = install(&releases, "v1", &bytes, &"0".repeat(64)).unwrap_err();
         assert!(matches!(err, ReleaseError::Checksum { .. }), "{err}");
         assert!(!releases.installed("v1"));
         assert!(matches!(releases.activate("v1"), Err(ReleaseError::Missing(_))));
@@ -229,10 +263,13 @@ pub(crate) mod tests {
         let releases = Releases::open(dir.path()).unwrap();
         let bytes = artifact(&[("a", "b")]);
         for version in ["../etc", "", ".hidden", "a/b"] {
-            assert!(matches!(releases.install(version, &bytes, &sha256_hex(&bytes)), Err(ReleaseError::BadVersion(_))));
+            assert!(matches!(
+                install(&releases, version, &bytes, &sha256_hex(&bytes)),
+                Err(ReleaseError::BadVersion(_))
+            ));
         }
         let junk = b"not a tarball".to_vec();
-        assert!(matches!(releases.install("v9", &junk, &sha256_hex(&junk)), Err(ReleaseError::Archive(_))));
+        assert!(matches!(install(&releases, "v9", &junk, &sha256_hex(&junk)), Err(ReleaseError::Archive(_))));
         assert!(!releases.installed("v9"));
     }
 
@@ -242,13 +279,16 @@ pub(crate) mod tests {
         {
             let releases = Releases::open(dir.path()).unwrap();
             let bytes = artifact(&[("app.txt", "one")]);
-            releases.install("v1", &bytes, &sha256_hex(&bytes)).unwrap();
+            install(&releases, "v1", &bytes, &sha256_hex(&bytes)).unwrap();
             releases.activate("v1").unwrap();
         }
         // What a kill during the next install and switch leaves behind.
+        fs::write(dir.path().join("releases/.download-v2.tar.gz"), b"half an artif").unwrap();
         fs::create_dir_all(dir.path().join("releases/.incoming-v2/half")).unwrap();
         std::os::unix::fs::symlink("releases/v2", dir.path().join("current.new")).unwrap();
         let releases = Releases::open(dir.path()).unwrap();
+        let hidden = fs::read_dir(dir.path().join("releases")).unwrap().flatten();
+        assert_eq!(hidden.filter(|e| e.file_name().to_string_lossy().starts_with('.')).count(), 0);
         assert_eq!(releases.current().as_deref(), Some("v1"), "the old release is still current");
         assert_eq!(releases.list().unwrap(), ["v1"]);
         assert!(!dir.path().join("current.new").exists());
@@ -260,7 +300,7 @@ pub(crate) mod tests {
         let releases = Releases::open(dir.path()).unwrap();
         for v in ["v1", "v2", "v3", "v4"] {
             let bytes = artifact(&[("app.txt", v)]);
-            releases.install(v, &bytes, &sha256_hex(&bytes)).unwrap();
+            install(&releases, v, &bytes, &sha256_hex(&bytes)).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         releases.activate("v1").unwrap();

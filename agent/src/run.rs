@@ -99,6 +99,9 @@ struct Desired {
     sha256: String,
 }
 
+/// The longest an artifact download may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Written before a deploy starts and removed when it is reported: after a kill, the agent
 /// knows which deploy was interrupted.
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,9 +228,14 @@ impl Agent {
         if self.releases.installed(&release.version) {
             log.push(format!("{} is on disk: switching without a download", release.version));
         } else {
-            let bytes = self.download(&release.url).await?;
-            self.releases.install(&release.version, &bytes, &release.sha256)?;
-            log.push(format!("installed {} ({} bytes, sha256 verified)", release.version, bytes.len()));
+            let file = self.releases.download_path(&release.version)?;
+            let downloaded = self.download(&release.url, &file).await;
+            let installed = downloaded.and_then(|size| {
+                self.releases.install(&release.version, &file, &release.sha256)?;
+                Ok(size)
+            });
+            let _ = std::fs::remove_file(&file);
+            log.push(format!("installed {} ({} bytes, sha256 verified)", release.version, installed?));
         }
         let dir = self.releases.path(&release.version);
         let hooks = Hooks::load(&dir)?;
@@ -282,13 +290,26 @@ impl Agent {
         Err(AgentError::Deploy(last))
     }
 
-    async fn download(&self, url: &str) -> Result<Vec<u8>, AgentError> {
+    /// Streams the artifact at `url` into `into`; answers its size. Nothing is held in memory
+    /// beyond one chunk.
+    async fn download(&self, url: &str, into: &std::path::Path) -> Result<u64, AgentError> {
+        use tokio::io::AsyncWriteExt;
         let network = |message: String| AgentError::Network { url: "the artifact URL".into(), message };
-        let response = self.http.get(url).send().await.map_err(|e| network(e.to_string()))?;
+        let disk = |e: std::io::Error| AgentError::Deploy(format!("cannot write {}: {e}", into.display()));
+        // The client's 60 s limit is for messages; an artifact may take longer.
+        let mut response =
+            self.http.get(url).timeout(DOWNLOAD_TIMEOUT).send().await.map_err(|e| network(e.to_string()))?;
         if !response.status().is_success() {
             return Err(AgentError::Deploy(format!("the artifact download answered {}", response.status())));
         }
-        Ok(response.bytes().await.map_err(|e| network(e.to_string()))?.to_vec())
+        let mut file = tokio::fs::File::create(into).await.map_err(disk)?;
+        let mut size = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| network(e.to_string()))? {
+            file.write_all(&chunk).await.map_err(disk)?;
+            size += chunk.len() as u64;
+        }
+        file.flush().await.map_err(disk)?;
+        Ok(size)
     }
 
     async fn report(&self, version: &str, succeeded: bool, healthy: bool, log: &str) -> Result<(), AgentError> {
@@ -352,4 +373,33 @@ async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentEr
         .text()
         .await
         .map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expected_status_is_exact_and_otherwise_any_2xx_passes() {
+        let check = |expect_status| HealthCheck {
+            url: "http://127.0.0.1:1/health".into(),
+            expect_status,
+            timeout_seconds: 1,
+            attempts: 1,
+            interval_seconds: 0,
+        };
+        assert!(check(Some(204)).passes(reqwest::StatusCode::NO_CONTENT));
+        assert!(!check(Some(204)).passes(reqwest::StatusCode::OK));
+        assert!(check(None).passes(reqwest::StatusCode::OK));
+        assert!(check(None).passes(reqwest::StatusCode::NO_CONTENT));
+        assert!(!check(None).passes(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+        let answer: PollAnswer = serde_json::from_value(serde_json::json!({
+            "action": "deploy",
+            "release": {"version": "v1", "url": "http://x/a.tar.gz", "sha256": "00"},
+            "health": {"url": "http://127.0.0.1:9000/up", "expect_status": 204, "timeout_seconds": 5, "attempts": 3, "interval_seconds": 2},
+            "poll_after": 2
+        }))
+        .unwrap();
+        assert_eq!(answer.health.map(|h| (h.expect_status, h.attempts)), Some((Some(204), 3)));
+    }
 }

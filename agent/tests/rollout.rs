@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 struct Fleet {
     agents: Vec<(String, Child)>,
     root: tempfile::TempDir,
+    token_file: PathBuf,
+    health: SocketAddr,
 }
 
 impl Drop for Fleet {
@@ -73,13 +75,17 @@ async fn health_server(root: PathBuf, sick: Arc<Mutex<HashSet<String>>>) -> Sock
 }
 
 /// A release: a `.tar.gz` with `health.txt` and a hook file. A `slow` release takes three
-/// seconds to validate on each instance, so that a test can act while it rolls.
-fn artifact(health: &str) -> Vec<u8> {
-    let (health, validate) = match health {
-        "slow" => ("ok", "sleep 3; test -f health.txt"),
+/// seconds to validate on each instance, so that a test can act while it rolls; a
+/// `stalling` one sits in its after-install hook (unpacked, not switched to) for 20 s.
+fn artifact(kind: &str) -> Vec<u8> {
+    let (health, validate) = match kind {
+        "slow" | "stalling" => ("ok", "sleep 3; test -f health.txt"),
         other => (other, "test -f health.txt"),
     };
-    let hooks = format!("[validate]\ncommand = \"{validate}\"\n");
+    let mut hooks = format!("[validate]\ncommand = \"{validate}\"\n");
+    if kind == "stalling" {
+        hooks.push_str("[after_install]\ncommand = \"sleep 20\"\ntimeout = 60\n");
+    }
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (name, body) in [("health.txt", health), ("conveyor-hooks.toml", hooks.as_str())] {
         let mut header = tar::Header::new_gnu();
@@ -127,22 +133,22 @@ async fn rig(instances: i32) -> Rig {
     let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
     let token_file = root.path().join("token");
     std::fs::write(&token_file, token.expose()).unwrap();
-    let mut fleet = Fleet { agents: Vec::new(), root };
+    let mut fleet = Fleet { agents: Vec::new(), root, token_file, health };
     for id in &ids {
-        fleet.agents.push((id.clone(), spawn_agent(&app, fleet.root.path(), &token_file, id, health)));
+        fleet.agents.push((id.clone(), spawn_agent(&app, &fleet, id)));
     }
     Rig { app, fleet, repository: format!("acme/{tag}"), instances: ids, sick }
 }
 
-fn spawn_agent(app: &TestApp, root: &Path, token_file: &Path, id: &str, health: SocketAddr) -> Child {
+fn spawn_agent(app: &TestApp, fleet: &Fleet, id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_conveyor-agent"))
         .args(["--server", &app.url("")])
         .arg("--token-file")
-        .arg(token_file)
+        .arg(&fleet.token_file)
         .args(["--environment", "production", "--instance-id", id])
         .arg("--app-dir")
-        .arg(root.join(id))
-        .args(["--health-url", &format!("http://{health}/{id}/health")])
+        .arg(fleet.root.path().join(id))
+        .args(["--health-url", &format!("http://{}/{id}/health", fleet.health)])
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap()
@@ -341,4 +347,46 @@ async fn a_newer_build_supersedes_the_queued_one() {
     assert!(superseded["reason"].as_str().unwrap().contains(&newest[..12]), "{superseded}");
     assert_eq!(rig.finished(&newest).await["state"], "succeeded");
     assert!(rig.fleet.all_run(&newest[..12]));
+}
+
+impl Rig {
+    /// Starts the agent of `instance` again, as after a reboot or a crash.
+    fn restart_agent(&mut self, instance: &str) {
+        let child = spawn_agent(&self.app, &self.fleet, instance);
+        if let Some((_, slot)) = self.fleet.agents.iter_mut().find(|(id, _)| id == instance) {
+            *slot = child;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_install_restarts_on_the_old_release_and_says_so() {
+    let mut rig = rig(2).await;
+    let (good, next) = (sha(13), sha(14));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    let canary = rig.wave_of(&good, 0).await.remove(0);
+    let app_dir = rig.fleet.root.path().join(&canary);
+
+    rig.ship(&next, "stalling").await;
+    // Unpacked and inside its after-install hook: the deploy has begun, the switch has not.
+    rig.wait_until("the canary's agent is mid-install", || {
+        app_dir.join("agent-in-flight.json").exists() && app_dir.join("releases").join(&next[..12]).is_dir()
+    })
+    .await;
+    rig.kill_agent(&canary);
+    assert_eq!(rig.fleet.current(&canary).as_deref(), Some(&good[..12]), "the old release still runs, whole");
+
+    rig.restart_agent(&canary);
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    let reason = deployment["reason"].as_str().unwrap();
+    assert!(reason.contains("stopped while deploying") && reason.contains(&good[..12]), "{reason}");
+    assert!(rig.fleet.all_run(&good[..12]));
+    let leftovers: Vec<_> = std::fs::read_dir(app_dir.join("releases"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no half-unpacked release: {leftovers:?}");
 }

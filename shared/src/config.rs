@@ -610,6 +610,17 @@ mod tests {
     }
 
     #[test]
+    fn a_health_table_is_taken_whole_with_defaults_for_what_it_leaves_out() {
+        let config = parse(
+            "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
+        )
+        .unwrap();
+        let health = config.environments[0].health.clone().unwrap();
+        assert_eq!((health.url.as_str(), health.expect_status), ("http://127.0.0.1:9000/up", 204));
+        assert_eq!((health.attempts, health.interval), (5, Seconds(2)));
+    }
+
+    #[test]
     fn the_shipped_example_is_valid() {
         let text = include_str!("../../conveyor.example.toml");
         let config = parse(text).unwrap();

@@ -805,11 +805,17 @@ impl Table {
         }
     }
 
-    /// Marks every deployment of the environment that is still queued (`pending`) and older
-    /// than `newest` as superseded by it. Returns the shas it superseded.
-    pub async fn supersede_queued(&self, newest: &DeploymentRecord, now: i64) -> Result<Vec<String>, StoreError> {
+    /// Marks every deployment of `recent` (the environment's, as just read) that is still
+    /// queued (`pending`) and older than `newest` as superseded by it. Returns the shas it
+    /// superseded.
+    pub async fn supersede_queued(
+        &self,
+        newest: &DeploymentRecord,
+        recent: Vec<DeploymentRecord>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut superseded = Vec::new();
-        for queued in self.recent_deployments(&newest.environment, 100).await? {
+        for queued in recent {
             let older = (queued.created_at, &queued.sha) < (newest.created_at, &newest.sha);
             if queued.state != crate::domain::DeploymentState::Pending || !older {
                 continue;

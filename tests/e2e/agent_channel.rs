@@ -58,3 +58,54 @@ async fn an_instance_outside_every_deployment_gets_nothing() {
     assert_eq!(answer.body["action"], "none");
     assert_eq!(answer.body["poll_after"], 1, "the idle interval");
 }
+
+#[tokio::test]
+async fn a_release_goes_out_with_the_environments_health_check() {
+    use conveyor_shared::domain::rollout::{DeploymentPlan, Release};
+    use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+    let app = TestApp::spawn(
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
+    )
+    .await;
+    let production = token(&app, "production").await;
+    let (sha, now) = ("ab".repeat(20), conveyor_shared::unix_now());
+    let release = Release {
+        version: sha[..12].into(),
+        artifact: format!("s3://{}/acme/shop/{sha}.tar.gz", app.artifacts_bucket),
+        sha256: "cd".repeat(32),
+    };
+    let deployment = DeploymentRecord {
+        environment: "production".into(),
+        repository: "acme/shop".into(),
+        sha: sha.clone(),
+        branch: "main".into(),
+        version: release.version.clone(),
+        artifact: release.artifact.clone(),
+        state: DeploymentState::Pending,
+        reason: "CI succeeded on main".into(),
+        build: "b".into(),
+        created_at: now,
+        wave: None,
+        wave_started_at: None,
+        sha256: None,
+        sizes: Vec::new(),
+        succeeded: Vec::new(),
+        failed: Vec::new(),
+        dropped: Vec::new(),
+        failure: None,
+    };
+    app.table.create_deployment(&deployment).await.unwrap();
+    let waves = vec![vec!["i-00000000000000001".to_string()]];
+    let plan = DeploymentPlan { environment: "production", deployment: &sha, release: &release, previous: None, now };
+    app.table.write_targets(&plan.targets(&waves)).await.unwrap();
+    app.table.start_deployment("production", &sha, &[1], &release.sha256, "rolling", now).await.unwrap();
+
+    let poll = json!({"instance_id": "i-00000000000000001", "environment": "production", "current": null}).to_string();
+    let answer = post(&app, "/agent/v1/poll", &production, &poll).await;
+    assert_eq!(answer.body["action"], "deploy", "{answer:?}");
+    assert_eq!(answer.body["release"]["version"], release.version.as_str());
+    assert_eq!(
+        answer.body["health"],
+        json!({"url": "http://127.0.0.1:9000/up", "expect_status": 204, "timeout_seconds": 5, "attempts": 5, "interval_seconds": 2})
+    );
+}

@@ -130,6 +130,39 @@ async fn discovery_takes_only_running_instances_with_every_tag() {
 }
 
 #[tokio::test]
+async fn discovery_waits_out_ec2_throttling_and_names_it_when_it_persists() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let app = unique_name("throttled");
+    aws_sdk_ec2::Client::new(&sdk().await)
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(3)
+        .max_count(3)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("app").value(&app).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let wanted = std::collections::BTreeMap::from([("app".to_string(), app)]);
+
+    let proxy = conveyor_e2e::ThrottlingProxy::start("DescribeInstances", 3).await;
+    let ec2 = conveyor_shared::ec2::Ec2::new(&conveyor_e2e::sdk_at(&proxy.url()).await);
+    let found = ec2.running_instances(None, &wanted).await.unwrap();
+    assert_eq!(found.len(), 3, "the instances, once EC2 lets the call through");
+    assert_eq!((proxy.throttled(), proxy.calls()), (3, 4), "three throttled calls, then one that passed");
+
+    let proxy = conveyor_e2e::ThrottlingProxy::start("DescribeInstances", u32::MAX).await;
+    let ec2 = conveyor_shared::ec2::Ec2::new(&conveyor_e2e::sdk_at(&proxy.url()).await);
+    let err = ec2.running_instances(None, &wanted).await.unwrap_err().to_string();
+    assert!(err.contains("DescribeInstances") && err.contains("RequestLimitExceeded"), "{err}");
+    assert_eq!(proxy.calls(), 8, "gives up after eight attempts");
+}
+
+#[tokio::test]
 async fn the_deploy_lock_is_exclusive_until_it_expires() {
     let sdk = sdk().await;
     let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-lock"));
@@ -177,7 +210,8 @@ async fn a_newer_build_supersedes_the_queued_ones() {
     for d in [&running, &queued, &newest] {
         table.create_deployment(d).await.unwrap();
     }
-    assert_eq!(table.supersede_queued(&newest, 301).await.unwrap(), ["bbb"]);
+    let recent = table.recent_deployments("production", 100).await.unwrap();
+    assert_eq!(table.supersede_queued(&newest, recent, 301).await.unwrap(), ["bbb"]);
     let states: Vec<_> =
         table.recent_deployments("production", 10).await.unwrap().into_iter().map(|d| (d.sha, d.state)).collect();
     assert_eq!(
@@ -190,5 +224,6 @@ async fn a_newer_build_supersedes_the_queued_ones() {
     );
     let stored = table.get(Key::deployment("production", "bbb")).await.unwrap().unwrap();
     assert!(stored["reason"].as_s().unwrap().starts_with("superseded by ccc"));
-    assert!(table.supersede_queued(&newest, 302).await.unwrap().is_empty(), "idempotent");
+    let recent = table.recent_deployments("production", 100).await.unwrap();
+    assert!(table.supersede_queued(&newest, recent, 302).await.unwrap().is_empty(), "idempotent");
 }

@@ -35,12 +35,13 @@ use criterion::Criterion;
 use deploy_fanout::{Fanout, Timing};
 use serde_json::{Value, json};
 
-/// Requests per deployment besides the batches and discovery pages: finding the queued
-/// deployment, the lock, the planning claim, the artifact check, the last good release,
-/// the start.
-const PER_DEPLOYMENT: usize = 8;
-/// Requests of the fan-out's own per wave: reading the deployment and moving the wave on.
-const PER_WAVE: usize = 2;
+/// Requests per deployment besides the batches and discovery pages. At the start: finding
+/// the queued deployment, the lock, the planning claim, the artifact check, the last good
+/// release, the start. At the end: the success, the new last good release, the lock, a look
+/// for queued work.
+const PER_DEPLOYMENT: usize = 10;
+/// Requests of the fan-out's own per wave: moving the wave number on.
+const PER_WAVE: usize = 1;
 
 /// Every request the clients it is attached to send, by service and operation; retries
 /// count too.
@@ -91,7 +92,7 @@ fn plan_cpu(criterion: &mut Criterion) {
         }
         .targets(&waves);
         // The items the batch writes send, as the store encodes them.
-        targets.iter().map(|t| serde_dynamo::to_item::<_, BTreeMap<String, _>>(t).expect("an item")).count()
+        targets.iter().map(|t| serde_dynamo::to_item::<_, conveyor_shared::store::Item>(t).expect("an item")).count()
     };
     criterion.bench_function("plan 10,000 targets (waves, records, items)", |b| b.iter(|| black_box(plan())));
 }

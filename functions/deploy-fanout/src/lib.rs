@@ -136,15 +136,16 @@ impl Fanout {
     /// Starts the newest queued deployment of `env` when no other one runs; older queued
     /// ones are superseded by it.
     pub async fn start_next(&self, env: &Environment, now: i64) -> Result<(), FanoutError> {
-        let queued = self.table.recent_deployments(&env.name, 100).await?;
-        let Some(newest) = queued
-            .into_iter()
+        let recent = self.table.recent_deployments(&env.name, 100).await?;
+        let Some(newest) = recent
+            .iter()
             .filter(|d| d.state == DeploymentState::Pending)
             .max_by(|a, b| (a.created_at, &a.sha).cmp(&(b.created_at, &b.sha)))
+            .cloned()
         else {
             return Ok(());
         };
-        for sha in self.table.supersede_queued(&newest, now).await? {
+        for sha in self.table.supersede_queued(&newest, recent, now).await? {
             tracing::info!(environment = %env.name, %sha, by = %newest.sha, "queued deployment superseded");
         }
         if !self.table.take_lock(&env.name, &newest.sha, now, self.timing.lock_ttl).await? {
@@ -276,12 +277,22 @@ impl Fanout {
                 // Every instance of the waves so far goes back to `previous` at its next poll.
                 if self.table.transition(key, "in_progress", "rolled_back", reason, now).await? == Transition::Applied {
                     tracing::warn!(environment = %env.name, %sha, %reason, "rolling back");
+                    let action = match self.table.last_release(&env.name).await? {
+                        Some(previous) => format!(
+                            "The instances of the waves so far are going back to {}; the failing instance's log tail is in `conveyor status`",
+                            previous.version
+                        ),
+                        None => format!(
+                            "There is no earlier good release to go back to: the instances of the waves so far keep {}; the failing instance's log tail is in `conveyor status`",
+                            deployment.version
+                        ),
+                    };
                     let alert = AlertRecord {
                         id: format!("{}-{sha}", env.name),
                         source: "deploy".into(),
                         kind: "deployment_rolled_back".into(),
                         summary: format!("Deployment of {} to {} rolled back: {reason}", deployment.version, env.name),
-                        action: "The fleet is going back to the last good release; look at the failing instance's log tail in `conveyor status`".into(),
+                        action,
                         customer: None,
                         subscription: None,
                         created_at: now,
