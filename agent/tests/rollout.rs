@@ -352,10 +352,10 @@ async fn a_newer_build_supersedes_the_queued_one() {
 impl Rig {
     /// Starts the agent of `instance` again, as after a reboot or a crash.
     fn restart_agent(&mut self, instance: &str) {
+        // The old process was killed and waited for by `kill_agent`.
+        self.fleet.agents.retain(|(id, _)| id != instance);
         let child = spawn_agent(&self.app, &self.fleet, instance);
-        if let Some((_, slot)) = self.fleet.agents.iter_mut().find(|(id, _)| id == instance) {
-            *slot = child;
-        }
+        self.fleet.agents.push((instance.to_owned(), child));
     }
 }
 

@@ -4,8 +4,14 @@
 //! Three triggers, one function: a new deployment (table stream, INSERT of `DEPLOYMENT#`),
 //! the agent channel (`POST /agent/v1/poll`, `POST /agent/v1/report`), and a periodic tick
 //! that times waves out, drops terminated instances and resumes whatever a crashed
-//! invocation left half-done. Nothing is remembered between invocations: every step reads
-//! the ledger, decides with [`conveyor_shared::domain::rollout`], and writes conditionally.
+//! invocation left half-done. Nothing is remembered between invocations (but agent tokens,
+//! for a few minutes): every step reads the ledger, decides with
+//! [`conveyor_shared::domain::rollout`], and writes conditionally.
+//!
+//! Costs are per deployment, not per instance, wherever the fan-out acts by itself: targets
+//! are written in batches, a wave starts with one update of the deployment's wave number,
+//! and a wave's outcome is read from per-wave counters that each report updates in one
+//! transaction with its target. Each agent learns its part at its next poll.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
