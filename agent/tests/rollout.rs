@@ -247,6 +247,26 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
     let targets = rig.targets(&broken).await;
     assert!(targets.iter().filter(|t| t.wave > 0).all(|t| untouched(t.state)), "later waves untouched");
     rig.wait_until("the canary is back on the last good release", || rig.fleet.all_run(&better[..12])).await;
+    // `conveyor status`: why it stopped, and which host runs what.
+    let runs_better = |status: &str| {
+        rig.instances.iter().all(|id| {
+            let line = status.lines().filter(|l| l.contains(id.as_str())).last().unwrap_or("");
+            line.contains(&format!("runs {}", &better[..12]))
+        })
+    };
+    let mut status = String::new();
+    for _ in 0..40 {
+        // The canary's report of its rollback may still be on its way.
+        status = conveyor_cli::ops::status(&rig.app.table, "production").await.unwrap();
+        if runs_better(&status) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(runs_better(&status), "{status}");
+    let stopped = status.lines().find(|l| l.contains(&broken[..12]) && l.contains("rolled_back")).unwrap_or("");
+    assert!(stopped.contains("failed in wave 1"), "{status}");
+    assert!(!status.lines().any(|l| l.contains(" waiting ")), "no wave is shown as waiting: {status}");
     let alerts = rig.app.table.recent_alerts(10).await.unwrap();
     assert!(alerts.iter().any(|a| a.kind == "deployment_rolled_back"), "{alerts:?}");
 }

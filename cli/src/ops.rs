@@ -125,10 +125,11 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
             let _ = writeln!(out, "deployment {} by wave", latest.version);
         }
         for t in &targets {
+            let running = latest.state == DeploymentState::InProgress;
             let state = match t.state {
-                TargetState::Waiting if latest.state == DeploymentState::InProgress && t.wave <= progress.wave => {
-                    "deploying"
-                }
+                TargetState::Waiting if running && t.wave <= progress.wave => "deploying",
+                // Its agent has not polled since the deployment ended.
+                TargetState::Waiting if !running && t.wave > progress.wave => "untouched",
                 state => state.as_str(),
             };
             let _ = writeln!(

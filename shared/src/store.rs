@@ -787,6 +787,25 @@ impl Table {
         Ok(put == Put::Created)
     }
 
+    /// Extends a live lock of `holder`; never re-creates a lock that was released (a renewal
+    /// racing the release must not lock the environment for a finished deployment).
+    pub async fn renew_lock(
+        &self,
+        environment: &str,
+        holder: &str,
+        now: i64,
+        ttl: i64,
+    ) -> Result<Transition, StoreError> {
+        self.update_if(
+            Key::lock(environment),
+            "SET expires_at = :until",
+            "holder = :holder AND expires_at >= :now",
+            &[],
+            vec![(":holder", s(holder)), (":now", n(now)), (":until", n(now + ttl))],
+        )
+        .await
+    }
+
     /// Gives the lock up; only its holder can.
     pub async fn release_lock(&self, environment: &str, holder: &str) -> Result<(), StoreError> {
         let result = self

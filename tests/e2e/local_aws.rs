@@ -175,7 +175,12 @@ async fn the_deploy_lock_is_exclusive_until_it_expires() {
     table.release_lock("production", "sha-a").await.unwrap();
     assert!(!table.take_lock("production", "sha-c", 200, 60).await.unwrap(), "only the holder releases");
     table.release_lock("production", "sha-b").await.unwrap();
+    assert_eq!(table.renew_lock("production", "sha-b", 200, 60).await.unwrap(), Transition::Rejected);
+    assert_eq!(table.lock_holder("production", 200).await.unwrap(), None, "a late renewal re-creates nothing");
     assert!(table.take_lock("production", "sha-c", 200, 60).await.unwrap());
+    assert_eq!(table.renew_lock("production", "sha-c", 250, 60).await.unwrap(), Transition::Applied);
+    assert!(!table.take_lock("production", "sha-d", 280, 60).await.unwrap(), "renewed until 310");
+    assert_eq!(table.renew_lock("production", "sha-d", 280, 60).await.unwrap(), Transition::Rejected);
 }
 
 #[tokio::test]
