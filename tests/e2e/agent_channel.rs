@@ -62,7 +62,7 @@ async fn an_instance_outside_every_deployment_gets_nothing() {
 #[tokio::test]
 async fn a_release_goes_out_with_the_environments_health_check() {
     use conveyor_shared::domain::rollout::{DeploymentPlan, Release};
-    use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+    use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
     let app = TestApp::spawn(
         "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
     )
@@ -85,14 +85,7 @@ async fn a_release_goes_out_with_the_environments_health_check() {
         reason: "CI succeeded on main".into(),
         build: "b".into(),
         created_at: now,
-        wave: None,
-        wave_started_at: None,
-        sha256: None,
-        sizes: Vec::new(),
-        succeeded: Vec::new(),
-        failed: Vec::new(),
-        dropped: Vec::new(),
-        failure: None,
+        run: RunState::default(),
     };
     app.table.create_deployment(&deployment).await.unwrap();
     let waves = vec![vec!["i-00000000000000001".to_string()]];

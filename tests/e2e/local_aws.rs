@@ -185,7 +185,7 @@ async fn the_deploy_lock_is_exclusive_until_it_expires() {
 
 #[tokio::test]
 async fn a_newer_build_supersedes_the_queued_ones() {
-    use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+    use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
     let sdk = sdk().await;
     let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-supersede"));
     table.create_if_missing().await.unwrap();
@@ -200,14 +200,7 @@ async fn a_newer_build_supersedes_the_queued_ones() {
         reason: "CI succeeded on main".into(),
         build: "b".into(),
         created_at,
-        wave: None,
-        wave_started_at: None,
-        sha256: None,
-        sizes: Vec::new(),
-        succeeded: Vec::new(),
-        failed: Vec::new(),
-        dropped: Vec::new(),
-        failure: None,
+        run: RunState::default(),
     };
     let running = deployment("aaa", 100, DeploymentState::InProgress);
     let queued = deployment("bbb", 200, DeploymentState::Pending);

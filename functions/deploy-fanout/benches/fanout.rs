@@ -27,7 +27,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use bytes::Bytes;
 use conveyor_shared::config::{Config, WaveSize};
 use conveyor_shared::domain::rollout::{DeploymentPlan, Instance, Release, plan_waves};
-use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
+use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::HttpFunction;
 use conveyor_shared::s3::Artifacts;
@@ -169,14 +169,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
         reason: "bench".into(),
         build: "bench".into(),
         created_at: now,
-        wave: None,
-        wave_started_at: None,
-        sha256: None,
-        sizes: Vec::new(),
-        succeeded: Vec::new(),
-        failed: Vec::new(),
-        dropped: Vec::new(),
-        failure: None,
+        run: RunState::default(),
     };
     table.create_deployment(&deployment).await.expect("a deployment");
     let fanout = Fanout::new(table.clone(), ec2, artifacts, Arc::new(config), Timing::default());

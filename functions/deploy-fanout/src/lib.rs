@@ -272,7 +272,7 @@ impl Fanout {
                     let release = Release {
                         version: deployment.version.clone(),
                         artifact: deployment.artifact.clone(),
-                        sha256: deployment.sha256.clone().unwrap_or_default(),
+                        sha256: deployment.run.sha256.clone().unwrap_or_default(),
                     };
                     self.table.set_last_release(&env.name, &release).await?;
                     self.table.release_lock(&env.name, sha).await?;
@@ -338,7 +338,7 @@ impl Fanout {
         deployment: &DeploymentRecord,
         now: i64,
     ) -> Result<Vec<String>, FanoutError> {
-        let wave = deployment.wave.unwrap_or(0);
+        let wave = deployment.run.wave.unwrap_or(0);
         let waiting: Vec<TargetRecord> = self
             .table
             .deployment_targets(&env.name, &deployment.sha)

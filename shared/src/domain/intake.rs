@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
-use super::records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
+use super::records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState};
 use crate::config::{ArtifactFields, Config, Environment};
 
 /// GitHub's own cap on a webhook payload.
@@ -281,14 +281,7 @@ fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'
             reason: format!("{} succeeded on {}", build.name, env.branch),
             build: build.source.clone(),
             created_at: ctx.now,
-            wave: None,
-            wave_started_at: None,
-            sha256: None,
-            sizes: Vec::new(),
-            succeeded: Vec::new(),
-            failed: Vec::new(),
-            dropped: Vec::new(),
-            failure: None,
+            run: RunState::default(),
         })
         .collect()
 }

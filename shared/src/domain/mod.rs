@@ -8,4 +8,4 @@ pub mod records;
 pub mod rollout;
 pub mod stripe;
 
-pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind};
+pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState};

@@ -106,42 +106,46 @@ pub struct DeploymentRecord {
     /// The build that triggered it ([`BuildRecord::source`]).
     pub build: String,
     pub created_at: i64,
-    /// While it runs: the current wave (from 0) and when it started.
-    #[serde(default)]
+    /// How it runs, once started; empty while pending.
+    #[serde(flatten)]
+    pub run: RunState,
+}
+
+/// A started deployment's progress, kept on its record (top-level attributes in the table,
+/// which the store's conditional updates name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    /// The current wave (from 0) and when it started.
     pub wave: Option<usize>,
-    #[serde(default)]
     pub wave_started_at: Option<i64>,
     /// The artifact's SHA-256, known once the deployment starts.
-    #[serde(default)]
     pub sha256: Option<String>,
-    /// Per wave, from the start: planned targets, and those that succeeded, failed or were
-    /// dropped (counted by the agents' reports, so deciding never reads the targets).
-    #[serde(default)]
+    /// Per wave: planned targets, and those that succeeded, failed or were dropped (counted
+    /// by the agents' reports, so deciding never reads the targets).
     pub sizes: Vec<usize>,
-    #[serde(default)]
     pub succeeded: Vec<usize>,
-    #[serde(default)]
     pub failed: Vec<usize>,
-    #[serde(default)]
     pub dropped: Vec<usize>,
     /// The first failure an agent reported, in words. Absent, not null, until then: the
     /// store sets it with `if_not_exists`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
 }
 
 impl DeploymentRecord {
     /// Where the deployment stands, as [`crate::domain::rollout`] decides on it.
     pub fn progress(&self) -> crate::domain::rollout::Progress {
+        let run = &self.run;
         crate::domain::rollout::Progress {
             state: self.state,
-            wave: self.wave.unwrap_or(0),
-            wave_started_at: self.wave_started_at.unwrap_or(self.created_at),
-            sizes: self.sizes.clone(),
-            succeeded: self.succeeded.clone(),
-            failed: self.failed.clone(),
-            dropped: self.dropped.clone(),
-            failure: self.failure.clone(),
+            wave: run.wave.unwrap_or(0),
+            wave_started_at: run.wave_started_at.unwrap_or(self.created_at),
+            sizes: run.sizes.clone(),
+            succeeded: run.succeeded.clone(),
+            failed: run.failed.clone(),
+            dropped: run.dropped.clone(),
+            failure: run.failure.clone(),
         }
     }
 
