@@ -49,6 +49,26 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
         .await
 }
 
+/// Launches `count` running instances in the emulator tagged `app = <app>`; answers their ids.
+pub async fn launch_instances(sdk: &SdkConfig, count: i32, app: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let launched = aws_sdk_ec2::Client::new(sdk)
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(count)
+        .max_count(count)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("app").value(app).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    launched.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect()
+}
+
 /// A name no other test in this or a concurrent run uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -111,22 +111,7 @@ async fn rig(instances: i32) -> Rig {
         "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
     );
     let app = TestApp::spawn(&config).await;
-    let ec2 = aws_sdk_ec2::Client::new(&app.sdk);
-    let launched = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(instances)
-        .max_count(instances)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .tags(aws_sdk_ec2::types::Tag::builder().key("app").value(&tag).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let ids: Vec<String> = launched.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let ids = conveyor_e2e::launch_instances(&app.sdk, instances, &tag).await;
     let root = tempfile::tempdir().unwrap();
     let sick = Arc::new(Mutex::new(HashSet::new()));
     let health = health_server(root.path().to_owned(), sick.clone()).await;

@@ -131,22 +131,8 @@ async fn discovery_takes_only_running_instances_with_every_tag() {
 
 #[tokio::test]
 async fn discovery_waits_out_ec2_throttling_and_names_it_when_it_persists() {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let app = unique_name("throttled");
-    aws_sdk_ec2::Client::new(&sdk().await)
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(3)
-        .max_count(3)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key("app").value(&app).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    conveyor_e2e::launch_instances(&sdk().await, 3, &app).await;
     let wanted = std::collections::BTreeMap::from([("app".to_string(), app)]);
 
     let proxy = conveyor_e2e::ThrottlingProxy::start("DescribeInstances", 3).await;
