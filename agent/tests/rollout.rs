@@ -235,7 +235,7 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
     // `conveyor status`: why it stopped, and which host runs what.
     let runs_better = |status: &str| {
         rig.instances.iter().all(|id| {
-            let line = status.lines().filter(|l| l.contains(id.as_str())).last().unwrap_or("");
+            let line = status.lines().rfind(|l| l.contains(id.as_str())).unwrap_or("");
             line.contains(&format!("runs {}", &better[..12]))
         })
     };

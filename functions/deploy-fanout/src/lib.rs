@@ -316,14 +316,13 @@ impl Fanout {
     /// instances, time its wave out; then start queued work.
     pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
         for env in &self.config.environments {
-            if let Some(sha) = self.table.lock_holder(&env.name, now).await? {
-                if let Some(deployment) = self.table.deployment(&env.name, &sha).await?
-                    && deployment.state == DeploymentState::InProgress
-                {
-                    self.table.renew_lock(&env.name, &sha, now, self.timing.lock_ttl).await?;
-                    let waiting = self.drop_terminated(env, &deployment, now).await?;
-                    self.advance(env, &sha, now, &waiting).await?;
-                }
+            if let Some(sha) = self.table.lock_holder(&env.name, now).await?
+                && let Some(deployment) = self.table.deployment(&env.name, &sha).await?
+                && deployment.state == DeploymentState::InProgress
+            {
+                self.table.renew_lock(&env.name, &sha, now, self.timing.lock_ttl).await?;
+                let waiting = self.drop_terminated(env, &deployment, now).await?;
+                self.advance(env, &sha, now, &waiting).await?;
             }
             self.start_next(env, now).await?;
         }
