@@ -39,7 +39,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, PutRequest, ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
-    WriteRequest,
+    TransactWriteItem, WriteRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -74,6 +74,8 @@ pub enum StoreError {
     Unprocessed { remaining: usize, attempts: u32 },
     #[error("table {0} does not exist; deploy the stack (make deploy) or run `conveyor dev` locally")]
     NoTable(String),
+    #[error("a DynamoDB transaction was cancelled; the reasons, item by item: {reasons:?}")]
+    Cancelled { reasons: Vec<Option<String>> },
 }
 
 /// The result of a conditional put.
@@ -90,6 +92,26 @@ pub enum Transition {
     Applied,
     /// The item was not in the expected state (someone else moved it first) or is missing.
     Rejected,
+}
+
+/// Why a transaction was cancelled: each item's reason code, in the order of the items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled(pub Vec<Option<String>>);
+
+impl Cancelled {
+    pub fn has(&self, code: &str) -> bool {
+        self.0.iter().flatten().any(|c| c == code)
+    }
+
+    /// A condition failed: the transaction must not be sent again as it is.
+    pub fn condition_failed(&self) -> bool {
+        self.has("ConditionalCheckFailed")
+    }
+
+    /// Only other transactions on the same items were in the way: sending it again may pass.
+    pub fn conflict_only(&self) -> bool {
+        self.has("TransactionConflict") && !self.condition_failed()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +251,22 @@ impl Table {
             return StoreError::NoTable(self.name.clone());
         }
         StoreError::Aws { operation, table: self.name.clone(), message: DisplayErrorContext(err).to_string() }
+    }
+
+    /// Sends one transaction. A cancelled one answers each item's cancellation reason code
+    /// (`None` for an item that was fine), so the caller can tell which condition failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Result<(), Cancelled>, StoreError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => return Ok(Ok(())),
+            Err(err) => err,
+        };
+        if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = err.as_service_error() {
+            return Ok(Err(Cancelled(
+                cancelled.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect(),
+            )));
+        }
+        Err(self.aws_error("TransactWriteItems", err))
     }
 
     /// Puts `item` unless an item with its key exists.
@@ -447,29 +485,29 @@ impl Table {
         let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
         let index = GlobalSecondaryIndex::builder()
             .index_name(GSI1)
-            .key_schema(key("gsi1pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
-            .key_schema(key("gsi1sk", KeyType::Range).map_err(|e| self.build_error(e))?)
+            .key_schema(key("gsi1pk", KeyType::Hash).map_err(|e| self.build_error("CreateTable", e))?)
+            .key_schema(key("gsi1sk", KeyType::Range).map_err(|e| self.build_error("CreateTable", e))?)
             .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
-            .map_err(|e| self.build_error(e))?;
+            .map_err(|e| self.build_error("CreateTable", e))?;
         let created = self
             .client
             .create_table()
             .table_name(&self.name)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attribute("pk").map_err(|e| self.build_error(e))?)
-            .attribute_definitions(attribute("sk").map_err(|e| self.build_error(e))?)
-            .attribute_definitions(attribute("gsi1pk").map_err(|e| self.build_error(e))?)
-            .attribute_definitions(attribute("gsi1sk").map_err(|e| self.build_error(e))?)
-            .key_schema(key("pk", KeyType::Hash).map_err(|e| self.build_error(e))?)
-            .key_schema(key("sk", KeyType::Range).map_err(|e| self.build_error(e))?)
+            .attribute_definitions(attribute("pk").map_err(|e| self.build_error("CreateTable", e))?)
+            .attribute_definitions(attribute("sk").map_err(|e| self.build_error("CreateTable", e))?)
+            .attribute_definitions(attribute("gsi1pk").map_err(|e| self.build_error("CreateTable", e))?)
+            .attribute_definitions(attribute("gsi1sk").map_err(|e| self.build_error("CreateTable", e))?)
+            .key_schema(key("pk", KeyType::Hash).map_err(|e| self.build_error("CreateTable", e))?)
+            .key_schema(key("sk", KeyType::Range).map_err(|e| self.build_error("CreateTable", e))?)
             .global_secondary_indexes(index)
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewAndOldImages)
                     .build()
-                    .map_err(|e| self.build_error(e))?,
+                    .map_err(|e| self.build_error("CreateTable", e))?,
             )
             .send()
             .await;
@@ -487,7 +525,7 @@ impl Table {
                     .attribute_name("ttl")
                     .enabled(true)
                     .build()
-                    .map_err(|e| self.build_error(e))?,
+                    .map_err(|e| self.build_error("CreateTable", e))?,
             )
             .send()
             .await
@@ -495,8 +533,9 @@ impl Table {
         Ok(true)
     }
 
-    fn build_error(&self, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-        StoreError::Aws { operation: "CreateTable", table: self.name.clone(), message: err.to_string() }
+    /// A request that could not be built (a missing required field: a bug of ours).
+    fn build_error(&self, operation: &'static str, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+        StoreError::Aws { operation, table: self.name.clone(), message: err.to_string() }
     }
 
     // ---- claims on outside events ------------------------------------------------------
@@ -928,12 +967,8 @@ impl Table {
         detail: Option<&str>,
         now: i64,
     ) -> Result<Transition, StoreError> {
-        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
-        let built = |err: aws_sdk_dynamodb::error::BuildError| StoreError::Aws {
-            operation: "TransactWriteItems",
-            table: self.name.clone(),
-            message: err.to_string(),
-        };
+        use aws_sdk_dynamodb::types::Update;
+        let built = |err| self.build_error("TransactWriteItems", err);
         let mut target_update = Update::builder()
             .table_name(&self.name)
             .set_key(Some(Key::target(&target.environment, &target.instance).into_item()))
@@ -976,20 +1011,9 @@ impl Table {
                 .update(deployment_update.update_expression(update).build().map_err(built)?)
                 .build(),
         ];
-        let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-            Ok(_) => return Ok(Transition::Applied),
-            Err(err) => err,
-        };
-        if let Some(
-            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                cancelled,
-            ),
-        ) = err.as_service_error()
-            && cancelled.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
-        {
-            return Ok(Transition::Rejected);
-        }
-        Err(self.aws_error("TransactWriteItems", err))
+        // Reports of one wave arrive together and all update the deployment's counters: in
+        // DynamoDB such transactions cancel each other (`TransactionConflict`); send again.
+        retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
     }
 
     /// Settles a target once its deployment has ended (see [`crate::domain::rollout::instruct`]).
@@ -1239,7 +1263,7 @@ impl Table {
     /// in one transaction: all or nothing, and only if the images are still at
     /// `change.version - 1` (optimistic lock) and the run was never applied.
     pub async fn write_images(&self, change: &ImageChange) -> Result<ImageWrite, StoreError> {
-        use aws_sdk_dynamodb::types::{Put as TxPut, TransactWriteItem};
+        use aws_sdk_dynamodb::types::Put as TxPut;
         let state = ImageState {
             provider: change.provider.clone(),
             images: change.images.clone(),
@@ -1247,11 +1271,7 @@ impl Table {
             run_uuid: change.run_uuid.clone(),
             updated_at: change.at,
         };
-        let tx_error = |err: aws_sdk_dynamodb::error::BuildError| StoreError::Aws {
-            operation: "TransactWriteItems",
-            table: self.name.clone(),
-            message: err.to_string(),
-        };
+        let tx_error = |err| self.build_error("TransactWriteItems", err);
         let state_put = if change.version == 1 {
             TxPut::builder().condition_expression("attribute_not_exists(pk)")
         } else {
@@ -1287,27 +1307,17 @@ impl Table {
                 .map_err(tx_error)?;
             items.push(TransactWriteItem::builder().put(run_put).build());
         }
-        let result = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
-        let err = match result {
-            Ok(_) => return Ok(ImageWrite::Applied),
-            Err(err) => err,
-        };
-        if let Some(
-            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                cancelled,
-            ),
-        ) = err.as_service_error()
-        {
-            let reasons: Vec<Option<&str>> = cancelled.cancellation_reasons().iter().map(|r| r.code()).collect();
-            if reasons.get(2).copied().flatten() == Some("ConditionalCheckFailed") {
-                return Ok(ImageWrite::RunAlreadyApplied);
+        match self.transact(items).await? {
+            Ok(()) => Ok(ImageWrite::Applied),
+            Err(cancelled) if cancelled.0.get(2).and_then(Option::as_deref) == Some("ConditionalCheckFailed") => {
+                Ok(ImageWrite::RunAlreadyApplied)
             }
             // A changed version, or a concurrent transaction on the same items.
-            if reasons.iter().flatten().any(|code| matches!(*code, "ConditionalCheckFailed" | "TransactionConflict")) {
-                return Ok(ImageWrite::Conflict);
+            Err(cancelled) if cancelled.condition_failed() || cancelled.has("TransactionConflict") => {
+                Ok(ImageWrite::Conflict)
             }
+            Err(cancelled) => Err(StoreError::Cancelled { reasons: cancelled.0 }),
         }
-        Err(self.aws_error("TransactWriteItems", err))
     }
 
     /// Whether a Packer run was applied to a provider before.
@@ -1370,6 +1380,28 @@ where
     Err(StoreError::Unprocessed { remaining: requests.len(), attempts: backoff.attempts })
 }
 
+/// Sends a conditional transaction until it applies, a condition fails, or conflicts with
+/// other transactions outlast the attempts.
+pub async fn retry_conflicts<F, Fut>(backoff: Backoff, mut send: F) -> Result<Transition, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<(), Cancelled>, StoreError>>,
+{
+    let mut last = Cancelled(Vec::new());
+    for attempt in 0..backoff.attempts {
+        if attempt > 0 {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
+        match send().await? {
+            Ok(()) => return Ok(Transition::Applied),
+            Err(cancelled) if cancelled.condition_failed() => return Ok(Transition::Rejected),
+            Err(cancelled) if cancelled.conflict_only() => last = cancelled,
+            Err(cancelled) => return Err(StoreError::Cancelled { reasons: cancelled.0 }),
+        }
+    }
+    Err(StoreError::Cancelled { reasons: last.0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1402,6 +1434,35 @@ mod tests {
         let result =
             write_until_processed((0..3).map(request).collect(), fast(), |batch| async move { Ok(batch) }).await;
         assert!(matches!(result, Err(StoreError::Unprocessed { remaining: 3, attempts: 4 })), "{result:?}");
+    }
+
+    fn cancelled(code: &str) -> Cancelled {
+        Cancelled(vec![None, Some(code.to_owned())])
+    }
+
+    #[tokio::test]
+    async fn conflicting_transactions_are_sent_again_and_failed_conditions_are_not() {
+        let mut sent = 0;
+        let result = retry_conflicts(fast(), || {
+            sent += 1;
+            let answer = if sent < 3 { Err(cancelled("TransactionConflict")) } else { Ok(()) };
+            async move { Ok(answer) }
+        })
+        .await;
+        assert_eq!((result.ok(), sent), (Some(Transition::Applied), 3));
+
+        let mut sent = 0;
+        let result = retry_conflicts(fast(), || {
+            sent += 1;
+            async { Ok(Err(cancelled("ConditionalCheckFailed"))) }
+        })
+        .await;
+        assert_eq!((result.ok(), sent), (Some(Transition::Rejected), 1), "a failed condition is final");
+
+        let result = retry_conflicts(fast(), || async { Ok(Err(cancelled("TransactionConflict"))) }).await;
+        assert!(matches!(result, Err(StoreError::Cancelled { .. })), "gives up after the attempts: {result:?}");
+        let result = retry_conflicts(fast(), || async { Ok(Err(cancelled("ValidationError"))) }).await;
+        assert!(matches!(result, Err(StoreError::Cancelled { .. })), "{result:?}");
     }
 
     #[test]
