@@ -117,7 +117,8 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
     for d in &deployments {
         let _ = writeln!(out, "  {:<12} {:<11} {}", d.version, d.state.as_str(), d.reason);
     }
-    let mut wants = std::collections::HashMap::new();
+    // The latest deployment's targets by instance, and its progress.
+    let mut plan = None;
     if let Some(latest) = deployments.first() {
         let targets = table.deployment_targets(environment, &latest.sha).await?;
         let progress = latest.progress();
@@ -140,15 +141,18 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
                 state,
                 t.detail.as_deref().unwrap_or("")
             );
-            wants.insert(t.instance.clone(), (t.clone(), progress.clone()));
         }
+        let by_instance: std::collections::HashMap<String, _> =
+            targets.into_iter().map(|t| (t.instance.clone(), t)).collect();
+        plan = Some((by_instance, progress));
     }
     let instances = table.environment_instances(environment).await?;
     if !instances.is_empty() {
         let _ = writeln!(out, "instances");
         for i in &instances {
             // What the agent will be told at its next poll.
-            let desired = wants.get(&i.instance).and_then(|(target, progress)| {
+            let target = plan.as_ref().and_then(|(targets, progress)| Some((targets.get(&i.instance)?, progress)));
+            let desired = target.and_then(|(target, progress)| {
                 match rollout::instruct(target, Some(progress), i.current.as_deref()).instruction {
                     Instruction::Deploy { release, .. } => Some(release.version),
                     _ => None,

@@ -362,6 +362,17 @@ impl Fanout {
         Ok(still)
     }
 
+    /// An agent's message, parsed (400, 413), and the environment its token and body agree
+    /// on (401, 403, 404).
+    async fn accept<T: serde::de::DeserializeOwned + AgentMessage>(
+        &self,
+        request: &Request,
+    ) -> Result<(T, &Environment), Box<Response>> {
+        let message: T = parse_body(request)?;
+        let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
+        Ok((message, env))
+    }
+
     /// The environment a request's token and body agree on.
     async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
         let Some(presented) = token::bearer(http::header(request, "authorization")) else {
@@ -385,13 +396,9 @@ impl Fanout {
     }
 
     async fn poll(&self, request: Request) -> Response {
-        let poll: Poll = match parse_body(&request) {
-            Ok(poll) => poll,
+        let (poll, env) = match self.accept::<Poll>(&request).await {
+            Ok(accepted) => accepted,
             Err(response) => return *response,
-        };
-        let env = match self.agent_environment(&request, &poll.environment).await {
-            Ok(env) => env,
-            Err(response) => return response,
         };
         let decision = match self.decide_poll(env, &poll).await {
             Ok(decision) => decision,
@@ -447,13 +454,9 @@ impl Fanout {
     }
 
     async fn report(&self, request: Request) -> Response {
-        let report: Report = match parse_body(&request) {
-            Ok(report) => report,
+        let (report, env) = match self.accept::<Report>(&request).await {
+            Ok(accepted) => accepted,
             Err(response) => return *response,
-        };
-        let env = match self.agent_environment(&request, &report.environment).await {
-            Ok(env) => env,
-            Err(response) => return response,
         };
         let now = conveyor_shared::unix_now();
         match self.record_report(env, &report, now).await {
@@ -519,17 +522,24 @@ struct Report {
 
 trait AgentMessage {
     fn instance_id(&self) -> &str;
+    fn environment(&self) -> &str;
 }
 
 impl AgentMessage for Poll {
     fn instance_id(&self) -> &str {
         &self.instance_id
     }
+    fn environment(&self) -> &str {
+        &self.environment
+    }
 }
 
 impl AgentMessage for Report {
     fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+    fn environment(&self) -> &str {
+        &self.environment
     }
 }
 
