@@ -39,7 +39,7 @@ pub async fn sdk() -> SdkConfig {
     sdk_at(&endpoint()).await
 }
 
-/// Like [`sdk`], through another endpoint (a [`ThrottlingProxy`] in front of the emulator).
+/// Like [`sdk`], through another endpoint (a [`FaultProxy`] in front of the emulator).
 pub async fn sdk_at(endpoint: &str) -> SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -136,10 +136,10 @@ impl TestApp {
         artifacts.create_bucket_if_missing(&settings.artifacts_bucket).await.unwrap();
         let config = Config::parse(config, "test.toml").unwrap();
         let timing = deploy_fanout::Timing {
-            lock_ttl: 60,
+            planning_claim: 60,
             presign: std::time::Duration::from_secs(300),
             busy_poll: 1,
-            idle_poll: 1,
+            idle_poll: 2,
             tick: std::time::Duration::from_secs(1),
         };
         let mut catalog = dev::functions(config.clone(), &settings, &secrets, timing, &sdk).await.unwrap();
@@ -250,45 +250,119 @@ pub fn sample(path: &str) -> Vec<u8> {
     std::fs::read(events_dir().join(path)).unwrap()
 }
 
-/// A loopback proxy in front of the emulator that answers the first `times` calls of one EC2
-/// action as EC2 does when an account is over its request rate (HTTP 503,
-/// `RequestLimitExceeded`), and passes everything else through.
-pub struct ThrottlingProxy {
-    addr: SocketAddr,
-    calls: std::sync::Arc<AtomicU32>,
-    throttled: std::sync::Arc<AtomicU32>,
+/// A request as the fault proxy sees it: method, path, headers and the whole body.
+pub struct Seen<'a> {
+    pub method: &'a hyper::Method,
+    pub path: &'a str,
+    pub headers: &'a hyper::HeaderMap,
+    pub body: &'a [u8],
 }
 
-impl ThrottlingProxy {
-    pub async fn start(action: &'static str, times: u32) -> Self {
+impl Seen<'_> {
+    /// The DynamoDB operation (`X-Amz-Target: DynamoDB_20120810.<operation>`).
+    pub fn dynamodb_operation(&self) -> Option<&str> {
+        self.headers.get("x-amz-target")?.to_str().ok()?.strip_prefix("DynamoDB_20120810.")
+    }
+
+    /// Whether the body holds `text`.
+    pub fn body_has(&self, text: &str) -> bool {
+        String::from_utf8_lossy(self.body).contains(text)
+    }
+}
+
+/// The answer the fault proxy gives instead of the emulator's.
+#[derive(Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Fault {
+    /// EC2 over its request rate: HTTP 503 `RequestLimitExceeded`.
+    pub fn ec2_throttled() -> Self {
+        Self {
+            status: 503,
+            content_type: "text/xml;charset=UTF-8",
+            body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>".into(),
+        }
+    }
+
+    /// A DynamoDB error of `kind` (`AccessDeniedException`, ...), as the service answers it.
+    pub fn dynamodb(kind: &str, message: &str) -> Self {
+        Self {
+            status: 400,
+            content_type: "application/x-amz-json-1.0",
+            body: serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{kind}"), "message": message})
+                .to_string(),
+        }
+    }
+
+    /// A transaction cancelled because other transactions held its items: what DynamoDB
+    /// answers when concurrent transactions update one item (moto never does).
+    pub fn transaction_conflict(items: usize) -> Self {
+        let reasons: Vec<_> = (0..items)
+            .map(|_| serde_json::json!({"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}))
+            .collect();
+        Self {
+            status: 400,
+            content_type: "application/x-amz-json-1.0",
+            body: serde_json::json!({
+                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]",
+                "CancellationReasons": reasons,
+            })
+            .to_string(),
+        }
+    }
+
+    /// What S3 answers a caller without `s3:ListBucket` for a missing key.
+    pub fn s3_forbidden() -> Self {
+        Self { status: 403, content_type: "application/xml", body: String::new() }
+    }
+}
+
+type Matcher = dyn Fn(&Seen<'_>) -> bool + Send + Sync;
+
+/// A loopback proxy in front of the emulator that answers the first `times` requests that
+/// `matches` with `fault`, and passes everything else through: the AWS behaviour moto does
+/// not show (throttling, IAM refusals, transaction conflicts), played on real HTTP.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    calls: std::sync::Arc<AtomicU32>,
+    faulted: std::sync::Arc<AtomicU32>,
+}
+
+impl FaultProxy {
+    pub async fn start(matches: impl Fn(&Seen<'_>) -> bool + Send + Sync + 'static, times: u32, fault: Fault) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (calls, throttled) = (std::sync::Arc::new(AtomicU32::new(0)), std::sync::Arc::new(AtomicU32::new(0)));
+        let (calls, faulted) = (std::sync::Arc::new(AtomicU32::new(0)), std::sync::Arc::new(AtomicU32::new(0)));
         let upstream = endpoint();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let (counted, limited) = (calls.clone(), throttled.clone());
+        let matches: std::sync::Arc<Matcher> = std::sync::Arc::new(matches);
+        let (counted, injected) = (calls.clone(), faulted.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, upstream, counted, limited) =
-                    (client.clone(), upstream.clone(), counted.clone(), limited.clone());
+                let (client, upstream, counted, injected, matches, fault) =
+                    (client.clone(), upstream.clone(), counted.clone(), injected.clone(), matches.clone(), fault.clone());
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (client, upstream, counted, limited) =
-                        (client.clone(), upstream.clone(), counted.clone(), limited.clone());
+                    let (client, upstream, counted, injected, matches, fault) =
+                        (client.clone(), upstream.clone(), counted.clone(), injected.clone(), matches.clone(), fault.clone());
                     async move {
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await?.to_bytes();
-                        let form = String::from_utf8_lossy(&body);
-                        if form.split('&').any(|pair| pair == format!("Action={action}")) {
+                        let seen = Seen { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, body: &body };
+                        if matches(&seen) {
                             counted.fetch_add(1, Ordering::SeqCst);
-                            if limited.fetch_add(1, Ordering::SeqCst) < times {
-                                let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>";
+                            if injected.fetch_add(1, Ordering::SeqCst) < times {
                                 return Ok(hyper::Response::builder()
-                                    .status(503)
-                                    .header("content-type", "text/xml;charset=UTF-8")
-                                    .body(Full::new(Bytes::from(xml)))
+                                    .status(fault.status)
+                                    .header("content-type", fault.content_type)
+                                    .body(Full::new(Bytes::from(fault.body)))
                                     .unwrap());
                             }
-                            limited.fetch_sub(1, Ordering::SeqCst);
+                            injected.fetch_sub(1, Ordering::SeqCst);
                         }
                         let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
                         let mut forward = hyper::Request::builder().method(parts.method).uri(uri);
@@ -309,20 +383,106 @@ impl ThrottlingProxy {
                 );
             }
         });
-        Self { addr, calls, throttled }
+        Self { addr, calls, faulted }
+    }
+
+    /// Throttles the first `times` calls of one EC2 action.
+    pub async fn throttle_ec2(action: &'static str, times: u32) -> Self {
+        let wanted = format!("Action={action}");
+        Self::start(
+            move |seen| String::from_utf8_lossy(seen.body).split('&').any(|pair| pair == wanted),
+            times,
+            Fault::ec2_throttled(),
+        )
+        .await
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Calls of the action seen, throttled or not.
+    /// Matching requests seen, faulted or not.
     pub fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// Calls of the action answered with `RequestLimitExceeded`.
-    pub fn throttled(&self) -> u32 {
-        self.throttled.load(Ordering::SeqCst)
+    /// Matching requests answered with the fault.
+    pub fn faulted(&self) -> u32 {
+        self.faulted.load(Ordering::SeqCst)
+    }
+}
+
+/// A table, a versioned artifacts bucket and a configuration of their own, with no dev server
+/// (so no tick runs by itself): for tests that drive the fan-out with a `now` of their choice.
+pub struct Quiet {
+    pub sdk: SdkConfig,
+    pub table: Table,
+    pub artifacts: conveyor_shared::s3::Artifacts,
+    pub bucket: String,
+    pub config: Config,
+}
+
+impl Quiet {
+    pub async fn new(config: &str) -> Self {
+        let sdk = sdk().await;
+        let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-quiet"));
+        table.create_if_missing().await.unwrap();
+        let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
+        let bucket = "conveyor-artifacts".to_string();
+        artifacts.create_bucket_if_missing(&bucket).await.unwrap();
+        Self { sdk, table, artifacts, bucket, config: Config::parse(config, "test.toml").unwrap() }
+    }
+
+    /// A fan-out on this table whose AWS calls go to `endpoint` (the emulator, or a
+    /// [`FaultProxy`] in front of it).
+    pub async fn fanout(&self, endpoint: &str) -> deploy_fanout::Fanout {
+        let sdk = sdk_at(endpoint).await;
+        deploy_fanout::Fanout::new(
+            Table::new(aws_sdk_dynamodb::Client::new(&sdk), self.table.name()),
+            conveyor_shared::ec2::Ec2::new(&sdk),
+            conveyor_shared::s3::Artifacts::new(&sdk),
+            std::sync::Arc::new(self.config.clone()),
+            deploy_fanout::Timing::default(),
+        )
+    }
+
+    /// A pending deployment of `sha` as the intake creates it, with the artifact uploaded
+    /// (unless `artifact` is `None`).
+    pub async fn queue(
+        &self,
+        environment: &str,
+        repository: &str,
+        sha: &str,
+        created_at: i64,
+        pushed_at: Option<i64>,
+        artifact: Option<&[u8]>,
+    ) -> conveyor_shared::domain::DeploymentRecord {
+        use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
+        let url = format!("s3://{}/{repository}/{sha}.tar.gz", self.bucket);
+        if let Some(bytes) = artifact {
+            conveyor_cli::ops::push_artifact(&self.artifacts, &self.bucket, repository, sha, None, bytes.to_vec())
+                .await
+                .unwrap();
+        }
+        let deployment = DeploymentRecord {
+            environment: environment.into(),
+            repository: repository.into(),
+            sha: sha.into(),
+            branch: "main".into(),
+            version: DeploymentRecord::version_for(sha),
+            artifact: url,
+            state: DeploymentState::Pending,
+            reason: "CI succeeded on main".into(),
+            build: "workflow_run:1:1:1".into(),
+            created_at,
+            pushed_at,
+            run: RunState::default(),
+        };
+        self.table.create_deployment(&deployment).await.unwrap();
+        deployment
+    }
+
+    pub async fn state(&self, deployment: &conveyor_shared::domain::DeploymentRecord) -> conveyor_shared::domain::DeploymentRecord {
+        self.table.deployment(&deployment.environment, &deployment.id(), true).await.unwrap().unwrap()
     }
 }

@@ -194,7 +194,8 @@ impl Rig {
     }
 
     async fn targets(&self, sha: &str) -> Vec<conveyor_shared::domain::rollout::TargetRecord> {
-        self.app.table.deployment_targets("production", sha).await.unwrap()
+        let id = conveyor_shared::domain::deployment_id(&self.repository, sha);
+        self.app.table.deployment_targets("production", &id).await.unwrap()
     }
 }
 

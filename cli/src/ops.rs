@@ -120,7 +120,7 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
     // The latest deployment's targets by instance, and its progress.
     let mut plan = None;
     if let Some(latest) = deployments.first() {
-        let targets = table.deployment_targets(environment, &latest.sha).await?;
+        let targets = table.deployment_targets(environment, &latest.id()).await?;
         let progress = latest.progress();
         if !targets.is_empty() {
             let _ = writeln!(out, "deployment {} by wave", latest.version);

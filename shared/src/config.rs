@@ -356,6 +356,11 @@ impl TryFrom<RawRollout> for Rollout {
         if raw.wave_timeout.0 == 0 {
             return Err("`wave_timeout` must be longer than 0s".into());
         }
+        if raw.min_healthy == WaveSize::Percent(100) {
+            return Err(
+                "min_healthy = \"100%\" keeps every instance in service, so no instance can ever be updated: use a share below 100% (\"75%\" updates one at a time in fleets of up to four) or a count below the fleet size".into(),
+            );
+        }
         Ok(Self { waves, min_healthy: raw.min_healthy, wave_timeout: raw.wave_timeout })
     }
 }
@@ -700,6 +705,17 @@ mod tests {
         assert_eq!(WaveSize::Percent(1).of(3), 1);
         assert_eq!(WaveSize::Count(4).of(2), 2);
         assert_eq!(WaveSize::Percent(100).of(0), 0);
+    }
+
+    #[test]
+    fn a_min_healthy_that_no_fleet_can_satisfy_is_a_config_error() {
+        let env = |rollout: &str| {
+            Config::parse(&format!("[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n{rollout}\n"), "t.toml")
+        };
+        let err = env("min_healthy = \"100%\"").unwrap_err().to_string();
+        assert!(err.contains("no instance can ever be updated") && err.contains("t.toml:"), "{err}");
+        assert!(env("min_healthy = \"75%\"").is_ok(), "the example's setting works for any fleet size");
+        assert!(env("min_healthy = 2").is_ok(), "a count is checked against the fleet when planning");
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum S3Error {
     BadUrl(String),
     #[error("{0} has no sha256 metadata: upload it with `conveyor artifact push`")]
     NoChecksum(String),
+    /// S3 answers 403 for a missing key when the caller may not list the bucket, so this is
+    /// "missing or not readable": the caller cannot tell which.
+    #[error(
+        "the artifact at {0} cannot be read (S3 answered 403 Forbidden): check that it was uploaded (`conveyor artifact push`) and that the function's role may s3:GetObject and s3:ListBucket on the bucket"
+    )]
+    NotReadable(String),
 }
 
 /// An artifact as stored.
@@ -27,6 +33,8 @@ pub struct Artifact {
     pub url: String,
     pub sha256: String,
     pub version: Option<String>,
+    /// The object's S3 version id in a versioned bucket.
+    pub version_id: Option<String>,
     pub size: i64,
 }
 
@@ -60,6 +68,9 @@ impl Artifacts {
         let head = match self.client.head_object().bucket(bucket).key(key).send().await {
             Ok(head) => head,
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => return Ok(None),
+            Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                return Err(S3Error::NotReadable(url.to_owned()));
+            }
             Err(err) => {
                 return Err(S3Error::Aws {
                     operation: "HeadObject",
@@ -74,6 +85,7 @@ impl Artifacts {
             url: url.to_owned(),
             sha256,
             version: metadata.get("version").cloned(),
+            version_id: head.version_id().filter(|v| *v != "null").map(str::to_owned),
             size: head.content_length().unwrap_or_default(),
         }))
     }
@@ -99,21 +111,40 @@ impl Artifacts {
         Ok(())
     }
 
-    /// Creates `bucket` unless it exists. For the local emulator: in AWS the template owns it.
+    /// Creates `bucket`, versioned as the template makes it, unless it exists. For the local
+    /// emulator: in AWS the template owns it.
     pub async fn create_bucket_if_missing(&self, bucket: &str) -> Result<bool, S3Error> {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
         if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
             return Ok(false);
         }
-        self.client.create_bucket().bucket(bucket).send().await.map_err(|e| S3Error::Aws {
-            operation: "CreateBucket",
-            url: format!("s3://{bucket}"),
-            message: DisplayErrorContext(e).to_string(),
-        })?;
+        let aws = |operation, message| S3Error::Aws { operation, url: format!("s3://{bucket}"), message };
+        self.client
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| aws("CreateBucket", DisplayErrorContext(e).to_string()))?;
+        self.client
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws("PutBucketVersioning", DisplayErrorContext(e).to_string()))?;
         Ok(true)
     }
 
-    /// A URL that lets an agent download the artifact for `expires`, without credentials.
-    pub async fn presigned_get(&self, url: &str, expires: Duration) -> Result<String, S3Error> {
+    /// A URL that lets an agent download the artifact for `expires`, without credentials;
+    /// with `version_id`, that version of the object and no other.
+    pub async fn presigned_get(
+        &self,
+        url: &str,
+        version_id: Option<&str>,
+        expires: Duration,
+    ) -> Result<String, S3Error> {
         let (bucket, key) = parse_url(url)?;
         let aws = |message: String| S3Error::Aws { operation: "presign GetObject", url: url.to_owned(), message };
         let config = PresigningConfig::expires_in(expires).map_err(|e| aws(e.to_string()))?;
@@ -122,6 +153,7 @@ impl Artifacts {
             .get_object()
             .bucket(bucket)
             .key(key)
+            .set_version_id(version_id.map(str::to_owned))
             .presigned(config)
             .await
             .map_err(|e| aws(DisplayErrorContext(e).to_string()))?;

@@ -56,7 +56,7 @@ async fn an_instance_outside_every_deployment_gets_nothing() {
     let answer = post(&app, "/agent/v1/poll", &production, &poll).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body["action"], "none");
-    assert_eq!(answer.body["poll_after"], 1, "the idle interval");
+    assert_eq!(answer.body["poll_after"], 2, "the idle interval, not the busy one");
 }
 
 #[tokio::test]
@@ -73,6 +73,7 @@ async fn a_release_goes_out_with_the_environments_health_check() {
         version: sha[..12].into(),
         artifact: format!("s3://{}/acme/shop/{sha}.tar.gz", app.artifacts_bucket),
         sha256: "cd".repeat(32),
+        artifact_version: None,
     };
     let deployment = DeploymentRecord {
         environment: "production".into(),
@@ -85,13 +86,25 @@ async fn a_release_goes_out_with_the_environments_health_check() {
         reason: "CI succeeded on main".into(),
         build: "b".into(),
         created_at: now,
+        pushed_at: None,
         run: RunState::default(),
     };
     app.table.create_deployment(&deployment).await.unwrap();
+    let id = deployment.id();
     let waves = vec![vec!["i-00000000000000001".to_string()]];
-    let plan = DeploymentPlan { environment: "production", deployment: &sha, release: &release, previous: None, now };
+    let plan = DeploymentPlan { environment: "production", deployment: &id, release: &release, previous: None, now };
+    app.table.claim_planning("production", &id, "test-planner", now, 60).await.unwrap();
     app.table.write_targets(&plan.targets(&waves)).await.unwrap();
-    app.table.start_deployment("production", &sha, &[1], &release.sha256, "rolling", now).await.unwrap();
+    let start = conveyor_shared::store::DeploymentStart {
+        environment: "production",
+        id: &id,
+        planner: "test-planner",
+        sizes: &[1],
+        sha256: &release.sha256,
+        artifact_version: None,
+        reason: "rolling",
+    };
+    app.table.start_deployment(&start, now).await.unwrap();
 
     let poll = json!({"instance_id": "i-00000000000000001", "environment": "production", "current": null}).to_string();
     let answer = post(&app, "/agent/v1/poll", &production, &poll).await;

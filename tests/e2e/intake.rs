@@ -261,3 +261,58 @@ async fn every_real_github_payload_is_accepted() {
     // workflow_run/completed on master succeeded: one deployment for that sha.
     assert!(!app.deployments("prod").await.is_empty());
 }
+
+fn push(before: &str, after: &str, pushed_at: i64) -> Vec<u8> {
+    serde_json::json!({
+        "ref": "refs/heads/main", "before": before, "after": after, "created": false, "deleted": false,
+        "forced": false,
+        "commits": [{"id": after, "timestamp": "2026-11-22T10:00:00Z", "message": "change", "author": {"name": "Ann"}}],
+        "head_commit": {"id": after, "timestamp": "2026-11-22T10:00:00Z", "message": "change"},
+        "repository": {"full_name": "acme/shop", "pushed_at": pushed_at}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn ci_success(sha: &str, run: u64) -> Vec<u8> {
+    serde_json::json!({
+        "action": "completed",
+        "workflow_run": {"id": run, "name": "CI", "workflow_id": 1, "head_branch": "main", "head_sha": sha,
+                         "run_attempt": 1, "conclusion": "success", "updated_at": "2026-11-22T10:05:00Z",
+                         "head_repository": {"full_name": "acme/shop"}},
+        "repository": {"full_name": "acme/shop"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn an_older_commits_late_ci_success_is_recorded_and_deploys_nothing() {
+    let app = TestApp::spawn(CONFIG).await;
+    let (base, older, newer) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+    // The pushes arrive out of order; GitHub's `pushed_at` orders them.
+    assert_eq!(app.deliver("push", "p-2", &push(&older, &newer, 1_800_000_100)).await.status, 200);
+    assert_eq!(app.deliver("push", "p-1", &push(&base, &older, 1_800_000_000)).await.status, 200);
+    let head = app.table.branch_head("acme/shop", "main").await.unwrap().unwrap();
+    assert_eq!(head.sha, newer, "the late delivery of the older push does not move the head back");
+
+    // The older commit's CI finishes last (or is re-run): recorded, with why, never deployed.
+    let answer = app.deliver("workflow_run", "ci-older", &ci_success(&older, 11)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["deployments"][0]["state"], "skipped", "{answer:?}");
+    let deployments = app.deployments("production").await;
+    let skipped = deployments.iter().find(|d| d["sha"] == older.as_str()).unwrap();
+    assert_eq!(skipped["state"], "skipped");
+    assert!(skipped["reason"].as_str().unwrap().contains("no longer the head of main"), "{skipped}");
+
+    let answer = app.deliver("workflow_run", "ci-newer", &ci_success(&newer, 12)).await;
+    assert_eq!(answer.body["deployments"][0]["state"], "pending", "{answer:?}");
+    let deployments = app.deployments("production").await;
+    let newest = deployments.iter().find(|d| d["sha"] == newer.as_str()).unwrap();
+    assert_eq!(newest["pushed_at"], 1_800_000_100, "ordered by its push");
+
+    // A commit the ledger never saw pushed (its push still on its way) still deploys.
+    let unseen = "d".repeat(40);
+    let answer = app.deliver("workflow_run", "ci-unseen", &ci_success(&unseen, 13)).await;
+    assert_eq!(answer.body["deployments"][0]["state"], "pending", "{answer:?}");
+}

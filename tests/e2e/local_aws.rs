@@ -1,6 +1,9 @@
 use conveyor_e2e::{sdk, unique_name};
 use conveyor_shared::config::SecretSource;
 use conveyor_shared::secrets;
+use conveyor_shared::domain::DeploymentState::{self, InProgress, Pending};
+use conveyor_shared::domain::{DeploymentRecord, RunState};
+use conveyor_shared::store::Transition::{Applied, Rejected};
 use conveyor_shared::store::{Key, Put, Table, Transition};
 
 #[tokio::test]
@@ -135,49 +138,23 @@ async fn discovery_waits_out_ec2_throttling_and_names_it_when_it_persists() {
     conveyor_e2e::launch_instances(&sdk().await, 3, &app).await;
     let wanted = std::collections::BTreeMap::from([("app".to_string(), app)]);
 
-    let proxy = conveyor_e2e::ThrottlingProxy::start("DescribeInstances", 3).await;
+    let proxy = conveyor_e2e::FaultProxy::throttle_ec2("DescribeInstances", 3).await;
     let ec2 = conveyor_shared::ec2::Ec2::new(&conveyor_e2e::sdk_at(&proxy.url()).await);
     let found = ec2.running_instances(None, &wanted).await.unwrap();
     assert_eq!(found.len(), 3, "the instances, once EC2 lets the call through");
-    assert_eq!((proxy.throttled(), proxy.calls()), (3, 4), "three throttled calls, then one that passed");
+    assert_eq!((proxy.faulted(), proxy.calls()), (3, 4), "three throttled calls, then one that passed");
 
-    let proxy = conveyor_e2e::ThrottlingProxy::start("DescribeInstances", u32::MAX).await;
+    let proxy = conveyor_e2e::FaultProxy::throttle_ec2("DescribeInstances", u32::MAX).await;
     let ec2 = conveyor_shared::ec2::Ec2::new(&conveyor_e2e::sdk_at(&proxy.url()).await);
     let err = ec2.running_instances(None, &wanted).await.unwrap_err().to_string();
     assert!(err.contains("DescribeInstances") && err.contains("RequestLimitExceeded"), "{err}");
     assert_eq!(proxy.calls(), 8, "gives up after eight attempts");
 }
 
-#[tokio::test]
-async fn the_deploy_lock_is_exclusive_until_it_expires() {
-    let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-lock"));
-    table.create_if_missing().await.unwrap();
-    assert!(table.take_lock("production", "sha-a", 100, 60).await.unwrap());
-    assert!(!table.take_lock("production", "sha-b", 120, 60).await.unwrap(), "held by a");
-    assert!(table.take_lock("production", "sha-a", 130, 60).await.unwrap(), "the holder renews");
-    assert!(table.take_lock("staging", "sha-b", 130, 60).await.unwrap(), "one lock per environment");
-    assert!(table.take_lock("production", "sha-b", 191, 60).await.unwrap(), "a crashed holder's lock expires");
-    table.release_lock("production", "sha-a").await.unwrap();
-    assert!(!table.take_lock("production", "sha-c", 200, 60).await.unwrap(), "only the holder releases");
-    table.release_lock("production", "sha-b").await.unwrap();
-    assert_eq!(table.renew_lock("production", "sha-b", 200, 60).await.unwrap(), Transition::Rejected);
-    assert_eq!(table.lock_holder("production", 200).await.unwrap(), None, "a late renewal re-creates nothing");
-    assert!(table.take_lock("production", "sha-c", 200, 60).await.unwrap());
-    assert_eq!(table.renew_lock("production", "sha-c", 250, 60).await.unwrap(), Transition::Applied);
-    assert!(!table.take_lock("production", "sha-d", 280, 60).await.unwrap(), "renewed until 310");
-    assert_eq!(table.renew_lock("production", "sha-d", 280, 60).await.unwrap(), Transition::Rejected);
-}
-
-#[tokio::test]
-async fn a_newer_build_supersedes_the_queued_ones() {
-    use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
-    let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-supersede"));
-    table.create_if_missing().await.unwrap();
-    let deployment = |sha: &str, created_at: i64, state: DeploymentState| DeploymentRecord {
+fn deployment(repository: &str, sha: &str, created_at: i64, state: DeploymentState) -> DeploymentRecord {
+    DeploymentRecord {
         environment: "production".into(),
-        repository: "acme/shop".into(),
+        repository: repository.into(),
         sha: sha.into(),
         branch: "main".into(),
         version: sha.into(),
@@ -186,28 +163,128 @@ async fn a_newer_build_supersedes_the_queued_ones() {
         reason: "CI succeeded on main".into(),
         build: "b".into(),
         created_at,
+        pushed_at: None,
         run: RunState::default(),
+    }
+}
+
+#[tokio::test]
+async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
+    use conveyor_shared::domain::stripe::AlertRecord;
+    use conveyor_shared::store::{DeploymentEnd, DeploymentStart, LockPhase};
+    let sdk = sdk().await;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-lock"));
+    table.create_if_missing().await.unwrap();
+    let (a, b) = (deployment("acme/shop", "aaa", 100, Pending), deployment("acme/shop", "bbb", 110, Pending));
+    for d in [&a, &b] {
+        table.create_deployment(d).await.unwrap();
+    }
+    let (a_id, b_id) = (a.id(), b.id());
+    assert_eq!(table.claim_planning("production", &a_id, "plan-a", 100, 60).await.unwrap(), Applied);
+    assert_eq!(table.claim_planning("production", &b_id, "plan-b", 120, 60).await.unwrap(), Rejected, "a holds it");
+    assert_eq!(table.claim_planning("production", &a_id, "plan-a2", 120, 60).await.unwrap(), Rejected, "claimed");
+    let recent = table.recent_deployments("production", 10).await.unwrap();
+    assert!(table.supersede_queued(&b, &recent, 130).await.unwrap().is_empty(), "a claimed deployment stays");
+
+    let start = |planner| DeploymentStart {
+        environment: "production",
+        id: &a_id,
+        planner,
+        sizes: &[1, 2],
+        sha256: "00",
+        artifact_version: Some("v1"),
+        reason: "rolling",
     };
-    let running = deployment("aaa", 100, DeploymentState::InProgress);
-    let queued = deployment("bbb", 200, DeploymentState::Pending);
-    let newest = deployment("ccc", 300, DeploymentState::Pending);
-    for d in [&running, &queued, &newest] {
+    assert_eq!(table.start_deployment(&start("plan-x"), 140).await.unwrap(), Rejected, "only the claim's holder");
+    assert_eq!(table.start_deployment(&start("plan-a"), 140).await.unwrap(), Applied);
+    let lock = table.lock("production").await.unwrap().unwrap();
+    assert_eq!((lock.holder.as_str(), lock.phase, lock.expires_at), (a_id.as_str(), Some(LockPhase::Running), None));
+    assert!(lock.live(1_000_000), "a running deployment's lock never expires");
+    assert_eq!(
+        table.claim_planning("production", &b_id, "plan-b", 1_000_000, 60).await.unwrap(),
+        Rejected,
+        "nothing starts beside a running deployment, however long it runs"
+    );
+    let started = table.deployment("production", &a_id, true).await.unwrap().unwrap();
+    assert_eq!((started.state, started.run.artifact_version.as_deref()), (InProgress, Some("v1")));
+
+    let alert = AlertRecord {
+        id: "production-aaa".into(),
+        source: "deploy".into(),
+        kind: "deployment_rolled_back".into(),
+        summary: "rolled back".into(),
+        action: "look".into(),
+        customer: None,
+        subscription: None,
+        created_at: 150,
+    };
+    let end = DeploymentEnd {
+        environment: "production",
+        id: &a_id,
+        from: InProgress,
+        to: DeploymentState::RolledBack,
+        reason: "canary failed",
+        planner: None,
+        last_release: None,
+        alert: Some(&alert),
+    };
+    assert_eq!(table.end_deployment(&end, 150).await.unwrap(), Applied);
+    assert_eq!(table.end_deployment(&end, 151).await.unwrap(), Rejected, "ends once");
+    assert!(table.lock("production").await.unwrap().is_none(), "an ended deployment holds no lock");
+    assert_eq!(table.recent_alerts(5).await.unwrap().len(), 1, "the alert came with the transition");
+
+    // A planner that fails gives the lock up at once; one that crashed is replaced after its claim.
+    assert_eq!(table.claim_planning("production", &b_id, "plan-b", 160, 60).await.unwrap(), Applied);
+    table.release_planning("production", &b_id, "plan-b").await.unwrap();
+    assert!(table.lock("production").await.unwrap().is_none());
+    assert_eq!(table.claim_planning("production", &b_id, "plan-b2", 161, 60).await.unwrap(), Applied);
+    assert_eq!(table.claim_planning("production", &b_id, "plan-b3", 222, 60).await.unwrap(), Applied, "crashed");
+    let failed = DeploymentEnd {
+        environment: "production",
+        id: &b_id,
+        from: Pending,
+        to: DeploymentState::Failed,
+        reason: "no artifact",
+        planner: Some("plan-b2"),
+        last_release: None,
+        alert: None,
+    };
+    assert_eq!(table.end_deployment(&failed, 230).await.unwrap(), Rejected, "a replaced planner changes nothing");
+    let failed = DeploymentEnd { planner: Some("plan-b3"), ..failed };
+    assert_eq!(table.end_deployment(&failed, 230).await.unwrap(), Applied);
+    assert!(table.lock("production").await.unwrap().is_none());
+    assert!(table.last_release("production").await.unwrap().is_none(), "no deployment succeeded");
+}
+
+#[tokio::test]
+async fn a_newer_build_supersedes_the_queued_ones_of_its_repository_only() {
+    let sdk = sdk().await;
+    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-supersede"));
+    table.create_if_missing().await.unwrap();
+    let running = deployment("acme/shop", "aaa", 100, InProgress);
+    let queued = deployment("acme/shop", "bbb", 200, Pending);
+    let other_repository = deployment("acme/admin", "abc", 250, Pending);
+    let newest = deployment("Acme/Shop", "ccc", 300, Pending);
+    for d in [&running, &queued, &other_repository, &newest] {
         table.create_deployment(d).await.unwrap();
     }
     let recent = table.recent_deployments("production", 100).await.unwrap();
-    assert_eq!(table.supersede_queued(&newest, recent, 301).await.unwrap(), ["bbb"]);
+    assert_eq!(table.supersede_queued(&newest, &recent, 301).await.unwrap(), ["acme/shop#bbb"]);
+    let other = table.deployment("production", &other_repository.id(), true).await.unwrap().unwrap();
+    assert_eq!(other.state, Pending, "another repository's build is not superseded");
     let states: Vec<_> =
         table.recent_deployments("production", 10).await.unwrap().into_iter().map(|d| (d.sha, d.state)).collect();
     assert_eq!(
         states,
         [
-            ("ccc".to_string(), DeploymentState::Pending),
+            ("ccc".to_string(), Pending),
+            ("abc".to_string(), Pending),
             ("bbb".to_string(), DeploymentState::Superseded),
-            ("aaa".to_string(), DeploymentState::InProgress)
+            ("aaa".to_string(), InProgress)
         ]
     );
-    let stored = table.get(Key::deployment("production", "bbb")).await.unwrap().unwrap();
+    let stored = table.get(Key::deployment("production", "acme/shop#bbb")).await.unwrap().unwrap();
     assert!(stored["reason"].as_s().unwrap().starts_with("superseded by ccc"));
     let recent = table.recent_deployments("production", 100).await.unwrap();
-    assert!(table.supersede_queued(&newest, recent, 302).await.unwrap().is_empty(), "idempotent");
+    assert!(table.supersede_queued(&newest, &recent, 302).await.unwrap().is_empty(), "idempotent");
 }

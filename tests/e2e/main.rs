@@ -5,5 +5,6 @@ mod api;
 mod intake;
 mod local_aws;
 mod manifests;
+mod rollout_races;
 mod stripe;
 mod triggers;

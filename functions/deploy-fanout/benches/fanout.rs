@@ -83,7 +83,12 @@ fn plan_cpu(criterion: &mut Criterion) {
         .collect();
     let waves = [WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)];
     let release =
-        Release { version: "0123456789ab".into(), artifact: "s3://a/b.tar.gz".into(), sha256: "00".repeat(32) };
+        Release {
+            version: "0123456789ab".into(),
+            artifact: "s3://a/b.tar.gz".into(),
+            sha256: "00".repeat(32),
+            artifact_version: None,
+        };
     let plan = || {
         let waves = plan_waves(&instances, &waves, WaveSize::Percent(75)).expect("a plan");
         let targets = DeploymentPlan {
@@ -169,6 +174,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
         reason: "bench".into(),
         build: "bench".into(),
         created_at: now,
+        pushed_at: None,
         run: RunState::default(),
     };
     table.create_deployment(&deployment).await.expect("a deployment");
@@ -177,7 +183,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
 
     fanout.start_next(&env, now).await.expect("planned");
     let planning = log.take();
-    let targets = table.deployment_targets("production", &sha).await.expect("targets");
+    let targets = table.deployment_targets("production", &deployment.id()).await.expect("targets");
     let waves = targets.iter().map(|t| t.wave).max().map_or(0, |w| w + 1);
     log.take();
 
@@ -215,7 +221,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
             reports.push(log.take().len());
         }
     }
-    let finished = table.deployment("production", &sha).await.expect("read").expect("a deployment");
+    let finished = table.deployment("production", &deployment.id(), true).await.expect("read").expect("a deployment");
     assert_eq!(finished.state, DeploymentState::Succeeded, "{finished:?}");
     log.take();
     // The first poll after the end settles the target; the ones after are idle.

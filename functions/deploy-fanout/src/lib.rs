@@ -1,37 +1,41 @@
 //! Deploy fan-out: rolls a pending deployment across its environment's EC2 instances in
 //! waves, gates each wave on the agents' reports and health, and rolls back by itself.
 //!
-//! Three triggers, one function: a new deployment (table stream, INSERT of `DEPLOYMENT#`),
-//! the agent channel (`POST /agent/v1/poll`, `POST /agent/v1/report`), and a periodic tick
-//! that times waves out, drops terminated instances and resumes whatever a crashed
+//! Three triggers, one function: deployments created or ended (table stream), the agent
+//! channel ([`channel`]: `POST /agent/v1/poll`, `POST /agent/v1/report`), and a periodic
+//! tick that times waves out, drops terminated instances and resumes whatever a crashed
 //! invocation left half-done. Nothing is remembered between invocations (but agent tokens,
 //! for a few minutes): every step reads the ledger, decides with
 //! [`conveyor_shared::domain::rollout`], and writes conditionally.
+//!
+//! One deployment per environment at a time: the lock is taken with the planning claim and
+//! turned into the running lock by the transaction that starts the deployment, and released
+//! by the transaction that ends it (see [`conveyor_shared::store`]'s rollout module). Ending
+//! also writes the last good release or the alert in that transaction, so a crash leaves
+//! either a running deployment the next tick finishes, or an ended one with everything.
 //!
 //! Costs are per deployment, not per instance, wherever the fan-out acts by itself: targets
 //! are written in batches, a wave starts with one update of the deployment's wave number,
 //! and a wave's outcome is read from per-wave counters that each report updates in one
 //! transaction with its target. Each agent learns its part at its next poll.
 
-use std::collections::HashMap;
+mod channel;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, Environment, LoadError, Settings};
-use conveyor_shared::domain::rollout::{
-    self, DeploymentPlan, Instruction, Release, ReportEffect, Step, TargetRecord, TargetState,
-};
+use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
 use conveyor_shared::domain::stripe::AlertRecord;
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::{Ec2, Ec2Error};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::s3::{Artifacts, S3Error};
-use conveyor_shared::store::{Counter, Key, StoreError, Table, Transition};
-use conveyor_shared::token::{self, Scope};
+use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, StoreError, Table, Transition};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const ROUTES: &[Route] =
     &[Route { method: "POST", path: "/agent/v1/poll" }, Route { method: "POST", path: "/agent/v1/report" }];
@@ -39,6 +43,10 @@ pub const ROUTES: &[Route] =
 /// New deployments, as the template's stream mapping filters them.
 pub const NEW_DEPLOYMENTS: &str =
     r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#;
+
+/// Deployments that just ended (or failed while planned): the next queued one can start at
+/// once instead of at the next tick.
+pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}, "state": {"S": ["succeeded", "rolled_back", "failed"]}}, "OldImage": {"state": {"S": ["pending", "in_progress"]}}}}"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -48,18 +56,21 @@ pub enum FanoutError {
     Ec2(#[from] Ec2Error),
     #[error(transparent)]
     S3(#[from] S3Error),
+    #[error("the tick failed for {}: {}", .0.keys().cloned().collect::<Vec<_>>().join(", "), .0.values().cloned().collect::<Vec<_>>().join("; "))]
+    Environments(BTreeMap<String, String>),
 }
 
 /// Timings, with production defaults; `conveyor dev` and tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// How long a deploy lock lives without renewal (a crashed run's lock expires).
-    pub lock_ttl: i64,
+    /// How long a planning claim (and the lock it takes) lasts: a planner that crashed is
+    /// replaced after this.
+    pub planning_claim: i64,
     /// How long a presigned artifact URL is valid.
     pub presign: Duration,
-    /// The poll interval an agent is told while it has work.
+    /// The poll interval an agent is told while its wave runs.
     pub busy_poll: u64,
-    /// The poll interval an agent is told while idle.
+    /// The poll interval an agent is told while idle or while its wave has not started.
     pub idle_poll: u64,
     /// How often the tick runs.
     pub tick: Duration,
@@ -68,7 +79,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            lock_ttl: 900,
+            planning_claim: 60,
             presign: Duration::from_secs(900),
             busy_poll: 2,
             idle_poll: 20,
@@ -115,6 +126,12 @@ impl Fanout {
         Self { table, ec2, artifacts, config, timing, tokens: Arc::default() }
     }
 
+    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
+        let config = Config::load(&settings.config_path)?;
+        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env()))
+    }
+
     /// The scope of a presented token's hash, from the cache or the table.
     async fn token_scope(&self, hash: String) -> Result<Option<String>, StoreError> {
         let cached = self.tokens.lock().ok().and_then(|cache| {
@@ -133,62 +150,67 @@ impl Fanout {
         Ok(scope)
     }
 
-    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
-        let config = Config::load(&settings.config_path)?;
-        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-        Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env()))
-    }
-
-    /// Starts the newest queued deployment of `env` when no other one runs; older queued
-    /// ones are superseded by it.
+    /// Starts the next queued deployment of `env` when none is planned or running. Per
+    /// repository, the newest queued build (in commit order) supersedes the older ones;
+    /// between repositories that share an environment, the one queued first goes first.
     pub async fn start_next(&self, env: &Environment, now: i64) -> Result<(), FanoutError> {
         let recent = self.table.recent_deployments(&env.name, 100).await?;
-        let Some(newest) = recent
-            .iter()
-            .filter(|d| d.state == DeploymentState::Pending)
-            .max_by(|a, b| (a.created_at, &a.sha).cmp(&(b.created_at, &b.sha)))
-            .cloned()
-        else {
-            return Ok(());
-        };
-        for sha in self.table.supersede_queued(&newest, recent, now).await? {
-            tracing::info!(environment = %env.name, %sha, by = %newest.sha, "queued deployment superseded");
-        }
-        if !self.table.take_lock(&env.name, &newest.sha, now, self.timing.lock_ttl).await? {
-            tracing::info!(environment = %env.name, sha = %newest.sha, "queued behind the running deployment");
-            return Ok(());
-        }
-        match self.begin(env, &newest, now).await {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                // Leave it queued; the next tick tries again.
-                self.table.release_lock(&env.name, &newest.sha).await?;
-                Err(err)
+        let mut newest: BTreeMap<String, &DeploymentRecord> = BTreeMap::new();
+        for queued in recent.iter().filter(|d| d.state == DeploymentState::Pending) {
+            let slot = newest.entry(queued.repository.to_ascii_lowercase()).or_insert(queued);
+            if queued.queue_order() > slot.queue_order() {
+                *slot = queued;
             }
         }
+        for candidate in newest.values() {
+            for id in self.table.supersede_queued(candidate, &recent, now).await? {
+                tracing::info!(environment = %env.name, deployment = %id, by = %candidate.id(), "queued deployment superseded");
+            }
+        }
+        let Some(next) = newest.values().min_by_key(|d| (d.created_at, d.id())) else { return Ok(()) };
+        self.begin(env, next, now).await
     }
 
+    /// Claims `deployment` for planning (with the environment's lock) and plans it. Another
+    /// deployment's lock, or another planner, leaves it queued.
     async fn begin(&self, env: &Environment, deployment: &DeploymentRecord, now: i64) -> Result<(), FanoutError> {
-        // The stream and the tick can both get here for one deployment: one plans it.
-        let token = conveyor_shared::store::claim_token(&deployment.sha, now);
-        if !self.table.claim_planning(&env.name, &deployment.sha, &token, now, 60).await? {
+        let id = deployment.id();
+        let token = conveyor_shared::store::claim_token(&id, now);
+        let claim = self.table.claim_planning(&env.name, &id, &token, now, self.timing.planning_claim).await?;
+        if claim == Transition::Rejected {
+            tracing::debug!(environment = %env.name, deployment = %id, "queued behind the lock or another planner");
             return Ok(());
         }
-        let planned = self.plan(env, deployment, now).await;
+        let planned = self.plan(env, deployment, &token, now).await;
         if planned.is_err() {
-            // Let the next tick plan it again at once rather than when the claim expires.
-            self.table.release_planning(&env.name, &deployment.sha, &token).await?;
+            // Let the next trigger plan it again at once rather than when the claim expires.
+            self.table.release_planning(&env.name, &id, &token).await?;
         }
         planned
     }
 
-    async fn plan(&self, env: &Environment, deployment: &DeploymentRecord, now: i64) -> Result<(), FanoutError> {
+    async fn plan(
+        &self,
+        env: &Environment,
+        deployment: &DeploymentRecord,
+        token: &str,
+        now: i64,
+    ) -> Result<(), FanoutError> {
+        let id = deployment.id();
+        let id = id.as_str();
         let fail = |reason: String| async move {
-            tracing::warn!(environment = %env.name, sha = %deployment.sha, %reason, "deployment failed before it started");
-            self.table
-                .transition(Key::deployment(&env.name, &deployment.sha), "pending", "failed", &reason, now)
-                .await?;
-            self.table.release_lock(&env.name, &deployment.sha).await?;
+            tracing::warn!(environment = %env.name, deployment = %id, %reason, "deployment failed before it started");
+            let end = DeploymentEnd {
+                environment: &env.name,
+                id,
+                from: DeploymentState::Pending,
+                to: DeploymentState::Failed,
+                reason: &reason,
+                planner: Some(token),
+                last_release: None,
+                alert: None,
+            };
+            self.table.end_deployment(&end, now).await?;
             Ok::<_, FanoutError>(())
         };
         let artifact = match self.artifacts.head(&deployment.artifact).await {
@@ -200,9 +222,8 @@ impl Fanout {
                 ))
                 .await;
             }
-            Err(S3Error::NoChecksum(url)) => {
-                return fail(format!("the artifact at {url} has no sha256: upload it with `conveyor artifact push`"))
-                    .await;
+            Err(err @ (S3Error::NoChecksum(_) | S3Error::NotReadable(_) | S3Error::BadUrl(_))) => {
+                return fail(err.to_string()).await;
             }
             Err(err) => return Err(err.into()),
         };
@@ -215,12 +236,13 @@ impl Fanout {
             version: deployment.version.clone(),
             artifact: deployment.artifact.clone(),
             sha256: artifact.sha256,
+            artifact_version: artifact.version_id,
         };
         // A rollback gives back the environment's last good release, whose artifact is known.
         let previous = self.table.last_release(&env.name).await?;
         let targets = DeploymentPlan {
             environment: &env.name,
-            deployment: &deployment.sha,
+            deployment: id,
             release: &release,
             previous: previous.as_ref(),
             now,
@@ -229,35 +251,37 @@ impl Fanout {
         self.table.write_targets(&targets).await?;
         let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
         let reason = format!("rolling {} out to {} instances in {} waves", release.version, targets.len(), waves.len());
-        let started =
-            self.table.start_deployment(&env.name, &deployment.sha, &sizes, &release.sha256, &reason, now).await?;
-        if started == Transition::Applied {
-            tracing::info!(environment = %env.name, sha = %deployment.sha, %reason, "deployment started");
+        let start = DeploymentStart {
+            environment: &env.name,
+            id,
+            planner: token,
+            sizes: &sizes,
+            sha256: &release.sha256,
+            artifact_version: release.artifact_version.as_deref(),
+            reason: &reason,
+        };
+        if self.table.start_deployment(&start, now).await? == Transition::Applied {
+            tracing::info!(environment = %env.name, deployment = %id, %reason, "deployment started");
+        } else {
+            tracing::warn!(environment = %env.name, deployment = %id, "planning took over by another invocation");
         }
         Ok(())
     }
 
-    /// Takes the running deployment of `env` one step further, if there is one. The wave's
+    /// Takes the running deployment `id` of `env` one step further, if it runs. The wave's
     /// hand-out needs no writes: each agent's poll sees the wave number on the deployment.
-    pub async fn advance(
-        &self,
-        env: &Environment,
-        sha: &str,
-        now: i64,
-        waiting_for: &[String],
-    ) -> Result<Step, FanoutError> {
-        let Some(deployment) = self.table.deployment(&env.name, sha).await? else { return Ok(Step::Wait) };
+    pub async fn advance(&self, env: &Environment, id: &str, now: i64, waiting_for: &[String]) -> Result<Step, FanoutError> {
+        let Some(deployment) = self.table.deployment(&env.name, id, true).await? else { return Ok(Step::Wait) };
         if deployment.state != DeploymentState::InProgress {
             return Ok(Step::Wait);
         }
         let progress = deployment.progress();
         let step = rollout::next_step(&progress, env.rollout.wave_timeout.0 as i64, now, waiting_for);
-        let key = Key::deployment(&env.name, sha);
         match &step {
             Step::Wait => {}
             Step::StartWave(next) => {
-                if self.table.advance_wave(&env.name, sha, progress.wave, now).await? == Transition::Applied {
-                    tracing::info!(environment = %env.name, %sha, wave = next + 1, "next wave");
+                if self.table.advance_wave(&env.name, id, progress.wave, now).await? == Transition::Applied {
+                    tracing::info!(environment = %env.name, deployment = %id, wave = next + 1, "next wave");
                 }
             }
             Step::Succeed => {
@@ -267,66 +291,147 @@ impl Fanout {
                     0 => format!("{} runs on all {planned} instances", deployment.version),
                     _ => format!("{} runs on {} instances ({dropped} dropped)", deployment.version, planned - dropped),
                 };
-                if self.table.transition(key, "in_progress", "succeeded", &reason, now).await? == Transition::Applied {
-                    tracing::info!(environment = %env.name, %sha, %reason, "deployment succeeded");
-                    let release = Release {
-                        version: deployment.version.clone(),
-                        artifact: deployment.artifact.clone(),
-                        sha256: deployment.run.sha256.clone().unwrap_or_default(),
-                    };
-                    self.table.set_last_release(&env.name, &release).await?;
-                    self.table.release_lock(&env.name, sha).await?;
-                    Box::pin(self.start_next(env, now)).await?;
+                let release = Release {
+                    version: deployment.version.clone(),
+                    artifact: deployment.artifact.clone(),
+                    sha256: deployment.run.sha256.clone().unwrap_or_default(),
+                    artifact_version: deployment.run.artifact_version.clone(),
+                };
+                let end = DeploymentEnd {
+                    environment: &env.name,
+                    id,
+                    from: DeploymentState::InProgress,
+                    to: DeploymentState::Succeeded,
+                    reason: &reason,
+                    planner: None,
+                    last_release: Some(&release),
+                    alert: None,
+                };
+                if self.table.end_deployment(&end, now).await? == Transition::Applied {
+                    tracing::info!(environment = %env.name, deployment = %id, %reason, "deployment succeeded");
                 }
             }
             Step::RollBack { reason } => {
                 // Every instance of the waves so far goes back to `previous` at its next poll.
-                if self.table.transition(key, "in_progress", "rolled_back", reason, now).await? == Transition::Applied {
-                    tracing::warn!(environment = %env.name, %sha, %reason, "rolling back");
-                    let action = match self.table.last_release(&env.name).await? {
-                        Some(previous) => format!(
-                            "The instances of the waves so far are going back to {}; the failing instance's log tail is in `conveyor status`",
-                            previous.version
-                        ),
-                        None => format!(
-                            "There is no earlier good release to go back to: the instances of the waves so far keep {}; the failing instance's log tail is in `conveyor status`",
-                            deployment.version
-                        ),
-                    };
-                    let alert = AlertRecord {
-                        id: format!("{}-{sha}", env.name),
-                        source: "deploy".into(),
-                        kind: "deployment_rolled_back".into(),
-                        summary: format!("Deployment of {} to {} rolled back: {reason}", deployment.version, env.name),
-                        action,
-                        customer: None,
-                        subscription: None,
-                        created_at: now,
-                    };
-                    self.table.record_alert(&alert).await?;
-                    self.table.release_lock(&env.name, sha).await?;
-                    Box::pin(self.start_next(env, now)).await?;
+                let alert = self.rollback_alert(env, &deployment, reason, now).await?;
+                let end = DeploymentEnd {
+                    environment: &env.name,
+                    id,
+                    from: DeploymentState::InProgress,
+                    to: DeploymentState::RolledBack,
+                    reason,
+                    planner: None,
+                    last_release: None,
+                    alert: Some(&alert),
+                };
+                if self.table.end_deployment(&end, now).await? == Transition::Applied {
+                    tracing::warn!(environment = %env.name, deployment = %id, %reason, "rolling back");
                 }
             }
         }
         Ok(step)
     }
 
-    /// Every environment: renew the running deployment's lock, drop its terminated
-    /// instances, time its wave out; then start queued work.
-    pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
-        for env in &self.config.environments {
-            if let Some(sha) = self.table.lock_holder(&env.name, now).await?
-                && let Some(deployment) = self.table.deployment(&env.name, &sha).await?
-                && deployment.state == DeploymentState::InProgress
-            {
-                self.table.renew_lock(&env.name, &sha, now, self.timing.lock_ttl).await?;
-                let waiting = self.drop_terminated(env, &deployment, now).await?;
-                self.advance(env, &sha, now, &waiting).await?;
-            }
-            self.start_next(env, now).await?;
+    async fn rollback_alert(
+        &self,
+        env: &Environment,
+        deployment: &DeploymentRecord,
+        reason: &str,
+        now: i64,
+    ) -> Result<AlertRecord, FanoutError> {
+        let action = match self.table.last_release(&env.name).await? {
+            Some(previous) => format!(
+                "The instances of the waves so far are going back to {}; the failing instance's log tail is in `conveyor status`",
+                previous.version
+            ),
+            None => format!(
+                "There is no earlier good release to go back to: the instances of the waves so far keep {}; the failing instance's log tail is in `conveyor status`",
+                deployment.version
+            ),
+        };
+        Ok(AlertRecord {
+            id: format!("{}-{}", env.name, deployment.sha),
+            source: "deploy".into(),
+            kind: "deployment_rolled_back".into(),
+            summary: format!("Deployment of {} to {} rolled back: {reason}", deployment.version, env.name),
+            action,
+            customer: None,
+            subscription: None,
+            created_at: now,
+        })
+    }
+
+    /// A host that was told to go back to the last good release and failed: the fleet is not
+    /// where the rollback said it would be, so a person must look.
+    async fn alert_failed_rollback(
+        &self,
+        env: &Environment,
+        deployment: &DeploymentRecord,
+        target: &TargetRecord,
+        version: &str,
+        log: Option<&str>,
+        now: i64,
+    ) -> Result<(), FanoutError> {
+        let going_back = target.previous.as_ref().is_some_and(|previous| previous.version == version);
+        if !going_back {
+            return Ok(());
+        }
+        let alert = AlertRecord {
+            id: format!("{}-{}-{}-rollback", env.name, deployment.sha, target.instance),
+            source: "deploy".into(),
+            kind: "rollback_failed".into(),
+            summary: format!(
+                "{} could not go back to {version} after {} was rolled back in {}",
+                target.instance, deployment.version, env.name
+            ),
+            action: format!(
+                "Look at {} (the agent's log: journalctl -u conveyor-agent) and bring it back to {version} by hand; its last words: {}",
+                target.instance,
+                log.unwrap_or("none")
+            ),
+            customer: None,
+            subscription: None,
+            created_at: now,
+        };
+        if self.table.record_alert(&alert).await? == conveyor_shared::store::Put::Created {
+            tracing::error!(environment = %env.name, instance = %target.instance, %version, "rollback failed on an instance");
         }
         Ok(())
+    }
+
+    /// Every environment on its own: an error in one is logged and recorded on it, and the
+    /// others are still ticked. Fails (after ticking all) when any environment failed.
+    pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
+        let mut failed = BTreeMap::new();
+        for env in &self.config.environments {
+            if let Err(err) = self.tick_environment(env, now).await {
+                tracing::error!(environment = %env.name, error = %err, "tick failed for this environment");
+                if let Err(record) = self.table.record_tick_error(&env.name, &err.to_string(), now).await {
+                    tracing::error!(environment = %env.name, error = %record, "cannot record the tick's error");
+                }
+                failed.insert(env.name.clone(), err.to_string());
+            }
+        }
+        if failed.is_empty() { Ok(()) } else { Err(FanoutError::Environments(failed)) }
+    }
+
+    /// Drives the environment's running deployment (drops terminated instances, times its wave
+    /// out, finishes it), then starts queued work.
+    async fn tick_environment(&self, env: &Environment, now: i64) -> Result<(), FanoutError> {
+        if let Some(lock) = self.table.lock(&env.name).await? {
+            match self.table.deployment(&env.name, &lock.holder, true).await? {
+                Some(deployment) if deployment.state == DeploymentState::InProgress => {
+                    let waiting = self.drop_terminated(env, &deployment, now).await?;
+                    self.advance(env, &lock.holder, now, &waiting).await?;
+                }
+                // Ended, but still named by a lock an older version left: give it up.
+                Some(deployment) if deployment.state.is_final() => {
+                    self.table.release_stale_lock(&env.name, &lock.holder).await?;
+                }
+                _ => {}
+            }
+        }
+        self.start_next(env, now).await
     }
 
     /// Drops the current wave's unreported targets whose instances no longer run; answers the
@@ -340,7 +445,7 @@ impl Fanout {
         let wave = deployment.run.wave.unwrap_or(0);
         let waiting: Vec<TargetRecord> = self
             .table
-            .deployment_targets(&env.name, &deployment.sha)
+            .deployment_targets(&env.name, &deployment.id())
             .await?
             .into_iter()
             .filter(|t| t.wave == wave && t.state == TargetState::Waiting)
@@ -361,205 +466,6 @@ impl Fanout {
         }
         Ok(still)
     }
-
-    /// An agent's message, parsed (400, 413), and the environment its token and body agree
-    /// on (401, 403, 404).
-    async fn accept<T: serde::de::DeserializeOwned + AgentMessage>(
-        &self,
-        request: &Request,
-    ) -> Result<(T, &Environment), Box<Response>> {
-        let message: T = parse_body(request)?;
-        let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
-        Ok((message, env))
-    }
-
-    /// The environment a request's token and body agree on.
-    async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
-        let Some(presented) = token::bearer(http::header(request, "authorization")) else {
-            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
-        };
-        let scope = match self.token_scope(token::hash(presented.as_bytes())).await {
-            Ok(Some(scope)) => scope,
-            Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
-            Err(err) => return Err(http::unavailable(&err, "the ledger could not be read; poll again")),
-        };
-        if scope != Scope::Environment(claimed.to_owned()).as_string() {
-            return Err(http::error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("the token is not for environment `{claimed}`"),
-            ));
-        }
-        self.config.environment(claimed).ok_or_else(|| {
-            http::error(StatusCode::NOT_FOUND, "unknown_environment", format!("no environment `{claimed}`"))
-        })
-    }
-
-    async fn poll(&self, request: Request) -> Response {
-        let (poll, env) = match self.accept::<Poll>(&request).await {
-            Ok(accepted) => accepted,
-            Err(response) => return *response,
-        };
-        let decision = match self.decide_poll(env, &poll).await {
-            Ok(decision) => decision,
-            Err(err) => return http::unavailable(&err, "the ledger could not be read; poll again"),
-        };
-        let (release, rollback) = match decision {
-            Instruction::Deploy { release, rollback } => (release, rollback),
-            Instruction::Wait => {
-                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.busy_poll}));
-            }
-            Instruction::Nothing => {
-                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll}));
-            }
-        };
-        let url = match self.artifacts.presigned_get(&release.artifact, self.timing.presign).await {
-            Ok(url) => url,
-            Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
-        };
-        let mut answer = json!({
-            "action": "deploy",
-            "release": {"version": release.version, "url": url, "sha256": release.sha256},
-            "rollback": rollback,
-            "poll_after": self.timing.busy_poll,
-        });
-        if let Some(health) = &env.health {
-            answer["health"] = json!({
-                "url": health.url,
-                "expect_status": health.expect_status,
-                "timeout_seconds": health.timeout.0,
-                "attempts": health.attempts,
-                "interval_seconds": health.interval.0,
-            });
-        }
-        http::json(StatusCode::OK, &answer)
-    }
-
-    /// An idle poll reads the instance's target only; the deployment is read while one
-    /// involves the instance, and an ended deployment settles the target once.
-    async fn decide_poll(&self, env: &Environment, poll: &Poll) -> Result<Instruction, StoreError> {
-        let Some(target) = self.table.target(&env.name, &poll.instance_id).await? else {
-            return Ok(Instruction::Nothing);
-        };
-        let progress = if rollout::needs_progress(&target) {
-            self.table.deployment(&env.name, &target.deployment).await?.map(|d| d.progress())
-        } else {
-            None
-        };
-        let decision = rollout::instruct(&target, progress.as_ref(), poll.current.as_deref());
-        if let Some(to) = decision.settle {
-            self.table.settle_target(&target, to, conveyor_shared::unix_now()).await?;
-        }
-        Ok(decision.instruction)
-    }
-
-    async fn report(&self, request: Request) -> Response {
-        let (report, env) = match self.accept::<Report>(&request).await {
-            Ok(accepted) => accepted,
-            Err(response) => return *response,
-        };
-        let now = conveyor_shared::unix_now();
-        match self.record_report(env, &report, now).await {
-            Ok(step) => http::json(StatusCode::OK, &json!({"ok": true, "step": format!("{step:?}")})),
-            Err(err) => http::unavailable(&err, "the report could not be recorded; report again"),
-        }
-    }
-
-    async fn record_report(&self, env: &Environment, report: &Report, now: i64) -> Result<Step, FanoutError> {
-        let succeeded = report.outcome == Outcome::Succeeded && report.healthy;
-        self.table
-            .record_agent_state(&env.name, &report.instance_id, report.current.as_deref(), report.healthy, now)
-            .await?;
-        let Some(target) = self.table.target(&env.name, &report.instance_id).await? else { return Ok(Step::Wait) };
-        let Some(deployment) = self.table.deployment(&env.name, &target.deployment).await? else {
-            return Ok(Step::Wait);
-        };
-        let counter = match rollout::judge_report(&target, &deployment.progress(), &report.version, succeeded) {
-            ReportEffect::Ignore => return Ok(Step::Wait),
-            ReportEffect::Record(TargetState::Succeeded) => Counter::Succeeded,
-            ReportEffect::Record(_) => Counter::Failed,
-        };
-        let detail = match counter {
-            Counter::Succeeded => format!("runs {} and is healthy", report.version),
-            _ => report.log.clone().unwrap_or_else(|| "failed without a log".into()),
-        };
-        if self.table.count_outcome(&target, counter, Some(&detail), now).await? == Transition::Rejected {
-            // Counted before (a retried report), or the deployment ended meanwhile.
-            return Ok(Step::Wait);
-        }
-        self.advance(env, &target.deployment, now, &[]).await
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Outcome {
-    Succeeded,
-    Failed,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Poll {
-    instance_id: String,
-    environment: String,
-    current: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Report {
-    instance_id: String,
-    environment: String,
-    /// The release the agent tried.
-    version: String,
-    outcome: Outcome,
-    healthy: bool,
-    /// What `current` points at now.
-    current: Option<String>,
-    log: Option<String>,
-}
-
-trait AgentMessage {
-    fn instance_id(&self) -> &str;
-    fn environment(&self) -> &str;
-}
-
-impl AgentMessage for Poll {
-    fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-    fn environment(&self) -> &str {
-        &self.environment
-    }
-}
-
-impl AgentMessage for Report {
-    fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-    fn environment(&self) -> &str {
-        &self.environment
-    }
-}
-
-fn parse_body<T: serde::de::DeserializeOwned + AgentMessage>(request: &Request) -> Result<T, Box<Response>> {
-    let bad = |status, code, message: String| Box::new(http::error(status, code, message));
-    if request.body().len() > 64 * 1024 {
-        return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "agent messages are at most 64 KB".into()));
-    }
-    let message: T = serde_json::from_slice(request.body())
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, "invalid_message", format!("the message is not valid: {e}")))?;
-    let id = message.instance_id();
-    let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !valid {
-        return Err(bad(
-            StatusCode::BAD_REQUEST,
-            "invalid_message",
-            "instance_id must look like i-0123456789abcdef0".into(),
-        ));
-    }
-    Ok(message)
 }
 
 impl HttpFunction for Fanout {
@@ -591,7 +497,7 @@ impl StreamFunction for Fanout {
     }
 
     fn filters(&self) -> &'static [&'static str] {
-        &[NEW_DEPLOYMENTS]
+        &[NEW_DEPLOYMENTS, ENDED_DEPLOYMENTS]
     }
 
     fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {

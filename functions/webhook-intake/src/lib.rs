@@ -10,12 +10,13 @@ use std::sync::Arc;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
-use conveyor_shared::domain::intake::{self, MAX_BODY_BYTES, Outcome, PlanContext};
+use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
+use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{self, SecretsError};
 use conveyor_shared::signature;
-use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table};
+use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table, Transition};
 use serde_json::json;
 
 pub const ROUTES: &[Route] = &[
@@ -132,7 +133,7 @@ impl Intake {
         tracing::info!(event, delivery = guid, outcome, deployments = created.len(), "delivery handled");
         let deployments: Vec<_> = created
             .iter()
-            .map(|d| json!({"environment": d.environment, "sha": d.sha, "version": d.version, "state": d.state}))
+            .map(|d| json!({"environment": d.environment, "sha": d.sha, "version": d.version, "state": d.state, "reason": d.reason}))
             .collect();
         let mut body = json!({"ok": true, "duplicate": false, "delivery": guid, "event": event, "outcome": outcome, "deployments": deployments});
         if !detail.is_empty() {
@@ -142,11 +143,16 @@ impl Intake {
     }
 
     /// Records the plan. Every write is keyed by a natural key, so a retry repeats nothing.
-    /// Returns the deployments that this call created.
-    async fn apply<'p>(&self, plan: &'p intake::Plan) -> Result<Vec<&'p DeploymentRecord>, StoreError> {
+    /// Returns the deployments that this call created (skipped ones included).
+    async fn apply(&self, plan: &intake::Plan) -> Result<Vec<DeploymentRecord>, StoreError> {
         self.table.record_commits(&plan.commits).await?;
         if let Some(push) = &plan.push {
             self.table.record_push(push).await?;
+        }
+        if let Some(head) = &plan.head
+            && self.table.advance_branch_head(head).await? == Transition::Rejected
+        {
+            tracing::info!(repository = %head.repository, branch = %head.branch, "a later push of this branch is known already");
         }
         if let Some(build) = &plan.build {
             self.table.record_build(build).await?;
@@ -155,10 +161,11 @@ impl Intake {
             }
         }
         let mut created = Vec::new();
-        for deployment in &plan.deployments {
-            match self.table.create_deployment(deployment).await? {
+        for planned in &plan.deployments {
+            let deployment = self.ordered(planned).await?;
+            match self.table.create_deployment(&deployment).await? {
                 Put::Created => {
-                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment created");
+                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, state = deployment.state.as_str(), reason = %deployment.reason, "deployment created");
                     created.push(deployment);
                 }
                 Put::AlreadyExists => {
@@ -167,6 +174,20 @@ impl Intake {
             }
         }
         Ok(created)
+    }
+
+    /// The planned deployment, stamped with when its commit became the branch's head, or
+    /// skipped when the ledger knows a newer head (never deploy an older commit over it).
+    async fn ordered(&self, planned: &DeploymentRecord) -> Result<DeploymentRecord, StoreError> {
+        let head = self.table.branch_head(&planned.repository, &planned.branch).await?;
+        let known = match &head {
+            Some(head) if head.sha != planned.sha => self.table.commit_known(&planned.repository, &planned.sha).await?,
+            _ => false,
+        };
+        Ok(match intake::order_build(head.as_ref(), &planned.sha, known) {
+            BuildOrder::Head { pushed_at } => DeploymentRecord { pushed_at, ..planned.clone() },
+            BuildOrder::Stale(reason) => DeploymentRecord { state: DeploymentState::Skipped, reason, ..planned.clone() },
+        })
     }
 
     async fn builds(&self, request: Request) -> Response {

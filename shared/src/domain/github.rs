@@ -6,6 +6,28 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 pub struct Repository {
     pub full_name: String,
+    /// Unix seconds in push payloads (an ISO string elsewhere): when the repository was
+    /// last pushed to, which orders pushes.
+    #[serde(default)]
+    pub pushed_at: Option<Timestamp>,
+}
+
+/// A time GitHub writes as Unix seconds or as ISO 8601, depending on the payload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Timestamp {
+    Unix(i64),
+    Text(String),
+}
+
+impl Timestamp {
+    pub fn unix(&self) -> Option<i64> {
+        use time::format_description::well_known::Rfc3339;
+        match self {
+            Timestamp::Unix(seconds) => Some(*seconds),
+            Timestamp::Text(text) => time::OffsetDateTime::parse(text, &Rfc3339).ok().map(|t| t.unix_timestamp()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

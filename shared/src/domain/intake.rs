@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
-use super::records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState};
+use super::records::{
+    BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState,
+};
 use crate::config::{ArtifactFields, Config, Environment};
 
 /// GitHub's own cap on a webhook payload.
@@ -81,12 +83,42 @@ pub struct Plan {
     pub push: Option<PushRecord>,
     pub build: Option<BuildRecord>,
     /// At most one per environment; the store creates each only if (environment, sha) is new.
+    /// Each is checked against its branch's head before it is created ([`order_build`]).
     pub deployments: Vec<DeploymentRecord>,
+    /// The branch head a push moves (not for tags or deletions).
+    pub head: Option<BranchHead>,
 }
 
 impl Plan {
     fn outcome(outcome: Outcome) -> Self {
-        Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new() }
+        Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new(), head: None }
+    }
+}
+
+/// Where a successful build stands against its branch's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOrder {
+    /// Deploy it; `pushed_at` is when it became the head, when the ledger knows.
+    Head { pushed_at: Option<i64> },
+    /// An older commit of the branch: recorded with this reason, never deployed.
+    Stale(String),
+}
+
+/// Whether a successful build of `sha` may deploy, given the branch's head as the ledger
+/// knows it and whether the ledger saw `sha` in a push. A commit the ledger never saw
+/// deploys (its push may still be on its way, or predate Conveyor): only a commit known to
+/// be behind the head is refused.
+pub fn order_build(head: Option<&BranchHead>, sha: &str, commit_known: bool) -> BuildOrder {
+    match head {
+        Some(head) if head.sha == sha => BuildOrder::Head { pushed_at: Some(head.pushed_at) },
+        Some(head) if commit_known => BuildOrder::Stale(format!(
+            "not deployed: {} is no longer the head of {} ({} is, since the push of delivery {}); deploy an older release on purpose by hand",
+            DeploymentRecord::version_for(sha),
+            head.branch,
+            DeploymentRecord::version_for(&head.sha),
+            head.delivery
+        )),
+        _ => BuildOrder::Head { pushed_at: None },
     }
 }
 
@@ -167,6 +199,15 @@ fn plan_push(push: PushEvent, delivery: &str, ctx: &PlanContext<'_>) -> Result<P
     } else {
         (RefKind::Other, push.git_ref.as_str())
     };
+    let pushed_at = push.repository.pushed_at.as_ref().and_then(|t| t.unix()).unwrap_or(ctx.now);
+    let head = (ref_kind == RefKind::Branch && !push.deleted).then(|| BranchHead {
+        repository: push.repository.full_name.clone(),
+        branch: ref_name.to_owned(),
+        sha: push.after.clone(),
+        pushed_at,
+        delivery: delivery.to_owned(),
+        before: push.before.clone(),
+    });
     let record = PushRecord {
         repository: push.repository.full_name.clone(),
         delivery: delivery.to_owned(),
@@ -180,8 +221,9 @@ fn plan_push(push: PushEvent, delivery: &str, ctx: &PlanContext<'_>) -> Result<P
         forced: push.forced,
         commit_count: push.commits.len(),
         received_at: ctx.now,
+        pushed_at,
     };
-    Ok(Plan { outcome: Outcome::Recorded, commits, push: Some(record), build: None, deployments: Vec::new() })
+    Ok(Plan { outcome: Outcome::Recorded, commits, push: Some(record), build: None, deployments: Vec::new(), head })
 }
 
 /// Which kind of build finished, for environments that require one workflow.
@@ -213,7 +255,7 @@ fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<P
     // A run on a fork's branch of the same name must never deploy this repository.
     let from_fork = run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name);
     let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
-    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments, head: None })
 }
 
 fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
@@ -241,7 +283,7 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         completed_at,
     };
     let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
-    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments })
+    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments, head: None })
 }
 
 fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {
@@ -281,6 +323,7 @@ fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'
             reason: format!("{} succeeded on {}", build.name, env.branch),
             build: build.source.clone(),
             created_at: ctx.now,
+            pushed_at: None,
             run: RunState::default(),
         })
         .collect()

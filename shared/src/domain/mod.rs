@@ -8,4 +8,6 @@ pub mod records;
 pub mod rollout;
 pub mod stripe;
 
-pub use records::{BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState};
+pub use records::{
+    BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState, deployment_id,
+};

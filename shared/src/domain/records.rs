@@ -41,6 +41,25 @@ pub struct PushRecord {
     pub forced: bool,
     pub commit_count: usize,
     pub received_at: i64,
+    /// When GitHub says the push happened (`repository.pushed_at`); orders pushes that arrive
+    /// out of order. `received_at` when the payload has none.
+    #[serde(default)]
+    pub pushed_at: i64,
+}
+
+/// The head of a branch as the latest push the ledger saw says: what "the newest build" is
+/// measured against, so that an older commit's late CI success never deploys over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchHead {
+    pub repository: String,
+    pub branch: String,
+    pub sha: String,
+    pub pushed_at: i64,
+    /// The push delivery that moved it.
+    pub delivery: String,
+    /// The sha the push moved the branch from (not kept: it only chains same-second pushes).
+    #[serde(default, skip_serializing)]
+    pub before: String,
 }
 
 /// A finished CI build (a workflow run or a check suite) for one commit.
@@ -75,9 +94,16 @@ pub enum DeploymentState {
     Failed,
     RolledBack,
     Superseded,
+    /// Recorded, never run: the build's commit was no longer its branch's head.
+    Skipped,
 }
 
 impl DeploymentState {
+    /// A deployment in a final state never changes again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeploymentState::Pending | DeploymentState::InProgress)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Pending => "pending",
@@ -86,6 +112,7 @@ impl DeploymentState {
             DeploymentState::Failed => "failed",
             DeploymentState::RolledBack => "rolled_back",
             DeploymentState::Superseded => "superseded",
+            DeploymentState::Skipped => "skipped",
         }
     }
 }
@@ -106,6 +133,10 @@ pub struct DeploymentRecord {
     /// The build that triggered it ([`BuildRecord::source`]).
     pub build: String,
     pub created_at: i64,
+    /// When its commit became the branch's head (the push's time), when the ledger saw that
+    /// push: queued deployments are ordered by it, so commit order wins over arrival order.
+    #[serde(default)]
+    pub pushed_at: Option<i64>,
     /// How it runs, once started; empty while pending.
     #[serde(flatten)]
     pub run: RunState,
@@ -121,6 +152,9 @@ pub struct RunState {
     pub wave_started_at: Option<i64>,
     /// The artifact's SHA-256, known once the deployment starts.
     pub sha256: Option<String>,
+    /// The artifact's S3 version, pinned when the deployment starts: a re-upload to the same
+    /// key during the rollout does not change what later waves download.
+    pub artifact_version: Option<String>,
     /// Per wave: planned targets, and those that succeeded, failed or were dropped (counted
     /// by the agents' reports, so deciding never reads the targets).
     pub sizes: Vec<usize>,
@@ -133,12 +167,29 @@ pub struct RunState {
     pub failure: Option<String>,
 }
 
+/// A deployment's id within its environment: the repository (lower case, as GitHub
+/// compares names) and the commit, so two repositories never share a deployment.
+pub fn deployment_id(repository: &str, sha: &str) -> String {
+    format!("{}#{sha}", repository.to_ascii_lowercase())
+}
+
 impl DeploymentRecord {
+    pub fn id(&self) -> String {
+        deployment_id(&self.repository, &self.sha)
+    }
+
+    /// Which of two queued deployments is newer: commit order (the push that made each the
+    /// branch's head) where the ledger knows it, then creation time.
+    pub fn queue_order(&self) -> (i64, i64, &str) {
+        (self.pushed_at.unwrap_or(self.created_at), self.created_at, &self.sha)
+    }
+
     /// Where the deployment stands, as [`crate::domain::rollout`] decides on it.
     pub fn progress(&self) -> crate::domain::rollout::Progress {
         let run = &self.run;
         crate::domain::rollout::Progress {
             state: self.state,
+            started: run.wave.is_some(),
             wave: run.wave.unwrap_or(0),
             wave_started_at: run.wave_started_at.unwrap_or(self.created_at),
             sizes: run.sizes.clone(),

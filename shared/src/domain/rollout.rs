@@ -4,6 +4,16 @@
 //! half, then all). After the last listed wave, waves of the last wave's size follow until
 //! every instance is done, which is how `[1]` means one at a time. No wave takes more
 //! instances out of service than `min_healthy` allows; such a wave is split.
+//!
+//! `min_healthy` rounds like CodeDeploy's `FLEET_PERCENT` (a share rounds up to whole
+//! instances), with one difference: a share below 100% never keeps the whole fleet in
+//! service, so it always lets one instance at a time through (`"75%"` of one, two or three
+//! instances updates them one by one). A count as large as the fleet leaves nothing to
+//! update: the planner fails the deployment and says so.
+//!
+//! What an instance should run is always one of two releases: the deployment's, or the
+//! environment's last good release (`previous` on its target). Whatever order events come
+//! in, an instance that is not handed the new release converges on the last good one.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +30,18 @@ pub struct Instance {
 pub enum PlanError {
     #[error("no running instance matches the environment's tags")]
     NoInstances,
-    #[error("min_healthy {min_healthy} of {fleet} instances leaves none to update")]
-    MinHealthyTooHigh { min_healthy: usize, fleet: usize },
+    #[error(
+        "min_healthy = {setting} keeps all {fleet} instances in service, so none can be updated: set it below {fleet} or use a share such as \"75%\""
+    )]
+    MinHealthyTooHigh { setting: WaveSize, fleet: usize },
+}
+
+/// How many of `fleet` instances `min_healthy` keeps in service (see the module docs).
+pub fn instances_kept(min_healthy: WaveSize, fleet: usize) -> usize {
+    match min_healthy {
+        WaveSize::Percent(p) if p < 100 => min_healthy.of(fleet).min(fleet.saturating_sub(1)),
+        other => other.of(fleet),
+    }
 }
 
 /// The waves of a rollout: instance ids, canary first.
@@ -34,10 +54,9 @@ pub fn plan_waves(
     if fleet == 0 {
         return Err(PlanError::NoInstances);
     }
-    let keep = min_healthy.of(fleet);
-    let max_wave = fleet.saturating_sub(keep);
+    let max_wave = fleet.saturating_sub(instances_kept(min_healthy, fleet));
     if max_wave == 0 {
-        return Err(PlanError::MinHealthyTooHigh { min_healthy: keep, fleet });
+        return Err(PlanError::MinHealthyTooHigh { setting: min_healthy, fleet });
     }
     let order = spread_across_zones(instances);
 
@@ -88,6 +107,10 @@ pub struct Release {
     /// `s3://` URL of the artifact.
     pub artifact: String,
     pub sha256: String,
+    /// The S3 object version the deployment pinned (versioned buckets), so every wave and
+    /// every later rollback downloads the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_version: Option<String>,
 }
 
 /// Where one instance stands in its latest deployment.
@@ -106,7 +129,8 @@ pub enum TargetState {
     Kept,
     /// Settled: the deployment rolled back and this instance goes back to `previous`.
     RolledBack,
-    /// Settled: the deployment ended before this instance's wave.
+    /// Settled: the deployment ended before this instance's wave; it runs (or goes back to)
+    /// `previous`, the last good release.
     Untouched,
 }
 
@@ -149,11 +173,13 @@ pub struct TargetRecord {
 }
 
 impl TargetRecord {
-    /// What a settled target's instance should run.
+    /// What a settled target's instance should run. An untouched instance goes to the last
+    /// good release too: it may still run a release an earlier deployment rolled back, if
+    /// this deployment's plan replaced the target before the instance polled.
     fn settled_release(&self) -> Option<&Release> {
         match self.state {
             TargetState::Kept => Some(&self.release),
-            TargetState::RolledBack => self.previous.as_ref(),
+            TargetState::RolledBack | TargetState::Untouched => self.previous.as_ref(),
             _ => None,
         }
     }
@@ -196,6 +222,9 @@ impl DeploymentPlan<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     pub state: crate::domain::DeploymentState,
+    /// Whether the deployment ever started (a deployment that failed while it was planned
+    /// handed nothing out).
+    pub started: bool,
     /// The current wave, from 0.
     pub wave: usize,
     pub wave_started_at: i64,
@@ -251,9 +280,9 @@ pub fn next_step(progress: &Progress, timeout_seconds: i64, now: i64, waiting_fo
 pub enum Instruction {
     /// Install and switch to this release.
     Deploy { release: Release, rollback: bool },
-    /// A deployment involves this instance but has nothing for it yet: poll again soon.
+    /// The instance's wave runs and its part is not settled: poll again soon.
     Wait,
-    /// Nothing to do: poll again at the idle pace.
+    /// Nothing to do now (idle, or a wave that has not started): poll again at the idle pace.
     Nothing,
 }
 
@@ -282,26 +311,33 @@ pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Opt
     };
     let settled = |state: TargetState| {
         let settled = TargetRecord { state, ..target.clone() };
+        // Going back to the last good release is a rollback for the agent: no hooks of a
+        // release it never ran before, and the release is usually still on disk.
+        let rollback = matches!(state, TargetState::RolledBack | TargetState::Untouched);
         Decision {
-            instruction: run(settled.settled_release(), state == TargetState::RolledBack),
+            instruction: run(settled.settled_release(), rollback),
             settle: (state != target.state).then_some(state),
         }
     };
+    let pending = |instruction| Decision { instruction, settle: None };
     if target.state.is_settled() {
         return settled(target.state);
     }
     let Some(progress) = progress else { return settled(TargetState::Untouched) };
-    let reached = target.wave <= progress.wave;
+    let reached = progress.started && target.wave <= progress.wave;
     match progress.state {
-        D::InProgress if !reached => Decision { instruction: Instruction::Wait, settle: None },
-        D::InProgress => {
-            let instruction = match target.state {
-                // Also when the agent already runs it: it re-checks health and reports.
-                TargetState::Waiting => Instruction::Deploy { release: target.release.clone(), rollback: false },
-                _ => Instruction::Wait,
-            };
-            Decision { instruction, settle: None }
-        }
+        // Being planned: the target may be written before the deployment starts. The canary
+        // wave hears soon; the others at the idle pace.
+        D::Pending if target.wave == 0 => pending(Instruction::Wait),
+        D::Pending => pending(Instruction::Nothing),
+        D::InProgress if !reached => pending(Instruction::Nothing),
+        D::InProgress => match target.state {
+            // The agent runs it already: its report is on its way (agents retry reports until
+            // one is acknowledged), so a lost answer never restarts a healthy host.
+            TargetState::Waiting if current == Some(target.release.version.as_str()) => pending(Instruction::Wait),
+            TargetState::Waiting => pending(Instruction::Deploy { release: target.release.clone(), rollback: false }),
+            _ => pending(Instruction::Wait),
+        },
         D::Succeeded if target.state == TargetState::Succeeded => settled(TargetState::Kept),
         D::RolledBack | D::Failed if reached => settled(TargetState::RolledBack),
         _ => settled(TargetState::Untouched),
@@ -380,14 +416,35 @@ mod tests {
         assert!(waves.iter().all(|w| w.len() <= 1));
         assert_eq!(
             plan_waves(&fleet(2), &CANARY, WaveSize::Percent(100)),
-            Err(PlanError::MinHealthyTooHigh { min_healthy: 2, fleet: 2 })
+            Err(PlanError::MinHealthyTooHigh { setting: WaveSize::Percent(100), fleet: 2 })
         );
+        let err = plan_waves(&fleet(3), &CANARY, WaveSize::Count(3)).unwrap_err();
+        assert!(err.to_string().contains("min_healthy = 3 keeps all 3 instances"), "{err}");
         assert_eq!(plan_waves(&[], &CANARY, WaveSize::Count(0)), Err(PlanError::NoInstances));
+    }
+
+    #[test]
+    fn a_share_below_100_percent_works_for_every_fleet_size() {
+        for fleet_size in 1..=40 {
+            for share in [1, 25, 50, 75, 90, 99] {
+                let waves = plan_waves(&fleet(fleet_size), &CANARY, WaveSize::Percent(share))
+                    .unwrap_or_else(|e| panic!("{share}% of {fleet_size}: {e}"));
+                let kept = instances_kept(WaveSize::Percent(share), fleet_size);
+                assert!(waves.iter().all(|w| w.len() <= fleet_size - kept), "{share}% of {fleet_size}");
+            }
+        }
+        // As CodeDeploy rounds: 75% of 8 keeps 6 (waves of 2); of 1, 2 or 3 it updates one at a time.
+        assert_eq!(instances_kept(WaveSize::Percent(75), 8), 6);
+        assert_eq!(instances_kept(WaveSize::Percent(40), 9), 4);
+        for n in 1..=3 {
+            assert!(plan_waves(&fleet(n), &CANARY, WaveSize::Percent(75)).unwrap().iter().all(|w| w.len() == 1));
+        }
     }
 
     fn progress(wave: usize, sizes: &[usize], succeeded: &[usize], failed: &[usize], dropped: &[usize]) -> Progress {
         Progress {
             state: crate::domain::DeploymentState::InProgress,
+            started: true,
             wave,
             wave_started_at: 0,
             sizes: sizes.to_vec(),
@@ -427,7 +484,12 @@ mod tests {
     }
 
     fn release(version: &str) -> Release {
-        Release { version: version.into(), artifact: format!("s3://a/{version}.tar.gz"), sha256: "00".into() }
+        Release {
+            version: version.into(),
+            artifact: format!("s3://a/{version}.tar.gz"),
+            sha256: "00".into(),
+            artifact_version: None,
+        }
     }
 
     fn target(wave: usize, state: TargetState) -> TargetRecord {
@@ -452,12 +514,16 @@ mod tests {
     fn a_poll_is_handed_the_release_once_its_wave_starts() {
         use TargetState::*;
         let running = progress(0, &[1, 1], &[0, 0], &[0, 0], &[0, 0]);
-        assert_eq!(instruct(&target(1, Waiting), Some(&running), Some("old")).instruction, Instruction::Wait);
+        assert_eq!(
+            instruct(&target(1, Waiting), Some(&running), Some("old")).instruction,
+            Instruction::Nothing,
+            "a wave that has not started polls at the idle pace"
+        );
         assert_eq!(instruct(&target(0, Waiting), Some(&running), Some("old")).instruction, deploy("new", false));
         assert_eq!(
             instruct(&target(0, Waiting), Some(&running), Some("new")).instruction,
-            deploy("new", false),
-            "an agent that switched but never reported is asked again, so it reports"
+            Instruction::Wait,
+            "a host that runs the release is never told to install it again: its report is on its way"
         );
         assert_eq!(instruct(&target(0, Succeeded), Some(&running), Some("new")).instruction, Instruction::Wait);
         assert_eq!(instruct(&target(0, Waiting), Some(&running), None).settle, None);
@@ -481,6 +547,37 @@ mod tests {
     }
 
     #[test]
+    fn a_deployment_being_planned_means_wait() {
+        use crate::domain::DeploymentState as D;
+        use TargetState::*;
+        let planning = Progress { state: D::Pending, started: false, ..progress(0, &[], &[], &[], &[]) };
+        for wave in [0, 1, 2] {
+            let decision = instruct(&target(wave, Waiting), Some(&planning), Some("old"));
+            assert_eq!(decision.settle, None, "a target written before its deployment starts is not settled");
+            assert!(!matches!(decision.instruction, Instruction::Deploy { .. }));
+        }
+        assert_eq!(instruct(&target(0, Waiting), Some(&planning), Some("old")).instruction, Instruction::Wait);
+        let failed_before_start = Progress { state: D::Failed, ..planning };
+        let decision = instruct(&target(0, Waiting), Some(&failed_before_start), Some("old"));
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched) });
+    }
+
+    #[test]
+    fn a_host_left_on_a_rejected_release_goes_back_whatever_came_after() {
+        use crate::domain::DeploymentState as D;
+        use TargetState::*;
+        // D1 ("new") rolled back; before this host polled, D2 ("newer") planned it into its
+        // last wave and failed in its canary wave. The host still runs D1's release.
+        let d2 = TargetRecord { release: release("newer"), ..target(2, Waiting) };
+        let rolled_back = Progress { state: D::RolledBack, ..progress(0, &[1, 1, 1], &[0; 3], &[1, 0, 0], &[0; 3]) };
+        let decision = instruct(&d2, Some(&rolled_back), Some("new"));
+        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(Untouched) });
+        let settled = TargetRecord { state: Untouched, ..d2 };
+        assert_eq!(instruct(&settled, None, Some("new")).instruction, deploy("old", true));
+        assert_eq!(instruct(&settled, None, Some("old")).instruction, Instruction::Nothing);
+    }
+
+    #[test]
     fn a_settled_target_needs_no_deployment() {
         use TargetState::*;
         for state in [Kept, RolledBack, Untouched, Dropped] {
@@ -500,6 +597,7 @@ mod tests {
         let first_ever = TargetRecord { previous: None, ..target(0, RolledBack) };
         assert_eq!(instruct(&first_ever, None, Some("new")).instruction, Instruction::Nothing);
         assert_eq!(instruct(&target(0, Untouched), None, Some("old")).instruction, Instruction::Nothing);
+        assert_eq!(instruct(&target(0, Untouched), None, Some("new")).instruction, deploy("old", true));
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! | commit      | `REPO#<owner/name>`         | `COMMIT#<sha>`           |                       |                                  |       |
 //! | push        | `REPO#<owner/name>`         | `PUSH#<delivery guid>`   | `PUSHES`              | `<received at>#<owner/name>`     |       |
 //! | build       | `REPO#<owner/name>`         | `BUILD#<sha>#<source>`   | `BUILDS`              | `<completed at>#<owner/name>#<sha>` |    |
-//! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<sha>`       | `DEPLOYMENTS#<env>`   | `<created at>#<sha>`             |       |
+//! | branch head | `REPO#<owner/name>`         | `HEAD#<branch>`          |                       |                                  |       |
+//! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<owner/name>#<sha>` | `DEPLOYMENTS#<env>` | `<created at>#<sha>`      |       |
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
 //! | deploy lock | `ENV#<environment>`         | `LOCK`                   |                       |                                  |       |
+//! | tick error  | `ENV#<environment>`         | `TICK`                   |                       |                                  | 1 day |
 //! | target      | `ENV#<environment>`         | `TARGET#<instance id>`   |                       |                                  |       |
 //! | instance    | `ENV#<environment>`         | `INSTANCE#<instance id>` |                       |                                  |       |
 //! | last good   | `ENV#<environment>`         | `RELEASE`                |                       |                                  |       |
@@ -23,12 +25,17 @@
 //!
 //! Times in sort keys are zero-padded Unix seconds, so they sort as text. `ttl` is Unix
 //! seconds; DynamoDB deletes expired items lazily, so reads treat an expired item as absent.
+//! A deployment's id is `<owner/name>#<sha>` with the repository in lower case
+//! ([`DeploymentRecord::id`]): two repositories' builds of one sha are two deployments.
+//! The rollout's items (lock, targets, instances) are described in [`rollout`].
 //!
 //! # Rules
 //! - Creating an item from an outside event is a conditional put on its natural key; a
 //!   duplicate is reported as [`Put::AlreadyExists`], never as an error.
 //! - A state change is a conditional update on the previous state ([`Table::transition`]).
 //! - Batches retry `UnprocessedItems` with backoff until written or out of attempts.
+
+mod rollout;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,9 +52,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::packer::{Change, ImageMap};
-use crate::domain::rollout::{Release, TargetRecord, TargetState};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
-use crate::domain::{BuildRecord, CommitRecord, DeploymentRecord, PushRecord};
+use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
+
+pub use rollout::{Counter, DeploymentEnd, DeploymentStart, InstanceRecord, Lock, LockPhase};
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -166,8 +174,15 @@ impl Key {
     pub fn alert(source: &str, id: &str) -> Self {
         Self { pk: format!("ALERT#{source}#{id}"), sk: "ALERT".into() }
     }
-    pub fn deployment(environment: &str, sha: &str) -> Self {
-        Self { pk: format!("ENV#{environment}"), sk: format!("DEPLOYMENT#{sha}") }
+    /// A deployment by its id ([`DeploymentRecord::id`]).
+    pub fn deployment(environment: &str, id: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: format!("DEPLOYMENT#{id}") }
+    }
+    pub fn branch_head(repository: &str, branch: &str) -> Self {
+        Self { pk: format!("REPO#{repository}"), sk: format!("HEAD#{branch}") }
+    }
+    pub fn tick_error(environment: &str) -> Self {
+        Self { pk: format!("ENV#{environment}"), sk: "TICK".into() }
     }
 
     fn into_item(self) -> Item {
@@ -183,12 +198,12 @@ fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-/// A string attribute, for fields set through [`Table::transition_setting`].
+/// A string attribute, for fields set through [`Conditional::set`].
 pub fn text(value: &str) -> AttributeValue {
     s(value)
 }
 
-/// A number attribute, for fields set through [`Table::transition_setting`].
+/// A number attribute, for fields set through [`Conditional::set`].
 pub fn number(value: i64) -> AttributeValue {
     n(value)
 }
@@ -319,6 +334,10 @@ impl Table {
         if condition.contains("#state") || update.contains("#state") {
             request = request.expression_attribute_names("#state", "state");
         }
+        // DynamoDB refuses names and values an expression does not use.
+        let used = |placeholder: &str| update.contains(placeholder) || condition.contains(placeholder);
+        let names: Vec<_> = names.iter().filter(|(name, _)| used(name)).collect();
+        let values: Vec<_> = values.into_iter().filter(|(placeholder, _)| used(placeholder)).collect();
         for (name, attribute) in names {
             request = request.expression_attribute_names(*name, *attribute);
         }
@@ -342,44 +361,37 @@ impl Table {
         reason: &str,
         at: i64,
     ) -> Result<Transition, StoreError> {
-        self.transition_setting(key, from, to, reason, at, Vec::new()).await
+        self.apply(Conditional::transition(key, from, to, reason, at)).await
     }
 
-    /// [`Table::transition`], also setting `fields` in the same conditional update.
-    pub async fn transition_setting(
-        &self,
-        key: Key,
-        from: &str,
-        to: &str,
-        reason: &str,
-        at: i64,
-        fields: Vec<(&str, AttributeValue)>,
-    ) -> Result<Transition, StoreError> {
-        let entry = AttributeValue::M(HashMap::from([
-            ("from".into(), s(from)),
-            ("to".into(), s(to)),
-            ("reason".into(), s(reason)),
-            ("at".into(), n(at)),
-        ]));
-        let mut update = String::from(
-            "SET #state = :to, reason = :reason, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry)",
-        );
-        let names: Vec<(String, String)> = fields.iter().map(|(f, _)| (format!("#f_{f}"), f.to_string())).collect();
-        let mut values = vec![
-            (":from", s(from)),
-            (":to", s(to)),
-            (":reason", s(reason)),
-            (":at", n(at)),
-            (":empty", AttributeValue::L(Vec::new())),
-            (":entry", AttributeValue::L(vec![entry])),
-        ];
-        let placeholders: Vec<String> = fields.iter().map(|(f, _)| format!(":f_{f}")).collect();
-        for ((field, value), placeholder) in fields.into_iter().zip(&placeholders) {
-            update.push_str(&format!(", #f_{field} = {placeholder}"));
-            values.push((placeholder.as_str(), value));
-        }
+    /// Applies one conditional change ([`Conditional`]) as an UpdateItem.
+    pub async fn apply(&self, change: Conditional) -> Result<Transition, StoreError> {
+        let Conditional { key, set, remove, condition, names, values } = change;
         let names: Vec<(&str, &str)> = names.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        self.update_if(key, &update, "#state = :from", &names, values).await
+        let values: Vec<(&str, AttributeValue)> = values.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
+        self.update_if(key, &Conditional::expression(&set, &remove), &condition, &names, values).await
+    }
+
+    /// One conditional change as an item of a transaction.
+    fn transaction_item(&self, change: Conditional) -> Result<TransactWriteItem, StoreError> {
+        use aws_sdk_dynamodb::types::Update;
+        let Conditional { key, set, remove, condition, names, values } = change;
+        let mut update = Update::builder()
+            .table_name(&self.name)
+            .set_key(Some(key.into_item()))
+            .update_expression(Conditional::expression(&set, &remove));
+        if condition.contains("#state") || set.iter().any(|part| part.contains("#state")) {
+            update = update.expression_attribute_names("#state", "state");
+        }
+        let mut update = update.condition_expression(condition);
+        for (name, attribute) in names {
+            update = update.expression_attribute_names(name, attribute);
+        }
+        for (placeholder, value) in values {
+            update = update.expression_attribute_values(placeholder, value);
+        }
+        let update = update.build().map_err(|e| self.build_error("TransactWriteItems", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     /// Writes `items` in batches of 25, retrying `UnprocessedItems` with backoff.
@@ -406,13 +418,20 @@ impl Table {
         Ok(())
     }
 
+    /// Reads one item, strongly consistent.
     pub async fn get(&self, key: Key) -> Result<Option<Item>, StoreError> {
+        self.read(key, true).await
+    }
+
+    /// Reads one item; an eventually consistent read costs half and may miss a write of the
+    /// last second: for readers that poll again anyway.
+    pub async fn read(&self, key: Key, consistent: bool) -> Result<Option<Item>, StoreError> {
         let output = self
             .client
             .get_item()
             .table_name(&self.name)
             .set_key(Some(key.into_item()))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|err| self.aws_error("GetItem", err))?;
@@ -643,12 +662,53 @@ impl Table {
         self.put_if_absent(item).await
     }
 
-    /// Creates the deployment of `sha` to its environment unless one exists already.
+    /// Creates the deployment of a build to its environment unless one exists already (one
+    /// that was skipped, as not the branch's head, may be replaced).
     pub async fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Put, StoreError> {
-        let mut item = encode("deployment", deployment, Key::deployment(&deployment.environment, &deployment.sha))?;
+        let mut item = encode("deployment", deployment, Key::deployment(&deployment.environment, &deployment.id()))?;
         item.insert("gsi1pk".into(), s(format!("DEPLOYMENTS#{}", deployment.environment)));
         item.insert("gsi1sk".into(), s(format!("{}#{}", time_key(deployment.created_at), deployment.sha)));
-        self.put_if_absent(item).await
+        let replaceable = deployment.state != DeploymentState::Skipped;
+        if !replaceable {
+            return self.put_if_absent(item).await;
+        }
+        self.put_if(
+            item,
+            "attribute_not_exists(pk) OR #state = :skipped",
+            HashMap::from([("#state".into(), "state".into())]),
+            HashMap::from([(":skipped".into(), s(DeploymentState::Skipped.as_str()))]),
+        )
+        .await
+    }
+
+    /// Moves a branch's head as a push says, unless the ledger already knows a later push
+    /// (pushes can arrive out of order; `pushed_at` orders them, `before` chains them).
+    pub async fn advance_branch_head(&self, head: &BranchHead) -> Result<Transition, StoreError> {
+        self.update_if(
+            Key::branch_head(&head.repository, &head.branch),
+            "SET repository = :repo, branch = :branch, sha = :sha, pushed_at = :at, delivery = :delivery",
+            "attribute_not_exists(pk) OR pushed_at < :at OR (pushed_at = :at AND sha = :before)",
+            &[],
+            vec![
+                (":repo", s(&head.repository)),
+                (":branch", s(&head.branch)),
+                (":sha", s(&head.sha)),
+                (":at", n(head.pushed_at)),
+                (":delivery", s(&head.delivery)),
+                (":before", s(&head.before)),
+            ],
+        )
+        .await
+    }
+
+    /// The head of `branch` as the last push the ledger saw says.
+    pub async fn branch_head(&self, repository: &str, branch: &str) -> Result<Option<BranchHead>, StoreError> {
+        self.get(Key::branch_head(repository, branch)).await?.map(|item| decode("branch head", item)).transpose()
+    }
+
+    /// Whether the ledger saw `sha` in a push.
+    pub async fn commit_known(&self, repository: &str, sha: &str) -> Result<bool, StoreError> {
+        Ok(self.get(Key::commit(repository, sha)).await?.is_some())
     }
 
     pub async fn recent_builds(&self, limit: i32) -> Result<Vec<BuildRecord>, StoreError> {
@@ -796,404 +856,11 @@ impl Table {
 
     /// Raises an alert for alert dispatch, once per cause.
     pub async fn record_alert(&self, alert: &AlertRecord) -> Result<Put, StoreError> {
-        let mut item = encode("alert", alert, Key::alert(&alert.source, &alert.id))?;
-        item.insert("state".into(), s("pending"));
-        item.insert("gsi1pk".into(), s("ALERTS"));
-        item.insert("gsi1sk".into(), s(format!("{}#{}#{}", time_key(alert.created_at), alert.source, alert.id)));
-        self.put_if_absent(item).await
+        self.put_if_absent(alert_item(alert)?).await
     }
 
     pub async fn recent_alerts(&self, limit: i32) -> Result<Vec<AlertRecord>, StoreError> {
         self.newest("ALERTS", limit).await?.into_iter().map(|item| decode("alert", item)).collect()
-    }
-}
-
-impl Table {
-    /// Takes (or renews) an environment's deploy lock for `holder` until `now + ttl`. Fails
-    /// while another holder's lock is live; a crashed holder's lock expires.
-    pub async fn take_lock(&self, environment: &str, holder: &str, now: i64, ttl: i64) -> Result<bool, StoreError> {
-        let mut item = Key::lock(environment).into_item();
-        item.insert("holder".into(), s(holder));
-        item.insert("expires_at".into(), n(now + ttl));
-        let put = self
-            .put_if(
-                item,
-                "attribute_not_exists(pk) OR expires_at < :now OR holder = :holder",
-                HashMap::new(),
-                HashMap::from([(":now".into(), n(now)), (":holder".into(), s(holder))]),
-            )
-            .await?;
-        Ok(put == Put::Created)
-    }
-
-    /// Extends a live lock of `holder`; never re-creates a lock that was released (a renewal
-    /// racing the release must not lock the environment for a finished deployment).
-    pub async fn renew_lock(
-        &self,
-        environment: &str,
-        holder: &str,
-        now: i64,
-        ttl: i64,
-    ) -> Result<Transition, StoreError> {
-        self.update_if(
-            Key::lock(environment),
-            "SET expires_at = :until",
-            "holder = :holder AND expires_at >= :now",
-            &[],
-            vec![(":holder", s(holder)), (":now", n(now)), (":until", n(now + ttl))],
-        )
-        .await
-    }
-
-    /// Gives the lock up; only its holder can.
-    pub async fn release_lock(&self, environment: &str, holder: &str) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::lock(environment).into_item()))
-            .condition_expression("holder = :holder")
-            .expression_attribute_values(":holder", s(holder))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if is_condition_failure(&err) => Ok(()),
-            Err(err) => Err(self.aws_error("DeleteItem", err)),
-        }
-    }
-
-    /// Marks every deployment of `recent` (the environment's, as just read) that is still
-    /// queued (`pending`) and older than `newest` as superseded by it. Returns the shas it
-    /// superseded.
-    pub async fn supersede_queued(
-        &self,
-        newest: &DeploymentRecord,
-        recent: Vec<DeploymentRecord>,
-        now: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut superseded = Vec::new();
-        for queued in recent {
-            let older = (queued.created_at, &queued.sha) < (newest.created_at, &newest.sha);
-            if queued.state != crate::domain::DeploymentState::Pending || !older {
-                continue;
-            }
-            let reason = format!("superseded by {} ({})", newest.version, newest.reason);
-            let key = Key::deployment(&queued.environment, &queued.sha);
-            // Conditional: a queued deployment that started meanwhile is left alone.
-            if self.transition(key, "pending", "superseded", &reason, now).await? == Transition::Applied {
-                superseded.push(queued.sha);
-            }
-        }
-        Ok(superseded)
-    }
-}
-
-/// What an agent last said its instance runs (written by reports, read by `conveyor status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct InstanceRecord {
-    pub environment: String,
-    pub instance: String,
-    pub current: Option<String>,
-    pub healthy: Option<bool>,
-    pub reported_at: Option<i64>,
-}
-
-/// Which per-wave counter of a running deployment a target's outcome goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    Succeeded,
-    Failed,
-    Dropped,
-}
-
-impl Counter {
-    fn attribute(self) -> &'static str {
-        match self {
-            Counter::Succeeded => "succeeded",
-            Counter::Failed => "failed",
-            Counter::Dropped => "dropped",
-        }
-    }
-
-    fn state(self) -> TargetState {
-        match self {
-            Counter::Succeeded => TargetState::Succeeded,
-            Counter::Failed => TargetState::Failed,
-            Counter::Dropped => TargetState::Dropped,
-        }
-    }
-}
-
-fn target_state(state: TargetState) -> AttributeValue {
-    s(state.as_str())
-}
-
-impl Table {
-    /// Writes a deployment's targets in batches: one item per instance, replacing the
-    /// instance's target of an earlier (finished: the lock says so) deployment.
-    pub async fn write_targets(&self, targets: &[TargetRecord]) -> Result<(), StoreError> {
-        let items = targets
-            .iter()
-            .map(|t| encode("target", t, Key::target(&t.environment, &t.instance)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.batch_put(items).await
-    }
-
-    /// The instance's target in its latest deployment: the one read of an idle poll.
-    pub async fn target(&self, environment: &str, instance: &str) -> Result<Option<TargetRecord>, StoreError> {
-        self.get(Key::target(environment, instance)).await?.map(|item| decode("target", item)).transpose()
-    }
-
-    /// The targets of deployment `sha`, by wave, then instance.
-    pub async fn deployment_targets(&self, environment: &str, sha: &str) -> Result<Vec<TargetRecord>, StoreError> {
-        let items = self.partition(&format!("ENV#{environment}"), "TARGET#", None, false).await?;
-        let mut targets: Vec<TargetRecord> = items
-            .into_iter()
-            .map(|item| decode("target", item))
-            .filter(|t: &Result<TargetRecord, _>| t.as_ref().map_or(true, |t| t.deployment == sha))
-            .collect::<Result<_, _>>()?;
-        targets.sort_by(|a, b| (a.wave, &a.instance).cmp(&(b.wave, &b.instance)));
-        Ok(targets)
-    }
-
-    /// Records a target's outcome and counts it in its deployment's wave, in one transaction:
-    /// only if the target still waits in deployment `target.deployment` and that deployment
-    /// still runs. A failure also becomes the deployment's failure reason, if it is the first.
-    pub async fn count_outcome(
-        &self,
-        target: &TargetRecord,
-        counter: Counter,
-        detail: Option<&str>,
-        now: i64,
-    ) -> Result<Transition, StoreError> {
-        use aws_sdk_dynamodb::types::Update;
-        let built = |err| self.build_error("TransactWriteItems", err);
-        let mut target_update = Update::builder()
-            .table_name(&self.name)
-            .set_key(Some(Key::target(&target.environment, &target.instance).into_item()))
-            .update_expression(if detail.is_some() {
-                "SET #state = :to, updated_at = :now, detail = :detail"
-            } else {
-                "SET #state = :to, updated_at = :now"
-            })
-            .condition_expression("deployment = :sha AND #state = :waiting")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":to", target_state(counter.state()))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":sha", s(&target.deployment))
-            .expression_attribute_values(":waiting", target_state(TargetState::Waiting));
-        if let Some(detail) = detail {
-            target_update = target_update.expression_attribute_values(":detail", s(detail));
-        }
-        // Counters are lists indexed by wave; `wave` comes from our own plan.
-        let wave = target.wave;
-        let counter_name = counter.attribute();
-        let mut deployment_update = Update::builder()
-            .table_name(&self.name)
-            .set_key(Some(Key::deployment(&target.environment, &target.deployment).into_item()))
-            .condition_expression("#state = :running")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_names("#counter", counter_name)
-            .expression_attribute_values(":running", s("in_progress"))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now));
-        let mut update = format!("SET #counter[{wave}] = #counter[{wave}] + :one, updated_at = :now");
-        if counter == Counter::Failed {
-            let failure =
-                format!("{} failed in wave {}: {}", target.instance, wave + 1, detail.unwrap_or("no detail reported"));
-            update.push_str(", failure = if_not_exists(failure, :failure)");
-            deployment_update = deployment_update.expression_attribute_values(":failure", s(failure));
-        }
-        let items = vec![
-            TransactWriteItem::builder().update(target_update.build().map_err(built)?).build(),
-            TransactWriteItem::builder()
-                .update(deployment_update.update_expression(update).build().map_err(built)?)
-                .build(),
-        ];
-        // Reports of one wave arrive together and all update the deployment's counters: in
-        // DynamoDB such transactions cancel each other (`TransactionConflict`); send again.
-        retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
-    }
-
-    /// Settles a target once its deployment has ended (see [`crate::domain::rollout::instruct`]).
-    pub async fn settle_target(
-        &self,
-        target: &TargetRecord,
-        to: TargetState,
-        now: i64,
-    ) -> Result<Transition, StoreError> {
-        self.update_if(
-            Key::target(&target.environment, &target.instance),
-            "SET #state = :to, updated_at = :now",
-            "deployment = :sha AND #state = :from",
-            &[],
-            vec![
-                (":to", target_state(to)),
-                (":now", n(now)),
-                (":sha", s(&target.deployment)),
-                (":from", target_state(target.state)),
-            ],
-        )
-        .await
-    }
-
-    pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        self.get(Key::instance(environment, instance)).await?.map(|item| decode("instance", item)).transpose()
-    }
-
-    /// Records what an agent says its instance runs.
-    pub async fn record_agent_state(
-        &self,
-        environment: &str,
-        instance: &str,
-        current: Option<&str>,
-        healthy: bool,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let current = current.map_or(AttributeValue::Null(true), s);
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(Key::instance(environment, instance).into_item()))
-            .update_expression(
-                "SET environment = :env, instance = :id, #current = :current, healthy = :healthy, reported_at = :now",
-            )
-            .expression_attribute_names("#current", "current")
-            .expression_attribute_values(":env", s(environment))
-            .expression_attribute_values(":id", s(instance))
-            .expression_attribute_values(":current", current)
-            .expression_attribute_values(":healthy", AttributeValue::Bool(healthy))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await
-            .map_err(|err| self.aws_error("UpdateItem", err))?;
-        Ok(())
-    }
-
-    pub async fn environment_instances(&self, environment: &str) -> Result<Vec<InstanceRecord>, StoreError> {
-        let items = self.partition(&format!("ENV#{environment}"), "INSTANCE#", None, false).await?;
-        items.into_iter().map(|item| decode("instance", item)).collect()
-    }
-
-    pub async fn deployment(&self, environment: &str, sha: &str) -> Result<Option<DeploymentRecord>, StoreError> {
-        self.get(Key::deployment(environment, sha)).await?.map(|item| decode("deployment", item)).transpose()
-    }
-
-    /// Elects one invocation to plan a pending deployment (several can see it at once: the
-    /// stream and the tick). A planner that crashed is replaced after `ttl` seconds.
-    pub async fn claim_planning(
-        &self,
-        environment: &str,
-        sha: &str,
-        token: &str,
-        now: i64,
-        ttl: i64,
-    ) -> Result<bool, StoreError> {
-        let claimed = self
-            .update_if(
-                Key::deployment(environment, sha),
-                "SET planner = :token, planning_until = :until",
-                "#state = :pending AND (attribute_not_exists(planner) OR planning_until < :now)",
-                &[],
-                vec![(":pending", s("pending")), (":token", s(token)), (":until", n(now + ttl)), (":now", n(now))],
-            )
-            .await?;
-        Ok(claimed == Transition::Applied)
-    }
-
-    /// Gives up a planning claim (the planner failed), so that the next tick plans at once.
-    pub async fn release_planning(&self, environment: &str, sha: &str, token: &str) -> Result<(), StoreError> {
-        self.update_if(
-            Key::deployment(environment, sha),
-            "REMOVE planner, planning_until",
-            "#state = :pending AND planner = :token",
-            &[],
-            vec![(":pending", s("pending")), (":token", s(token))],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Starts a planned deployment at wave 0 with zeroed per-wave counters, once.
-    pub async fn start_deployment(
-        &self,
-        environment: &str,
-        sha: &str,
-        sizes: &[usize],
-        sha256: &str,
-        reason: &str,
-        now: i64,
-    ) -> Result<Transition, StoreError> {
-        let list = |values: Vec<i64>| AttributeValue::L(values.into_iter().map(n).collect());
-        let zeros = || list(vec![0; sizes.len()]);
-        self.transition_setting(
-            Key::deployment(environment, sha),
-            "pending",
-            "in_progress",
-            reason,
-            now,
-            vec![
-                ("wave", n(0)),
-                ("wave_started_at", n(now)),
-                ("sha256", s(sha256)),
-                ("sizes", list(sizes.iter().map(|&size| size as i64).collect())),
-                ("succeeded", zeros()),
-                ("failed", zeros()),
-                ("dropped", zeros()),
-            ],
-        )
-        .await
-    }
-
-    /// Moves a running deployment from wave `from` to the next, once.
-    pub async fn advance_wave(
-        &self,
-        environment: &str,
-        sha: &str,
-        from: usize,
-        now: i64,
-    ) -> Result<Transition, StoreError> {
-        self.update_if(
-            Key::deployment(environment, sha),
-            "SET wave = :next, wave_started_at = :now, updated_at = :now",
-            "#state = :running AND wave = :from",
-            &[],
-            vec![
-                (":running", s("in_progress")),
-                (":from", n(from as i64)),
-                (":next", n(from as i64 + 1)),
-                (":now", n(now)),
-            ],
-        )
-        .await
-    }
-
-    /// The deployment holding the environment's lock, if the lock is live.
-    pub async fn lock_holder(&self, environment: &str, now: i64) -> Result<Option<String>, StoreError> {
-        let Some(item) = self.get(Key::lock(environment)).await? else { return Ok(None) };
-        let live = item
-            .get("expires_at")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|t| t >= now);
-        Ok(live.then(|| item.get("holder").and_then(|v| v.as_s().ok()).cloned()).flatten())
-    }
-
-    pub async fn set_last_release(&self, environment: &str, release: &Release) -> Result<(), StoreError> {
-        let item = encode("release", release, Key::last_release(environment))?;
-        self.client
-            .put_item()
-            .table_name(&self.name)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|err| self.aws_error("PutItem", err))?;
-        Ok(())
-    }
-
-    pub async fn last_release(&self, environment: &str) -> Result<Option<Release>, StoreError> {
-        self.get(Key::last_release(environment)).await?.map(|item| decode("release", item)).transpose()
     }
 }
 
@@ -1324,6 +991,93 @@ impl Table {
     pub async fn run_applied(&self, provider: &str, run: &str) -> Result<bool, StoreError> {
         Ok(self.get(Key::applied_run(provider, run)).await?.is_some())
     }
+}
+
+/// A conditional update, built up in parts: as one UpdateItem ([`Table::apply`]) or as one
+/// item of a transaction. `#state` always names the `state` attribute.
+#[derive(Debug, Clone)]
+pub struct Conditional {
+    key: Key,
+    set: Vec<String>,
+    remove: Vec<String>,
+    condition: String,
+    names: Vec<(String, String)>,
+    values: Vec<(String, AttributeValue)>,
+}
+
+impl Conditional {
+    /// Moves the item from state `from` to `to` with `reason`, appending the change to its
+    /// `history`, only if it is in state `from` now.
+    pub fn transition(key: Key, from: &str, to: &str, reason: &str, at: i64) -> Self {
+        let entry = AttributeValue::M(HashMap::from([
+            ("from".into(), s(from)),
+            ("to".into(), s(to)),
+            ("reason".into(), s(reason)),
+            ("at".into(), n(at)),
+        ]));
+        Self {
+            key,
+            set: vec![
+                "#state = :to".into(),
+                "reason = :reason".into(),
+                "updated_at = :at".into(),
+                "history = list_append(if_not_exists(history, :empty), :entry)".into(),
+            ],
+            remove: Vec::new(),
+            condition: "#state = :from".into(),
+            names: Vec::new(),
+            values: vec![
+                (":from".into(), s(from)),
+                (":to".into(), s(to)),
+                (":reason".into(), s(reason)),
+                (":at".into(), n(at)),
+                (":empty".into(), AttributeValue::L(Vec::new())),
+                (":entry".into(), AttributeValue::L(vec![entry])),
+            ],
+        }
+    }
+
+    /// Also sets attribute `field` to `value`.
+    pub fn set(mut self, field: &str, value: AttributeValue) -> Self {
+        self.set.push(format!("#f_{field} = :f_{field}"));
+        self.names.push((format!("#f_{field}"), field.to_owned()));
+        self.values.push((format!(":f_{field}"), value));
+        self
+    }
+
+    /// Also removes attribute `field`.
+    pub fn remove(mut self, field: &str) -> Self {
+        self.remove.push(format!("#f_{field}"));
+        self.names.push((format!("#f_{field}"), field.to_owned()));
+        self
+    }
+
+    /// Only if `condition` holds too; its placeholders are `values`.
+    pub fn when(mut self, condition: &str, values: Vec<(&str, AttributeValue)>) -> Self {
+        self.condition = format!("({}) AND ({condition})", self.condition);
+        self.values.extend(values.into_iter().map(|(p, v)| (p.to_owned(), v)));
+        self
+    }
+
+    fn expression(set: &[String], remove: &[String]) -> String {
+        let mut clauses = Vec::new();
+        if !set.is_empty() {
+            clauses.push(format!("SET {}", set.join(", ")));
+        }
+        if !remove.is_empty() {
+            clauses.push(format!("REMOVE {}", remove.join(", ")));
+        }
+        clauses.join(" ")
+    }
+}
+
+/// An alert as stored: pending until alert dispatch delivers it, listed newest first.
+fn alert_item(alert: &AlertRecord) -> Result<Item, StoreError> {
+    let mut item = encode("alert", alert, Key::alert(&alert.source, &alert.id))?;
+    item.insert("state".into(), s("pending"));
+    item.insert("gsi1pk".into(), s("ALERTS"));
+    item.insert("gsi1sk".into(), s(format!("{}#{}#{}", time_key(alert.created_at), alert.source, alert.id)));
+    Ok(item)
 }
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {

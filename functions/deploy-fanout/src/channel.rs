@@ -1,0 +1,227 @@
+//! The agent channel: `POST /agent/v1/poll` and `POST /agent/v1/report`.
+//!
+//! A poll reads the instance's target and, while a deployment involves it, the deployment,
+//! both eventually consistent (half a read unit each, and an agent that misses the last
+//! second's write polls again). A report is counted once: a repeated one changes nothing and
+//! still answers 200, so an agent can send it until one is acknowledged. Reports never plan
+//! the next deployment: the stream and the tick do.
+
+use conveyor_shared::domain::rollout::{self, Instruction, ReportEffect, Step, TargetState};
+use conveyor_shared::http::{self, Request, Response, StatusCode};
+use conveyor_shared::store::{Counter, StoreError, Transition};
+use conveyor_shared::token::{self, Scope};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{Environment, Fanout, FanoutError};
+
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+/// Unknown fields are ignored, so a newer agent can talk to an older function.
+#[derive(Debug, Deserialize)]
+struct Poll {
+    instance_id: String,
+    environment: String,
+    current: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    instance_id: String,
+    environment: String,
+    /// The release the agent tried.
+    version: String,
+    outcome: Outcome,
+    healthy: bool,
+    /// What `current` points at now.
+    current: Option<String>,
+    log: Option<String>,
+}
+
+trait AgentMessage {
+    fn instance_id(&self) -> &str;
+    fn environment(&self) -> &str;
+}
+
+impl AgentMessage for Poll {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+    fn environment(&self) -> &str {
+        &self.environment
+    }
+}
+
+impl AgentMessage for Report {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+    fn environment(&self) -> &str {
+        &self.environment
+    }
+}
+
+/// Agent messages are small; anything larger is not one.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+fn parse_body<T: serde::de::DeserializeOwned + AgentMessage>(request: &Request) -> Result<T, Box<Response>> {
+    let bad = |status, code, message: String| Box::new(http::error(status, code, message));
+    if request.body().len() > MAX_MESSAGE_BYTES {
+        return Err(bad(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "agent messages are at most 64 KB".into()));
+    }
+    let message: T = serde_json::from_slice(request.body())
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, "invalid_message", format!("the message is not valid: {e}")))?;
+    let id = message.instance_id();
+    let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            "instance_id must look like i-0123456789abcdef0".into(),
+        ));
+    }
+    Ok(message)
+}
+
+impl Fanout {
+    /// An agent's message, parsed (400, 413), and the environment its token and body agree
+    /// on (401, 403, 404).
+    async fn accept<T: serde::de::DeserializeOwned + AgentMessage>(
+        &self,
+        request: &Request,
+    ) -> Result<(T, &Environment), Box<Response>> {
+        let message: T = parse_body(request)?;
+        let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
+        Ok((message, env))
+    }
+
+    /// The environment a request's token and body agree on.
+    async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
+        let Some(presented) = token::bearer(http::header(request, "authorization")) else {
+            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
+        };
+        let scope = match self.token_scope(token::hash(presented.as_bytes())).await {
+            Ok(Some(scope)) => scope,
+            Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
+            Err(err) => return Err(http::unavailable(&err, "the ledger could not be read; poll again")),
+        };
+        if scope != Scope::Environment(claimed.to_owned()).as_string() {
+            return Err(http::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the token is not for environment `{claimed}`"),
+            ));
+        }
+        self.config.environment(claimed).ok_or_else(|| {
+            http::error(StatusCode::NOT_FOUND, "unknown_environment", format!("no environment `{claimed}`"))
+        })
+    }
+
+    pub(crate) async fn poll(&self, request: Request) -> Response {
+        let (poll, env) = match self.accept::<Poll>(&request).await {
+            Ok(accepted) => accepted,
+            Err(response) => return *response,
+        };
+        let decision = match self.decide_poll(env, &poll).await {
+            Ok(decision) => decision,
+            Err(err) => return http::unavailable(&err, "the ledger could not be read; poll again"),
+        };
+        let (release, rollback) = match decision {
+            Instruction::Deploy { release, rollback } => (release, rollback),
+            Instruction::Wait => {
+                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.busy_poll}));
+            }
+            Instruction::Nothing => {
+                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll}));
+            }
+        };
+        let pinned = release.artifact_version.as_deref();
+        let url = match self.artifacts.presigned_get(&release.artifact, pinned, self.timing.presign).await {
+            Ok(url) => url,
+            Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
+        };
+        let mut answer = json!({
+            "action": "deploy",
+            "release": {"version": release.version, "url": url, "sha256": release.sha256},
+            "rollback": rollback,
+            "poll_after": self.timing.busy_poll,
+        });
+        if let Some(health) = &env.health {
+            answer["health"] = json!({
+                "url": health.url,
+                "expect_status": health.expect_status,
+                "timeout_seconds": health.timeout.0,
+                "attempts": health.attempts,
+                "interval_seconds": health.interval.0,
+            });
+        }
+        http::json(StatusCode::OK, &answer)
+    }
+
+    /// An idle poll reads the instance's target only; the deployment is read while one
+    /// involves the instance, and an ended deployment settles the target once.
+    async fn decide_poll(&self, env: &Environment, poll: &Poll) -> Result<Instruction, StoreError> {
+        let Some(target) = self.table.target(&env.name, &poll.instance_id, false).await? else {
+            return Ok(Instruction::Nothing);
+        };
+        let progress = if rollout::needs_progress(&target) {
+            self.table.deployment(&env.name, &target.deployment, false).await?.map(|d| d.progress())
+        } else {
+            None
+        };
+        let decision = rollout::instruct(&target, progress.as_ref(), poll.current.as_deref());
+        if let Some(to) = decision.settle {
+            self.table.settle_target(&target, to, conveyor_shared::unix_now()).await?;
+        }
+        Ok(decision.instruction)
+    }
+
+    pub(crate) async fn report(&self, request: Request) -> Response {
+        let (report, env) = match self.accept::<Report>(&request).await {
+            Ok(accepted) => accepted,
+            Err(response) => return *response,
+        };
+        let now = conveyor_shared::unix_now();
+        match self.record_report(env, &report, now).await {
+            Ok(step) => http::json(StatusCode::OK, &json!({"ok": true, "step": format!("{step:?}")})),
+            Err(err) => http::unavailable(&err, "the report could not be recorded; report again"),
+        }
+    }
+
+    async fn record_report(&self, env: &Environment, report: &Report, now: i64) -> Result<Step, FanoutError> {
+        let succeeded = report.outcome == Outcome::Succeeded && report.healthy;
+        self.table
+            .record_agent_state(&env.name, &report.instance_id, report.current.as_deref(), report.healthy, now)
+            .await?;
+        let Some(target) = self.table.target(&env.name, &report.instance_id, true).await? else {
+            return Ok(Step::Wait);
+        };
+        let Some(deployment) = self.table.deployment(&env.name, &target.deployment, true).await? else {
+            return Ok(Step::Wait);
+        };
+        let counter = match rollout::judge_report(&target, &deployment.progress(), &report.version, succeeded) {
+            ReportEffect::Ignore => {
+                if !succeeded && deployment.state.is_final() {
+                    self.alert_failed_rollback(env, &deployment, &target, &report.version, report.log.as_deref(), now).await?;
+                }
+                return Ok(Step::Wait);
+            }
+            ReportEffect::Record(TargetState::Succeeded) => Counter::Succeeded,
+            ReportEffect::Record(_) => Counter::Failed,
+        };
+        let detail = match counter {
+            Counter::Succeeded => format!("runs {} and is healthy", report.version),
+            _ => report.log.clone().unwrap_or_else(|| "failed without a log".into()),
+        };
+        if self.table.count_outcome(&target, counter, Some(&detail), now).await? == Transition::Rejected {
+            // Counted before (a retried report), or the deployment ended meanwhile.
+            return Ok(Step::Wait);
+        }
+        self.advance(env, &deployment.id(), now, &[]).await
+    }
+}
