@@ -344,15 +344,32 @@ impl FaultProxy {
         let (counted, injected) = (calls.clone(), faulted.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (client, upstream, counted, injected, matches, fault) =
-                    (client.clone(), upstream.clone(), counted.clone(), injected.clone(), matches.clone(), fault.clone());
+                let (client, upstream, counted, injected, matches, fault) = (
+                    client.clone(),
+                    upstream.clone(),
+                    counted.clone(),
+                    injected.clone(),
+                    matches.clone(),
+                    fault.clone(),
+                );
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (client, upstream, counted, injected, matches, fault) =
-                        (client.clone(), upstream.clone(), counted.clone(), injected.clone(), matches.clone(), fault.clone());
+                    let (client, upstream, counted, injected, matches, fault) = (
+                        client.clone(),
+                        upstream.clone(),
+                        counted.clone(),
+                        injected.clone(),
+                        matches.clone(),
+                        fault.clone(),
+                    );
                     async move {
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await?.to_bytes();
-                        let seen = Seen { method: &parts.method, path: parts.uri.path(), headers: &parts.headers, body: &body };
+                        let seen = Seen {
+                            method: &parts.method,
+                            path: parts.uri.path(),
+                            headers: &parts.headers,
+                            body: &body,
+                        };
                         if matches(&seen) {
                             counted.fetch_add(1, Ordering::SeqCst);
                             if injected.fetch_add(1, Ordering::SeqCst) < times {
@@ -482,7 +499,10 @@ impl Quiet {
         deployment
     }
 
-    pub async fn state(&self, deployment: &conveyor_shared::domain::DeploymentRecord) -> conveyor_shared::domain::DeploymentRecord {
+    pub async fn state(
+        &self,
+        deployment: &conveyor_shared::domain::DeploymentRecord,
+    ) -> conveyor_shared::domain::DeploymentRecord {
         self.table.deployment(&deployment.environment, &deployment.id(), true).await.unwrap().unwrap()
     }
 }

@@ -97,9 +97,33 @@ impl Hooks {
     /// Runs the hook of `stage`, if any. Answers the tail of its output.
     pub async fn run(&self, stage: Stage, dir: &Path, version: &str) -> Result<String, HookError> {
         let Some(hook) = self.get(stage) else { return Ok(String::new()) };
+        run_command(stage.name(), &hook.command, hook.timeout, dir, version).await
+    }
+}
+
+/// A name for a command in errors, as a stage has one.
+struct Label(&'static str);
+
+impl Label {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// Runs `command` with `sh -c` in `dir` in a process group of its own, killed whole when it
+/// outlives `timeout` seconds. Answers the tail of its output. `label` names it in errors.
+pub async fn run_command(
+    label: &'static str,
+    command: &str,
+    timeout: u64,
+    dir: &Path,
+    version: &str,
+) -> Result<String, HookError> {
+    {
+        let stage = Label(label);
         let child = tokio::process::Command::new("sh")
             .arg("-c")
-            .arg(&hook.command)
+            .arg(command)
             .current_dir(dir)
             .env("CONVEYOR_RELEASE_DIR", dir)
             .env("CONVEYOR_VERSION", version)
@@ -112,7 +136,7 @@ impl Hooks {
             .spawn()
             .map_err(|e| HookError::Spawn(e.to_string(), stage.name()))?;
         let group = child.id();
-        match tokio::time::timeout(Duration::from_secs(hook.timeout), child.wait_with_output()).await {
+        match tokio::time::timeout(Duration::from_secs(timeout), child.wait_with_output()).await {
             Err(_) => {
                 if let Some(group) = group.and_then(|id| i32::try_from(id).ok()).filter(|&id| id > 1) {
                     // killpg, not `kill -KILL -<pgid>`: some kill(1) builds read a negative
@@ -122,7 +146,7 @@ impl Hooks {
                         libc::killpg(group, libc::SIGKILL);
                     }
                 }
-                Err(HookError::TimedOut { stage: stage.name(), timeout: hook.timeout, tail: String::new() })
+                Err(HookError::TimedOut { stage: stage.name(), timeout, tail: String::new() })
             }
             Ok(Err(err)) => Err(HookError::Spawn(err.to_string(), stage.name())),
             Ok(Ok(output)) => {

@@ -157,9 +157,23 @@ impl Releases {
         }
         fs::create_dir_all(&incoming).map_err(io("create", &incoming))?;
         let file = fs::File::open(artifact).map_err(io("open", artifact))?;
-        unpack(std::io::BufReader::new(file), &incoming)?;
+        if let Err(err) = unpack(std::io::BufReader::new(file), &incoming) {
+            // A broken archive leaves nothing behind.
+            let _ = fs::remove_dir_all(&incoming);
+            return Err(err);
+        }
         fs::rename(&incoming, &target).map_err(io("move into place", &target))?;
         Ok(target)
+    }
+
+    /// Removes an installed release that is not current (one whose deploy failed).
+    pub fn remove(&self, version: &str) -> Result<bool, ReleaseError> {
+        check_version(version)?;
+        if self.current().as_deref() == Some(version) || !self.installed(version) {
+            return Ok(false);
+        }
+        fs::remove_dir_all(self.path(version)).map_err(io("remove", &self.path(version)))?;
+        Ok(true)
     }
 
     /// Points `current` at `version` in one rename.
@@ -175,13 +189,15 @@ impl Releases {
         fs::rename(&pending, self.link()).map_err(io("switch", &self.link()))
     }
 
-    /// Deletes the oldest releases beyond `keep`, never the current one.
-    pub fn prune(&self, keep: usize) -> Result<Vec<String>, ReleaseError> {
+    /// Deletes the oldest releases beyond `keep`, never the current one nor `rollback_target`
+    /// (the release a rollback would switch back to).
+    pub fn prune(&self, keep: usize, rollback_target: Option<&str>) -> Result<Vec<String>, ReleaseError> {
         let current = self.current();
         let all = self.list()?;
         let excess = all.len().saturating_sub(keep.max(1));
         let mut removed = Vec::new();
-        for version in all.into_iter().filter(|v| Some(v) != current.as_ref()).take(excess) {
+        let kept = |v: &String| Some(v.as_str()) == current.as_deref() || Some(v.as_str()) == rollback_target;
+        for version in all.into_iter().filter(|v| !kept(v)).take(excess) {
             fs::remove_dir_all(self.path(&version)).map_err(io("remove", &self.path(&version)))?;
             removed.push(version);
         }
@@ -192,6 +208,8 @@ impl Releases {
 /// Unpacks a `.tar.gz` into `into`, refusing entries that would land outside it.
 fn unpack(artifact: impl std::io::Read, into: &Path) -> Result<(), ReleaseError> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(artifact));
+    // Whatever modes the archive carries, no file of a release is writable by group or others.
+    archive.set_mask(0o022);
     let entries = archive.entries().map_err(|e| ReleaseError::Archive(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ReleaseError::Archive(e.to_string()))?;
@@ -304,8 +322,27 @@ pub(crate) mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         releases.activate("v1").unwrap();
-        let removed = releases.prune(2).unwrap();
-        assert_eq!(removed, ["v2", "v3"]);
-        assert_eq!(releases.list().unwrap(), ["v1", "v4"]);
+        let removed = releases.prune(2, Some("v2")).unwrap();
+        assert_eq!(removed, ["v3"], "the rollback target v2 stays, whatever its age");
+        assert_eq!(releases.list().unwrap(), ["v1", "v2", "v4"]);
+        assert!(releases.remove("v4").unwrap(), "a failed release goes");
+        assert!(!releases.remove("v1").unwrap(), "never the current one");
+    }
+
+    #[test]
+    fn unpacked_files_are_never_writable_by_group_or_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let releases = Releases::open(dir.path()).unwrap();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o777);
+        header.set_cksum();
+        builder.append_data(&mut header, "run.sh", &b"ok"[..]).unwrap();
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let path = install(&releases, "v1", &bytes, &sha256_hex(&bytes)).unwrap();
+        let mode = std::fs::metadata(path.join("run.sh")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
     }
 }

@@ -58,6 +58,9 @@ pub enum AgentError {
     Hook(#[from] crate::hooks::HookError),
     #[error("{0}")]
     Deploy(String),
+    /// The server stopped wanting the release before the switch.
+    #[error("{0}")]
+    Abandoned(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,12 +105,28 @@ struct Desired {
 /// The longest an artifact download may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Written before a deploy starts and removed when it is reported: after a kill, the agent
-/// knows which deploy was interrupted.
+/// Written before a deploy starts and replaced by its [`PendingReport`] when it ends: after a
+/// kill, the agent knows which deploy was interrupted.
 #[derive(Debug, Serialize, Deserialize)]
 struct InFlight {
     version: String,
 }
+
+/// A deploy's outcome, kept on disk until the server acknowledges it: a report lost to a
+/// network error or a busy server is sent again, so a healthy host is never asked to deploy
+/// the same release twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingReport {
+    version: String,
+    succeeded: bool,
+    healthy: bool,
+    log: String,
+}
+
+/// How often a download is tried before the deploy fails.
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+/// How long the restart command may run before its process group is killed.
+const RESTART_TIMEOUT: u64 = 120;
 
 pub struct Agent {
     config: AgentConfig,
@@ -144,19 +163,56 @@ impl Agent {
         self.config.app_dir.join("agent-in-flight.json")
     }
 
-    /// Polls and deploys until the process is stopped.
+    fn report_file(&self) -> PathBuf {
+        self.config.app_dir.join("agent-report.json")
+    }
+
+    /// Writes `value` to `path` whole or not at all (a temporary file, then a rename).
+    fn write_atomically(&self, path: &std::path::Path, value: &impl Serialize) -> Result<(), AgentError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| AgentError::Deploy(e.to_string()))?;
+        let temporary = path.with_extension("json.new");
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|e| AgentError::Deploy(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Polls and deploys until the process is stopped. A report the server has not
+    /// acknowledged is sent before anything else.
     pub async fn run(&self) -> Result<(), AgentError> {
-        self.report_interrupted().await?;
+        self.record_interrupted()?;
+        let mut failures = 0u32;
         loop {
-            let wait = match self.poll_once().await {
-                Ok(wait) => wait,
+            let result = match self.send_pending_report().await {
+                Ok(()) => self.poll_once().await,
+                Err(err) => Err(err),
+            };
+            let wait = match result {
+                Ok(wait) => {
+                    failures = 0;
+                    wait
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "poll failed; trying again");
-                    5
+                    failures += 1;
+                    tracing::warn!(error = %err, "talking to the server failed; trying again");
+                    // 2, 4, 8 ... up to 60 s between attempts.
+                    2u64.saturating_pow(failures.min(6)).min(60)
                 }
             };
             tokio::time::sleep(Duration::from_secs(wait.clamp(1, 300))).await;
         }
+    }
+
+    /// Sends the report kept on disk, if any, and forgets it once the server took it.
+    async fn send_pending_report(&self) -> Result<(), AgentError> {
+        let Ok(bytes) = std::fs::read(self.report_file()) else { return Ok(()) };
+        let Ok(pending) = serde_json::from_slice::<PendingReport>(&bytes) else {
+            tracing::warn!(file = %self.report_file().display(), "an unreadable pending report is dropped");
+            let _ = std::fs::remove_file(self.report_file());
+            return Ok(());
+        };
+        self.report(&pending.version, pending.succeeded, pending.healthy, &pending.log).await?;
+        let _ = std::fs::remove_file(self.report_file());
+        Ok(())
     }
 
     /// One poll, and the deploy it asks for. Answers how long to wait before the next.
@@ -176,27 +232,59 @@ impl Agent {
             })?;
         if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
             let health = answer.health.or_else(|| self.own_health_check());
-            std::fs::write(
-                self.in_flight_file(),
-                serde_json::to_vec(&InFlight { version: release.version.clone() }).unwrap_or_default(),
-            )
-            .map_err(|e| AgentError::Deploy(format!("cannot write {}: {e}", self.in_flight_file().display())))?;
+            self.write_atomically(&self.in_flight_file(), &InFlight { version: release.version.clone() })?;
             let result = self.deploy(&release, health.as_ref()).await;
-            let (healthy, log) = match &result {
-                Ok(log) => (true, log.clone()),
-                Err(err) => (false, err.to_string()),
+            let report = match result {
+                Ok(log) => PendingReport { version: release.version.clone(), succeeded: true, healthy: true, log },
+                Err(AgentError::Abandoned(reason)) => {
+                    // The server no longer wants it: nothing to report, nothing switched.
+                    tracing::info!(version = %release.version, %reason, "deploy abandoned before the switch");
+                    let _ = self.releases.remove(&release.version);
+                    let _ = std::fs::remove_file(self.in_flight_file());
+                    return Ok(1);
+                }
+                Err(err) => {
+                    // A release that failed here is not kept (unless it is what runs now).
+                    let _ = self.releases.remove(&release.version);
+                    PendingReport {
+                        version: release.version.clone(),
+                        succeeded: false,
+                        healthy: false,
+                        log: err.to_string(),
+                    }
+                }
             };
-            tracing::info!(version = %release.version, healthy, "deploy finished");
-            self.report(&release.version, result.is_ok(), healthy, &log).await?;
+            tracing::info!(version = %release.version, healthy = report.healthy, "deploy finished");
+            self.write_atomically(&self.report_file(), &report)?;
             let _ = std::fs::remove_file(self.in_flight_file());
+            self.send_pending_report().await?;
             return Ok(1);
         }
         Ok(answer.poll_after)
     }
 
+    /// Asks the server whether it still wants `version` on this instance (the deployment may
+    /// have been rolled back while the release downloaded and its hooks ran).
+    async fn still_wanted(&self, version: &str) -> Result<bool, AgentError> {
+        let answer: PollAnswer = self
+            .post(
+                "/agent/v1/poll",
+                json!({
+                    "instance_id": self.instance_id,
+                    "environment": self.config.environment,
+                    "current": self.releases.current(),
+                }),
+            )
+            .await
+            .and_then(|body| {
+                serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
+            })?;
+        Ok(answer.action == "deploy" && answer.release.is_some_and(|r| r.version == version))
+    }
+
     /// A deploy the agent did not finish (it was killed) is reported as failed, with the
     /// release `current` points at now: the old one or the new one, never half of one.
-    async fn report_interrupted(&self) -> Result<(), AgentError> {
+    fn record_interrupted(&self) -> Result<(), AgentError> {
         let Ok(bytes) = std::fs::read(self.in_flight_file()) else { return Ok(()) };
         if let Ok(in_flight) = serde_json::from_slice::<InFlight>(&bytes) {
             let current = self.releases.current();
@@ -206,7 +294,8 @@ impl Agent {
                 current.as_deref().unwrap_or("no release")
             );
             tracing::warn!(%log);
-            self.report(&in_flight.version, false, false, &log).await?;
+            let report = PendingReport { version: in_flight.version, succeeded: false, healthy: false, log };
+            self.write_atomically(&self.report_file(), &report)?;
         }
         let _ = std::fs::remove_file(self.in_flight_file());
         Ok(())
@@ -229,7 +318,13 @@ impl Agent {
             log.push(format!("{} is on disk: switching without a download", release.version));
         } else {
             let file = self.releases.download_path(&release.version)?;
-            let downloaded = self.download(&release.url, &file).await;
+            let mut downloaded = self.download(&release.url, &file).await;
+            for attempt in 1..DOWNLOAD_ATTEMPTS {
+                let Err(err) = &downloaded else { break };
+                tracing::warn!(error = %err, attempt, "download failed; trying again");
+                tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
+                downloaded = self.download(&release.url, &file).await;
+            }
             let installed = downloaded.and_then(|size| {
                 self.releases.install(&release.version, &file, &release.sha256)?;
                 Ok(size)
@@ -242,25 +337,22 @@ impl Agent {
         for stage in [Stage::BeforeInstall, Stage::AfterInstall] {
             log.push(hooks.run(stage, &dir, &release.version).await?);
         }
+        // Downloading and the hooks take time: switch only if the server still wants it.
+        if !self.still_wanted(&release.version).await? {
+            return Err(AgentError::Abandoned(format!("the server no longer asks for {}", release.version)));
+        }
+        let rollback_target = self.releases.current();
         self.releases.activate(&release.version)?;
         if let Some(command) = &self.config.restart_command {
-            let status = tokio::time::timeout(
-                Duration::from_secs(120),
-                tokio::process::Command::new("sh").arg("-c").arg(command).current_dir(&self.config.app_dir).status(),
-            )
-            .await
-            .map_err(|_| AgentError::Deploy("the restart command did not finish within 120 s".into()))?
-            .map_err(|e| AgentError::Deploy(format!("the restart command could not run: {e}")))?;
-            if !status.success() {
-                return Err(AgentError::Deploy(format!("the restart command exited with {status}")));
-            }
+            let dir = &self.config.app_dir;
+            log.push(crate::hooks::run_command("restart", command, RESTART_TIMEOUT, dir, &release.version).await?);
         }
         log.push(hooks.run(Stage::Start, &dir, &release.version).await?);
         if let Some(health) = health {
             log.push(self.check_health(health).await?);
         }
         log.push(hooks.run(Stage::Validate, &dir, &release.version).await?);
-        let pruned = self.releases.prune(self.config.keep)?;
+        let pruned = self.releases.prune(self.config.keep, rollback_target.as_deref())?;
         if !pruned.is_empty() {
             log.push(format!("removed old releases {}", pruned.join(", ")));
         }
@@ -360,19 +452,34 @@ async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentEr
         .timeout(Duration::from_secs(2))
         .send()
         .await
+        .and_then(reqwest::Response::error_for_status)
         .map_err(|e| fail(e.to_string()))?
         .text()
         .await
         .map_err(|e| fail(e.to_string()))?;
-    http.get(format!("{base}/meta-data/instance-id"))
+    let id = http
+        .get(format!("{base}/meta-data/instance-id"))
         .header("X-aws-ec2-metadata-token", token)
         .timeout(Duration::from_secs(2))
         .send()
         .await
+        .and_then(reqwest::Response::error_for_status)
         .map_err(|e| fail(e.to_string()))?
         .text()
         .await
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.to_string()))?;
+    instance_id_or_error(&id).map_err(fail)
+}
+
+/// An answer that is an instance id, not an error page a proxy or a broken IMDS sent.
+fn instance_id_or_error(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    let valid = id.starts_with("i-") && id.len() <= 64 && id[2..].bytes().all(|b| b.is_ascii_alphanumeric());
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(format!("the answer `{}` is not an instance id", id.chars().take(60).collect::<String>()))
+    }
 }
 
 #[cfg(test)]
@@ -401,5 +508,21 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(answer.health.map(|h| (h.expect_status, h.attempts)), Some((Some(204), 3)));
+    }
+
+    #[test]
+    fn only_an_instance_id_is_taken_from_imds() {
+        assert_eq!(instance_id_or_error("i-0123456789abcdef0\n").as_deref(), Ok("i-0123456789abcdef0"));
+        assert!(instance_id_or_error("<html>404 Not Found</html>").is_err());
+        assert!(instance_id_or_error("").is_err());
+    }
+
+    #[test]
+    fn messages_from_a_newer_server_are_read() {
+        let answer: PollAnswer = serde_json::from_value(serde_json::json!({
+            "action": "none", "poll_after": 20, "something_new": {"a": 1}
+        }))
+        .unwrap();
+        assert_eq!((answer.action.as_str(), answer.poll_after), ("none", 20));
     }
 }

@@ -236,7 +236,7 @@ pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
 /// Every function's stream filters, by function name: what the template's stream mappings
 /// must declare.
 pub fn stream_table() -> Vec<(&'static str, &'static [&'static str])> {
-    vec![("deploy-fanout", &[deploy_fanout::NEW_DEPLOYMENTS])]
+    vec![("deploy-fanout", &[deploy_fanout::NEW_DEPLOYMENTS, deploy_fanout::ENDED_DEPLOYMENTS])]
 }
 
 /// The route and stream tables as JSON.

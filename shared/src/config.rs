@@ -710,7 +710,10 @@ mod tests {
     #[test]
     fn a_min_healthy_that_no_fleet_can_satisfy_is_a_config_error() {
         let env = |rollout: &str| {
-            Config::parse(&format!("[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n{rollout}\n"), "t.toml")
+            Config::parse(
+                &format!("[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n{rollout}\n"),
+                "t.toml",
+            )
         };
         let err = env("min_healthy = \"100%\"").unwrap_err().to_string();
         assert!(err.contains("no instance can ever be updated") && err.contains("t.toml:"), "{err}");

@@ -1,8 +1,8 @@
 use conveyor_e2e::{sdk, unique_name};
 use conveyor_shared::config::SecretSource;
-use conveyor_shared::secrets;
 use conveyor_shared::domain::DeploymentState::{self, InProgress, Pending};
 use conveyor_shared::domain::{DeploymentRecord, RunState};
+use conveyor_shared::secrets;
 use conveyor_shared::store::Transition::{Applied, Rejected};
 use conveyor_shared::store::{Key, Put, Table, Transition};
 

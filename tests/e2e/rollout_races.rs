@@ -47,10 +47,8 @@ async fn a_running_deployment_is_driven_to_its_end_by_the_tick_alone_and_nothing
 #[tokio::test]
 async fn an_environment_that_fails_every_tick_never_stops_the_others() {
     let tag = unique_name("isolated");
-    let config = format!(
-        "[[environment]]\nname = \"broken\"\nbranch = \"main\"\n\n{}",
-        config(&tag, "waves = [\"100%\"]")
-    );
+    let config =
+        format!("[[environment]]\nname = \"broken\"\nbranch = \"main\"\n\n{}", config(&tag, "waves = [\"100%\"]"));
     let quiet = Quiet::new(&config).await;
     // A deployment item of `broken` that no version of Conveyor wrote: every read of its
     // queue fails to decode.
@@ -150,7 +148,12 @@ async fn an_unreadable_artifact_fails_the_deployment_with_what_to_check() {
 }
 
 /// Sends an agent's message straight to the function (its HTTP handler, no server).
-async fn send(fanout: &deploy_fanout::Fanout, token: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+async fn send(
+    fanout: &deploy_fanout::Fanout,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
     let request = http::Request::builder()
         .method("POST")
         .uri(path)
@@ -223,9 +226,8 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
             for _ in 0..200 {
                 for id in &ids {
                     let body = json!({"instance_id": id, "environment": "production", "current": null}).to_string();
-                    let answer = app
-                        .request("POST", "/agent/v1/poll", &[("authorization", &authorization)], body)
-                        .await;
+                    let answer =
+                        app.request("POST", "/agent/v1/poll", &[("authorization", &authorization)], body).await;
                     answers.push((id.clone(), answer.body["action"].clone(), answer.body["poll_after"].clone()));
                 }
                 let deployments = app.deployments("production").await;

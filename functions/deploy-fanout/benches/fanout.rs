@@ -82,13 +82,12 @@ fn plan_cpu(criterion: &mut Criterion) {
         })
         .collect();
     let waves = [WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)];
-    let release =
-        Release {
-            version: "0123456789ab".into(),
-            artifact: "s3://a/b.tar.gz".into(),
-            sha256: "00".repeat(32),
-            artifact_version: None,
-        };
+    let release = Release {
+        version: "0123456789ab".into(),
+        artifact: "s3://a/b.tar.gz".into(),
+        sha256: "00".repeat(32),
+        artifact_version: None,
+    };
     let plan = || {
         let waves = plan_waves(&instances, &waves, WaveSize::Percent(75)).expect("a plan");
         let targets = DeploymentPlan {

@@ -207,7 +207,8 @@ impl Fanout {
         let counter = match rollout::judge_report(&target, &deployment.progress(), &report.version, succeeded) {
             ReportEffect::Ignore => {
                 if !succeeded && deployment.state.is_final() {
-                    self.alert_failed_rollback(env, &deployment, &target, &report.version, report.log.as_deref(), now).await?;
+                    self.alert_failed_rollback(env, &deployment, &target, &report.version, report.log.as_deref(), now)
+                        .await?;
                 }
                 return Ok(Step::Wait);
             }

@@ -270,7 +270,13 @@ impl Fanout {
 
     /// Takes the running deployment `id` of `env` one step further, if it runs. The wave's
     /// hand-out needs no writes: each agent's poll sees the wave number on the deployment.
-    pub async fn advance(&self, env: &Environment, id: &str, now: i64, waiting_for: &[String]) -> Result<Step, FanoutError> {
+    pub async fn advance(
+        &self,
+        env: &Environment,
+        id: &str,
+        now: i64,
+        waiting_for: &[String],
+    ) -> Result<Step, FanoutError> {
         let Some(deployment) = self.table.deployment(&env.name, id, true).await? else { return Ok(Step::Wait) };
         if deployment.state != DeploymentState::InProgress {
             return Ok(Step::Wait);

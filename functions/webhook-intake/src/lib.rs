@@ -10,8 +10,8 @@ use std::sync::Arc;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
-use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::domain::DeploymentState;
+use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{self, SecretsError};
@@ -186,7 +186,9 @@ impl Intake {
         };
         Ok(match intake::order_build(head.as_ref(), &planned.sha, known) {
             BuildOrder::Head { pushed_at } => DeploymentRecord { pushed_at, ..planned.clone() },
-            BuildOrder::Stale(reason) => DeploymentRecord { state: DeploymentState::Skipped, reason, ..planned.clone() },
+            BuildOrder::Stale(reason) => {
+                DeploymentRecord { state: DeploymentState::Skipped, reason, ..planned.clone() }
+            }
         })
     }
 

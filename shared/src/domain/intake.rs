@@ -255,7 +255,14 @@ fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<P
     // A run on a fork's branch of the same name must never deploy this repository.
     let from_fork = run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name);
     let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
-    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments, head: None })
+    Ok(Plan {
+        outcome: Outcome::Recorded,
+        commits: Vec::new(),
+        push: None,
+        build: Some(build),
+        deployments,
+        head: None,
+    })
 }
 
 fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
@@ -283,7 +290,14 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         completed_at,
     };
     let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
-    Ok(Plan { outcome: Outcome::Recorded, commits: Vec::new(), push: None, build: Some(build), deployments, head: None })
+    Ok(Plan {
+        outcome: Outcome::Recorded,
+        commits: Vec::new(),
+        push: None,
+        build: Some(build),
+        deployments,
+        head: None,
+    })
 }
 
 fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {

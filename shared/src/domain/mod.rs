@@ -9,5 +9,6 @@ pub mod rollout;
 pub mod stripe;
 
 pub use records::{
-    BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState, deployment_id,
+    BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState,
+    deployment_id,
 };

@@ -480,7 +480,10 @@ impl Table {
         id: &str,
         consistent: bool,
     ) -> Result<Option<DeploymentRecord>, StoreError> {
-        self.read(Key::deployment(environment, id), consistent).await?.map(|item| decode("deployment", item)).transpose()
+        self.read(Key::deployment(environment, id), consistent)
+            .await?
+            .map(|item| decode("deployment", item))
+            .transpose()
     }
 
     /// Moves a running deployment from wave `from` to the next, once.
