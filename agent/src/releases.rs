@@ -322,7 +322,7 @@ pub(crate) mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         releases.activate("v1").unwrap();
-        let removed = releases.prune(2, Some("v2")).unwrap();
+        let removed = releases.prune(3, Some("v2")).unwrap();
         assert_eq!(removed, ["v3"], "the rollback target v2 stays, whatever its age");
         assert_eq!(releases.list().unwrap(), ["v1", "v2", "v4"]);
         assert!(releases.remove("v4").unwrap(), "a failed release goes");

@@ -396,3 +396,52 @@ async fn an_agent_killed_mid_install_restarts_on_the_old_release_and_says_so() {
         .collect();
     assert!(leftovers.is_empty(), "no half-unpacked release: {leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_left_on_a_rejected_release_end_on_the_last_good_one_whatever_comes_next() {
+    let rig = rig(4).await;
+    let (good, rejected, next) = (sha(15), sha(16), sha(17));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    // The last wave's first instance fails the next release's health check: the release is
+    // rejected only after the canary and the second wave run it.
+    let late = rig.wave_of(&good, 2).await.remove(0);
+    rig.sick.lock().unwrap().insert(late.clone());
+    rig.ship(&rejected, "slow").await;
+    rig.running(&rejected).await;
+    // Queued while the rejected one rolls: it starts as soon as that one ends, and may plan
+    // its targets before the rejected release's hosts have polled for their rollback.
+    rig.ship(&next, "broken").await;
+    assert_eq!(rig.finished(&rejected).await["state"], "rolled_back");
+    rig.sick.lock().unwrap().clear();
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "rolled_back", "its canary fails: {deployment}");
+    rig.wait_until("every instance runs the last good release", || rig.fleet.all_run(&good[..12])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_upload_during_a_rollout_changes_nothing_the_later_waves_get() {
+    let rig = rig(3).await;
+    let release = sha(18);
+    rig.ship(&release, "slow").await;
+    rig.running(&release).await;
+    // The same key gets other bytes while the canary validates: later waves still get the
+    // pinned version (their checksum would not match otherwise).
+    conveyor_cli::ops::push_artifact(
+        &rig.app.artifacts,
+        &rig.app.artifacts_bucket,
+        &rig.repository,
+        &release,
+        None,
+        artifact("broken"),
+    )
+    .await
+    .unwrap();
+    let deployment = rig.finished(&release).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    assert!(rig.fleet.all_run(&release[..12]));
+    for id in &rig.instances {
+        let health = std::fs::read_to_string(rig.fleet.root.path().join(id).join("current/health.txt")).unwrap();
+        assert_eq!(health.trim(), "ok", "{id} runs the bytes the deployment pinned");
+    }
+}
