@@ -215,9 +215,9 @@ impl Agent {
         Ok(())
     }
 
-    /// One poll, and the deploy it asks for. Answers how long to wait before the next.
-    pub async fn poll_once(&self) -> Result<u64, AgentError> {
-        let answer: PollAnswer = self
+    /// Asks the server what this instance should run.
+    async fn ask(&self) -> Result<PollAnswer, AgentError> {
+        let body = self
             .post(
                 "/agent/v1/poll",
                 json!({
@@ -226,10 +226,13 @@ impl Agent {
                     "current": self.releases.current(),
                 }),
             )
-            .await
-            .and_then(|body| {
-                serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
-            })?;
+            .await?;
+        serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
+    }
+
+    /// One poll, and the deploy it asks for. Answers how long to wait before the next.
+    pub async fn poll_once(&self) -> Result<u64, AgentError> {
+        let answer = self.ask().await?;
         if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
             let health = answer.health.or_else(|| self.own_health_check());
             self.write_atomically(&self.in_flight_file(), &InFlight { version: release.version.clone() })?;
@@ -266,19 +269,7 @@ impl Agent {
     /// Asks the server whether it still wants `version` on this instance (the deployment may
     /// have been rolled back while the release downloaded and its hooks ran).
     async fn still_wanted(&self, version: &str) -> Result<bool, AgentError> {
-        let answer: PollAnswer = self
-            .post(
-                "/agent/v1/poll",
-                json!({
-                    "instance_id": self.instance_id,
-                    "environment": self.config.environment,
-                    "current": self.releases.current(),
-                }),
-            )
-            .await
-            .and_then(|body| {
-                serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
-            })?;
+        let answer = self.ask().await?;
         Ok(answer.action == "deploy" && answer.release.is_some_and(|r| r.version == version))
     }
 

@@ -93,6 +93,11 @@ impl Plan {
     fn outcome(outcome: Outcome) -> Self {
         Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new(), head: None }
     }
+
+    /// A finished build and the deployments it creates.
+    fn build(build: BuildRecord, deployments: Vec<DeploymentRecord>) -> Self {
+        Self { build: Some(build), deployments, ..Self::outcome(Outcome::Recorded) }
+    }
 }
 
 /// Where a successful build stands against its branch's head.
@@ -255,14 +260,7 @@ fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<P
     // A run on a fork's branch of the same name must never deploy this repository.
     let from_fork = run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name);
     let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
-    Ok(Plan {
-        outcome: Outcome::Recorded,
-        commits: Vec::new(),
-        push: None,
-        build: Some(build),
-        deployments,
-        head: None,
-    })
+    Ok(Plan::build(build, deployments))
 }
 
 fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
@@ -290,14 +288,7 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         completed_at,
     };
     let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
-    Ok(Plan {
-        outcome: Outcome::Recorded,
-        commits: Vec::new(),
-        push: None,
-        build: Some(build),
-        deployments,
-        head: None,
-    })
+    Ok(Plan::build(build, deployments))
 }
 
 fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {
