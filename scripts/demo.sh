@@ -17,6 +17,7 @@ GITHUB_WEBHOOK_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))
 STRIPE_WEBHOOK_SECRET=whsec_$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 export GITHUB_WEBHOOK_SECRET STRIPE_WEBHOOK_SECRET
 export CONVEYOR_TABLE=${CONVEYOR_TABLE:-conveyor-dev}
+export CONVEYOR_ARTIFACTS_BUCKET=${CONVEYOR_ARTIFACTS_BUCKET:-conveyor-artifacts}
 # Quick ticks and polls, so the rollout is watchable.
 export CONVEYOR_TICK_SECONDS=1 CONVEYOR_IDLE_POLL_SECONDS=1
 agent="$root/target/debug/conveyor-agent"
@@ -72,7 +73,7 @@ broken_sha=9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d
 $fleet_py artifact "$work/good.tar.gz" ok
 $fleet_py artifact "$work/broken.tar.gz" broken
 echo "CI uploads the build's artifact:"
-"$conveyor" artifact push "$work/good.tar.gz" --sha "$good_sha" --repository acme/shop
+"$conveyor" artifact push "$work/good.tar.gz" --sha "$good_sha" --repository acme/shop --environment production --config events/conveyor.dev.toml
 
 echo
 echo "== replaying sample GitHub deliveries (signed with this run's secret)"
@@ -87,7 +88,7 @@ wait_state production "$good_sha" succeeded
 
 echo
 echo "== a broken release: its canary fails health and the fleet goes back"
-"$conveyor" artifact push "$work/broken.tar.gz" --sha "$broken_sha" --repository acme/shop
+"$conveyor" artifact push "$work/broken.tar.gz" --sha "$broken_sha" --repository acme/shop --environment production --config events/conveyor.dev.toml
 python3 -c "import json; d = json.load(open('events/github/workflow_run/ci-success-main.json')); d['workflow_run']['head_sha'] = '$broken_sha'; d['workflow_run']['id'] += 100; print(json.dumps(d))" > "$work/broken-ci.json"
 mkdir -p "$work/github/workflow_run" && mv "$work/broken-ci.json" "$work/github/workflow_run/"
 "$conveyor" replay "$work/github/workflow_run/broken-ci.json" --url "$base/webhooks/github"

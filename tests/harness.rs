@@ -316,6 +316,15 @@ impl Fault {
         }
     }
 
+    /// A busy server: 503 with a JSON error, as the functions answer when the ledger is busy.
+    pub fn unavailable() -> Self {
+        Self {
+            status: 503,
+            content_type: "application/json",
+            body: r#"{"error": {"code": "store_unavailable", "message": "injected"}}"#.into(),
+        }
+    }
+
     /// What S3 answers a caller without `s3:ListBucket` for a missing key.
     pub fn s3_forbidden() -> Self {
         Self { status: 403, content_type: "application/xml", body: String::new() }
@@ -335,10 +344,19 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(matches: impl Fn(&Seen<'_>) -> bool + Send + Sync + 'static, times: u32, fault: Fault) -> Self {
+        Self::before(endpoint(), matches, times, fault).await
+    }
+
+    /// Like [`FaultProxy::start`], in front of `upstream` (the dev server, say).
+    pub async fn before(
+        upstream: String,
+        matches: impl Fn(&Seen<'_>) -> bool + Send + Sync + 'static,
+        times: u32,
+        fault: Fault,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (calls, faulted) = (std::sync::Arc::new(AtomicU32::new(0)), std::sync::Arc::new(AtomicU32::new(0)));
-        let upstream = endpoint();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let matches: std::sync::Arc<Matcher> = std::sync::Arc::new(matches);
         let (counted, injected) = (calls.clone(), faulted.clone());
@@ -477,9 +495,7 @@ impl Quiet {
         use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
         let url = format!("s3://{}/{repository}/{sha}.tar.gz", self.bucket);
         if let Some(bytes) = artifact {
-            conveyor_cli::ops::push_artifact(&self.artifacts, &self.bucket, repository, sha, None, bytes.to_vec())
-                .await
-                .unwrap();
+            push_artifact(&self.artifacts, &self.bucket, repository, sha, bytes.to_vec()).await;
         }
         let deployment = DeploymentRecord {
             environment: environment.into(),
@@ -505,4 +521,17 @@ impl Quiet {
     ) -> conveyor_shared::domain::DeploymentRecord {
         self.table.deployment(&deployment.environment, &deployment.id(), true).await.unwrap().unwrap()
     }
+}
+
+/// Uploads `bytes` as the artifact of `sha` in `repository`, as `conveyor artifact push` does
+/// (default template). Answers the URL.
+pub async fn push_artifact(
+    artifacts: &conveyor_shared::s3::Artifacts,
+    bucket: &str,
+    repository: &str,
+    sha: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let target = conveyor_cli::ops::ArtifactTarget { bucket, repository, sha, environment: None };
+    conveyor_cli::ops::push_artifact(artifacts, &target, bytes).await.unwrap().0
 }

@@ -28,6 +28,9 @@ struct Flags {
     instance_id: Option<String>,
     #[arg(long)]
     keep: Option<usize>,
+    /// The user the release's hooks and the restart command run as (default: the agent's).
+    #[arg(long)]
+    run_as: Option<String>,
 }
 
 fn settings(flags: Flags) -> Result<AgentConfig, String> {
@@ -52,6 +55,7 @@ fn settings(flags: Flags) -> Result<AgentConfig, String> {
     set("health_url", flags.health_url.map(toml::Value::String));
     set("instance_id", flags.instance_id.map(toml::Value::String));
     set("keep", flags.keep.map(|k| toml::Value::Integer(k as i64)));
+    set("run_as", flags.run_as.map(toml::Value::String));
     table.try_into::<AgentConfig>().map_err(|e| format!("agent settings: {e} (give it as a flag or in --config)"))
 }
 

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// Releases kept on disk.
     #[serde(default = "default_keep")]
     pub keep: usize,
+    /// The user the release's hooks and the restart command run as; the agent's own when
+    /// unset (it runs as root under the systemd unit, to switch releases and restart).
+    pub run_as: Option<String>,
 }
 
 fn default_attempts() -> u32 {
@@ -61,12 +64,21 @@ pub enum AgentError {
     /// The server stopped wanting the release before the switch.
     #[error("{0}")]
     Abandoned(String),
+    /// The server could not confirm the release before the switch: nothing switched, and
+    /// nothing is reported; the next poll decides again.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 #[derive(Debug, Deserialize)]
 struct PollAnswer {
     action: String,
     release: Option<Desired>,
+    /// Going back to the last good release rather than forward.
+    #[serde(default)]
+    rollback: bool,
+    /// On the instance's first contact: the credential that binds this agent to it.
+    credential: Option<String>,
     /// The environment's `[environment.health]`, when conveyor.toml sets one: it replaces
     /// the agent's own health flags.
     health: Option<HealthCheck>,
@@ -134,7 +146,13 @@ pub struct Agent {
     token: String,
     http: reqwest::Client,
     releases: Releases,
+    run_as: Option<crate::hooks::RunAs>,
+    /// Releases whose deploy failed here: how often in a row, and when last.
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
 }
+
+/// The longest pause before trying a release that keeps failing here again.
+const MAX_RETRY_PAUSE: u64 = 600;
 
 impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
@@ -156,7 +174,9 @@ impl Agent {
             None => instance_id_from_imds(&http).await?,
         };
         let releases = Releases::open(&config.app_dir)?;
-        Ok(Self { config, instance_id, token, http, releases })
+        let run_as =
+            config.run_as.as_deref().map(crate::hooks::RunAs::lookup).transpose().map_err(AgentError::Config)?;
+        Ok(Self { config, instance_id, token, http, releases, run_as, failures: Default::default() })
     }
 
     fn in_flight_file(&self) -> PathBuf {
@@ -165,6 +185,28 @@ impl Agent {
 
     fn report_file(&self) -> PathBuf {
         self.config.app_dir.join("agent-report.json")
+    }
+
+    /// The credential the server issued to this agent for its instance (mode 0600).
+    fn credential_file(&self) -> PathBuf {
+        self.config.app_dir.join("agent-credential")
+    }
+
+    /// Keeps a credential the server issued; the agent sends it with every message from now on.
+    fn keep_credential(&self, credential: &str) -> Result<(), AgentError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.credential_file();
+        let temporary = path.with_extension("new");
+        let fail =
+            |e: std::io::Error| AgentError::Config(format!("cannot keep the credential in {}: {e}", path.display()));
+        let _ = std::fs::remove_file(&temporary);
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(fail)?;
+        file.write_all(credential.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
+        std::fs::rename(&temporary, &path).map_err(fail)?;
+        tracing::info!(instance = %self.instance_id, "enrolled: this agent now speaks for its instance");
+        Ok(())
     }
 
     /// Writes `value` to `path` whole or not at all (a temporary file, then a rename).
@@ -215,6 +257,24 @@ impl Agent {
         Ok(())
     }
 
+    /// Remembers that `version` failed here.
+    fn note_failure(&self, version: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            let entry = failures.entry(version.to_owned()).or_insert((0, std::time::Instant::now()));
+            *entry = (entry.0 + 1, std::time::Instant::now());
+        }
+    }
+
+    /// How long to wait before trying `version` again, while it keeps failing here: 10 s,
+    /// 20 s, 40 s ... up to 10 minutes after its latest failure.
+    fn backing_off(&self, version: &str) -> Option<u64> {
+        let failures = self.failures.lock().ok()?;
+        let (count, at) = failures.get(version)?;
+        let pause = retry_pause(*count);
+        let waited = at.elapsed().as_secs();
+        (waited < pause).then(|| pause - waited)
+    }
+
     /// Asks the server what this instance should run.
     async fn ask(&self) -> Result<PollAnswer, AgentError> {
         let body = self
@@ -227,13 +287,25 @@ impl Agent {
                 }),
             )
             .await?;
-        serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))
+        let answer: PollAnswer =
+            serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))?;
+        if let Some(credential) = &answer.credential {
+            self.keep_credential(credential)?;
+        }
+        Ok(answer)
     }
 
     /// One poll, and the deploy it asks for. Answers how long to wait before the next.
     pub async fn poll_once(&self) -> Result<u64, AgentError> {
         let answer = self.ask().await?;
         if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
+            if let Some(wait) = self.backing_off(&release.version) {
+                tracing::warn!(version = %release.version, wait, "this release failed here recently; waiting before trying it again");
+                return Ok(wait);
+            }
+            if answer.rollback {
+                tracing::info!(version = %release.version, "going back to the last good release");
+            }
             let health = answer.health.or_else(|| self.own_health_check());
             self.write_atomically(&self.in_flight_file(), &InFlight { version: release.version.clone() })?;
             let result = self.deploy(&release, health.as_ref()).await;
@@ -246,9 +318,16 @@ impl Agent {
                     let _ = std::fs::remove_file(self.in_flight_file());
                     return Ok(1);
                 }
+                Err(err @ AgentError::Unconfirmed(_)) => {
+                    // Installed but not switched: the release stays on disk for the next poll.
+                    let _ = std::fs::remove_file(self.in_flight_file());
+                    return Err(err);
+                }
                 Err(err) => {
-                    // A release that failed here is not kept (unless it is what runs now).
+                    // A release that failed here is not kept (unless it is what runs now), and
+                    // the server's asking for it again is answered more slowly each time.
                     let _ = self.releases.remove(&release.version);
+                    self.note_failure(&release.version);
                     PendingReport {
                         version: release.version.clone(),
                         succeeded: false,
@@ -277,7 +356,10 @@ impl Agent {
     /// release `current` points at now: the old one or the new one, never half of one.
     fn record_interrupted(&self) -> Result<(), AgentError> {
         let Ok(bytes) = std::fs::read(self.in_flight_file()) else { return Ok(()) };
-        if let Ok(in_flight) = serde_json::from_slice::<InFlight>(&bytes) {
+        // Killed after the outcome was written but before the in-flight record went: the
+        // written outcome is the truth.
+        let finished = self.report_file().exists();
+        if let (false, Ok(in_flight)) = (finished, serde_json::from_slice::<InFlight>(&bytes)) {
             let current = self.releases.current();
             let log = format!(
                 "the agent was stopped while deploying {}; it restarted on {}",
@@ -324,19 +406,30 @@ impl Agent {
             log.push(format!("installed {} ({} bytes, sha256 verified)", release.version, installed?));
         }
         let dir = self.releases.path(&release.version);
-        let hooks = Hooks::load(&dir)?;
+        let hooks = Hooks::load(&dir)?.run_as(self.run_as);
         for stage in [Stage::BeforeInstall, Stage::AfterInstall] {
             log.push(hooks.run(stage, &dir, &release.version).await?);
         }
         // Downloading and the hooks take time: switch only if the server still wants it.
-        if !self.still_wanted(&release.version).await? {
-            return Err(AgentError::Abandoned(format!("the server no longer asks for {}", release.version)));
+        match self.still_wanted(&release.version).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(AgentError::Abandoned(format!("the server no longer asks for {}", release.version)));
+            }
+            Err(err) => {
+                return Err(AgentError::Unconfirmed(format!(
+                    "could not confirm {} with the server before switching: {err}",
+                    release.version
+                )));
+            }
         }
         let rollback_target = self.releases.current();
         self.releases.activate(&release.version)?;
         if let Some(command) = &self.config.restart_command {
             let dir = &self.config.app_dir;
-            log.push(crate::hooks::run_command("restart", command, RESTART_TIMEOUT, dir, &release.version).await?);
+            let restart =
+                crate::hooks::run_command("restart", command, RESTART_TIMEOUT, dir, &release.version, self.run_as);
+            log.push(restart.await?);
         }
         log.push(hooks.run(Stage::Start, &dir, &release.version).await?);
         if let Some(health) = health {
@@ -414,15 +507,17 @@ impl Agent {
 
     async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, AgentError> {
         let url = format!("{}{path}", self.config.server.trim_end_matches('/'));
-        let response = self
+        let mut request = self
             .http
             .post(&url)
             .bearer_auth(&self.token)
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| AgentError::Network { url: url.clone(), message: e.to_string() })?;
+            .body(body.to_string());
+        if let Ok(credential) = std::fs::read_to_string(self.credential_file()) {
+            request = request.header("x-conveyor-agent-credential", credential.trim());
+        }
+        let response =
+            request.send().await.map_err(|e| AgentError::Network { url: url.clone(), message: e.to_string() })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         if status >= 300 {
@@ -462,6 +557,14 @@ async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentEr
     instance_id_or_error(&id).map_err(fail)
 }
 
+/// The pause after `failures` failures of one release in a row.
+fn retry_pause(failures: u32) -> u64 {
+    match failures {
+        0 => 0,
+        n => 10u64.saturating_mul(1 << (n - 1).min(10)).min(MAX_RETRY_PAUSE),
+    }
+}
+
 /// An answer that is an instance id, not an error page a proxy or a broken IMDS sent.
 fn instance_id_or_error(text: &str) -> Result<String, String> {
     let id = text.trim();
@@ -499,6 +602,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(answer.health.map(|h| (h.expect_status, h.attempts)), Some((Some(204), 3)));
+    }
+
+    #[test]
+    fn a_release_that_keeps_failing_is_tried_ever_more_slowly() {
+        assert_eq!([0, 1, 2, 3, 7, 30].map(retry_pause), [0, 10, 20, 40, 600, 600]);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 /// The agents, killed when the test ends.
 struct Fleet {
     agents: Vec<(String, Child)>,
+    /// The server the agents talk to.
+    server: String,
     root: tempfile::TempDir,
     token_file: PathBuf,
     health: SocketAddr,
@@ -76,15 +78,22 @@ async fn health_server(root: PathBuf, sick: Arc<Mutex<HashSet<String>>>) -> Sock
 
 /// A release: a `.tar.gz` with `health.txt` and a hook file. A `slow` release takes three
 /// seconds to validate on each instance, so that a test can act while it rolls; a
-/// `stalling` one sits in its after-install hook (unpacked, not switched to) for 20 s.
+/// `stalling` one sits in its after-install hook (unpacked, not switched to) for 20 s, a
+/// `stalling-long` one for 30 s.
 fn artifact(kind: &str) -> Vec<u8> {
     let (health, validate) = match kind {
-        "slow" | "stalling" => ("ok", "sleep 3; test -f health.txt"),
+        "slow" | "stalling" | "stalling-long" => ("ok", "sleep 3; test -f health.txt"),
+        "counted" => ("ok", ""),
         other => (other, "test -f health.txt"),
     };
     let mut hooks = format!("[validate]\ncommand = \"{validate}\"\n");
-    if kind == "stalling" {
-        hooks.push_str("[after_install]\ncommand = \"sleep 20\"\ntimeout = 60\n");
+    match kind {
+        "stalling" => hooks.push_str("[after_install]\ncommand = \"sleep 20\"\ntimeout = 60\n"),
+        // Longer than the rig's 20 s wave timeout.
+        "stalling-long" => hooks.push_str("[after_install]\ncommand = \"sleep 30\"\ntimeout = 60\n"),
+        // Counts its validations in APP_DIR/validations.log.
+        "counted" => hooks = "[validate]\ncommand = \"echo $CONVEYOR_VERSION >> ../../validations.log\"\n".into(),
+        _ => {}
     }
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (name, body) in [("health.txt", health), ("conveyor-hooks.toml", hooks.as_str())] {
@@ -118,16 +127,16 @@ async fn rig(instances: i32) -> Rig {
     let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
     let token_file = root.path().join("token");
     std::fs::write(&token_file, token.expose()).unwrap();
-    let mut fleet = Fleet { agents: Vec::new(), root, token_file, health };
+    let mut fleet = Fleet { agents: Vec::new(), server: app.url(""), root, token_file, health };
     for id in &ids {
-        fleet.agents.push((id.clone(), spawn_agent(&app, &fleet, id)));
+        fleet.agents.push((id.clone(), spawn_agent(&fleet, id)));
     }
     Rig { app, fleet, repository: format!("acme/{tag}"), instances: ids, sick }
 }
 
-fn spawn_agent(app: &TestApp, fleet: &Fleet, id: &str) -> Child {
+fn spawn_agent(fleet: &Fleet, id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_conveyor-agent"))
-        .args(["--server", &app.url("")])
+        .args(["--server", &fleet.server])
         .arg("--token-file")
         .arg(&fleet.token_file)
         .args(["--environment", "production", "--instance-id", id])
@@ -143,16 +152,8 @@ impl Rig {
     /// Uploads a build and tells Conveyor its CI succeeded on main.
     async fn ship(&self, sha: &str, health: &str) {
         let bytes = artifact(health);
-        conveyor_cli::ops::push_artifact(
-            &self.app.artifacts,
-            &self.app.artifacts_bucket,
-            &self.repository,
-            sha,
-            None,
-            bytes,
-        )
-        .await
-        .unwrap();
+        conveyor_e2e::push_artifact(&self.app.artifacts, &self.app.artifacts_bucket, &self.repository, sha, bytes)
+            .await;
         let body = json!({
             "action": "completed",
             "workflow_run": {"id": 1, "name": "CI", "workflow_id": 1, "head_branch": "main", "head_sha": sha,
@@ -360,7 +361,7 @@ impl Rig {
     fn restart_agent(&mut self, instance: &str) {
         // The old process was killed and waited for by `kill_agent`.
         self.fleet.agents.retain(|(id, _)| id != instance);
-        let child = spawn_agent(&self.app, &self.fleet, instance);
+        let child = spawn_agent(&self.fleet, instance);
         self.fleet.agents.push((instance.to_owned(), child));
     }
 }
@@ -427,16 +428,14 @@ async fn a_re_upload_during_a_rollout_changes_nothing_the_later_waves_get() {
     rig.running(&release).await;
     // The same key gets other bytes while the canary validates: later waves still get the
     // pinned version (their checksum would not match otherwise).
-    conveyor_cli::ops::push_artifact(
+    conveyor_e2e::push_artifact(
         &rig.app.artifacts,
         &rig.app.artifacts_bucket,
         &rig.repository,
         &release,
-        None,
         artifact("broken"),
     )
-    .await
-    .unwrap();
+    .await;
     let deployment = rig.finished(&release).await;
     assert_eq!(deployment["state"], "succeeded", "{deployment}");
     assert!(rig.fleet.all_run(&release[..12]));
@@ -444,4 +443,139 @@ async fn a_re_upload_during_a_rollout_changes_nothing_the_later_waves_get() {
         let health = std::fs::read_to_string(rig.fleet.root.path().join(id).join("current/health.txt")).unwrap();
         assert_eq!(health.trim(), "ok", "{id} runs the bytes the deployment pinned");
     }
+}
+
+/// When each instance went back to `good` after running `bad`, sampled every 20 ms from the
+/// agents' `current` links until `stop` is set.
+fn watch_returns(
+    root: PathBuf,
+    instances: Vec<String>,
+    bad: String,
+    good: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<std::collections::HashMap<String, std::time::Instant>> {
+    std::thread::spawn(move || {
+        let mut was_bad = HashSet::new();
+        let mut returned = std::collections::HashMap::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for id in &instances {
+                let current = std::fs::read_link(root.join(id).join("current"))
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+                match current.as_deref() {
+                    Some(v) if v == bad => {
+                        was_bad.insert(id.clone());
+                    }
+                    Some(v) if v == good && was_bad.contains(id) => {
+                        returned.entry(id.clone()).or_insert_with(std::time::Instant::now);
+                    }
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        returned
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_restores_one_wave_at_a_time_and_a_host_that_cannot_go_back_raises_an_alert() {
+    let rig = rig(4).await;
+    let (good, bad) = (sha(19), sha(20));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    // The last wave's first host is unhealthy whatever it runs: the release fails in wave 3,
+    // after waves 1 and 2 run it, and that host cannot pass its way back either.
+    let waves: Vec<Vec<String>> =
+        vec![rig.wave_of(&good, 0).await, rig.wave_of(&good, 1).await, rig.wave_of(&good, 2).await];
+    let sick = waves[2][0].clone();
+    rig.sick.lock().unwrap().insert(sick.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_returns(
+        rig.fleet.root.path().to_owned(),
+        rig.instances.clone(),
+        bad[..12].to_owned(),
+        good[..12].to_owned(),
+        stop.clone(),
+    );
+    rig.ship(&bad, "ok").await;
+    let deployment = rig.finished(&bad).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    assert!(deployment["reason"].as_str().unwrap().contains("failed in wave 3"), "{deployment}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let returned = watcher.join().unwrap();
+    assert!(rig.fleet.all_run(&good[..12]), "every host is back when the rollback ends");
+
+    // Newest wave first, one wave at a time: wave 2's host only goes back once wave 3 is
+    // back, and the canary last.
+    let when = |id: &String| returned.get(id).copied();
+    let last_of_wave_three = waves[2].iter().filter_map(when).max().expect("wave 3 ran the release");
+    let wave_two = when(&waves[1][0]).expect("wave 2 ran the release");
+    let canary = when(&waves[0][0]).expect("the canary ran the release");
+    assert!(last_of_wave_three <= wave_two && wave_two <= canary, "restored out of order: {returned:?}");
+
+    let alerts = rig.app.table.recent_alerts(20).await.unwrap();
+    let failed_back: Vec<_> = alerts.iter().filter(|a| a.kind == "rollback_failed").collect();
+    assert_eq!(failed_back.len(), 1, "{alerts:?}");
+    assert!(
+        failed_back[0].summary.contains(&sick) && failed_back[0].summary.contains(&good[..12]),
+        "{:?}",
+        failed_back[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_never_switches_to_a_release_the_server_gave_up_on() {
+    let rig = rig(2).await;
+    let (good, abandoned) = (sha(21), sha(22));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    let canary = rig.wave_of(&good, 0).await.remove(0);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Records any moment the canary runs the abandoned release (it must never).
+    let watcher = watch_returns(
+        rig.fleet.root.path().to_owned(),
+        vec![canary.clone()],
+        abandoned[..12].to_owned(),
+        good[..12].to_owned(),
+        stop.clone(),
+    );
+    // Its install hook outlasts the wave's timeout: the deployment rolls back meanwhile.
+    rig.ship(&abandoned, "stalling-long").await;
+    let deployment = rig.finished(&abandoned).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    assert!(deployment["reason"].as_str().unwrap().contains("timed out"), "{deployment}");
+    let release_dir = rig.fleet.root.path().join(&canary).join("releases").join(&abandoned[..12]);
+    rig.wait_until("the canary's agent gave the release up", || !release_dir.exists()).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(watcher.join().unwrap().is_empty(), "the canary never switched to the abandoned release");
+    assert_eq!(rig.fleet.current(&canary).as_deref(), Some(&good[..12]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_whose_answer_is_lost_is_sent_again_and_the_host_is_not_deployed_twice() {
+    let mut rig = rig(2).await;
+    let (good, next) = (sha(23), sha(24));
+    rig.ship(&good, "ok").await;
+    assert_eq!(rig.finished(&good).await["state"], "succeeded");
+    // The canary's agent talks through a proxy that answers its first two reports 503.
+    let canary = rig.wave_of(&good, 0).await.remove(0);
+    let proxy = conveyor_e2e::FaultProxy::before(
+        rig.app.url(""),
+        |seen| seen.path == "/agent/v1/report",
+        2,
+        conveyor_e2e::Fault::unavailable(),
+    )
+    .await;
+    rig.kill_agent(&canary);
+    rig.fleet.server = proxy.url();
+    rig.restart_agent(&canary);
+
+    rig.ship(&next, "counted").await;
+    let deployment = rig.finished(&next).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    assert_eq!(proxy.faulted(), 2, "two reports were lost");
+    assert!(proxy.calls() >= 3, "and sent again until one was acknowledged");
+    let validations = std::fs::read_to_string(rig.fleet.root.path().join(&canary).join("validations.log")).unwrap();
+    assert_eq!(validations.lines().count(), 1, "deployed once: {validations}");
 }

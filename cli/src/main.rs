@@ -55,7 +55,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Upload a build's artifact: s3://$CONVEYOR_ARTIFACTS_BUCKET/<repository>/<sha>.tar.gz.
+    /// Upload a build's artifact where the intake looks for it (the environment's template).
     Artifact {
         #[command(subcommand)]
         command: ArtifactCommand,
@@ -64,6 +64,11 @@ enum Command {
     Status {
         #[arg(long)]
         environment: String,
+    },
+    /// Manage the agents bound to instances.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
     },
     /// Manage providers' machine images.
     Images {
@@ -88,18 +93,41 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum AgentCommand {
+    /// Let a new agent enrol for INSTANCE (its host was rebuilt, or its credential file lost):
+    /// the agent that polls for it next is issued a new credential.
+    Forget {
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        instance: String,
+    },
+}
+
+/// Artifacts larger than this go up in parts of this size.
+const ARTIFACT_PART_SIZE: u64 = 64 * 1024 * 1024;
+
+#[derive(Subcommand)]
 enum ArtifactCommand {
-    /// Upload FILE (a .tar.gz) as the artifact of commit SHA, with its sha256 and version.
+    /// Upload FILE (a .tar.gz) as the artifact of commit SHA where the intake will look for
+    /// it, with its sha256 and version; streamed from disk, multipart above 64 MiB.
     Push {
         file: PathBuf,
+        /// The full 40-digit commit sha (git rev-parse HEAD).
         #[arg(long)]
         sha: String,
         /// owner/name, as GitHub names the repository.
         #[arg(long)]
         repository: String,
-        /// Default: the first 12 digits of the sha, as deployments name versions.
+        /// The environment whose `artifact` template names the key (default template without).
         #[arg(long)]
-        version: Option<String>,
+        environment: Option<String>,
+        /// The configuration that defines --environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The artifacts bucket: the stack output ArtifactsBucketName.
+        #[arg(long, env = "CONVEYOR_ARTIFACTS_BUCKET")]
+        bucket: Option<String>,
     },
 }
 
@@ -176,21 +204,52 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{}", String::from_utf8_lossy(secret.expose()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Artifact { command: ArtifactCommand::Push { file, sha, repository, version } } => {
-            let settings = dev::local_settings(None);
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        Command::Artifact { command: ArtifactCommand::Push { file, sha, repository, environment, config, bucket } } => {
+            let bucket = bucket.filter(|b| !b.trim().is_empty()).ok_or(
+                "name the artifacts bucket with --bucket or CONVEYOR_ARTIFACTS_BUCKET (the stack output ArtifactsBucketName)",
+            )?;
+            let loaded = match &environment {
+                Some(_) => {
+                    let settings = dev::local_settings(config.as_deref());
+                    Some(Config::load(&settings.config_path).map_err(|e| e.to_string())?)
+                }
+                None => None,
+            };
+            let environment = match (&environment, &loaded) {
+                (Some(name), Some(config)) => Some(config.environment(name).ok_or_else(|| {
+                    let known: Vec<_> = config.environments.iter().map(|e| e.name.as_str()).collect();
+                    format!("no environment `{name}` in the configuration (known: {})", known.join(", "))
+                })?),
+                _ => None,
+            };
+            let target = ops::ArtifactTarget { bucket: &bucket, repository: &repository, sha: &sha, environment };
             let artifacts = conveyor_shared::s3::Artifacts::new(&load_aws_config().await);
-            let (url, sha256) = ops::push_artifact(
-                &artifacts,
-                &settings.artifacts_bucket,
-                &repository,
-                &sha,
-                version.as_deref(),
-                bytes,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let size = std::fs::metadata(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len();
+            let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let progress = |sent: u64| {
+                if show {
+                    let percent = (sent * 100).checked_div(size).unwrap_or(100);
+                    eprint!("\ruploading {}: {} of {} MiB ({percent}%)", file.display(), sent >> 20, size >> 20);
+                }
+            };
+            let (url, sha256) = ops::push_artifact_file(&artifacts, &target, &file, ARTIFACT_PART_SIZE, progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            if show {
+                eprintln!();
+            }
             println!("{url} sha256={sha256}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent { command: AgentCommand::Forget { environment, instance } } => {
+            let settings = dev::local_settings(None);
+            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let forgot = table.forget_enrollment(&environment, &instance).await.map_err(|e| e.to_string())?;
+            if forgot {
+                println!("{instance} in {environment}: forgotten; the next agent to poll for it enrols");
+            } else {
+                println!("{instance} in {environment}: no agent was enrolled");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { environment } => {

@@ -1,6 +1,6 @@
 //! Operator commands that change the ledger: tokens and image rollbacks.
 
-use conveyor_shared::config::Config;
+use conveyor_shared::config::{ArtifactFields, ArtifactTemplate, Config, Environment};
 use conveyor_shared::domain::rollout::{self, Instruction, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::Ec2;
@@ -65,28 +65,83 @@ pub async fn create_environment_token(table: &Table, config: &Config, environmen
     }
 }
 
-/// Uploads a build's artifact to `s3://<bucket>/<repository>/<sha>.tar.gz` with its
+/// Where a build's artifact goes: the environment's `artifact` template (or the default one)
+/// rendered exactly as the intake renders it when it creates the deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactTarget<'a> {
+    pub bucket: &'a str,
+    pub repository: &'a str,
+    /// The full 40-digit commit sha.
+    pub sha: &'a str,
+    /// The environment whose template names the key; the default template without one.
+    pub environment: Option<&'a Environment>,
+}
+
+impl ArtifactTarget<'_> {
+    /// The `s3://` URL the intake will look for, after checking the sha and the repository.
+    pub fn url(&self) -> Result<String, OpsError> {
+        let full_sha = self.sha.len() == 40 && self.sha.bytes().all(|b| b.is_ascii_hexdigit());
+        if !full_sha {
+            return Err(OpsError::Invalid(format!(
+                "--sha `{}` is not a full commit sha: give all 40 hex digits (git rev-parse HEAD)",
+                self.sha
+            )));
+        }
+        let parts: Vec<&str> = self.repository.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(OpsError::Invalid(format!("--repository `{}` must look like owner/name", self.repository)));
+        }
+        if self.bucket.len() < 3 {
+            return Err(OpsError::Invalid(format!("`{}` is not an S3 bucket name", self.bucket)));
+        }
+        let sha = self.sha.to_ascii_lowercase();
+        let default = ArtifactTemplate::default();
+        let (template, branch, environment) = match self.environment {
+            Some(env) => (&env.artifact, env.branch.as_str(), env.name.as_str()),
+            None => (&default, "", ""),
+        };
+        Ok(template.render(&ArtifactFields {
+            bucket: self.bucket,
+            repository: self.repository,
+            sha: &sha,
+            version: &DeploymentRecord::version_for(&sha),
+            branch,
+            environment,
+        }))
+    }
+}
+
+/// Uploads a build's artifact (bytes in memory) where the intake will look for it, with its
 /// SHA-256 and version as metadata. Returns the URL and the SHA-256.
 pub async fn push_artifact(
     artifacts: &Artifacts,
-    bucket: &str,
-    repository: &str,
-    sha: &str,
-    version: Option<&str>,
+    target: &ArtifactTarget<'_>,
     bytes: Vec<u8>,
 ) -> Result<(String, String), OpsError> {
-    let sha_ok = (7..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit());
-    if !sha_ok {
-        return Err(OpsError::Invalid(format!("--sha `{sha}` is not a commit sha")));
-    }
-    let parts: Vec<&str> = repository.split('/').collect();
-    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(OpsError::Invalid(format!("--repository `{repository}` must look like owner/name")));
-    }
-    let version = version.map(str::to_owned).unwrap_or_else(|| DeploymentRecord::version_for(sha));
+    let url = target.url()?;
     let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-    let url = format!("s3://{bucket}/{repository}/{sha}.tar.gz");
+    let version = DeploymentRecord::version_for(target.sha);
     artifacts.put(&url, bytes, &sha256, &version).await.map_err(|e| OpsError::Invalid(e.to_string()))?;
+    Ok((url, sha256))
+}
+
+/// Uploads the artifact file at `path`, streamed from disk (multipart above `part_size`),
+/// telling `progress` the bytes sent. Returns the URL and the SHA-256.
+pub async fn push_artifact_file(
+    artifacts: &Artifacts,
+    target: &ArtifactTarget<'_>,
+    path: &std::path::Path,
+    part_size: u64,
+    progress: impl FnMut(u64),
+) -> Result<(String, String), OpsError> {
+    let url = target.url()?;
+    let sha256 = conveyor_shared::s3::file_sha256(path)
+        .map_err(|e| OpsError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let version = DeploymentRecord::version_for(target.sha);
+    artifacts
+        .upload_file(&url, path, &sha256, &version, part_size, progress)
+        .await
+        .map_err(|e| OpsError::Invalid(e.to_string()))?;
     Ok((url, sha256))
 }
 
@@ -104,22 +159,49 @@ pub async fn rollback_images(
     Ok((change, templates, ok))
 }
 
-/// What `conveyor status` prints for one environment: recent deployments with why each
-/// stopped, and which instance runs which version.
+/// What `conveyor status` prints for one environment: the running deployment and the queued
+/// ones, recent deployments with why each stopped, the tick's last error, and which instance
+/// runs which version.
 pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError> {
     use std::fmt::Write;
     let mut out = String::new();
-    let deployments = table.recent_deployments(environment, 5).await?;
+    let now = conveyor_shared::unix_now();
+    let deployments = table.recent_deployments(environment, 20).await?;
     let _ = writeln!(out, "environment {environment}");
     if deployments.is_empty() {
         let _ = writeln!(out, "  no deployments yet");
     }
-    for d in &deployments {
+    // The one that holds the environment (running or being planned), else the latest started.
+    let lock = table.lock(environment).await?.filter(|lock| lock.live(now));
+    let shown = lock
+        .as_ref()
+        .and_then(|lock| deployments.iter().find(|d| d.id() == lock.holder))
+        .or_else(|| deployments.iter().find(|d| d.run.wave.is_some()));
+    if let Some(running) = shown.filter(|d| !d.state.is_final()) {
+        let progress = running.progress();
+        let _ = writeln!(
+            out,
+            "  running  {} ({}, wave {} of {})",
+            running.version,
+            running.state.as_str(),
+            progress.wave + 1,
+            progress.sizes.len().max(1)
+        );
+    }
+    let queued: Vec<&str> =
+        deployments.iter().filter(|d| d.state == DeploymentState::Pending).map(|d| d.version.as_str()).collect();
+    if !queued.is_empty() {
+        let _ = writeln!(out, "  queued   {}", queued.join(", "));
+    }
+    if let Some((error, at)) = table.tick_error(environment, now).await? {
+        let _ = writeln!(out, "  the tick failed {} s ago: {error}", now - at);
+    }
+    for d in deployments.iter().take(5) {
         let _ = writeln!(out, "  {:<12} {:<11} {}", d.version, d.state.as_str(), d.reason);
     }
-    // The latest deployment's targets by instance, and its progress.
+    // The shown deployment's targets by instance, and its progress.
     let mut plan = None;
-    if let Some(latest) = deployments.first() {
+    if let Some(latest) = shown {
         let targets = table.deployment_targets(environment, &latest.id()).await?;
         let progress = latest.progress();
         if !targets.is_empty() {

@@ -75,3 +75,40 @@ fn token_create_names_the_known_providers() {
     assert!(stdout.is_empty(), "no token is printed: {stdout}");
     assert!(stderr.contains("no provider `gcp`") && stderr.contains("aws-images"), "{stderr}");
 }
+
+#[test]
+fn artifact_push_says_what_to_fix_before_touching_aws() {
+    let file = repo_file("conveyor.example.toml");
+    // No bucket: the command names the flag, the variable and the stack output.
+    let output = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["artifact", "push", &file, "--sha", &"a".repeat(40), "--repository", "acme/shop"])
+        .env_remove("CONVEYOR_ARTIFACTS_BUCKET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr.contains("--bucket") && stderr.contains("CONVEYOR_ARTIFACTS_BUCKET"), "{stderr}");
+    // A short sha: the full one is asked for; nothing is uploaded (no endpoint is reachable).
+    let (code, stdout, stderr) =
+        conveyor(&["artifact", "push", &file, "--sha", "abc1234", "--repository", "acme/shop", "--bucket", "b-1"]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("not a full commit sha") && stderr.contains("40 hex digits"), "{stderr}");
+    let (code, _, stderr) = conveyor(&[
+        "artifact",
+        "push",
+        &file,
+        "--sha",
+        &"a".repeat(40),
+        "--repository",
+        "acme/shop",
+        "--bucket",
+        "b-1",
+        "--environment",
+        "nowhere",
+        "--config",
+        &file,
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no environment `nowhere`") && stderr.contains("production"), "{stderr}");
+}

@@ -38,6 +38,22 @@ pub struct Artifact {
     pub size: i64,
 }
 
+/// The SHA-256 of the file at `path`, read in pieces (an artifact may be larger than memory).
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0; 1024 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
 /// `s3://bucket/key` split into bucket and key.
 pub fn parse_url(url: &str) -> Result<(&str, &str), S3Error> {
     url.strip_prefix("s3://")
@@ -109,6 +125,103 @@ impl Artifacts {
                 message: DisplayErrorContext(e).to_string(),
             })?;
         Ok(())
+    }
+
+    /// Uploads the file at `path` to `url` with its SHA-256 and `version` as metadata, streamed
+    /// from disk: one PUT up to `part_size` bytes, a multipart upload above (aborted if a
+    /// part fails, so no half-object is left). `progress` hears the bytes sent so far.
+    pub async fn upload_file(
+        &self,
+        url: &str,
+        path: &std::path::Path,
+        sha256: &str,
+        version: &str,
+        part_size: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), S3Error> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let (bucket, key) = parse_url(url)?;
+        let aws = |operation, message: String| S3Error::Aws { operation, url: url.to_owned(), message };
+        let read = |e: std::io::Error| aws("read", format!("{}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        let part_size = part_size.max(5 * 1024 * 1024);
+        if size <= part_size {
+            let body = ByteStream::from_path(path).await.map_err(|e| aws("read", e.to_string()))?;
+            self.client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .content_type("application/gzip")
+                .metadata("sha256", sha256)
+                .metadata("version", version)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| aws("PutObject", DisplayErrorContext(e).to_string()))?;
+            progress(size);
+            return Ok(());
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/gzip")
+            .metadata("sha256", sha256)
+            .metadata("version", version)
+            .send()
+            .await
+            .map_err(|e| aws("CreateMultipartUpload", DisplayErrorContext(e).to_string()))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let mut parts = Vec::new();
+        let sent = async {
+            let mut offset = 0;
+            for number in 1.. {
+                if offset >= size {
+                    break;
+                }
+                let length = part_size.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(length))
+                    .build()
+                    .await
+                    .map_err(|e| aws("read", e.to_string()))?;
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| aws("UploadPart", DisplayErrorContext(e).to_string()))?;
+                parts.push(
+                    CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build(),
+                );
+                offset += length;
+                progress(offset);
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| aws("CompleteMultipartUpload", DisplayErrorContext(e).to_string()))?;
+            Ok(())
+        }
+        .await;
+        if sent.is_err() {
+            // Parts of an abandoned upload are billed until aborted.
+            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+        }
+        sent
     }
 
     /// Creates `bucket`, versioned as the template makes it, unless it exists. For the local

@@ -115,3 +115,53 @@ async fn a_release_goes_out_with_the_environments_health_check() {
         json!({"url": "http://127.0.0.1:9000/up", "expect_status": 204, "timeout_seconds": 5, "attempts": 5, "interval_seconds": 2})
     );
 }
+
+async fn post_as(app: &TestApp, path: &str, token: &str, credential: Option<&str>, body: &str) -> conveyor_e2e::Answer {
+    let authorization = format!("Bearer {token}");
+    let mut headers = vec![("authorization", authorization.as_str()), ("content-type", "application/json")];
+    if let Some(credential) = credential {
+        headers.push((deploy_fanout::CREDENTIAL_HEADER, credential));
+    }
+    app.request("POST", path, &headers, body.to_owned()).await
+}
+
+#[tokio::test]
+async fn an_agent_speaks_only_for_the_instance_it_enrolled() {
+    let app = TestApp::spawn(CONFIG).await;
+    let production = token(&app, "production").await;
+    let instance = "i-0aaaaaaaaaaaaaaa1";
+    let poll = json!({"instance_id": instance, "environment": "production", "current": null}).to_string();
+    let report = json!({"instance_id": instance, "environment": "production", "version": "v1",
+                        "outcome": "succeeded", "healthy": true, "current": "v1"})
+    .to_string();
+
+    // First contact: a credential, shown once. Its answer may be lost, so until the agent
+    // uses one, a first contact again is answered with a new one.
+    let lost = post_as(&app, "/agent/v1/poll", &production, None, &poll).await;
+    let lost = lost.body["credential"].as_str().expect("a credential at first contact").to_owned();
+    let kept = post_as(&app, "/agent/v1/poll", &production, None, &poll).await;
+    let kept = kept.body["credential"].as_str().expect("issued again").to_owned();
+    assert_ne!(lost, kept);
+    let used = post_as(&app, "/agent/v1/poll", &production, Some(&kept), &poll).await;
+    assert_eq!((used.status, used.body.get("credential")), (200, None), "{used:?}");
+
+    // Now only that agent speaks for the instance, whoever else holds the token.
+    for (path, body) in [("/agent/v1/poll", &poll), ("/agent/v1/report", &report)] {
+        for credential in [None, Some(lost.as_str()), Some("made-up")] {
+            let other = post_as(&app, path, &production, credential, body).await;
+            assert_eq!(
+                (other.status, other.body["error"]["code"].as_str()),
+                (403, Some("instance_enrolled")),
+                "{path} with {credential:?}"
+            );
+        }
+        assert_eq!(post_as(&app, path, &production, Some(&kept), body).await.status, 200, "{path}");
+    }
+    let stored = app.table.enrollment("production", instance).await.unwrap().unwrap();
+    assert!(stored.confirmed && stored.credential_hash != kept, "only a hash is kept");
+
+    // An operator lets a new agent enrol (a rebuilt host).
+    assert!(app.table.forget_enrollment("production", instance).await.unwrap());
+    let again = post_as(&app, "/agent/v1/poll", &production, None, &poll).await;
+    assert!(again.body["credential"].is_string(), "{again:?}");
+}

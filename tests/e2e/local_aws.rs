@@ -288,3 +288,118 @@ async fn a_newer_build_supersedes_the_queued_ones_of_its_repository_only() {
     let recent = table.recent_deployments("production", 100).await.unwrap();
     assert!(table.supersede_queued(&newest, &recent, 302).await.unwrap().is_empty(), "idempotent");
 }
+
+#[tokio::test]
+async fn an_artifact_goes_where_the_intake_looks_streamed_in_parts() {
+    use conveyor_shared::domain::intake::{self, PlanContext};
+    let sdk = sdk().await;
+    let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
+    let bucket = unique_name("artifacts").to_lowercase().chars().take(50).collect::<String>();
+    artifacts.create_bucket_if_missing(&bucket).await.unwrap();
+    let config = conveyor_shared::config::Config::parse(
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nartifact = \"s3://{bucket}/{environment}/{branch}/{version}/{sha}.tgz\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    // Where the intake will look, from a real CI success.
+    let success = serde_json::json!({
+        "action": "completed",
+        "workflow_run": {"id": 1, "name": "CI", "workflow_id": 1, "head_branch": "main", "head_sha": sha,
+                         "run_attempt": 1, "conclusion": "success", "head_repository": {"full_name": "acme/shop"}},
+        "repository": {"full_name": "acme/shop"}
+    });
+    let ctx = PlanContext { config: &config, artifacts_bucket: &bucket, now: 1 };
+    let plan = intake::plan("workflow_run", "d", success.to_string().as_bytes(), &ctx).unwrap();
+    let expected = &plan.deployments[0].artifact;
+
+    // Eleven MiB in parts of five: three parts, the progress ending at the file's size.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("build.tar.gz");
+    let bytes: Vec<u8> = (0..11 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let target = conveyor_cli::ops::ArtifactTarget {
+        bucket: &bucket,
+        repository: "acme/shop",
+        sha,
+        environment: config.environment("production"),
+    };
+    let mut seen = Vec::new();
+    let (url, sha256) =
+        conveyor_cli::ops::push_artifact_file(&artifacts, &target, &file, 5 * 1024 * 1024, |sent| seen.push(sent))
+            .await
+            .unwrap();
+    assert_eq!(&url, expected, "the key the intake renders");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.last().copied(), Some(bytes.len() as u64));
+    assert_eq!(sha256, conveyor_shared::s3::file_sha256(&file).unwrap());
+    let stored = artifacts.head(&url).await.unwrap().unwrap();
+    assert_eq!((stored.sha256, stored.size), (sha256, bytes.len() as i64));
+    assert!(stored.version_id.is_some(), "a versioned bucket: the deployment can pin it");
+}
+
+/// Serves DescribeInstances as EC2 does for a large fleet: `pages` pages of `per_page`
+/// instances, chained by NextToken (moto answers everything in one page). Records the
+/// NextToken of every request it got.
+async fn paging_ec2(pages: usize, per_page: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let recorded = recorded.clone();
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let form: std::collections::HashMap<String, String> =
+                        form_urlencoded::parse(&body).into_owned().collect();
+                    let token = form.get("NextToken").cloned();
+                    recorded.lock().unwrap().push(token.clone());
+                    let page: usize = token.as_deref().and_then(|t| t.strip_prefix("page-")?.parse().ok()).unwrap_or(0);
+                    let instances: String = (0..per_page)
+                        .map(|i| {
+                            format!(
+                                "<item><instanceId>i-{page:04}{i:013}</instanceId><instanceState><code>16</code><name>running</name></instanceState><placement><availabilityZone>us-east-1{}</availabilityZone></placement></item>",
+                                ['a', 'b', 'c'][i % 3]
+                            )
+                        })
+                        .collect();
+                    let next = if page + 1 < pages {
+                        format!("<nextToken>page-{}</nextToken>", page + 1)
+                    } else {
+                        String::new()
+                    };
+                    let xml = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><reservationSet><item><reservationId>r-{page}</reservationId><instancesSet>{instances}</instancesSet></item></reservationSet>{next}</DescribeInstancesResponse>"
+                    );
+                    Ok::<_, hyper::Error>(
+                        hyper::Response::builder()
+                            .header("content-type", "text/xml;charset=UTF-8")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(xml)))
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn discovery_follows_every_page_of_a_large_fleet() {
+    let (url, seen) = paging_ec2(3, 1000).await;
+    let ec2 = conveyor_shared::ec2::Ec2::new(&conveyor_e2e::sdk_at(&url).await);
+    let wanted = std::collections::BTreeMap::from([("app".to_string(), "shop".to_string())]);
+    let found = ec2.running_instances(None, &wanted).await.unwrap();
+    assert_eq!(found.len(), 3000, "every page's instances");
+    let distinct: std::collections::HashSet<_> = found.iter().map(|i| &i.id).collect();
+    assert_eq!(distinct.len(), 3000);
+    assert_eq!(*seen.lock().unwrap(), [None, Some("page-1".to_string()), Some("page-2".to_string())]);
+}

@@ -3,7 +3,9 @@
 //! wave timeouts and takeovers are decided at a `now` of the test's choice.
 
 use conveyor_e2e::{Fault, FaultProxy, Quiet, TestApp, endpoint, launch_instances, unique_name};
-use conveyor_shared::domain::DeploymentState::{Failed, InProgress, Pending, RolledBack, Succeeded, Superseded};
+use conveyor_shared::domain::DeploymentState::{
+    Failed, InProgress, Pending, RolledBack, RollingBack, Succeeded, Superseded,
+};
 use conveyor_shared::domain::rollout::TargetState;
 use conveyor_shared::http::HttpFunction;
 use conveyor_shared::store::{Counter, LockPhase};
@@ -38,9 +40,15 @@ async fn a_running_deployment_is_driven_to_its_end_by_the_tick_alone_and_nothing
     assert_eq!((lock.holder, lock.phase), (first.id(), Some(LockPhase::Running)));
 
     fanout.tick(now + 601).await.unwrap();
+    let rolling = quiet.state(&first).await;
+    assert_eq!((rolling.state, rolling.run.rollback_wave), (RollingBack, Some(0)), "{rolling:?}");
+    assert!(rolling.reason.contains("wave 1 timed out after 600 s"), "{}", rolling.reason);
+    assert_eq!(quiet.state(&second).await.state, Pending, "a rollback still holds the environment");
+    // The canary's agent never answers: its wave's turn to go back times out too.
+    fanout.tick(now + 1202).await.unwrap();
     let ended = quiet.state(&first).await;
     assert_eq!(ended.state, RolledBack, "{ended:?}");
-    assert!(ended.reason.contains("wave 1 timed out after 600 s"), "{}", ended.reason);
+    assert!(ended.reason.contains("wave 1 timed out after 600 s"), "the reason stays: {}", ended.reason);
     assert_eq!(quiet.state(&second).await.state, InProgress, "the same tick starts the next one");
 }
 
@@ -214,9 +222,7 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
     let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
     let authorization = format!("Bearer {}", String::from_utf8(token.expose().to_vec()).unwrap());
     let (repository, sha) = ("acme/shop", sha(8));
-    conveyor_cli::ops::push_artifact(&app.artifacts, &app.artifacts_bucket, repository, &sha, None, b"eight".to_vec())
-        .await
-        .unwrap();
+    conveyor_e2e::push_artifact(&app.artifacts, &app.artifacts_bucket, repository, &sha, b"eight".to_vec()).await;
     // Every agent polls in a tight loop while the stream's planner writes 150 targets in
     // batches and starts the deployment.
     let polling = {

@@ -186,22 +186,43 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
     let waves = targets.iter().map(|t| t.wave).max().map_or(0, |w| w + 1);
     log.take();
 
+    // Each agent keeps the credential its first poll is issued and sends it from then on.
+    let credentials: Mutex<BTreeMap<String, String>> = Mutex::default();
     let send = |path: &'static str, body: Value| {
-        let request = http::Request::builder()
+        let instance = body["instance_id"].as_str().unwrap_or_default().to_owned();
+        let mut request = http::Request::builder()
             .method("POST")
             .uri(path)
             .header("authorization", format!("Bearer {secret}"))
-            .header("content-type", "application/json")
-            .body(Bytes::from(body.to_string()))
-            .expect("a request");
-        let fanout = &fanout;
+            .header("content-type", "application/json");
+        if let Some(credential) = credentials.lock().expect("credentials").get(&instance) {
+            request = request.header(deploy_fanout::CREDENTIAL_HEADER, credential.as_str());
+        }
+        let request = request.body(Bytes::from(body.to_string())).expect("a request");
+        let (fanout, credentials) = (&fanout, &credentials);
         async move {
             let response = fanout.handle(request).await;
             assert!(response.status().is_success(), "{path}: {:?}", response.body());
-            serde_json::from_slice::<Value>(response.body()).expect("json")
+            let answer = serde_json::from_slice::<Value>(response.body()).expect("json");
+            if let Some(credential) = answer["credential"].as_str() {
+                credentials.lock().expect("credentials").insert(instance, credential.to_owned());
+            }
+            answer
         }
     };
     let (mut polls, mut reports) = (Vec::new(), Vec::new());
+    // A poll of an instance whose wave has not started yet (it is told the idle interval).
+    let mut waiting_poll = None;
+    if let Some(later) = targets.iter().find(|t| t.wave > 0) {
+        let poll = json!({"instance_id": later.instance, "environment": "production", "current": null});
+        // The first contact enrols the agent; the polls after it are what a fleet pays for.
+        send("/agent/v1/poll", poll.clone()).await;
+        send("/agent/v1/poll", poll.clone()).await;
+        log.take();
+        let answer = send("/agent/v1/poll", poll).await;
+        assert_eq!(answer["action"], "none", "{answer}");
+        waiting_poll = Some(log.take().len());
+    }
     for wave in 0..waves {
         for target in targets.iter().filter(|t| t.wave == wave) {
             let answer = send(
@@ -255,7 +276,34 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
     );
     println!("  after the end: the settling poll {settling} requests, an idle poll {idle_poll:?}");
     let idle_reads = idle_poll.len();
+    if let Some(waiting) = waiting_poll {
+        let busy = polls.iter().copied().min().unwrap_or(0);
+        print_poll_rates(busy, waiting, idle_reads);
+    }
     fanout_own <= budget && idle_reads <= 1
+}
+
+/// The table reads per second that polls cost at scale, from the reads one poll makes in each
+/// situation (measured above), at the production intervals: the hot item is the deployment
+/// record, which every poll of an instance in an unsettled deployment reads.
+fn print_poll_rates(busy_reads: usize, waiting_reads: usize, idle_reads: usize) {
+    let timing = Timing::default();
+    let (busy, idle) = (timing.busy_poll as f64, timing.idle_poll as f64);
+    println!(
+        "  poll read rates at the production intervals (busy {busy} s, idle {idle} s; reads are eventually consistent, 0.5 RCU):"
+    );
+    for fleet in [1_000usize, 10_000] {
+        // The canary strategy's largest wave is the last half of the fleet.
+        let wave = fleet / 2;
+        let during = wave as f64 / busy * busy_reads as f64 + (fleet - wave) as f64 / idle * waiting_reads as f64;
+        let deployment_item = wave as f64 / busy + (fleet - wave) as f64 / idle;
+        let idle_fleet = fleet as f64 / idle * idle_reads as f64;
+        println!(
+            "    {fleet:>6} instances: {during:>7.0} reads/s during the largest wave ({:.0} RCU/s on the deployment item, {:.0}% of one item's 3,000), {idle_fleet:>5.0} reads/s idle",
+            deployment_item * 0.5,
+            deployment_item * 0.5 / 3_000.0 * 100.0
+        );
+    }
 }
 
 fn main() {

@@ -6,9 +6,10 @@
 //! still answers 200, so an agent can send it until one is acknowledged. Reports never plan
 //! the next deployment: the stream and the tick do.
 
+use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::rollout::{self, Instruction, ReportEffect, Step, TargetState};
 use conveyor_shared::http::{self, Request, Response, StatusCode};
-use conveyor_shared::store::{Counter, StoreError, Transition};
+use conveyor_shared::store::{Counter, Put, Transition};
 use conveyor_shared::token::{self, Scope};
 use serde::Deserialize;
 use serde_json::json;
@@ -88,16 +89,87 @@ fn parse_body<T: serde::de::DeserializeOwned + AgentMessage>(request: &Request) 
     Ok(message)
 }
 
+/// The header that carries an agent's instance credential.
+pub const CREDENTIAL_HEADER: &str = "x-conveyor-agent-credential";
+
+/// What a message was admitted with: its environment, and a credential to hand the agent
+/// when this was the instance's first contact.
+struct Admitted<'a> {
+    env: &'a Environment,
+    issued: Option<conveyor_shared::secret::Secret>,
+}
+
 impl Fanout {
-    /// An agent's message, parsed (400, 413), and the environment its token and body agree
-    /// on (401, 403, 404).
+    /// An agent's message, parsed (400, 413), the environment its token and body agree on
+    /// (401, 403, 404), and the instance it speaks for, if its agent may (403).
     async fn accept<T: serde::de::DeserializeOwned + AgentMessage>(
         &self,
         request: &Request,
-    ) -> Result<(T, &Environment), Box<Response>> {
+        first_contact: bool,
+    ) -> Result<(T, Admitted<'_>), Box<Response>> {
         let message: T = parse_body(request)?;
         let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
-        Ok((message, env))
+        let issued = self.bind(env, message.instance_id(), request, first_contact).await.map_err(Box::new)?;
+        Ok((message, Admitted { env, issued }))
+    }
+
+    /// Checks that the sender may speak for `instance`; on a first contact (a poll of an
+    /// instance with no binding credential yet) answers the credential to hand out.
+    async fn bind(
+        &self,
+        env: &Environment,
+        instance: &str,
+        request: &Request,
+        first_contact: bool,
+    ) -> Result<Option<conveyor_shared::secret::Secret>, Response> {
+        let presented = http::header(request, CREDENTIAL_HEADER).map(|c| token::hash(c.trim().as_bytes()));
+        if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash)) {
+            return Ok(None);
+        }
+        let unavailable =
+            |err: &dyn std::fmt::Display| http::unavailable(err, "the ledger could not be read; try again");
+        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|e| unavailable(&e))?;
+        let matches = |hash: &str| presented.as_deref() == Some(hash);
+        let taken = || {
+            http::error(
+                StatusCode::FORBIDDEN,
+                "instance_enrolled",
+                format!(
+                    "instance {instance} is bound to another agent: an agent speaks for its instance with the credential it got at first contact (`conveyor agent forget --environment {} --instance {instance}` lets a new agent enrol)",
+                    env.name
+                ),
+            )
+        };
+        match enrolled {
+            Some(enrolled) if enrolled.confirmed => {
+                if !matches(&enrolled.credential_hash) {
+                    return Err(taken());
+                }
+                self.remember_credential(&env.name, instance, &enrolled.credential_hash);
+                Ok(None)
+            }
+            Some(enrolled) if matches(&enrolled.credential_hash) => {
+                // Its first use: binding from now on.
+                let hash = enrolled.credential_hash;
+                self.table.confirm_enrollment(&env.name, instance, &hash).await.map_err(|e| unavailable(&e))?;
+                self.remember_credential(&env.name, instance, &hash);
+                Ok(None)
+            }
+            // First contact, or the agent never got the first answer: issue a credential.
+            _ if first_contact => {
+                let secret = token::generate().map_err(|e| unavailable(&e))?;
+                let hash = token::hash(secret.expose());
+                let now = conveyor_shared::unix_now();
+                match self.table.enroll(&env.name, instance, &hash, now).await.map_err(|e| unavailable(&e))? {
+                    Put::Created => Ok(Some(secret)),
+                    // Another agent confirmed its credential meanwhile.
+                    Put::AlreadyExists => Err(taken()),
+                }
+            }
+            // A report before the instance's first poll (an agent that restarted with a report
+            // to send): admitted; the agent enrols at its next poll.
+            _ => Ok(None),
+        }
     }
 
     /// The environment a request's token and body agree on.
@@ -123,28 +195,38 @@ impl Fanout {
     }
 
     pub(crate) async fn poll(&self, request: Request) -> Response {
-        let (poll, env) = match self.accept::<Poll>(&request).await {
+        let (poll, Admitted { env, issued }) = match self.accept::<Poll>(&request, true).await {
             Ok(accepted) => accepted,
             Err(response) => return *response,
         };
-        let decision = match self.decide_poll(env, &poll).await {
-            Ok(decision) => decision,
-            Err(err) => return http::unavailable(&err, "the ledger could not be read; poll again"),
+        let mut answer = match self.answer_poll(env, &poll).await {
+            Ok(answer) => answer,
+            Err(response) => return response,
         };
+        if let Some(credential) = issued {
+            // Shown once: the agent keeps it and sends it from now on.
+            answer["credential"] = String::from_utf8_lossy(credential.expose()).into_owned().into();
+        }
+        http::json(StatusCode::OK, &answer)
+    }
+
+    /// The answer to a poll, as JSON.
+    async fn answer_poll(&self, env: &Environment, poll: &Poll) -> Result<serde_json::Value, Response> {
+        let decision = self
+            .decide_poll(env, poll)
+            .await
+            .map_err(|err| http::unavailable(&err, "the ledger could not be read; poll again"))?;
         let (release, rollback) = match decision {
             Instruction::Deploy { release, rollback } => (release, rollback),
-            Instruction::Wait => {
-                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.busy_poll}));
-            }
-            Instruction::Nothing => {
-                return http::json(StatusCode::OK, &json!({"action": "none", "poll_after": self.timing.idle_poll}));
-            }
+            Instruction::Wait => return Ok(json!({"action": "none", "poll_after": self.timing.busy_poll})),
+            Instruction::Nothing => return Ok(json!({"action": "none", "poll_after": self.timing.idle_poll})),
         };
         let pinned = release.artifact_version.as_deref();
-        let url = match self.artifacts.presigned_get(&release.artifact, pinned, self.timing.presign).await {
-            Ok(url) => url,
-            Err(err) => return http::unavailable(&err, "the artifact URL could not be made; poll again"),
-        };
+        let url = self
+            .artifacts
+            .presigned_get(&release.artifact, pinned, self.timing.presign)
+            .await
+            .map_err(|err| http::unavailable(&err, "the artifact URL could not be made; poll again"))?;
         let mut answer = json!({
             "action": "deploy",
             "release": {"version": release.version, "url": url, "sha256": release.sha256},
@@ -160,12 +242,12 @@ impl Fanout {
                 "interval_seconds": health.interval.0,
             });
         }
-        http::json(StatusCode::OK, &answer)
+        Ok(answer)
     }
 
     /// An idle poll reads the instance's target only; the deployment is read while one
     /// involves the instance, and an ended deployment settles the target once.
-    async fn decide_poll(&self, env: &Environment, poll: &Poll) -> Result<Instruction, StoreError> {
+    async fn decide_poll(&self, env: &Environment, poll: &Poll) -> Result<Instruction, FanoutError> {
         let Some(target) = self.table.target(&env.name, &poll.instance_id, false).await? else {
             return Ok(Instruction::Nothing);
         };
@@ -175,14 +257,27 @@ impl Fanout {
             None
         };
         let decision = rollout::instruct(&target, progress.as_ref(), poll.current.as_deref());
-        if let Some(to) = decision.settle {
-            self.table.settle_target(&target, to, conveyor_shared::unix_now()).await?;
-        }
-        Ok(decision.instruction)
+        let now = conveyor_shared::unix_now();
+        let settled = if decision.restored {
+            // Back on the last good release while its deployment rolls back: counted in its
+            // wave, and the rollback moves on once the wave is back.
+            let counted = self.table.count_outcome(&target, Counter::Restored, None, now).await?;
+            if counted == Transition::Applied {
+                self.advance(env, &target.deployment, now, &[]).await?;
+            }
+            counted
+        } else if let Some(to) = decision.settle {
+            self.table.settle_target(&target, to, now).await?
+        } else {
+            Transition::Applied
+        };
+        // A rejected settle means the reads were stale (they are eventually consistent): act
+        // on nothing and ask again soon rather than on what may be an old picture.
+        Ok(if settled == Transition::Rejected { Instruction::Wait } else { decision.instruction })
     }
 
     pub(crate) async fn report(&self, request: Request) -> Response {
-        let (report, env) = match self.accept::<Report>(&request).await {
+        let (report, Admitted { env, .. }) = match self.accept::<Report>(&request, false).await {
             Ok(accepted) => accepted,
             Err(response) => return *response,
         };
@@ -206,7 +301,7 @@ impl Fanout {
         };
         let counter = match rollout::judge_report(&target, &deployment.progress(), &report.version, succeeded) {
             ReportEffect::Ignore => {
-                if !succeeded && deployment.state.is_final() {
+                if !succeeded && deployment.state != DeploymentState::InProgress {
                     self.alert_failed_rollback(env, &deployment, &target, &report.version, report.log.as_deref(), now)
                         .await?;
                 }

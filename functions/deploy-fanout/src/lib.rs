@@ -21,6 +21,8 @@
 
 mod channel;
 
+pub use channel::CREDENTIAL_HEADER;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +48,7 @@ pub const NEW_DEPLOYMENTS: &str =
 
 /// Deployments that just ended (or failed while planned): the next queued one can start at
 /// once instead of at the next tick.
-pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}, "state": {"S": ["succeeded", "rolled_back", "failed"]}}, "OldImage": {"state": {"S": ["pending", "in_progress"]}}}}"#;
+pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}, "state": {"S": ["succeeded", "rolled_back", "failed"]}}, "OldImage": {"state": {"S": ["pending", "in_progress", "rolling_back"]}}}}"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -56,6 +58,8 @@ pub enum FanoutError {
     Ec2(#[from] Ec2Error),
     #[error(transparent)]
     S3(#[from] S3Error),
+    #[error("planning {0} outlived its claim; the next trigger plans it again")]
+    ClaimExpired(String),
     #[error("the tick failed for {}: {}", .0.keys().cloned().collect::<Vec<_>>().join(", "), .0.values().cloned().collect::<Vec<_>>().join("; "))]
     Environments(BTreeMap<String, String>),
 }
@@ -64,7 +68,8 @@ pub enum FanoutError {
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// How long a planning claim (and the lock it takes) lasts: a planner that crashed is
-    /// replaced after this.
+    /// replaced after this. A planner stops writing before its claim ends (see `plan`), so
+    /// this may be shorter than the function's timeout, never the other way round.
     pub planning_claim: i64,
     /// How long a presigned artifact URL is valid.
     pub presign: Duration,
@@ -109,6 +114,11 @@ impl Timing {
 const TOKEN_CACHE: Duration = Duration::from_secs(300);
 /// Tokens cached at most (one per environment in practice).
 const TOKEN_CACHE_ENTRIES: usize = 256;
+/// A value read from the table, and when.
+type Cached = (String, Instant);
+
+/// Instance credentials cached at most (a warm function serves part of a fleet).
+const CREDENTIAL_CACHE_ENTRIES: usize = 20_000;
 
 #[derive(Clone)]
 pub struct Fanout {
@@ -118,12 +128,14 @@ pub struct Fanout {
     config: Arc<Config>,
     timing: Timing,
     /// Token hash to (scope, when it was read).
-    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    tokens: Arc<Mutex<HashMap<String, Cached>>>,
+    /// (environment, instance) to the hash of its agent's binding credential, when read.
+    credentials: Arc<Mutex<HashMap<(String, String), Cached>>>,
 }
 
 impl Fanout {
     pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
-        Self { table, ec2, artifacts, config, timing, tokens: Arc::default() }
+        Self { table, ec2, artifacts, config, timing, tokens: Arc::default(), credentials: Arc::default() }
     }
 
     pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
@@ -148,6 +160,24 @@ impl Fanout {
             cache.insert(hash, (scope.clone(), Instant::now()));
         }
         Ok(scope)
+    }
+
+    /// Whether a warm function has seen `hash` bind `instance` within the cache time (an idle
+    /// poll then costs no read for it).
+    fn known_credential(&self, environment: &str, instance: &str, hash: &str) -> bool {
+        let key = (environment.to_owned(), instance.to_owned());
+        self.credentials.lock().ok().is_some_and(|cache| {
+            cache.get(&key).is_some_and(|(known, read)| known == hash && read.elapsed() < TOKEN_CACHE)
+        })
+    }
+
+    fn remember_credential(&self, environment: &str, instance: &str, hash: &str) {
+        if let Ok(mut cache) = self.credentials.lock() {
+            if cache.len() >= CREDENTIAL_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert((environment.to_owned(), instance.to_owned()), (hash.to_owned(), Instant::now()));
+        }
     }
 
     /// Starts the next queued deployment of `env` when none is planned or running. Per
@@ -181,7 +211,8 @@ impl Fanout {
             tracing::debug!(environment = %env.name, deployment = %id, "queued behind the lock or another planner");
             return Ok(());
         }
-        let planned = self.plan(env, deployment, &token, now).await;
+        let claimed_at = Instant::now();
+        let planned = self.plan(env, deployment, &token, now, claimed_at).await;
         if planned.is_err() {
             // Let the next trigger plan it again at once rather than when the claim expires.
             self.table.release_planning(&env.name, &id, &token).await?;
@@ -195,6 +226,7 @@ impl Fanout {
         deployment: &DeploymentRecord,
         token: &str,
         now: i64,
+        claimed_at: Instant,
     ) -> Result<(), FanoutError> {
         let id = deployment.id();
         let id = id.as_str();
@@ -248,7 +280,16 @@ impl Fanout {
             now,
         }
         .targets(&waves);
-        self.table.write_targets(&targets).await?;
+        // Fenced: a planner that has outlived its claim (another may have taken over) stops
+        // before it overwrites anything. The margin covers one batch of writes.
+        let claim = Duration::from_secs(self.timing.planning_claim.max(1) as u64);
+        let margin = Duration::from_secs(5).min(claim / 2);
+        for batch in targets.chunks(conveyor_shared::store::BATCH_SIZE * 4) {
+            if claimed_at.elapsed() + margin >= claim {
+                return Err(FanoutError::ClaimExpired(id.to_owned()));
+            }
+            self.table.write_targets(batch).await?;
+        }
         let sizes: Vec<usize> = waves.iter().map(Vec::len).collect();
         let reason = format!("rolling {} out to {} instances in {} waves", release.version, targets.len(), waves.len());
         let start = DeploymentStart {
@@ -268,8 +309,9 @@ impl Fanout {
         Ok(())
     }
 
-    /// Takes the running deployment `id` of `env` one step further, if it runs. The wave's
-    /// hand-out needs no writes: each agent's poll sees the wave number on the deployment.
+    /// Takes the running (or rolling back) deployment `id` of `env` one step further. The
+    /// wave's hand-out needs no writes: each agent's poll sees the wave number on the
+    /// deployment.
     pub async fn advance(
         &self,
         env: &Environment,
@@ -278,7 +320,7 @@ impl Fanout {
         waiting_for: &[String],
     ) -> Result<Step, FanoutError> {
         let Some(deployment) = self.table.deployment(&env.name, id, true).await? else { return Ok(Step::Wait) };
-        if deployment.state != DeploymentState::InProgress {
+        if !matches!(deployment.state, DeploymentState::InProgress | DeploymentState::RollingBack) {
             return Ok(Step::Wait);
         }
         let progress = deployment.progress();
@@ -318,20 +360,30 @@ impl Fanout {
                 }
             }
             Step::RollBack { reason } => {
-                // Every instance of the waves so far goes back to `previous` at its next poll.
+                // The waves so far go back to `previous`, one wave at a time, newest first.
                 let alert = self.rollback_alert(env, &deployment, reason, now).await?;
+                if self.table.begin_rollback(&deployment, reason, &alert, now).await? == Transition::Applied {
+                    tracing::warn!(environment = %env.name, deployment = %id, %reason, "rolling back");
+                }
+            }
+            Step::RestoreWave(wave) => {
+                if self.table.restore_wave(&env.name, id, wave + 1, now).await? == Transition::Applied {
+                    tracing::info!(environment = %env.name, deployment = %id, wave = wave + 1, "restoring the next wave");
+                }
+            }
+            Step::FinishRollback => {
                 let end = DeploymentEnd {
                     environment: &env.name,
                     id,
-                    from: DeploymentState::InProgress,
+                    from: DeploymentState::RollingBack,
                     to: DeploymentState::RolledBack,
-                    reason,
+                    reason: &deployment.reason,
                     planner: None,
                     last_release: None,
-                    alert: Some(&alert),
+                    alert: None,
                 };
                 if self.table.end_deployment(&end, now).await? == Transition::Applied {
-                    tracing::warn!(environment = %env.name, deployment = %id, %reason, "rolling back");
+                    tracing::warn!(environment = %env.name, deployment = %id, reason = %deployment.reason, "rolled back");
                 }
             }
         }
@@ -409,7 +461,10 @@ impl Fanout {
     /// others are still ticked. Fails (after ticking all) when any environment failed.
     pub async fn tick(&self, now: i64) -> Result<(), FanoutError> {
         let mut failed = BTreeMap::new();
+        let started = Instant::now();
         for env in &self.config.environments {
+            // Each environment's work is timed from when it starts, not from the tick's start.
+            let now = now + started.elapsed().as_secs() as i64;
             if let Err(err) = self.tick_environment(env, now).await {
                 tracing::error!(environment = %env.name, error = %err, "tick failed for this environment");
                 if let Err(record) = self.table.record_tick_error(&env.name, &err.to_string(), now).await {
@@ -429,6 +484,9 @@ impl Fanout {
                 Some(deployment) if deployment.state == DeploymentState::InProgress => {
                     let waiting = self.drop_terminated(env, &deployment, now).await?;
                     self.advance(env, &lock.holder, now, &waiting).await?;
+                }
+                Some(deployment) if deployment.state == DeploymentState::RollingBack => {
+                    self.advance(env, &lock.holder, now, &[]).await?;
                 }
                 // Ended, but still named by a lock an older version left: give it up.
                 Some(deployment) if deployment.state.is_final() => {
@@ -508,14 +566,14 @@ impl StreamFunction for Fanout {
 
     fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let now = conveyor_shared::unix_now();
             for record in event["Records"].as_array().into_iter().flatten() {
                 let Some(name) = record["dynamodb"]["NewImage"]["environment"]["S"].as_str() else { continue };
                 let Some(env) = self.config.environment(name) else {
                     tracing::warn!(environment = name, "a deployment for an environment not in conveyor.toml");
                     continue;
                 };
-                self.start_next(env, now).await.map_err(|e| e.to_string())?;
+                // The time of each record's work, not of the batch: claims are timed from it.
+                self.start_next(env, conveyor_shared::unix_now()).await.map_err(|e| e.to_string())?;
             }
             Ok(())
         })

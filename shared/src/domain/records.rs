@@ -90,6 +90,9 @@ impl BuildRecord {
 pub enum DeploymentState {
     Pending,
     InProgress,
+    /// A wave failed: the waves reached so far go back to the last good release one wave at
+    /// a time, newest first, as `min_healthy` allows. It still holds the environment.
+    RollingBack,
     Succeeded,
     Failed,
     RolledBack,
@@ -101,13 +104,14 @@ pub enum DeploymentState {
 impl DeploymentState {
     /// A deployment in a final state never changes again.
     pub fn is_final(self) -> bool {
-        !matches!(self, DeploymentState::Pending | DeploymentState::InProgress)
+        !matches!(self, DeploymentState::Pending | DeploymentState::InProgress | DeploymentState::RollingBack)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Pending => "pending",
             DeploymentState::InProgress => "in_progress",
+            DeploymentState::RollingBack => "rolling_back",
             DeploymentState::Succeeded => "succeeded",
             DeploymentState::Failed => "failed",
             DeploymentState::RolledBack => "rolled_back",
@@ -161,6 +165,11 @@ pub struct RunState {
     pub succeeded: Vec<usize>,
     pub failed: Vec<usize>,
     pub dropped: Vec<usize>,
+    /// While rolling back: the wave being restored (from the failed one down to the first),
+    /// since when, and per wave how many targets are back on the last good release.
+    pub rollback_wave: Option<usize>,
+    pub rollback_wave_started_at: Option<i64>,
+    pub restored: Vec<usize>,
     /// The first failure an agent reported, in words. Absent, not null, until then: the
     /// store sets it with `if_not_exists`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,6 +206,9 @@ impl DeploymentRecord {
             failed: run.failed.clone(),
             dropped: run.dropped.clone(),
             failure: run.failure.clone(),
+            rollback_wave: run.rollback_wave,
+            rollback_wave_started_at: run.rollback_wave_started_at.unwrap_or(self.created_at),
+            restored: run.restored.clone(),
         }
     }
 

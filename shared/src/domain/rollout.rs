@@ -235,9 +235,14 @@ pub struct Progress {
     pub dropped: Vec<usize>,
     /// The first failure reported, in words.
     pub failure: Option<String>,
+    /// While rolling back: the wave being restored, since when, and per wave the targets
+    /// back on the last good release.
+    pub rollback_wave: Option<usize>,
+    pub rollback_wave_started_at: i64,
+    pub restored: Vec<usize>,
 }
 
-/// What a running deployment does next.
+/// What a running (or rolling back) deployment does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Nothing to do until agents report or the wave times out.
@@ -246,13 +251,21 @@ pub enum Step {
     StartWave(usize),
     /// Every wave passed.
     Succeed,
-    /// A target failed or the wave timed out: restore every instance already changed.
+    /// A target failed or the wave timed out: restore the waves reached so far, starting with
+    /// the current one.
     RollBack { reason: String },
+    /// Rolling back: the wave being restored is back (or timed out): restore this one next.
+    RestoreWave(usize),
+    /// Rolling back: every wave reached is back; the deployment ends `rolled_back`.
+    FinishRollback,
 }
 
 /// Decides the next step of a running deployment. `waiting_for` names the current wave's
 /// instances that have not reported, when the caller knows them (for the timeout reason).
 pub fn next_step(progress: &Progress, timeout_seconds: i64, now: i64, waiting_for: &[String]) -> Step {
+    if progress.state == crate::domain::DeploymentState::RollingBack {
+        return next_rollback_step(progress, timeout_seconds, now);
+    }
     let wave = progress.wave;
     let count = |counts: &[usize]| counts.get(wave).copied().unwrap_or(0);
     if count(&progress.failed) > 0 {
@@ -275,6 +288,21 @@ pub fn next_step(progress: &Progress, timeout_seconds: i64, now: i64, waiting_fo
     Step::Wait
 }
 
+/// A rolling-back deployment restores one wave at a time: the next when every target of the
+/// current one is back on the last good release (or was dropped), or when the wave's time is
+/// up (a host that cannot go back raises its own alert).
+fn next_rollback_step(progress: &Progress, timeout_seconds: i64, now: i64) -> Step {
+    let wave = progress.rollback_wave.unwrap_or(progress.wave);
+    let count = |counts: &[usize]| counts.get(wave).copied().unwrap_or(0);
+    let back = count(&progress.restored) + count(&progress.dropped) >= count(&progress.sizes);
+    let late = now - progress.rollback_wave_started_at > timeout_seconds;
+    match (back || late, wave) {
+        (false, _) => Step::Wait,
+        (true, 0) => Step::FinishRollback,
+        (true, wave) => Step::RestoreWave(wave - 1),
+    }
+}
+
 /// What a poll answers an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Instruction {
@@ -292,6 +320,8 @@ pub enum Instruction {
 pub struct Decision {
     pub instruction: Instruction,
     pub settle: Option<TargetState>,
+    /// The settle counts the target as restored in its rolling-back deployment's wave.
+    pub restored: bool,
 }
 
 /// Whether answering a poll needs the deployment's progress besides the target.
@@ -311,15 +341,16 @@ pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Opt
     };
     let settled = |state: TargetState| {
         let settled = TargetRecord { state, ..target.clone() };
-        // Going back to the last good release is a rollback for the agent: no hooks of a
-        // release it never ran before, and the release is usually still on disk.
+        // Going back to the last good release is a rollback (the agent says so in its log;
+        // the release is usually still on disk, so it switches without a download).
         let rollback = matches!(state, TargetState::RolledBack | TargetState::Untouched);
         Decision {
             instruction: run(settled.settled_release(), rollback),
             settle: (state != target.state).then_some(state),
+            restored: false,
         }
     };
-    let pending = |instruction| Decision { instruction, settle: None };
+    let pending = |instruction| Decision { instruction, settle: None, restored: false };
     if target.state.is_settled() {
         return settled(target.state);
     }
@@ -338,6 +369,26 @@ pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Opt
             TargetState::Waiting => pending(Instruction::Deploy { release: target.release.clone(), rollback: false }),
             _ => pending(Instruction::Wait),
         },
+        D::RollingBack if !reached => settled(TargetState::Untouched),
+        D::RollingBack => {
+            let restoring = progress.rollback_wave.unwrap_or(progress.wave);
+            let back = target.previous.as_ref().is_none_or(|p| current == Some(p.version.as_str()));
+            if target.wave > restoring {
+                // Its wave's turn ended without it (a silent host): it goes back when it can.
+                settled(TargetState::RolledBack)
+            } else if target.wave < restoring {
+                // Keeps the release until its wave's turn, so no more hosts restart at once
+                // than going forward did.
+                pending(Instruction::Wait)
+            } else if back {
+                Decision { restored: true, ..settled(TargetState::RolledBack) }
+            } else {
+                let previous = target.previous.clone();
+                pending(
+                    previous.map_or(Instruction::Nothing, |release| Instruction::Deploy { release, rollback: true }),
+                )
+            }
+        }
         D::Succeeded if target.state == TargetState::Succeeded => settled(TargetState::Kept),
         D::RolledBack | D::Failed if reached => settled(TargetState::RolledBack),
         _ => settled(TargetState::Untouched),
@@ -452,6 +503,9 @@ mod tests {
             failed: failed.to_vec(),
             dropped: dropped.to_vec(),
             failure: None,
+            rollback_wave: None,
+            rollback_wave_started_at: 0,
+            restored: vec![0; sizes.len()],
         }
     }
 
@@ -536,13 +590,13 @@ mod tests {
         let ended = |state, wave| Progress { state, ..progress(wave, &[1, 1, 1], &[1, 0, 0], &[0, 1, 0], &[0; 3]) };
         let rolled_back = ended(D::RolledBack, 1);
         let decision = instruct(&target(0, Succeeded), Some(&rolled_back), Some("new"));
-        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(RolledBack) });
+        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(RolledBack), restored: false });
         let decision = instruct(&target(1, Failed), Some(&rolled_back), Some("new"));
         assert_eq!(decision.instruction, deploy("old", true));
         let decision = instruct(&target(2, Waiting), Some(&rolled_back), Some("old"));
-        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched) });
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched), restored: false });
         let decision = instruct(&target(0, Succeeded), Some(&ended(D::Succeeded, 2)), Some("new"));
-        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Kept) });
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Kept), restored: false });
         assert_eq!(instruct(&target(0, Waiting), None, Some("old")).settle, Some(Untouched));
     }
 
@@ -559,7 +613,7 @@ mod tests {
         assert_eq!(instruct(&target(0, Waiting), Some(&planning), Some("old")).instruction, Instruction::Wait);
         let failed_before_start = Progress { state: D::Failed, ..planning };
         let decision = instruct(&target(0, Waiting), Some(&failed_before_start), Some("old"));
-        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched) });
+        assert_eq!(decision, Decision { instruction: Instruction::Nothing, settle: Some(Untouched), restored: false });
     }
 
     #[test]
@@ -571,10 +625,53 @@ mod tests {
         let d2 = TargetRecord { release: release("newer"), ..target(2, Waiting) };
         let rolled_back = Progress { state: D::RolledBack, ..progress(0, &[1, 1, 1], &[0; 3], &[1, 0, 0], &[0; 3]) };
         let decision = instruct(&d2, Some(&rolled_back), Some("new"));
-        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(Untouched) });
+        assert_eq!(decision, Decision { instruction: deploy("old", true), settle: Some(Untouched), restored: false });
         let settled = TargetRecord { state: Untouched, ..d2 };
         assert_eq!(instruct(&settled, None, Some("new")).instruction, deploy("old", true));
         assert_eq!(instruct(&settled, None, Some("old")).instruction, Instruction::Nothing);
+    }
+
+    fn rolling_back(failed_wave: usize, restoring: usize, restored: &[usize]) -> Progress {
+        Progress {
+            state: crate::domain::DeploymentState::RollingBack,
+            rollback_wave: Some(restoring),
+            rollback_wave_started_at: 100,
+            restored: restored.to_vec(),
+            ..progress(failed_wave, &[1, 2, 2], &[1, 2, 0], &[0, 0, 1], &[0; 3])
+        }
+    }
+
+    #[test]
+    fn a_rollback_restores_one_wave_at_a_time_newest_first() {
+        use TargetState::*;
+        // Wave 3 failed. It is restored first; waves 1 and 2 keep the release meanwhile.
+        let back = rolling_back(2, 2, &[0, 0, 0]);
+        assert_eq!(instruct(&target(2, Failed), Some(&back), Some("new")).instruction, deploy("old", true));
+        assert_eq!(instruct(&target(1, Succeeded), Some(&back), Some("new")).instruction, Instruction::Wait);
+        assert_eq!(instruct(&target(0, Succeeded), Some(&back), Some("new")).instruction, Instruction::Wait);
+        // A host of the wave being restored that runs the last good release is counted back.
+        let decision = instruct(&target(2, Failed), Some(&back), Some("old"));
+        assert_eq!((decision.settle, decision.restored), (Some(RolledBack), true));
+        let never_switched = instruct(&target(2, Waiting), Some(&back), Some("old"));
+        assert!(never_switched.restored, "a host that never switched is back already");
+
+        assert_eq!(next_step(&rolling_back(2, 2, &[0, 0, 1]), 600, 200, &[]), Step::Wait);
+        assert_eq!(next_step(&rolling_back(2, 2, &[0, 0, 2]), 600, 200, &[]), Step::RestoreWave(1));
+        assert_eq!(next_step(&rolling_back(2, 2, &[0, 0, 1]), 600, 701, &[]), Step::RestoreWave(1), "or time is up");
+        assert_eq!(next_step(&rolling_back(2, 0, &[1, 2, 2]), 600, 200, &[]), Step::FinishRollback);
+        // The wave after the restored ones goes back at its turn; one whose turn passed, at once.
+        let later = rolling_back(2, 1, &[0, 0, 2]);
+        assert_eq!(instruct(&target(1, Succeeded), Some(&later), Some("new")).instruction, deploy("old", true));
+        let silent = instruct(&target(2, Waiting), Some(&later), Some("new"));
+        assert_eq!(
+            (silent.instruction, silent.settle, silent.restored),
+            (deploy("old", true), Some(RolledBack), false)
+        );
+        // A wave never reached is untouched, and nothing is owed when there is no earlier release.
+        let untouched = instruct(&target(2, Waiting), Some(&rolling_back(1, 1, &[0, 0, 0])), Some("old"));
+        assert_eq!(untouched.settle, Some(Untouched));
+        let first_ever = TargetRecord { previous: None, ..target(2, Failed) };
+        assert!(instruct(&first_ever, Some(&back), Some("new")).restored);
     }
 
     #[test]
@@ -585,7 +682,7 @@ mod tests {
         }
         assert_eq!(
             instruct(&target(0, Kept), None, Some("new")),
-            Decision { instruction: Instruction::Nothing, settle: None }
+            Decision { instruction: Instruction::Nothing, settle: None, restored: false }
         );
         assert_eq!(
             instruct(&target(0, Kept), None, Some("old")).instruction,

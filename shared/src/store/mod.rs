@@ -17,6 +17,7 @@
 //! | tick error  | `ENV#<environment>`         | `TICK`                   |                       |                                  | 1 day |
 //! | target      | `ENV#<environment>`         | `TARGET#<instance id>`   |                       |                                  |       |
 //! | instance    | `ENV#<environment>`         | `INSTANCE#<instance id>` |                       |                                  |       |
+//! | agent       | `ENV#<environment>`         | `AGENT#<instance id>`    |                       |                                  |       |
 //! | last good   | `ENV#<environment>`         | `RELEASE`                |                       |                                  |       |
 //! | token       | `TOKEN#<sha256 of token>`   | `TOKEN`                  |                       |                                  |       |
 //! | image map   | `PROVIDER#<name>`           | `IMAGES`                 |                       |                                  |       |
@@ -35,6 +36,7 @@
 //! - A state change is a conditional update on the previous state ([`Table::transition`]).
 //! - Batches retry `UnprocessedItems` with backoff until written or out of attempts.
 
+mod agents;
 mod rollout;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ use crate::domain::packer::{Change, ImageMap};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 
+pub use agents::Enrollment;
 pub use rollout::{Counter, DeploymentEnd, DeploymentStart, InstanceRecord, Lock, LockPhase};
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -272,7 +275,17 @@ impl Table {
     /// (`None` for an item that was fine), so the caller can tell which condition failed.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Result<(), Cancelled>, StoreError> {
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-        let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        // A token per call: if the SDK sends the same call again after a lost answer, DynamoDB
+        // answers the first outcome instead of judging the conditions a second time.
+        let token = claim_token("transaction", 0);
+        let err = match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .client_request_token(token)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(Ok(())),
             Err(err) => err,
         };
@@ -344,10 +357,20 @@ impl Table {
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
         }
-        match request.send().await {
-            Ok(_) => Ok(Transition::Applied),
-            Err(err) if is_condition_failure(&err) => Ok(Transition::Rejected),
-            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        // An update of an item a transaction holds fails with TransactionConflict (a wave's
+        // reports update the deployment in transactions): send it again after a pause.
+        let backoff = Backoff::default();
+        let mut attempt = 0;
+        loop {
+            match request.clone().send().await {
+                Ok(_) => return Ok(Transition::Applied),
+                Err(err) if is_condition_failure(&err) => return Ok(Transition::Rejected),
+                Err(err) if err.code() == Some("TransactionConflictException") && attempt + 1 < backoff.attempts => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+                Err(err) => return Err(self.aws_error("UpdateItem", err)),
+            }
         }
     }
 

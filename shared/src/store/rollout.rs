@@ -37,12 +37,14 @@ pub struct InstanceRecord {
     pub reported_at: Option<i64>,
 }
 
-/// Which per-wave counter of a running deployment a target's outcome goes to.
+/// Which per-wave counter of a deployment a target's outcome goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     Succeeded,
     Failed,
     Dropped,
+    /// Back on the last good release while its deployment rolls back.
+    Restored,
 }
 
 impl Counter {
@@ -51,6 +53,7 @@ impl Counter {
             Counter::Succeeded => "succeeded",
             Counter::Failed => "failed",
             Counter::Dropped => "dropped",
+            Counter::Restored => "restored",
         }
     }
 
@@ -59,6 +62,15 @@ impl Counter {
             Counter::Succeeded => TargetState::Succeeded,
             Counter::Failed => TargetState::Failed,
             Counter::Dropped => TargetState::Dropped,
+            Counter::Restored => TargetState::RolledBack,
+        }
+    }
+
+    /// The state the deployment must be in for the outcome to count.
+    fn deployment_state(self) -> DeploymentState {
+        match self {
+            Counter::Restored => DeploymentState::RollingBack,
+            _ => DeploymentState::InProgress,
         }
     }
 }
@@ -361,8 +373,10 @@ impl Table {
     }
 
     /// Records a target's outcome and counts it in its deployment's wave, in one transaction:
-    /// only if the target still waits in deployment `target.deployment` and that deployment
-    /// still runs. A failure also becomes the deployment's failure reason, if it is the first.
+    /// only if the target is still in the state it was read in (`target.state`) in deployment
+    /// `target.deployment`, and that deployment still runs (or, for [`Counter::Restored`],
+    /// still rolls back). A failure also becomes the deployment's failure reason, if it is
+    /// the first.
     pub async fn count_outcome(
         &self,
         target: &TargetRecord,
@@ -374,13 +388,13 @@ impl Table {
             key: Key::target(&target.environment, &target.instance),
             set: vec!["#state = :to".into(), "updated_at = :now".into()],
             remove: Vec::new(),
-            condition: "deployment = :id AND #state = :waiting".into(),
+            condition: "deployment = :id AND #state = :from".into(),
             names: Vec::new(),
             values: vec![
                 (":to".into(), target_state(counter.state())),
                 (":now".into(), n(now)),
                 (":id".into(), s(&target.deployment)),
-                (":waiting".into(), target_state(TargetState::Waiting)),
+                (":from".into(), target_state(target.state)),
             ],
         };
         if let Some(detail) = detail {
@@ -396,7 +410,7 @@ impl Table {
             condition: "#state = :running".into(),
             names: vec![("#counter".into(), counter.attribute().into())],
             values: vec![
-                (":running".into(), s(DeploymentState::InProgress.as_str())),
+                (":running".into(), s(counter.deployment_state().as_str())),
                 (":one".into(), n(1)),
                 (":now".into(), n(now)),
             ],
@@ -484,6 +498,59 @@ impl Table {
             .await?
             .map(|item| decode("deployment", item))
             .transpose()
+    }
+
+    /// Starts rolling `deployment` back from its current wave (the one that failed), and
+    /// raises its alert, in one transaction: the team hears at once, and exactly once.
+    pub async fn begin_rollback(
+        &self,
+        deployment: &DeploymentRecord,
+        reason: &str,
+        alert: &AlertRecord,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        let (wave, waves) = (deployment.run.wave.unwrap_or(0), deployment.run.sizes.len());
+        let zeros = AttributeValue::L(vec![n(0); waves]);
+        let change = Conditional::transition(
+            Key::deployment(&deployment.environment, &deployment.id()),
+            DeploymentState::InProgress.as_str(),
+            DeploymentState::RollingBack.as_str(),
+            reason,
+            now,
+        )
+        .set("rollback_wave", n(wave as i64))
+        .set("rollback_wave_started_at", n(now))
+        .set("restored", zeros);
+        let put = TxPut::builder()
+            .table_name(self.name())
+            .set_item(Some(super::alert_item(alert)?))
+            .build()
+            .map_err(|e| self.build_error("TransactWriteItems", e))?;
+        let items = vec![self.transaction_item(change)?, TransactWriteItem::builder().put(put).build()];
+        retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
+    }
+
+    /// Moves a rolling-back deployment from restoring wave `from` to the one before, once.
+    pub async fn restore_wave(
+        &self,
+        environment: &str,
+        id: &str,
+        from: usize,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        self.update_if(
+            Key::deployment(environment, id),
+            "SET rollback_wave = :next, rollback_wave_started_at = :now, updated_at = :now",
+            "#state = :rolling_back AND rollback_wave = :from",
+            &[],
+            vec![
+                (":rolling_back", s(DeploymentState::RollingBack.as_str())),
+                (":from", n(from as i64)),
+                (":next", n(from as i64 - 1)),
+                (":now", n(now)),
+            ],
+        )
+        .await
     }
 
     /// Moves a running deployment from wave `from` to the next, once.
