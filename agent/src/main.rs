@@ -28,7 +28,8 @@ struct Flags {
     instance_id: Option<String>,
     #[arg(long)]
     keep: Option<usize>,
-    /// The user the release's hooks and the restart command run as (default: the agent's).
+    /// The user the release's hooks run as (default: the agent's; the restart command always
+    /// runs as the agent).
     #[arg(long)]
     run_as: Option<String>,
 }

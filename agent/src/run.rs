@@ -32,8 +32,8 @@ pub struct AgentConfig {
     /// Releases kept on disk.
     #[serde(default = "default_keep")]
     pub keep: usize,
-    /// The user the release's hooks and the restart command run as; the agent's own when
-    /// unset (it runs as root under the systemd unit, to switch releases and restart).
+    /// The user the release's hooks run as; the agent's own when unset. The restart command
+    /// always runs as the agent (root under the systemd unit: restarting a unit takes it).
     pub run_as: Option<String>,
 }
 
@@ -192,30 +192,20 @@ impl Agent {
         self.config.app_dir.join("agent-credential")
     }
 
-    /// Keeps a credential the server issued; the agent sends it with every message from now on.
-    fn keep_credential(&self, credential: &str) -> Result<(), AgentError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.credential_file();
-        let temporary = path.with_extension("new");
-        let fail =
-            |e: std::io::Error| AgentError::Config(format!("cannot keep the credential in {}: {e}", path.display()));
-        let _ = std::fs::remove_file(&temporary);
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(fail)?;
-        file.write_all(credential.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
-        std::fs::rename(&temporary, &path).map_err(fail)?;
-        tracing::info!(instance = %self.instance_id, "enrolled: this agent now speaks for its instance");
-        Ok(())
-    }
-
     /// Writes `value` to `path` whole or not at all (a temporary file, then a rename).
     fn write_atomically(&self, path: &std::path::Path, value: &impl Serialize) -> Result<(), AgentError> {
         let bytes = serde_json::to_vec(value).map_err(|e| AgentError::Deploy(e.to_string()))?;
-        let temporary = path.with_extension("json.new");
-        std::fs::write(&temporary, bytes)
-            .and_then(|()| std::fs::rename(&temporary, path))
+        write_file_atomically(path, &bytes)
             .map_err(|e| AgentError::Deploy(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Keeps a credential the server issued; the agent sends it with every message from now on.
+    fn keep_credential(&self, credential: &str) -> Result<(), AgentError> {
+        let path = self.credential_file();
+        write_file_atomically(&path, credential.as_bytes())
+            .map_err(|e| AgentError::Config(format!("cannot keep the credential in {}: {e}", path.display())))?;
+        tracing::info!(instance = %self.instance_id, "enrolled: this agent now speaks for its instance");
+        Ok(())
     }
 
     /// Polls and deploys until the process is stopped. A report the server has not
@@ -226,6 +216,9 @@ impl Agent {
         loop {
             let result = match self.send_pending_report().await {
                 Ok(()) => self.poll_once().await,
+                // Not enrolled yet (a first report after an upgrade, or a lost credential):
+                // the poll enrols it, and the report goes with the next round.
+                Err(AgentError::Server { status: 403, .. }) => self.poll_once().await.map(|_| 1),
                 Err(err) => Err(err),
             };
             let wait = match result {
@@ -427,8 +420,8 @@ impl Agent {
         self.releases.activate(&release.version)?;
         if let Some(command) = &self.config.restart_command {
             let dir = &self.config.app_dir;
-            let restart =
-                crate::hooks::run_command("restart", command, RESTART_TIMEOUT, dir, &release.version, self.run_as);
+            // As the agent itself, not `run_as`: restarting a system unit takes root.
+            let restart = crate::hooks::run_command("restart", command, RESTART_TIMEOUT, dir, &release.version, None);
             log.push(restart.await?);
         }
         log.push(hooks.run(Stage::Start, &dir, &release.version).await?);
@@ -555,6 +548,28 @@ async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentEr
         .await
         .map_err(|e| fail(e.to_string()))?;
     instance_id_or_error(&id).map_err(fail)
+}
+
+/// Writes `bytes` to `path` whole or not at all, readable by the agent's user only, and
+/// durably: a new file (never through a link someone left at the temporary name), synced,
+/// renamed into place, and the directory synced so the rename survives a crash.
+fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("new");
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The pause after `failures` failures of one release in a row.

@@ -179,12 +179,14 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
         .or_else(|| deployments.iter().find(|d| d.run.wave.is_some()));
     if let Some(running) = shown.filter(|d| !d.state.is_final()) {
         let progress = running.progress();
+        // While rolling back, the wave being restored (the failed one first, down to the first).
+        let wave = progress.rollback_wave.unwrap_or(progress.wave);
         let _ = writeln!(
             out,
             "  running  {} ({}, wave {} of {})",
             running.version,
             running.state.as_str(),
-            progress.wave + 1,
+            wave + 1,
             progress.sizes.len().max(1)
         );
     }

@@ -135,6 +135,10 @@ async fn an_agent_speaks_only_for_the_instance_it_enrolled() {
                         "outcome": "succeeded", "healthy": true, "current": "v1"})
     .to_string();
 
+    // A report from an agent that never polled is not counted: it enrols by polling first.
+    let unenrolled = post_as(&app, "/agent/v1/report", &production, None, &report).await;
+    assert_eq!((unenrolled.status, unenrolled.body["error"]["code"].as_str()), (403, Some("not_enrolled")));
+
     // First contact: a credential, shown once. Its answer may be lost, so until the agent
     // uses one, a first contact again is answered with a new one.
     let lost = post_as(&app, "/agent/v1/poll", &production, None, &poll).await;

@@ -155,20 +155,24 @@ async fn an_unreadable_artifact_fails_the_deployment_with_what_to_check() {
     assert!(quiet.table.lock("production").await.unwrap().is_none(), "a failed start holds no lock");
 }
 
-/// Sends an agent's message straight to the function (its HTTP handler, no server).
+/// Sends an agent's message straight to the function (its HTTP handler, no server), with the
+/// instance's credential when the agent has one.
 async fn send(
     fanout: &deploy_fanout::Fanout,
     token: &str,
+    credential: Option<&str>,
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(path)
         .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(bytes::Bytes::from(body.to_string()))
-        .unwrap();
+        .header("content-type", "application/json");
+    if let Some(credential) = credential {
+        request = request.header(deploy_fanout::CREDENTIAL_HEADER, credential);
+    }
+    let request = request.body(bytes::Bytes::from(body.to_string())).unwrap();
     let response = fanout.handle(request).await;
     (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or_default())
 }
@@ -193,12 +197,20 @@ async fn reports_that_meet_transaction_conflicts_are_all_counted_and_none_is_ref
     )
     .await;
     let faulty = quiet.fanout(&proxy.url()).await;
+    // Each agent enrols with its first poll, as agents do, then reports with its credential.
+    let mut credentials = std::collections::HashMap::new();
+    for id in &ids {
+        let poll = json!({"instance_id": id, "environment": "production", "current": null});
+        let (status, answer) = send(&faulty, &token, None, "/agent/v1/poll", poll).await;
+        assert_eq!(status, 200, "{answer}");
+        credentials.insert(id.clone(), answer["credential"].as_str().unwrap().to_owned());
+    }
     let mut reports = tokio::task::JoinSet::new();
     for id in &ids {
-        let (faulty, token) = (faulty.clone(), token.clone());
+        let (faulty, token, credential) = (faulty.clone(), token.clone(), credentials[id].clone());
         let body = json!({"instance_id": id, "environment": "production", "version": queued.version,
                           "outcome": "succeeded", "healthy": true, "current": queued.version, "log": "ok"});
-        reports.spawn(async move { send(&faulty, &token, "/agent/v1/report", body).await });
+        reports.spawn(async move { send(&faulty, &token, Some(&credential), "/agent/v1/report", body).await });
     }
     let answers = reports.join_all().await;
     assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
@@ -210,7 +222,7 @@ async fn reports_that_meet_transaction_conflicts_are_all_counted_and_none_is_ref
     // A report sent again (its answer was lost) changes nothing and is still acknowledged.
     let again = json!({"instance_id": ids[0], "environment": "production", "version": queued.version,
                        "outcome": "succeeded", "healthy": true, "current": queued.version});
-    assert_eq!(send(&faulty, &token, "/agent/v1/report", again).await.0, 200);
+    assert_eq!(send(&faulty, &token, Some(&credentials[&ids[0]]), "/agent/v1/report", again).await.0, 200);
     assert_eq!(quiet.state(&queued).await.run.succeeded, [4]);
 }
 
@@ -277,4 +289,40 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
     assert_eq!(poll(canary).await.body["action"], "deploy");
     let waiting = poll(later).await;
     assert_eq!((waiting.body["action"].as_str(), waiting.body["poll_after"].as_u64()), (Some("none"), Some(2)));
+}
+
+#[tokio::test]
+async fn the_stream_alone_starts_a_new_deployment_and_the_next_when_one_ends() {
+    use conveyor_shared::triggers::StreamFunction;
+    let tag = unique_name("stream");
+    let quiet = Quiet::new(&config(&tag, "waves = [\"100%\"]")).await;
+    launch_instances(&quiet.sdk, 1, &tag).await;
+    let fanout = quiet.fanout(&endpoint()).await;
+    let now = conveyor_shared::unix_now();
+    let first = quiet.queue("production", "acme/shop", &sha(9), now, None, Some(b"nine")).await;
+    let second = quiet.queue("production", "acme/shop", &sha(10), now + 1, None, Some(b"ten")).await;
+    // A stream record as Lambda delivers it (DynamoDB images), for the newest deployment.
+    let record = |event: &str, sk: String, state: &str, old: Option<&str>| {
+        let mut dynamodb =
+            json!({"NewImage": {"sk": {"S": sk}, "environment": {"S": "production"}, "state": {"S": state}}});
+        if let Some(old) = old {
+            dynamodb["OldImage"] = json!({"state": {"S": old}});
+        }
+        json!({"Records": [{"eventName": event, "eventSource": "aws:dynamodb", "dynamodb": dynamodb}]})
+    };
+    StreamFunction::handle(&fanout, record("INSERT", format!("DEPLOYMENT#{}", second.id()), "pending", None))
+        .await
+        .unwrap();
+    assert_eq!(quiet.state(&second).await.state, InProgress, "the newest starts");
+    assert_eq!(quiet.state(&first).await.state, Superseded);
+    // It ends; the stream of that change starts whatever is queued next (here: nothing).
+    for target in quiet.table.deployment_targets("production", &second.id()).await.unwrap() {
+        quiet.table.count_outcome(&target, Counter::Succeeded, None, now + 2).await.unwrap();
+    }
+    fanout.advance(&quiet.config.environments[0], &second.id(), now + 3, &[]).await.unwrap();
+    assert_eq!(quiet.state(&second).await.state, Succeeded);
+    let third = quiet.queue("production", "acme/shop", &sha(11), now + 4, None, Some(b"eleven")).await;
+    let ended = record("MODIFY", format!("DEPLOYMENT#{}", second.id()), "succeeded", Some("in_progress"));
+    StreamFunction::handle(&fanout, ended).await.unwrap();
+    assert_eq!(quiet.state(&third).await.state, InProgress, "started by the record of the one that ended");
 }

@@ -151,7 +151,12 @@ impl Fanout {
             Some(enrolled) if matches(&enrolled.credential_hash) => {
                 // Its first use: binding from now on.
                 let hash = enrolled.credential_hash;
-                self.table.confirm_enrollment(&env.name, instance, &hash).await.map_err(|e| unavailable(&e))?;
+                let confirmed =
+                    self.table.confirm_enrollment(&env.name, instance, &hash).await.map_err(|e| unavailable(&e))?;
+                if confirmed == Transition::Rejected {
+                    // Replaced by another first contact meanwhile.
+                    return Err(taken());
+                }
                 self.remember_credential(&env.name, instance, &hash);
                 Ok(None)
             }
@@ -166,9 +171,15 @@ impl Fanout {
                     Put::AlreadyExists => Err(taken()),
                 }
             }
-            // A report before the instance's first poll (an agent that restarted with a report
-            // to send): admitted; the agent enrols at its next poll.
-            _ => Ok(None),
+            // A report counts only from the instance's own agent: one that never polled (or
+            // lost its credential) polls first, which enrols it.
+            _ => Err(http::error(
+                StatusCode::FORBIDDEN,
+                "not_enrolled",
+                format!(
+                    "no agent is enrolled for {instance}: poll first, then report with the credential the poll answers"
+                ),
+            )),
         }
     }
 

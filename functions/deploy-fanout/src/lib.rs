@@ -114,6 +114,10 @@ impl Timing {
 const TOKEN_CACHE: Duration = Duration::from_secs(300);
 /// Tokens cached at most (one per environment in practice).
 const TOKEN_CACHE_ENTRIES: usize = 256;
+/// How long a warm function trusts an instance credential it checked: `conveyor agent forget`
+/// takes effect within this time.
+const CREDENTIAL_CACHE: Duration = Duration::from_secs(60);
+
 /// A value read from the table, and when.
 type Cached = (String, Instant);
 
@@ -167,7 +171,7 @@ impl Fanout {
     fn known_credential(&self, environment: &str, instance: &str, hash: &str) -> bool {
         let key = (environment.to_owned(), instance.to_owned());
         self.credentials.lock().ok().is_some_and(|cache| {
-            cache.get(&key).is_some_and(|(known, read)| known == hash && read.elapsed() < TOKEN_CACHE)
+            cache.get(&key).is_some_and(|(known, read)| known == hash && read.elapsed() < CREDENTIAL_CACHE)
         })
     }
 
@@ -205,13 +209,16 @@ impl Fanout {
     /// deployment's lock, or another planner, leaves it queued.
     async fn begin(&self, env: &Environment, deployment: &DeploymentRecord, now: i64) -> Result<(), FanoutError> {
         let id = deployment.id();
+        // The claim is timed from now (not from when the caller's work began), and so is the
+        // planner's fence against outliving it.
+        let now = now.max(conveyor_shared::unix_now());
+        let claimed_at = Instant::now();
         let token = conveyor_shared::store::claim_token(&id, now);
         let claim = self.table.claim_planning(&env.name, &id, &token, now, self.timing.planning_claim).await?;
         if claim == Transition::Rejected {
             tracing::debug!(environment = %env.name, deployment = %id, "queued behind the lock or another planner");
             return Ok(());
         }
-        let claimed_at = Instant::now();
         let planned = self.plan(env, deployment, &token, now, claimed_at).await;
         if planned.is_err() {
             // Let the next trigger plan it again at once rather than when the claim expires.
@@ -367,11 +374,13 @@ impl Fanout {
                 }
             }
             Step::RestoreWave(wave) => {
+                self.alert_not_back(env, &deployment, wave + 1, now).await?;
                 if self.table.restore_wave(&env.name, id, wave + 1, now).await? == Transition::Applied {
                     tracing::info!(environment = %env.name, deployment = %id, wave = wave + 1, "restoring the next wave");
                 }
             }
             Step::FinishRollback => {
+                self.alert_not_back(env, &deployment, 0, now).await?;
                 let end = DeploymentEnd {
                     environment: &env.name,
                     id,
@@ -417,6 +426,53 @@ impl Fanout {
             subscription: None,
             created_at: now,
         })
+    }
+
+    /// A restore wave whose time ran out: names the hosts that are not back on the last good
+    /// release (silent agents never report a failure), once per wave.
+    async fn alert_not_back(
+        &self,
+        env: &Environment,
+        deployment: &DeploymentRecord,
+        wave: usize,
+        now: i64,
+    ) -> Result<(), FanoutError> {
+        let progress = deployment.progress();
+        let count = |counts: &[usize]| counts.get(wave).copied().unwrap_or(0);
+        if count(&progress.restored) + count(&progress.dropped) >= count(&progress.sizes) {
+            return Ok(());
+        }
+        let missing: Vec<String> = self
+            .table
+            .deployment_targets(&env.name, &deployment.id())
+            .await?
+            .into_iter()
+            .filter(|t| t.wave == wave && !t.state.is_settled())
+            .map(|t| t.instance)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let alert = AlertRecord {
+            id: format!("{}-{}-wave{}-not-back", env.name, deployment.sha, wave + 1),
+            source: "deploy".into(),
+            kind: "rollback_incomplete".into(),
+            summary: format!(
+                "Rolling {} back in {}: {} of wave {} did not come back to the last good release within the wave's timeout",
+                deployment.version,
+                env.name,
+                missing.join(", "),
+                wave + 1
+            ),
+            action: "Check those hosts' agents (journalctl -u conveyor-agent); they go back at their next poll".into(),
+            customer: None,
+            subscription: None,
+            created_at: now,
+        };
+        if self.table.record_alert(&alert).await? == conveyor_shared::store::Put::Created {
+            tracing::error!(environment = %env.name, hosts = %missing.join(", "), "hosts not back after a rollback wave");
+        }
+        Ok(())
     }
 
     /// A host that was told to go back to the last good release and failed: the fleet is not
@@ -486,6 +542,7 @@ impl Fanout {
                     self.advance(env, &lock.holder, now, &waiting).await?;
                 }
                 Some(deployment) if deployment.state == DeploymentState::RollingBack => {
+                    self.drop_terminated(env, &deployment, now).await?;
                     self.advance(env, &lock.holder, now, &[]).await?;
                 }
                 // Ended, but still named by a lock an older version left: give it up.
@@ -498,7 +555,8 @@ impl Fanout {
         self.start_next(env, now).await
     }
 
-    /// Drops the current wave's unreported targets whose instances no longer run; answers the
+    /// Drops the targets of the wave in play whose instances no longer run (going forward:
+    /// the ones that have not reported; rolling back: the ones not yet back); answers the
     /// ones still waited for.
     async fn drop_terminated(
         &self,
@@ -506,13 +564,21 @@ impl Fanout {
         deployment: &DeploymentRecord,
         now: i64,
     ) -> Result<Vec<String>, FanoutError> {
-        let wave = deployment.run.wave.unwrap_or(0);
+        let rolling_back = deployment.state == DeploymentState::RollingBack;
+        let (wave, counter) = match rolling_back {
+            true => (deployment.run.rollback_wave.unwrap_or(0), Counter::DroppedWhileRollingBack),
+            false => (deployment.run.wave.unwrap_or(0), Counter::Dropped),
+        };
+        let in_play = |t: &TargetRecord| match rolling_back {
+            true => !t.state.is_settled(),
+            false => t.state == TargetState::Waiting,
+        };
         let waiting: Vec<TargetRecord> = self
             .table
             .deployment_targets(&env.name, &deployment.id())
             .await?
             .into_iter()
-            .filter(|t| t.wave == wave && t.state == TargetState::Waiting)
+            .filter(|t| t.wave == wave && in_play(t))
             .collect();
         if waiting.is_empty() {
             return Ok(Vec::new());
@@ -526,7 +592,7 @@ impl Fanout {
                 continue;
             }
             tracing::info!(environment = %env.name, instance = %target.instance, "instance gone: dropped from the deployment");
-            self.table.count_outcome(&target, Counter::Dropped, Some("no longer running"), now).await?;
+            self.table.count_outcome(&target, counter, Some("no longer running"), now).await?;
         }
         Ok(still)
     }

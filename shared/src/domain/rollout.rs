@@ -367,7 +367,9 @@ pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Opt
             // one is acknowledged), so a lost answer never restarts a healthy host.
             TargetState::Waiting if current == Some(target.release.version.as_str()) => pending(Instruction::Wait),
             TargetState::Waiting => pending(Instruction::Deploy { release: target.release.clone(), rollback: false }),
-            _ => pending(Instruction::Wait),
+            // Reported: nothing to do until the deployment ends, so the idle pace (every poll
+            // of a rollout reads the deployment record: this keeps it under its read limit).
+            _ => pending(Instruction::Nothing),
         },
         D::RollingBack if !reached => settled(TargetState::Untouched),
         D::RollingBack => {
@@ -378,8 +380,8 @@ pub fn instruct(target: &TargetRecord, progress: Option<&Progress>, current: Opt
                 settled(TargetState::RolledBack)
             } else if target.wave < restoring {
                 // Keeps the release until its wave's turn, so no more hosts restart at once
-                // than going forward did.
-                pending(Instruction::Wait)
+                // than going forward did; it hears of its turn at the idle pace.
+                pending(Instruction::Nothing)
             } else if back {
                 Decision { restored: true, ..settled(TargetState::RolledBack) }
             } else {
@@ -579,7 +581,11 @@ mod tests {
             Instruction::Wait,
             "a host that runs the release is never told to install it again: its report is on its way"
         );
-        assert_eq!(instruct(&target(0, Succeeded), Some(&running), Some("new")).instruction, Instruction::Wait);
+        assert_eq!(
+            instruct(&target(0, Succeeded), Some(&running), Some("new")).instruction,
+            Instruction::Nothing,
+            "a host that reported polls at the idle pace until the deployment ends"
+        );
         assert_eq!(instruct(&target(0, Waiting), Some(&running), None).settle, None);
     }
 
@@ -647,8 +653,8 @@ mod tests {
         // Wave 3 failed. It is restored first; waves 1 and 2 keep the release meanwhile.
         let back = rolling_back(2, 2, &[0, 0, 0]);
         assert_eq!(instruct(&target(2, Failed), Some(&back), Some("new")).instruction, deploy("old", true));
-        assert_eq!(instruct(&target(1, Succeeded), Some(&back), Some("new")).instruction, Instruction::Wait);
-        assert_eq!(instruct(&target(0, Succeeded), Some(&back), Some("new")).instruction, Instruction::Wait);
+        assert_eq!(instruct(&target(1, Succeeded), Some(&back), Some("new")).instruction, Instruction::Nothing);
+        assert_eq!(instruct(&target(0, Succeeded), Some(&back), Some("new")).instruction, Instruction::Nothing);
         // A host of the wave being restored that runs the last good release is counted back.
         let decision = instruct(&target(2, Failed), Some(&back), Some("old"));
         assert_eq!((decision.settle, decision.restored), (Some(RolledBack), true));

@@ -45,6 +45,8 @@ pub enum Counter {
     Dropped,
     /// Back on the last good release while its deployment rolls back.
     Restored,
+    /// Terminated while its deployment rolls back: nothing to bring back.
+    DroppedWhileRollingBack,
 }
 
 impl Counter {
@@ -52,7 +54,7 @@ impl Counter {
         match self {
             Counter::Succeeded => "succeeded",
             Counter::Failed => "failed",
-            Counter::Dropped => "dropped",
+            Counter::Dropped | Counter::DroppedWhileRollingBack => "dropped",
             Counter::Restored => "restored",
         }
     }
@@ -61,7 +63,7 @@ impl Counter {
         match self {
             Counter::Succeeded => TargetState::Succeeded,
             Counter::Failed => TargetState::Failed,
-            Counter::Dropped => TargetState::Dropped,
+            Counter::Dropped | Counter::DroppedWhileRollingBack => TargetState::Dropped,
             Counter::Restored => TargetState::RolledBack,
         }
     }
@@ -69,11 +71,14 @@ impl Counter {
     /// The state the deployment must be in for the outcome to count.
     fn deployment_state(self) -> DeploymentState {
         match self {
-            Counter::Restored => DeploymentState::RollingBack,
+            Counter::Restored | Counter::DroppedWhileRollingBack => DeploymentState::RollingBack,
             _ => DeploymentState::InProgress,
         }
     }
 }
+
+/// How much of a failure's text the deployment record keeps (it is read by every poll).
+const FAILURE_ON_DEPLOYMENT: usize = 300;
 
 fn target_state(state: TargetState) -> AttributeValue {
     s(state.as_str())
@@ -416,8 +421,10 @@ impl Table {
             ],
         };
         if counter == Counter::Failed {
-            let failure =
-                format!("{} failed in wave {}: {}", target.instance, wave + 1, detail.unwrap_or("no detail reported"));
+            // The deployment record is read by every poll of the rollout: it carries the start
+            // of the failure; the whole log tail stays on the target.
+            let detail: String = detail.unwrap_or("no detail reported").chars().take(FAILURE_ON_DEPLOYMENT).collect();
+            let failure = format!("{} failed in wave {}: {detail}", target.instance, wave + 1);
             deployment_change.set.push("failure = if_not_exists(failure, :failure)".into());
             deployment_change.values.push((":failure".into(), s(failure)));
         }
