@@ -211,14 +211,20 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
         }
     };
     let (mut polls, mut reports) = (Vec::new(), Vec::new());
+    // Agents enrol at their first poll, long before a rollout in a running fleet: that cost
+    // is the agents' once, not the rollout's. A first poll enrols, the second confirms.
+    for target in &targets {
+        let poll = json!({"instance_id": target.instance, "environment": "production", "current": "previous"});
+        send("/agent/v1/poll", poll.clone()).await;
+        send("/agent/v1/poll", poll).await;
+    }
+    // The wave-0 agents were handed the release by those polls; the rollout below hands it
+    // out again (a poll that reports nothing changes nothing).
+    log.take();
     // A poll of an instance whose wave has not started yet (it is told the idle interval).
     let mut waiting_poll = None;
     if let Some(later) = targets.iter().find(|t| t.wave > 0) {
         let poll = json!({"instance_id": later.instance, "environment": "production", "current": null});
-        // The first contact enrols the agent; the polls after it are what a fleet pays for.
-        send("/agent/v1/poll", poll.clone()).await;
-        send("/agent/v1/poll", poll.clone()).await;
-        log.take();
         let answer = send("/agent/v1/poll", poll).await;
         assert_eq!(answer["action"], "none", "{answer}");
         waiting_poll = Some(log.take().len());
