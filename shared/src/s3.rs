@@ -108,6 +108,11 @@ impl Artifacts {
 
     /// Uploads `bytes` to `url` with their SHA-256 and `version` as metadata.
     pub async fn put(&self, url: &str, bytes: Vec<u8>, sha256: &str, version: &str) -> Result<(), S3Error> {
+        self.put_object(url, ByteStream::from(bytes), sha256, version).await
+    }
+
+    /// One PUT of an artifact with its metadata.
+    async fn put_object(&self, url: &str, body: ByteStream, sha256: &str, version: &str) -> Result<(), S3Error> {
         let (bucket, key) = parse_url(url)?;
         self.client
             .put_object()
@@ -116,7 +121,7 @@ impl Artifacts {
             .content_type("application/gzip")
             .metadata("sha256", sha256)
             .metadata("version", version)
-            .body(ByteStream::from(bytes))
+            .body(body)
             .send()
             .await
             .map_err(|e| S3Error::Aws {
@@ -147,17 +152,7 @@ impl Artifacts {
         let part_size = part_size.max(5 * 1024 * 1024);
         if size <= part_size {
             let body = ByteStream::from_path(path).await.map_err(|e| aws("read", e.to_string()))?;
-            self.client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .content_type("application/gzip")
-                .metadata("sha256", sha256)
-                .metadata("version", version)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| aws("PutObject", DisplayErrorContext(e).to_string()))?;
+            self.put_object(url, body, sha256, version).await?;
             progress(size);
             return Ok(());
         }

@@ -545,19 +545,8 @@ impl Table {
         from: usize,
         now: i64,
     ) -> Result<Transition, StoreError> {
-        self.update_if(
-            Key::deployment(environment, id),
-            "SET rollback_wave = :next, rollback_wave_started_at = :now, updated_at = :now",
-            "#state = :rolling_back AND rollback_wave = :from",
-            &[],
-            vec![
-                (":rolling_back", s(DeploymentState::RollingBack.as_str())),
-                (":from", n(from as i64)),
-                (":next", n(from as i64 - 1)),
-                (":now", n(now)),
-            ],
-        )
-        .await
+        let key = Key::deployment(environment, id);
+        self.move_wave(key, DeploymentState::RollingBack, "rollback_wave", from, from.saturating_sub(1), now).await
     }
 
     /// Moves a running deployment from wave `from` to the next, once.
@@ -568,17 +557,27 @@ impl Table {
         from: usize,
         now: i64,
     ) -> Result<Transition, StoreError> {
+        let key = Key::deployment(environment, id);
+        self.move_wave(key, DeploymentState::InProgress, "wave", from, from + 1, now).await
+    }
+
+    /// Moves a deployment's wave pointer `field` (`wave`, `rollback_wave`) from `from` to `to`
+    /// and restarts its clock (`<field>_started_at`), once, while the deployment is in `state`.
+    async fn move_wave(
+        &self,
+        key: Key,
+        state: DeploymentState,
+        field: &'static str,
+        from: usize,
+        to: usize,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
         self.update_if(
-            Key::deployment(environment, id),
-            "SET wave = :next, wave_started_at = :now, updated_at = :now",
-            "#state = :running AND wave = :from",
+            key,
+            &format!("SET {field} = :to, {field}_started_at = :now, updated_at = :now"),
+            &format!("#state = :state AND {field} = :from"),
             &[],
-            vec![
-                (":running", s(DeploymentState::InProgress.as_str())),
-                (":from", n(from as i64)),
-                (":next", n(from as i64 + 1)),
-                (":now", n(now)),
-            ],
+            vec![(":state", s(state.as_str())), (":from", n(from as i64)), (":to", n(to as i64)), (":now", n(now))],
         )
         .await
     }
