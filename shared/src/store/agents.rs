@@ -1,4 +1,5 @@
-//! Agents bound to their instances: `ENV#<env>/AGENT#<instance>` holds the hash of the
+//! What agents say about their instances (`ENV#<env>/INSTANCE#<instance>`), and agents
+//! bound to their instances: `ENV#<env>/AGENT#<instance>` holds the hash of the
 //! credential the server issued to the agent that first spoke for the instance.
 //!
 //! An environment token lets any agent of the environment speak; the credential makes sure
@@ -12,6 +13,16 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 
 use super::{Key, Put, StoreError, Table, Transition, decode, n, s};
+
+/// What an agent last said its instance runs (written by reports, read by `conveyor status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub environment: String,
+    pub instance: String,
+    pub current: Option<String>,
+    pub healthy: Option<bool>,
+    pub reported_at: Option<i64>,
+}
 
 /// An instance's enrolment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +43,44 @@ impl Key {
 }
 
 impl Table {
+    pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        self.get(Key::instance(environment, instance)).await?.map(|item| decode("instance", item)).transpose()
+    }
+
+    /// Records what an agent says its instance runs.
+    pub async fn record_agent_state(
+        &self,
+        environment: &str,
+        instance: &str,
+        current: Option<&str>,
+        healthy: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let current = current.map_or(AttributeValue::Null(true), s);
+        self.client
+            .update_item()
+            .table_name(self.name())
+            .set_key(Some(Key::instance(environment, instance).into_item()))
+            .update_expression(
+                "SET environment = :env, instance = :id, #current = :current, healthy = :healthy, reported_at = :now",
+            )
+            .expression_attribute_names("#current", "current")
+            .expression_attribute_values(":env", s(environment))
+            .expression_attribute_values(":id", s(instance))
+            .expression_attribute_values(":current", current)
+            .expression_attribute_values(":healthy", AttributeValue::Bool(healthy))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateItem", err))?;
+        Ok(())
+    }
+
+    pub async fn environment_instances(&self, environment: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        let items = self.partition(&format!("ENV#{environment}"), "INSTANCE#", None, false).await?;
+        items.into_iter().map(|item| decode("instance", item)).collect()
+    }
+
     pub async fn enrollment(&self, environment: &str, instance: &str) -> Result<Option<Enrollment>, StoreError> {
         self.get(Key::agent(environment, instance)).await?.map(|item| decode("enrollment", item)).transpose()
     }

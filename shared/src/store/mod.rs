@@ -57,8 +57,8 @@ use crate::domain::packer::{Change, ImageMap};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 
-pub use agents::Enrollment;
-pub use rollout::{Counter, DeploymentEnd, DeploymentStart, InstanceRecord, Lock, LockPhase};
+pub use agents::{Enrollment, InstanceRecord};
+pub use rollout::{Counter, DeploymentEnd, DeploymentStart, Lock, LockPhase};
 
 pub type Item = HashMap<String, AttributeValue>;
 

@@ -27,16 +27,6 @@ use crate::domain::rollout::{Release, TargetRecord, TargetState};
 use crate::domain::stripe::AlertRecord;
 use crate::domain::{DeploymentRecord, DeploymentState};
 
-/// What an agent last said its instance runs (written by reports, read by `conveyor status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceRecord {
-    pub environment: String,
-    pub instance: String,
-    pub current: Option<String>,
-    pub healthy: Option<bool>,
-    pub reported_at: Option<i64>,
-}
-
 /// Which per-wave counter of a deployment a target's outcome goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -454,44 +444,6 @@ impl Table {
             ],
         )
         .await
-    }
-
-    pub async fn instance(&self, environment: &str, instance: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        self.get(Key::instance(environment, instance)).await?.map(|item| decode("instance", item)).transpose()
-    }
-
-    /// Records what an agent says its instance runs.
-    pub async fn record_agent_state(
-        &self,
-        environment: &str,
-        instance: &str,
-        current: Option<&str>,
-        healthy: bool,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let current = current.map_or(AttributeValue::Null(true), s);
-        self.client
-            .update_item()
-            .table_name(self.name())
-            .set_key(Some(Key::instance(environment, instance).into_item()))
-            .update_expression(
-                "SET environment = :env, instance = :id, #current = :current, healthy = :healthy, reported_at = :now",
-            )
-            .expression_attribute_names("#current", "current")
-            .expression_attribute_values(":env", s(environment))
-            .expression_attribute_values(":id", s(instance))
-            .expression_attribute_values(":current", current)
-            .expression_attribute_values(":healthy", AttributeValue::Bool(healthy))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await
-            .map_err(|err| self.aws_error("UpdateItem", err))?;
-        Ok(())
-    }
-
-    pub async fn environment_instances(&self, environment: &str) -> Result<Vec<InstanceRecord>, StoreError> {
-        let items = self.partition(&format!("ENV#{environment}"), "INSTANCE#", None, false).await?;
-        items.into_iter().map(|item| decode("instance", item)).collect()
     }
 
     /// The deployment with `id`; `consistent: false` for polls (see [`Table::target`]).
