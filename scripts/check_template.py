@@ -2,8 +2,9 @@
 
 1. Expands the SAM template with samtranslator (no AWS calls) into target/expanded.json,
    for checkov, which misses policies written inside SAM `Policies` otherwise.
-2. Compares the HTTP routes the template wires with the routes each function serves
-   (`conveyor routes`), so the dev server and AWS can never disagree on a path.
+2. Compares the HTTP routes the template wires (API events, or a function URL, which serves
+   all of its function's routes) with the routes each function serves (`conveyor
+   routes`), so the dev server and AWS can never disagree on a path.
 
 Usage: python check_template.py TEMPLATE ROUTES_JSON OUT_JSON
 """
@@ -47,6 +48,9 @@ def main(template_path, routes_path, out_path):
         name = parts[parts.index("lambda") + 1]
         if not os.path.isdir(os.path.join(os.path.dirname(template_path), "..", "functions", name)):
             problems.append(f"{logical_id}: functions/{name} does not exist")
+        if "FunctionUrlConfig" in resource["Properties"]:
+            # A function URL hands every path to the function.
+            wired.update(route for route in served if route[0] == name)
         for event in resource["Properties"].get("Events", {}).values():
             if event.get("Type") == "HttpApi":
                 props = event["Properties"]
@@ -73,6 +77,15 @@ def main(template_path, routes_path, out_path):
         problems.extend(str(cause) for cause in err.causes)
         expanded = None
     if expanded is not None:
+        # A function URL is a resource SAM makes for its function: the function's checkov
+        # skips (with their reasons) apply to it too.
+        resources = expanded.get("Resources", {})
+        for resource in resources.values():
+            if resource.get("Type") == "AWS::Lambda::Url":
+                owner = resource["Properties"].get("TargetFunctionArn", {}).get("Ref")
+                metadata = template["Resources"].get(owner, {}).get("Metadata")
+                if metadata:
+                    resource["Metadata"] = metadata
         with open(out_path, "w") as f:
             json.dump(expanded, f, indent=1, default=str)
 

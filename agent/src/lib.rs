@@ -6,7 +6,9 @@
 //!   switched atomically, crash recovery, pruning.
 //! - [`hooks`]: the release's own hooks (`conveyor-hooks.toml` inside the artifact), each
 //!   with a timeout and an output tail for the report.
+//! - [`proof`]: without a token, proving the instance with its instance profile.
 
 pub mod hooks;
+pub mod proof;
 pub mod releases;
 pub mod run;

@@ -14,6 +14,8 @@ struct Flags {
     config: Option<PathBuf>,
     #[arg(long)]
     server: Option<String>,
+    /// The environment's token (`conveyor token create --environment`). Without it, the agent
+    /// proves its instance with the instance profile (EC2 only).
     #[arg(long)]
     token_file: Option<PathBuf>,
     #[arg(long)]

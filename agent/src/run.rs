@@ -16,7 +16,9 @@ use crate::releases::Releases;
 pub struct AgentConfig {
     /// The Conveyor API base URL (`https://...execute-api...` or `http://127.0.0.1:3000`).
     pub server: String,
-    pub token_file: PathBuf,
+    /// The environment's token (`conveyor token create --environment`). Without one, the
+    /// agent proves its instance with the instance profile (see [`crate::proof`]).
+    pub token_file: Option<PathBuf>,
     pub environment: String,
     pub app_dir: PathBuf,
     /// Run after `current` switches, e.g. `systemctl restart shop`.
@@ -143,7 +145,8 @@ const RESTART_TIMEOUT: u64 = 120;
 pub struct Agent {
     config: AgentConfig,
     instance_id: String,
-    token: String,
+    /// None: the agent proves its instance instead.
+    token: Option<String>,
     http: reqwest::Client,
     releases: Releases,
     run_as: Option<crate::hooks::RunAs>,
@@ -156,15 +159,7 @@ const MAX_RETRY_PAUSE: u64 = 600;
 
 impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let token = std::fs::read_to_string(&config.token_file)
-            .map_err(|e| {
-                AgentError::Config(format!("cannot read the token file {}: {e}", config.token_file.display()))
-            })?
-            .trim()
-            .to_owned();
-        if token.is_empty() {
-            return Err(AgentError::Config(format!("the token file {} is empty", config.token_file.display())));
-        }
+        let token = config.token_file.as_deref().map(read_token).transpose()?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -216,9 +211,9 @@ impl Agent {
         loop {
             let result = match self.send_pending_report().await {
                 Ok(()) => self.poll_once().await,
-                // Not enrolled yet (a first report after an upgrade, or a lost credential):
-                // the poll enrols it, and the report goes with the next round.
-                Err(AgentError::Server { status: 403, .. }) => self.poll_once().await.map(|_| 1),
+                // Not enrolled yet (a first report after an upgrade, a lost or refused
+                // credential): the poll enrols it, and the report goes with the next round.
+                Err(AgentError::Server { status: 401 | 403, .. }) => self.poll_once().await.map(|_| 1),
                 Err(err) => Err(err),
             };
             let wait = match result {
@@ -268,18 +263,20 @@ impl Agent {
         (waited < pause).then(|| pause - waited)
     }
 
-    /// Asks the server what this instance should run.
+    /// Asks the server what this instance should run. Without a token or a credential, the
+    /// poll carries a fresh proof of the instance.
     async fn ask(&self) -> Result<PollAnswer, AgentError> {
-        let body = self
-            .post(
-                "/agent/v1/poll",
-                json!({
-                    "instance_id": self.instance_id,
-                    "environment": self.config.environment,
-                    "current": self.releases.current(),
-                }),
-            )
-            .await?;
+        let mut poll = json!({
+            "instance_id": self.instance_id,
+            "environment": self.config.environment,
+            "current": self.releases.current(),
+        });
+        if self.token.is_none() && !self.credential_file().exists() {
+            let signer = crate::proof::Signer::discover(&self.http).await?;
+            let proof = signer.prove(&self.config.environment, std::time::SystemTime::now())?;
+            poll["proof"] = serde_json::to_value(proof).map_err(|e| AgentError::Deploy(e.to_string()))?;
+        }
+        let body = self.post("/agent/v1/poll", poll).await?;
         let answer: PollAnswer =
             serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))?;
         if let Some(credential) = &answer.credential {
@@ -500,19 +497,24 @@ impl Agent {
 
     async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, AgentError> {
         let url = format!("{}{path}", self.config.server.trim_end_matches('/'));
-        let mut request = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Ok(credential) = std::fs::read_to_string(self.credential_file()) {
+        let mut request = self.http.post(&url).header("content-type", "application/json").body(body.to_string());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let credential = std::fs::read_to_string(self.credential_file()).ok();
+        if let Some(credential) = &credential {
             request = request.header("x-conveyor-agent-credential", credential.trim());
         }
         let response =
             request.send().await.map_err(|e| AgentError::Network { url: url.clone(), message: e.to_string() })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
+        if matches!(status, 401 | 403) && self.token.is_none() && credential.is_some() {
+            // The credential no longer speaks for the instance (proven again elsewhere, or
+            // forgotten): the next poll proves the instance anew.
+            tracing::warn!(status, "the server refused this agent's credential; proving the instance again");
+            let _ = std::fs::remove_file(self.credential_file());
+        }
         if status >= 300 {
             return Err(AgentError::Server { url, status, body: text });
         }
@@ -520,34 +522,23 @@ impl Agent {
     }
 }
 
-/// The instance id from the instance metadata service (IMDSv2: token first).
+/// The instance id from the instance metadata service (IMDSv2).
 async fn instance_id_from_imds(http: &reqwest::Client) -> Result<String, AgentError> {
-    let base = "http://169.254.169.254/latest";
     let fail =
         |e: String| AgentError::Config(format!("cannot read the instance id from IMDSv2 ({e}); pass --instance-id"));
-    let token = http
-        .put(format!("{base}/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "300")
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fail(e.to_string()))?
-        .text()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let id = http
-        .get(format!("{base}/meta-data/instance-id"))
-        .header("X-aws-ec2-metadata-token", token)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fail(e.to_string()))?
-        .text()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let id = crate::proof::imds_get(http, "meta-data/instance-id").await.map_err(fail)?;
     instance_id_or_error(&id).map_err(fail)
+}
+
+/// The environment's token, from its file.
+fn read_token(path: &std::path::Path) -> Result<String, AgentError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| AgentError::Config(format!("cannot read the token file {}: {e}", path.display())))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AgentError::Config(format!("the token file {} is empty", path.display())));
+    }
+    Ok(token.to_owned())
 }
 
 /// Writes `bytes` to `path` whole or not at all, readable by the agent's user only, and

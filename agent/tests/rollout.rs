@@ -2,7 +2,11 @@
 //! emulator, the dev server plays the fan-out's triggers, and a health endpoint on loopback
 //! answers for each instance from the release it runs.
 
-use std::collections::HashSet;
+// Each test binary uses part of the support module.
+#[allow(dead_code)]
+mod support;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -20,8 +24,17 @@ struct Fleet {
     /// The server the agents talk to.
     server: String,
     root: tempfile::TempDir,
-    token_file: PathBuf,
+    auth: Auth,
     health: SocketAddr,
+}
+
+/// How the agents show who they are.
+enum Auth {
+    /// The environment's token, in this file.
+    Token(PathBuf),
+    /// Each instance's instance profile session (environment variables, as the AWS SDKs
+    /// read them): the agents prove their instance.
+    InstanceProfile(HashMap<String, conveyor_agent::proof::AwsCredentials>),
 }
 
 impl Drop for Fleet {
@@ -115,6 +128,11 @@ struct Rig {
 }
 
 async fn rig(instances: i32) -> Rig {
+    rig_with(instances, false).await
+}
+
+/// A rig whose agents prove their instances (no token) when `proven`.
+async fn rig_with(instances: i32, proven: bool) -> Rig {
     let tag = conveyor_e2e::unique_name("shop");
     let config = format!(
         "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
@@ -124,10 +142,19 @@ async fn rig(instances: i32) -> Rig {
     let root = tempfile::tempdir().unwrap();
     let sick = Arc::new(Mutex::new(HashSet::new()));
     let health = health_server(root.path().to_owned(), sick.clone()).await;
-    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
-    let token_file = root.path().join("token");
-    std::fs::write(&token_file, token.expose()).unwrap();
-    let mut fleet = Fleet { agents: Vec::new(), server: app.url(""), root, token_file, health };
+    let auth = if proven {
+        let mut sessions = HashMap::new();
+        for id in &ids {
+            sessions.insert(id.clone(), support::assume(support::AGENT_ROLE, id).await);
+        }
+        Auth::InstanceProfile(sessions)
+    } else {
+        let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
+        let token_file = root.path().join("token");
+        std::fs::write(&token_file, token.expose()).unwrap();
+        Auth::Token(token_file)
+    };
+    let mut fleet = Fleet { agents: Vec::new(), server: app.url(""), root, auth, health };
     for id in &ids {
         fleet.agents.push((id.clone(), spawn_agent(&fleet, id)));
     }
@@ -135,10 +162,21 @@ async fn rig(instances: i32) -> Rig {
 }
 
 fn spawn_agent(fleet: &Fleet, id: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_conveyor-agent"))
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_conveyor-agent"));
+    match &fleet.auth {
+        Auth::Token(file) => {
+            agent.arg("--token-file").arg(file);
+        }
+        Auth::InstanceProfile(sessions) => {
+            let session = &sessions[id];
+            agent
+                .env("AWS_ACCESS_KEY_ID", &session.access_key_id)
+                .env("AWS_SECRET_ACCESS_KEY", &session.secret_access_key)
+                .env("AWS_SESSION_TOKEN", session.session_token.as_deref().unwrap_or_default());
+        }
+    }
+    agent
         .args(["--server", &fleet.server])
-        .arg("--token-file")
-        .arg(&fleet.token_file)
         .args(["--environment", "production", "--instance-id", id])
         .arg("--app-dir")
         .arg(fleet.root.path().join(id))
@@ -578,4 +616,33 @@ async fn a_report_whose_answer_is_lost_is_sent_again_and_the_host_is_not_deploye
     assert!(proxy.calls() >= 3, "and sent again until one was acknowledged");
     let validations = std::fs::read_to_string(rig.fleet.root.path().join(&canary).join("validations.log")).unwrap();
     assert_eq!(validations.lines().count(), 1, "deployed once: {validations}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_on_ec2_prove_their_instance_and_a_rebuilt_host_enrols_again_by_itself() {
+    use conveyor_shared::store::EnrollmentProof;
+    let mut rig = rig_with(3, true).await;
+    let (first, second) = (sha(0x31), sha(0x32));
+
+    rig.ship(&first, "ok").await;
+    assert_eq!(rig.finished(&first).await["state"], "succeeded");
+    assert!(rig.fleet.all_run(&first[..12]));
+    for id in &rig.instances {
+        let enrolled = rig.app.table.enrollment("production", id).await.unwrap().expect("enrolled");
+        assert_eq!((enrolled.proof, enrolled.confirmed), (EnrollmentProof::InstanceProfile, true), "{id}");
+    }
+
+    // A host rebuilt with the same instance id from an old backup: its credential is not the
+    // enrolled one, and no operator acts.
+    let rebuilt = rig.instances[0].clone();
+    let before = rig.app.table.enrollment("production", &rebuilt).await.unwrap().unwrap().credential_hash;
+    rig.kill_agent(&rebuilt);
+    std::fs::write(rig.fleet.root.path().join(&rebuilt).join("agent-credential"), "from-an-old-backup").unwrap();
+    rig.restart_agent(&rebuilt);
+
+    rig.ship(&second, "ok").await;
+    assert_eq!(rig.finished(&second).await["state"], "succeeded");
+    assert!(rig.fleet.all_run(&second[..12]));
+    let after = rig.app.table.enrollment("production", &rebuilt).await.unwrap().unwrap().credential_hash;
+    assert_ne!(before, after, "the rebuilt host proved its instance and got a new credential");
 }

@@ -101,17 +101,35 @@ pub async fn functions(
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
     http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));
-    let fanout = Arc::new(deploy_fanout::Fanout::new(
-        table.clone(),
-        Ec2::new(sdk),
-        conveyor_shared::s3::Artifacts::new(sdk),
-        config.clone(),
-        timing,
-    ));
+    let fanout = Arc::new(
+        deploy_fanout::Fanout::new(
+            table.clone(),
+            Ec2::new(sdk),
+            conveyor_shared::s3::Artifacts::new(sdk),
+            config.clone(),
+            timing,
+        )
+        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(sdk), local_agent_roles()?),
+    );
     http.push(fanout.clone());
     let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone()];
     let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout];
     Ok(Catalog { http: Arc::new(http), streams, schedules })
+}
+
+/// The role whose sessions the emulator's STS issues to local agents proving an instance
+/// (`CONVEYOR_AGENT_ROLES` wins): the emulator's account and the template's role name.
+pub const LOCAL_AGENT_ROLE: &str = "arn:aws:iam::123456789012:role/conveyor-agent";
+
+fn local_agent_roles() -> Result<Vec<conveyor_shared::domain::instance_proof::AgentRole>, DevError> {
+    let roles = deploy_fanout::agent_roles_from_env().map_err(DevError::Settings)?;
+    if !roles.is_empty() {
+        return Ok(roles);
+    }
+    let role = LOCAL_AGENT_ROLE.parse().map_err(|value| {
+        DevError::Settings(SettingsError::Invalid { name: "CONVEYOR_AGENT_ROLES", expected: "a role ARN", value })
+    })?;
+    Ok(vec![role])
 }
 
 /// Makes sure the table exists in the local emulator. Refuses anything but a loopback

@@ -61,12 +61,15 @@ impl Ec2 {
         region: Option<&str>,
         tags: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, Ec2Error> {
-        let mut filters: Vec<Filter> = tags
-            .iter()
-            .map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build())
-            .collect();
-        filters.push(Filter::builder().name("instance-state-name").values("running").build());
-        self.describe_running(region, filters).await
+        self.describe_running(region, running_with(tags)).await
+    }
+
+    /// Whether instance `id` (in the default region) runs and carries every one of `tags`:
+    /// one call, for an agent that proves it runs there.
+    pub async fn runs_with_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<bool, Ec2Error> {
+        let mut filters = running_with(tags);
+        filters.push(Filter::builder().name("instance-id").values(id).build());
+        Ok(!self.describe_running(None, filters).await?.is_empty())
     }
 
     /// Which of `ids` (in the default region) still run.
@@ -200,6 +203,14 @@ impl Ec2 {
         modify.send().await.map_err(|e| aws("ModifyLaunchTemplate", DisplayErrorContext(e).to_string()))?;
         Ok(TemplateUpdate::NewDefault { version })
     }
+}
+
+/// Filters for the running instances that carry every one of `tags`.
+fn running_with(tags: &BTreeMap<String, String>) -> Vec<Filter> {
+    let mut filters: Vec<Filter> =
+        tags.iter().map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build()).collect();
+    filters.push(Filter::builder().name("instance-state-name").values("running").build());
+    filters
 }
 
 /// Collects every page: `fetch` gets the previous page's token (none for the first) and

@@ -76,3 +76,50 @@ where
     }))
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Lambda function URL request (payload format 2.0, as AWS documents it): the agent
+    /// channel's way in.
+    const FUNCTION_URL_EVENT: &str = r#"{
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/agent/v1/poll",
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "host": "abcdefghij.lambda-url.eu-west-1.on.aws",
+            "x-conveyor-agent-credential": "kept-by-the-agent"
+        },
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "abcdefghij",
+            "domainName": "abcdefghij.lambda-url.eu-west-1.on.aws",
+            "domainPrefix": "abcdefghij",
+            "http": {
+                "method": "POST",
+                "path": "/agent/v1/poll",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "conveyor-agent"
+            },
+            "requestId": "8b1f3f0e-0000-4000-8000-000000000000",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "22/Nov/2026:21:00:00 +0000",
+            "timeEpoch": 1795381200000
+        },
+        "body": "{\"instance_id\": \"i-0123456789abcdef0\"}",
+        "isBase64Encoded": false
+    }"#;
+
+    #[test]
+    fn a_function_url_request_reaches_the_handler_as_sent() {
+        let request = into_request(lambda_http::request::from_str(FUNCTION_URL_EVENT).unwrap());
+        assert_eq!((request.method().as_str(), request.uri().path()), ("POST", "/agent/v1/poll"));
+        assert_eq!(crate::http::header(&request, "x-conveyor-agent-credential"), Some("kept-by-the-agent"));
+        assert_eq!(request.body().as_ref(), br#"{"instance_id": "i-0123456789abcdef0"}"#);
+    }
+}

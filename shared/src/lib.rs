@@ -22,6 +22,8 @@ pub mod ec2;
 pub mod lambda;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "sts")]
+pub mod sts;
 
 pub use aws_config::SdkConfig;
 

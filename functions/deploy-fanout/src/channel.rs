@@ -7,9 +7,11 @@
 //! the next deployment: the stream and the tick do.
 
 use conveyor_shared::domain::DeploymentState;
+use conveyor_shared::domain::instance_proof::{self, InstanceProof, ProofError};
 use conveyor_shared::domain::rollout::{self, Instruction, ReportEffect, Step, TargetState};
 use conveyor_shared::http::{self, Request, Response, StatusCode};
-use conveyor_shared::store::{Counter, Put, Transition};
+use conveyor_shared::store::{Counter, EnrollmentProof, Put, Transition};
+use conveyor_shared::sts::StsError;
 use conveyor_shared::token::{self, Scope};
 use serde::Deserialize;
 use serde_json::json;
@@ -29,6 +31,8 @@ struct Poll {
     instance_id: String,
     environment: String,
     current: Option<String>,
+    /// From an agent on EC2 that has no credential yet: its instance profile's proof.
+    proof: Option<InstanceProof>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +51,9 @@ struct Report {
 trait AgentMessage {
     fn instance_id(&self) -> &str;
     fn environment(&self) -> &str;
+    fn proof(&self) -> Option<&InstanceProof> {
+        None
+    }
 }
 
 impl AgentMessage for Poll {
@@ -55,6 +62,9 @@ impl AgentMessage for Poll {
     }
     fn environment(&self) -> &str {
         &self.environment
+    }
+    fn proof(&self) -> Option<&InstanceProof> {
+        self.proof.as_ref()
     }
 }
 
@@ -101,16 +111,133 @@ struct Admitted<'a> {
 
 impl Fanout {
     /// An agent's message, parsed (400, 413), the environment its token and body agree on
-    /// (401, 403, 404), and the instance it speaks for, if its agent may (403).
+    /// (401, 403, 404), and the instance it speaks for, if its agent may (403). Without a
+    /// token, and when instance proofs are on, the agent speaks with the credential it got
+    /// for proving its instance, or proves it now.
     async fn accept<T: serde::de::DeserializeOwned + AgentMessage>(
         &self,
         request: &Request,
         first_contact: bool,
     ) -> Result<(T, Admitted<'_>), Box<Response>> {
         let message: T = parse_body(request)?;
-        let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
-        let issued = self.bind(env, message.instance_id(), request, first_contact).await.map_err(Box::new)?;
+        let instance = message.instance_id();
+        if http::header(request, "authorization").is_some() || self.proofs.is_none() {
+            let env = self.agent_environment(request, message.environment()).await.map_err(Box::new)?;
+            let issued = self.bind(env, instance, request, first_contact).await.map_err(Box::new)?;
+            return Ok((message, Admitted { env, issued }));
+        }
+        let env = self.config.environment(message.environment()).ok_or_else(|| {
+            let name = message.environment();
+            Box::new(http::error(StatusCode::NOT_FOUND, "unknown_environment", format!("no environment `{name}`")))
+        })?;
+        let issued = self.bind_proven(env, instance, request, message.proof()).await.map_err(Box::new)?;
         Ok((message, Admitted { env, issued }))
+    }
+
+    /// Admits a message without a token: with the credential of an instance-profile
+    /// enrolment, or, on a poll, a proof of the instance that enrols its agent (replacing any
+    /// credential before it, so a rebuilt host needs no operator).
+    async fn bind_proven(
+        &self,
+        env: &Environment,
+        instance: &str,
+        request: &Request,
+        proof: Option<&InstanceProof>,
+    ) -> Result<Option<conveyor_shared::secret::Secret>, Response> {
+        let presented = http::header(request, CREDENTIAL_HEADER).map(|c| token::hash(c.trim().as_bytes()));
+        let proven = Some(EnrollmentProof::InstanceProfile);
+        if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash) == proven) {
+            return Ok(None);
+        }
+        let unavailable =
+            |err: &dyn std::fmt::Display| http::unavailable(err, "the ledger could not be read; try again");
+        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|e| unavailable(&e))?;
+        if let (Some(hash), Some(enrolled)) = (&presented, &enrolled)
+            && Some(enrolled.proof) == proven
+            && enrolled.credential_hash == *hash
+        {
+            self.remember_credential(&env.name, instance, hash, EnrollmentProof::InstanceProfile);
+            return Ok(None);
+        }
+        let Some(proof) = proof else {
+            return Err(match presented {
+                Some(_) => http::error(
+                    StatusCode::FORBIDDEN,
+                    "credential_refused",
+                    format!(
+                        "this credential does not speak for {instance} (the instance was proven again since, or forgotten): poll with a new instance proof"
+                    ),
+                ),
+                None => http::error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_token",
+                    "send Authorization: Bearer <token>, or an instance proof (an agent on EC2 run without --token-file sends one with its first poll)",
+                ),
+            });
+        };
+        self.check_proof(env, instance, proof).await?;
+        let secret = token::generate().map_err(|e| unavailable(&e))?;
+        let hash = token::hash(secret.expose());
+        let replacing = enrolled.as_ref().map(|e| e.credential_hash.as_str());
+        let now = conveyor_shared::unix_now();
+        match self.table.enroll_proven(&env.name, instance, &hash, replacing, now).await.map_err(|e| unavailable(&e))? {
+            Put::Created => {
+                self.remember_credential(&env.name, instance, &hash, EnrollmentProof::InstanceProfile);
+                tracing::info!(environment = %env.name, instance, "an agent proved its instance and enrolled");
+                Ok(Some(secret))
+            }
+            Put::AlreadyExists => Err(http::error(
+                StatusCode::CONFLICT,
+                "enrollment_changed",
+                format!("another agent enrolled {instance} meanwhile; poll again"),
+            )),
+        }
+    }
+
+    /// Whether `proof` shows that the sender runs on `instance`, an instance of `env`: the
+    /// proof's shape, then STS, then the trusted roles, then EC2 (the instance runs and
+    /// carries the environment's tags).
+    async fn check_proof(&self, env: &Environment, instance: &str, proof: &InstanceProof) -> Result<(), Response> {
+        let refused = |err: ProofError| {
+            let (status, code) = match err {
+                ProofError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_proof"),
+                _ => (StatusCode::FORBIDDEN, "proof_refused"),
+            };
+            http::error(status, code, err.to_string())
+        };
+        let Some(proofs) = &self.proofs else {
+            return Err(http::error(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "instance proofs are off here: send Authorization: Bearer <token>",
+            ));
+        };
+        let host =
+            instance_proof::check(proof, &env.name, conveyor_shared::unix_now(), proofs.sts.host()).map_err(refused)?;
+        let arn = match proofs.sts.caller_arn(proof, &host).await {
+            Ok(arn) => arn,
+            Err(err @ StsError::Refused { .. }) => {
+                return Err(http::error(StatusCode::FORBIDDEN, "proof_refused", err.to_string()));
+            }
+            Err(err) => return Err(http::unavailable(&err, "STS could not be asked about the proof; poll again")),
+        };
+        instance_proof::admit(&arn, &proofs.roles, instance).map_err(refused)?;
+        match self.ec2.runs_with_tags(instance, &env.instances.tags).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let tags: Vec<String> = env.instances.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                Err(http::error(
+                    StatusCode::FORBIDDEN,
+                    "not_in_environment",
+                    format!(
+                        "instance {instance} is not a running instance of environment `{}` (tags {})",
+                        env.name,
+                        tags.join(", ")
+                    ),
+                ))
+            }
+            Err(err) => Err(http::unavailable(&err, "EC2 could not be asked about the instance; poll again")),
+        }
     }
 
     /// Checks that the sender may speak for `instance`; on a first contact (a poll of an
@@ -123,7 +250,7 @@ impl Fanout {
         first_contact: bool,
     ) -> Result<Option<conveyor_shared::secret::Secret>, Response> {
         let presented = http::header(request, CREDENTIAL_HEADER).map(|c| token::hash(c.trim().as_bytes()));
-        if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash)) {
+        if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash).is_some()) {
             return Ok(None);
         }
         let unavailable =
@@ -145,7 +272,7 @@ impl Fanout {
                 if !matches(&enrolled.credential_hash) {
                     return Err(taken());
                 }
-                self.remember_credential(&env.name, instance, &enrolled.credential_hash);
+                self.remember_credential(&env.name, instance, &enrolled.credential_hash, enrolled.proof);
                 Ok(None)
             }
             Some(enrolled) if matches(&enrolled.credential_hash) => {
@@ -157,7 +284,7 @@ impl Fanout {
                     // Replaced by another first contact meanwhile.
                     return Err(taken());
                 }
-                self.remember_credential(&env.name, instance, &hash);
+                self.remember_credential(&env.name, instance, &hash, EnrollmentProof::FirstContact);
                 Ok(None)
             }
             // First contact, or the agent never got the first answer: issue a credential.

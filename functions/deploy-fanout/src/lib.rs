@@ -29,13 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, Environment, LoadError, Settings};
+use conveyor_shared::config::{Config, Environment, LoadError, Settings, SettingsError};
+use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::{Ec2, Ec2Error};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::s3::{Artifacts, S3Error};
-use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, StoreError, Table, Transition};
+use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, EnrollmentProof, StoreError, Table, Transition};
+use conveyor_shared::sts::Sts;
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
 use serde_json::Value;
 
@@ -62,6 +64,39 @@ pub enum FanoutError {
     ClaimExpired(String),
     #[error("the tick failed for {}: {}", .0.keys().cloned().collect::<Vec<_>>().join(", "), .0.values().cloned().collect::<Vec<_>>().join("; "))]
     Environments(BTreeMap<String, String>),
+}
+
+/// Why the function cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// The IAM roles whose instances may prove themselves to the agent channel
+/// (`CONVEYOR_AGENT_ROLES`, comma-separated role ARNs; none turns instance proofs off).
+pub fn agent_roles_from_env() -> Result<Vec<AgentRole>, SettingsError> {
+    let text = std::env::var("CONVEYOR_AGENT_ROLES").unwrap_or_default();
+    text.split(',')
+        .map(str::trim)
+        .filter(|arn| !arn.is_empty())
+        .map(|arn| {
+            arn.parse().map_err(|_| SettingsError::Invalid {
+                name: "CONVEYOR_AGENT_ROLES",
+                expected: "comma-separated IAM role ARNs (arn:aws:iam::123456789012:role/conveyor-agent)",
+                value: arn.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Agents on EC2 proving their instance: STS to ask, and the roles trusted.
+#[derive(Clone, Debug)]
+struct InstanceProofs {
+    sts: Sts,
+    roles: Arc<Vec<AgentRole>>,
 }
 
 /// Timings, with production defaults; `conveyor dev` and tests shorten them.
@@ -121,6 +156,9 @@ const CREDENTIAL_CACHE: Duration = Duration::from_secs(60);
 /// A value read from the table, and when.
 type Cached = (String, Instant);
 
+/// An instance's credential hash, how its agent enrolled, and when it was read.
+type CachedCredential = (String, EnrollmentProof, Instant);
+
 /// Instance credentials cached at most (a warm function serves part of a fleet).
 const CREDENTIAL_CACHE_ENTRIES: usize = 20_000;
 
@@ -134,18 +172,29 @@ pub struct Fanout {
     /// Token hash to (scope, when it was read).
     tokens: Arc<Mutex<HashMap<String, Cached>>>,
     /// (environment, instance) to the hash of its agent's binding credential, when read.
-    credentials: Arc<Mutex<HashMap<(String, String), Cached>>>,
+    credentials: Arc<Mutex<HashMap<(String, String), CachedCredential>>>,
+    /// Set when agents may prove their instance instead of presenting a token.
+    proofs: Option<InstanceProofs>,
 }
 
 impl Fanout {
     pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
-        Self { table, ec2, artifacts, config, timing, tokens: Arc::default(), credentials: Arc::default() }
+        let (tokens, credentials) = (Arc::default(), Arc::default());
+        Self { table, ec2, artifacts, config, timing, tokens, credentials, proofs: None }
     }
 
-    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
+    /// Lets agents whose instance profile has one of `roles` prove their instance through
+    /// `sts` instead of presenting an environment token (no roles: tokens only).
+    pub fn trusting_instance_profiles(mut self, sts: Sts, roles: Vec<AgentRole>) -> Self {
+        self.proofs = (!roles.is_empty()).then(|| InstanceProofs { sts, roles: Arc::new(roles) });
+        self
+    }
+
+    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, StartError> {
         let config = Config::load(&settings.config_path)?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-        Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env()))
+        Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env())
+            .trusting_instance_profiles(Sts::new(sdk), agent_roles_from_env()?))
     }
 
     /// The scope of a presented token's hash, from the cache or the table.
@@ -166,21 +215,21 @@ impl Fanout {
         Ok(scope)
     }
 
-    /// Whether a warm function has seen `hash` bind `instance` within the cache time (an idle
-    /// poll then costs no read for it).
-    fn known_credential(&self, environment: &str, instance: &str, hash: &str) -> bool {
+    /// How the agent enrolled, when a warm function has seen `hash` bind `instance` within
+    /// the cache time (an idle poll then costs no read for it).
+    fn known_credential(&self, environment: &str, instance: &str, hash: &str) -> Option<EnrollmentProof> {
         let key = (environment.to_owned(), instance.to_owned());
-        self.credentials.lock().ok().is_some_and(|cache| {
-            cache.get(&key).is_some_and(|(known, read)| known == hash && read.elapsed() < CREDENTIAL_CACHE)
-        })
+        let cache = self.credentials.lock().ok()?;
+        let (known, proof, read) = cache.get(&key)?;
+        (known == hash && read.elapsed() < CREDENTIAL_CACHE).then_some(*proof)
     }
 
-    fn remember_credential(&self, environment: &str, instance: &str, hash: &str) {
+    fn remember_credential(&self, environment: &str, instance: &str, hash: &str, proof: EnrollmentProof) {
         if let Ok(mut cache) = self.credentials.lock() {
             if cache.len() >= CREDENTIAL_CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert((environment.to_owned(), instance.to_owned()), (hash.to_owned(), Instant::now()));
+            cache.insert((environment.to_owned(), instance.to_owned()), (hash.to_owned(), proof, Instant::now()));
         }
     }
 

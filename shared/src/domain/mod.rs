@@ -2,6 +2,7 @@
 //! Nothing here performs I/O; the functions decide here and act through [`crate::store`].
 
 pub mod github;
+pub mod instance_proof;
 pub mod intake;
 pub mod packer;
 pub mod records;

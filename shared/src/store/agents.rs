@@ -8,6 +8,11 @@
 //! the instance's first poll and is binding once the agent uses it (`confirmed`). Until
 //! then a new first contact replaces it, so an agent whose first answer was lost enrols
 //! again instead of locking itself out.
+//!
+//! An agent on EC2 may instead prove its instance to AWS (an instance profile's signed
+//! `GetCallerIdentity`, see [`crate::domain::instance_proof`]): its credential is binding at
+//! once, needs no environment token, and a new proof of the same instance replaces it (a
+//! rebuilt host enrols again by itself).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
@@ -34,6 +39,20 @@ pub struct Enrollment {
     /// Whether the agent has used the credential: from then on only it speaks for the instance.
     pub confirmed: bool,
     pub issued_at: i64,
+    /// How the agent showed it runs on the instance.
+    #[serde(default)]
+    pub proof: EnrollmentProof,
+}
+
+/// How an agent showed it runs on its instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentProof {
+    /// It held the environment's token and spoke first; it keeps sending the token.
+    #[default]
+    FirstContact,
+    /// AWS said so (the instance profile's role session is the instance); no token needed.
+    InstanceProfile,
 }
 
 impl Key {
@@ -94,6 +113,7 @@ impl Table {
             ("credential_hash".into(), s(hash)),
             ("confirmed".into(), AttributeValue::Bool(false)),
             ("issued_at".into(), n(now)),
+            ("proof".into(), s("first_contact")),
         ]);
         self.put_if(
             item,
@@ -102,6 +122,35 @@ impl Table {
             [(":no".to_string(), AttributeValue::Bool(false))].into(),
         )
         .await
+    }
+
+    /// Binds `instance` to a credential issued on an instance proof, replacing the enrolment
+    /// read as `replacing` (none, or the one whose credential hash is given): a concurrent
+    /// enrolment in between makes this one [`Put::AlreadyExists`], and the agent proves again.
+    pub async fn enroll_proven(
+        &self,
+        environment: &str,
+        instance: &str,
+        hash: &str,
+        replacing: Option<&str>,
+        now: i64,
+    ) -> Result<Put, StoreError> {
+        let mut item = Key::agent(environment, instance).into_item();
+        item.extend([
+            ("environment".into(), s(environment)),
+            ("instance".into(), s(instance)),
+            ("credential_hash".into(), s(hash)),
+            ("confirmed".into(), AttributeValue::Bool(true)),
+            ("issued_at".into(), n(now)),
+            ("proof".into(), s("instance_profile")),
+        ]);
+        match replacing {
+            None => self.put_if_absent(item).await,
+            Some(seen) => {
+                let values = [(":seen".to_string(), s(seen))].into();
+                self.put_if(item, "credential_hash = :seen", Default::default(), values).await
+            }
+        }
     }
 
     /// Makes an issued credential binding (its agent used it).

@@ -57,7 +57,7 @@ use crate::domain::packer::{Change, ImageMap};
 use crate::domain::stripe::{AlertRecord, SubscriptionChange};
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 
-pub use agents::{Enrollment, InstanceRecord};
+pub use agents::{Enrollment, EnrollmentProof, InstanceRecord};
 pub use rollout::{Counter, DeploymentEnd, DeploymentStart, Lock, LockPhase};
 
 pub type Item = HashMap<String, AttributeValue>;
