@@ -83,6 +83,17 @@ def main(template_path, routes_path, out_path):
         for resource in resources.values():
             if resource.get("Type") == "AWS::Lambda::Url":
                 owner = resource["Properties"].get("TargetFunctionArn", {}).get("Ref")
+                # Since October 2025 a public function URL needs lambda:InvokeFunction too;
+                # an older SAM transform leaves it out and the URL answers 403.
+                granted = {
+                    p["Properties"].get("Action")
+                    for p in resources.values()
+                    if p.get("Type") == "AWS::Lambda::Permission"
+                    and p["Properties"].get("FunctionName", {}).get("Ref") == owner
+                    and (p["Properties"].get("FunctionUrlAuthType") == "NONE" or p["Properties"].get("InvokedViaFunctionUrl"))
+                }
+                if resource["Properties"].get("AuthType") == "NONE" and granted != {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}:
+                    problems.append(f"{owner}: its function URL lacks the public invoke permissions (upgrade aws-sam-translator)")
                 metadata = template["Resources"].get(owner, {}).get("Metadata")
                 if metadata:
                     resource["Metadata"] = metadata

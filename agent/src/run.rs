@@ -154,6 +154,19 @@ pub struct Agent {
     failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
 }
 
+/// The pause after the server refused the instance's proof.
+const PROOF_REFUSED_PAUSE: u64 = 300;
+
+/// Whether the server refused to enrol this instance on its proof (its role, its tags, its
+/// signature): an operator's fix, not a transient failure.
+fn refused_proof(err: &AgentError) -> bool {
+    let AgentError::Server { status: 403, body, .. } = err else { return false };
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    matches!(code.as_deref(), Some("proof_refused" | "not_in_environment"))
+}
+
 /// The longest pause before trying a release that keeps failing here again.
 const MAX_RETRY_PAUSE: u64 = 600;
 
@@ -221,6 +234,12 @@ impl Agent {
                     failures = 0;
                     wait
                 }
+                Err(err) if refused_proof(&err) => {
+                    // Not something a retry fixes soon (the instance's role or tags): every
+                    // proof costs the server an STS and an EC2 call, so ask rarely.
+                    tracing::error!(error = %err, "the server refused this instance's proof; trying again in 5 minutes");
+                    PROOF_REFUSED_PAUSE
+                }
                 Err(err) => {
                     failures += 1;
                     tracing::warn!(error = %err, "talking to the server failed; trying again");
@@ -271,7 +290,7 @@ impl Agent {
             "environment": self.config.environment,
             "current": self.releases.current(),
         });
-        if self.token.is_none() && !self.credential_file().exists() {
+        if self.token.is_none() && std::fs::read_to_string(self.credential_file()).is_err() {
             let signer = crate::proof::Signer::discover(&self.http).await?;
             let proof = signer.prove(&self.config.environment, std::time::SystemTime::now())?;
             poll["proof"] = serde_json::to_value(proof).map_err(|e| AgentError::Deploy(e.to_string()))?;
@@ -613,6 +632,19 @@ mod tests {
     #[test]
     fn a_release_that_keeps_failing_is_tried_ever_more_slowly() {
         assert_eq!([0, 1, 2, 3, 7, 30].map(retry_pause), [0, 10, 20, 40, 600, 600]);
+    }
+
+    #[test]
+    fn a_refused_proof_is_told_from_a_passing_failure() {
+        let answer = |status, code: &str| AgentError::Server {
+            url: "u".into(),
+            status,
+            body: json!({"error": {"code": code, "message": "m"}}).to_string(),
+        };
+        assert!(refused_proof(&answer(403, "proof_refused")));
+        assert!(refused_proof(&answer(403, "not_in_environment")));
+        assert!(!refused_proof(&answer(403, "credential_refused")), "a stale credential is proven again at once");
+        assert!(!refused_proof(&answer(503, "store_unavailable")));
     }
 
     #[test]

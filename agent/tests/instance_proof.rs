@@ -11,7 +11,7 @@ use conveyor_e2e::{Answer, TestApp};
 use conveyor_shared::store::EnrollmentProof;
 use serde_json::json;
 
-const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = { app = \"TAG\" }\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\n[environment.instances]\ntags = { app = \"TAG-staging\" }\n";
+const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = { app = \"TAG\" }\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\nrepository = \"*\"\n[environment.instances]\ntags = { app = \"TAG-staging\" }\n";
 
 /// A dev server with environments `production` and `staging`, and instances of each.
 async fn setup(production: i32, staging: i32) -> (TestApp, Vec<String>, Vec<String>) {
@@ -70,6 +70,10 @@ async fn an_instance_proven_to_aws_enrols_without_a_token_and_only_its_agent_spe
     let credential = enrolled.body["credential"].as_str().expect("a credential for the proven instance").to_owned();
     let stored = app.table.enrollment("production", a).await.unwrap().unwrap();
     assert_eq!((stored.proof, stored.confirmed), (EnrollmentProof::InstanceProfile, true));
+    // The same proof again (a replay of a captured one) enrols nothing.
+    let replayed = post(&app, "/agent/v1/poll", None, None, poll_body(a, "production", Some(&proof))).await;
+    assert_eq!(code(&replayed), (403, "proof_refused"), "{replayed:?}");
+    assert!(replayed.body["error"]["message"].as_str().unwrap().contains("used already"), "{replayed:?}");
 
     // From now on the credential alone speaks for the instance, polls and reports alike.
     let again = post(&app, "/agent/v1/poll", Some(&credential), None, poll_body(a, "production", None)).await;
@@ -87,9 +91,11 @@ async fn an_instance_proven_to_aws_enrols_without_a_token_and_only_its_agent_spe
     let takeover = post(&app, "/agent/v1/poll", None, Some(&token), poll_body(a, "production", None)).await;
     assert_eq!(code(&takeover), (403, "instance_enrolled"), "{takeover:?}");
 
-    // A rebuilt host proves the instance again: a new credential, and the old one stops.
-    let renewed =
-        post(&app, "/agent/v1/poll", None, None, poll_body(a, "production", Some(&prove(a, "production").await))).await;
+    // A rebuilt host proves the instance again (a later proof): a new credential, and the
+    // old one stops.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let proof = support::instance_signer(a).await.prove("production", later).unwrap();
+    let renewed = post(&app, "/agent/v1/poll", None, None, poll_body(a, "production", Some(&proof))).await;
     let renewed = renewed.body["credential"].as_str().expect("a new credential").to_owned();
     assert_ne!(renewed, credential);
     let old = post(&app, "/agent/v1/poll", Some(&credential), None, poll_body(a, "production", None)).await;
@@ -168,7 +174,10 @@ async fn a_proof_for_another_environment_role_or_time_enrols_nothing() {
 async fn fanout_behind(quiet: &conveyor_e2e::Quiet, proxy: &conveyor_e2e::FaultProxy) -> deploy_fanout::Fanout {
     let sdk = conveyor_e2e::sdk_at(&proxy.url()).await;
     let role = support::AGENT_ROLE.parse().unwrap();
-    quiet.fanout(&proxy.url()).await.trusting_instance_profiles(conveyor_shared::sts::Sts::new(&sdk), vec![role])
+    quiet
+        .fanout(&proxy.url())
+        .await
+        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(&sdk).unwrap(), vec![role])
 }
 
 async fn poll_directly(fanout: &deploy_fanout::Fanout, body: String) -> Answer {

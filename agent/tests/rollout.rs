@@ -135,7 +135,7 @@ async fn rig(instances: i32) -> Rig {
 async fn rig_with(instances: i32, proven: bool) -> Rig {
     let tag = conveyor_e2e::unique_name("shop");
     let config = format!(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
     );
     let app = TestApp::spawn(&config).await;
     let ids = conveyor_e2e::launch_instances(&app.sdk, instances, &tag).await;

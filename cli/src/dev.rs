@@ -47,6 +47,8 @@ pub enum DevError {
     Settings(SettingsError),
     #[error("cannot prepare the artifacts bucket: {0}")]
     Artifacts(String),
+    #[error(transparent)]
+    Sts(#[from] conveyor_shared::sts::StsError),
     #[error(
         "AWS_ENDPOINT_URL is not set to a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account"
     )]
@@ -109,7 +111,7 @@ pub async fn functions(
             config.clone(),
             timing,
         )
-        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(sdk), local_agent_roles()?),
+        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(sdk)?, local_agent_roles()?),
     );
     http.push(fanout.clone());
     let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone()];

@@ -36,12 +36,12 @@ fn config_check_points_at_the_problem() {
     let file = dir.join("conveyor.toml");
     std::fs::write(
         &file,
-        "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[environment.rollout]\nwave_timeout = \"soon\"\n",
+        "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"*\"\n\n[environment.rollout]\nwave_timeout = \"soon\"\n",
     )
     .unwrap();
     let (code, _, stderr) = conveyor(&["config", "check", file.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("conveyor.toml:6:16"), "{stderr}");
+    assert!(stderr.contains("conveyor.toml:7:16"), "{stderr}");
     assert!(stderr.contains("\"soon\" is not a duration") || stderr.contains("`soon` is not a duration"), "{stderr}");
     assert!(stderr.contains("^"), "the line is shown with a caret: {stderr}");
     let (code, _, stderr) = conveyor(&["config", "check", dir.join("absent.toml").to_str().unwrap()]);

@@ -63,18 +63,51 @@ pub struct Environment {
     pub name: String,
     /// The branch whose successful builds are deployed here.
     pub branch: String,
-    /// Only builds of this repository (`owner/name`) deploy here; any repository when unset.
-    pub repository: Option<String>,
-    /// Only a successful run of the workflow with this name deploys here (check suites are
-    /// then ignored); any successful workflow run or check suite when unset.
-    pub require_workflow: Option<String>,
+    /// Whose builds deploy here: one repository (`owner/name`), or any (`"*"`, said
+    /// explicitly).
+    pub repository: RepositoryFilter,
+    /// Only successful runs of these workflows deploy here (check suites are then ignored),
+    /// each named by its file path (`.github/workflows/ci.yml`, unambiguous) or its name;
+    /// any successful workflow run or check suite when empty.
+    pub require_workflow: Vec<String>,
     /// Where a build's artifact lives: an `s3://` URL template.
     pub artifact: ArtifactTemplate,
+    /// How long a deployment waits for its artifact to appear before it fails (the upload
+    /// may finish after the run that made it reported success).
+    pub artifact_wait: Seconds,
     pub instances: InstanceFilter,
     pub rollout: Rollout,
     /// When set, sent to the agents with each release and used instead of their own
     /// `health_url` flags; when unset, each agent checks its own.
     pub health: Option<HealthCheck>,
+}
+
+/// Which repositories' builds deploy to an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryFilter {
+    /// `repository = "*"`.
+    Any,
+    /// `repository = "owner/name"`.
+    Only(String),
+}
+
+impl RepositoryFilter {
+    /// GitHub keeps a repository's canonical casing (`Acme/Shop`) and treats owner and name
+    /// case-insensitively, so the comparison does too.
+    pub fn admits(&self, repository: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(only) => only.eq_ignore_ascii_case(repository),
+        }
+    }
+}
+
+/// One workflow, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// EC2 tag filters that pick an environment's instances.
@@ -371,13 +404,19 @@ struct RawEnvironment {
     name: String,
     branch: String,
     repository: Option<String>,
-    require_workflow: Option<String>,
+    require_workflow: Option<OneOrMany>,
     #[serde(default)]
     artifact: ArtifactTemplate,
+    #[serde(default = "default_artifact_wait")]
+    artifact_wait: Seconds,
     instances: Option<InstanceFilter>,
     #[serde(default)]
     rollout: Rollout,
     health: Option<HealthCheck>,
+}
+
+fn default_artifact_wait() -> Seconds {
+    Seconds(30 * 60)
 }
 
 /// The tag that marks an instance as part of an environment when no tags are configured.
@@ -396,11 +435,32 @@ impl TryFrom<RawEnvironment> for Environment {
         if raw.branch.starts_with("refs/") {
             return Err(format!("write the branch of environment `{}` without `refs/heads/`", raw.name));
         }
-        if let Some(repository) = &raw.repository {
-            let parts: Vec<&str> = repository.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(format!("repository `{repository}` must look like owner/name"));
+        let repository = match raw.repository.as_deref().map(str::trim) {
+            None => {
+                return Err(format!(
+                    "environment `{}` needs `repository = \"owner/name\"` (the repository whose builds deploy there), or `repository = \"*\"` to let any repository's builds deploy there",
+                    raw.name
+                ));
             }
+            Some("*") => RepositoryFilter::Any,
+            Some(repository) => {
+                let parts: Vec<&str> = repository.split('/').collect();
+                if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || p.contains('*')) {
+                    return Err(format!("repository `{repository}` must look like owner/name (or be \"*\")"));
+                }
+                RepositoryFilter::Only(repository.to_owned())
+            }
+        };
+        let require_workflow = match raw.require_workflow {
+            None => Vec::new(),
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
+        };
+        if let Some(blank) = require_workflow.iter().find(|w| w.trim().is_empty()) {
+            return Err(format!(
+                "require_workflow of environment `{}` has an empty entry `{blank}`: name a workflow by its file (.github/workflows/ci.yml) or its name",
+                raw.name
+            ));
         }
         let mut instances = raw.instances.unwrap_or(InstanceFilter { tags: BTreeMap::new() });
         if instances.tags.is_empty() {
@@ -409,9 +469,10 @@ impl TryFrom<RawEnvironment> for Environment {
         Ok(Self {
             name: raw.name,
             branch: raw.branch,
-            repository: raw.repository,
-            require_workflow: raw.require_workflow,
+            repository,
+            require_workflow,
             artifact: raw.artifact,
+            artifact_wait: raw.artifact_wait,
             instances,
             rollout: raw.rollout,
             health: raw.health,
@@ -604,20 +665,41 @@ mod tests {
     }
 
     #[test]
+    fn an_environment_names_its_repository_or_says_any() {
+        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\n").unwrap_err().to_string();
+        assert!(err.contains("needs `repository = \"owner/name\"`") && err.contains("\"*\""), "{err}");
+        let any = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"*\"\n").unwrap();
+        assert_eq!(any.environments[0].repository, RepositoryFilter::Any);
+        assert!(any.environments[0].repository.admits("anyone/anything"));
+        let one = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"Acme/Shop\"\n").unwrap();
+        assert!(
+            one.environments[0].repository.admits("acme/shop") && !one.environments[0].repository.admits("acme/other")
+        );
+        for bad in ["acme/*", "acme", "/shop"] {
+            let text = format!("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"{bad}\"\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        let empty =
+            parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"*\"\nrequire_workflow = [\"\"]\n");
+        assert!(empty.unwrap_err().to_string().contains("empty entry"));
+    }
+
+    #[test]
     fn an_environment_with_name_and_branch_gets_defaults() {
-        let config = parse("[[environment]]\nname = \"production\"\nbranch = \"main\"\n").unwrap();
+        let config = parse("[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n").unwrap();
         let env = &config.environments[0];
         assert_eq!(env.rollout.waves, vec![WaveSize::Count(1), WaveSize::Percent(50), WaveSize::Percent(100)]);
         assert_eq!(env.instances.tags.get(ENVIRONMENT_TAG).map(String::as_str), Some("production"));
         assert_eq!(env.artifact, ArtifactTemplate::default());
         assert_eq!(env.health, None, "agents check their own health URL");
         assert_eq!(env.rollout.wave_timeout, Seconds(600));
+        assert_eq!(env.artifact_wait, Seconds(1800), "a deployment waits 30 minutes for its artifact");
     }
 
     #[test]
     fn a_health_table_is_taken_whole_with_defaults_for_what_it_leaves_out() {
         let config = parse(
-            "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
+            "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
         )
         .unwrap();
         let health = config.environments[0].health.clone().unwrap();
@@ -634,11 +716,11 @@ mod tests {
 
     #[test]
     fn errors_carry_line_and_column() {
-        let text = "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n[environment.rollout]\nwaves = [1, \"150%\", \"100%\"]\n";
+        let text = "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.rollout]\nwaves = [1, \"150%\", \"100%\"]\n";
         let err = parse(text).unwrap_err();
-        assert_eq!(err.line, 5, "{err}");
+        assert_eq!(err.line, 6, "{err}");
         assert!(err.message.contains("150%"), "{err}");
-        assert!(err.to_string().starts_with("conveyor.toml:5:"), "{err}");
+        assert!(err.to_string().starts_with("conveyor.toml:6:"), "{err}");
     }
 
     #[test]
@@ -650,8 +732,7 @@ mod tests {
 
     #[test]
     fn duplicate_environment_names_point_at_the_second() {
-        let text =
-            "[[environment]]\nname = \"a\"\nbranch = \"main\"\n\n[[environment]]\nname = \"a\"\nbranch = \"dev\"\n";
+        let text = "[[environment]]\nname = \"a\"\nbranch = \"main\"\nrepository = \"*\"\n\n[[environment]]\nname = \"a\"\nbranch = \"dev\"\nrepository = \"*\"\n";
         let err = parse(text).unwrap_err();
         assert!(err.message.contains("defined twice"), "{err}");
         assert!(err.line >= 5, "{err}");
@@ -659,7 +740,7 @@ mod tests {
 
     #[test]
     fn rollout_rules() {
-        let base = "[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n";
+        let base = "[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.rollout]\n";
         let check = |extra: &str| parse(&format!("{base}{extra}")).map(|c| c.environments[0].rollout.clone());
         assert!(check("waves = [1, \"50%\"]\n").unwrap_err().message.contains("last wave"));
         assert!(check("strategy = \"all-at-once\"\nwaves = [\"100%\"]\n").unwrap_err().message.contains("not both"));
@@ -672,14 +753,17 @@ mod tests {
 
     #[test]
     fn environment_fields_are_checked() {
-        let err = parse("[[environment]]\nname = \"Prod\"\nbranch = \"main\"\n").unwrap_err();
+        let err = parse("[[environment]]\nname = \"Prod\"\nbranch = \"main\"\nrepository = \"*\"\n").unwrap_err();
         assert!(err.message.contains("a-z"), "{err}");
-        let err = parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\n").unwrap_err();
+        let err =
+            parse("[[environment]]\nname = \"p\"\nbranch = \"refs/heads/main\"\nrepository = \"*\"\n").unwrap_err();
         assert!(err.message.contains("refs/heads"), "{err}");
         let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"nope\"\n").unwrap_err();
         assert!(err.message.contains("owner/name"), "{err}");
-        let err =
-            parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\nartifact = \"s3://b/{nope}\"\n").unwrap_err();
+        let err = parse(
+            "[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"*\"\nartifact = \"s3://b/{nope}\"\n",
+        )
+        .unwrap_err();
         assert!(err.message.contains("{nope}"), "{err}");
         let err = parse("[[environment]]\nname = \"p\"\n").unwrap_err();
         assert!(err.message.contains("branch"), "{err}");
@@ -711,7 +795,9 @@ mod tests {
     fn a_min_healthy_that_no_fleet_can_satisfy_is_a_config_error() {
         let env = |rollout: &str| {
             Config::parse(
-                &format!("[[environment]]\nname = \"p\"\nbranch = \"main\"\n[environment.rollout]\n{rollout}\n"),
+                &format!(
+                    "[[environment]]\nname = \"p\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.rollout]\n{rollout}\n"
+                ),
                 "t.toml",
             )
         };

@@ -51,6 +51,21 @@ pub fn unavailable(err: &dyn std::fmt::Display, advice: &str) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", advice)
 }
 
+/// 409 for an outside event that another invocation is processing right now: not a
+/// duplicate yet, so the sender retries (Stripe by itself; GitHub shows the delivery as
+/// failed, to redeliver), and a crashed attempt is never mistaken for a finished one.
+pub fn in_flight(retry_after: i64) -> Response {
+    let mut response = error(
+        StatusCode::CONFLICT,
+        "in_progress",
+        format!("another attempt is processing this event; send it again in {retry_after} s"),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// A header's value, when present and valid text.
 pub fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())

@@ -10,12 +10,16 @@ use crate::domain::instance_proof::InstanceProof;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StsError {
-    /// STS said no: the signature, the credentials or the session are not valid.
-    #[error("STS refused the instance proof: {code}: {message}")]
-    Refused { code: String, message: String },
+    /// STS said no: the signature, the credentials or the session are not valid. Only the
+    /// code is kept: STS's message for a bad signature quotes the signed request.
+    #[error("STS refused the instance proof ({code})")]
+    Refused { code: String },
     /// STS could not be asked (network, throttling, a 5xx): worth trying again.
     #[error("STS could not be asked about the instance proof: {0}")]
     Unavailable(String),
+    /// The HTTP client could not be built (no TLS roots, say): the function cannot start.
+    #[error("cannot build the HTTP client for STS: {0}")]
+    Client(String),
 }
 
 #[derive(Clone, Debug)]
@@ -28,13 +32,13 @@ pub struct Sts {
 }
 
 /// Longest wait for STS before the agent is told to try again.
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An answer from STS is small; anything larger is not one.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
 impl Sts {
-    pub fn new(sdk: &SdkConfig) -> Self {
+    pub fn new(sdk: &SdkConfig) -> Result<Self, StsError> {
         let endpoint = sdk.endpoint_url().map(str::to_owned).unwrap_or_else(|| {
             let region = sdk.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
             format!("https://sts.{region}.amazonaws.com")
@@ -46,8 +50,8 @@ impl Sts {
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        Self { http, scheme: scheme.to_owned(), host }
+            .map_err(|e| StsError::Client(e.to_string()))?;
+        Ok(Self { http, scheme: scheme.to_owned(), host })
     }
 
     /// The host of the configured STS endpoint.
@@ -81,12 +85,13 @@ impl Sts {
         if status.is_success() {
             return element("Arn").ok_or_else(|| StsError::Unavailable("STS answered without an Arn".into()));
         }
-        let code = element("Code").unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        let message = element("Message").unwrap_or_default();
+        let code = element("Code")
+            .filter(|code| code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
         let throttled = code.contains("Throttl") || code == "RequestLimitExceeded";
         if status.is_server_error() || throttled {
-            return Err(StsError::Unavailable(format!("{code}: {message}")));
+            return Err(StsError::Unavailable(code));
         }
-        Err(StsError::Refused { code, message })
+        Err(StsError::Refused { code })
     }
 }

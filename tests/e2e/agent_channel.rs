@@ -1,7 +1,7 @@
 use conveyor_e2e::TestApp;
 use serde_json::json;
 
-const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\n";
+const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\nrepository = \"*\"\n";
 
 async fn token(app: &TestApp, environment: &str) -> String {
     let secret = conveyor_cli::ops::create_environment_token(&app.table, &app.config, environment).await.unwrap();
@@ -64,7 +64,7 @@ async fn a_release_goes_out_with_the_environments_health_check() {
     use conveyor_shared::domain::rollout::{DeploymentPlan, Release};
     use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
     let app = TestApp::spawn(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
     )
     .await;
     let production = token(&app, "production").await;

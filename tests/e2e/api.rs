@@ -1,6 +1,6 @@
 use conveyor_e2e::{TestApp, sample};
 
-const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\n";
+const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n";
 
 #[tokio::test]
 async fn listing_errors_are_clear() {

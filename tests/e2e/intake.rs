@@ -12,6 +12,7 @@ repository = "acme/shop"
 [[environment]]
 name = "staging"
 branch = "develop"
+repository = "*"
 "#;
 
 const MAIN_SHA: &str = "3f4a9c2e7b1d5a6c8e0f2b4d6a8c0e1f3a5b7c9d";
@@ -108,11 +109,41 @@ async fn fifty_concurrent_copies_are_processed_once() {
     for copy in copies {
         answers.push(copy.await.unwrap());
     }
-    assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
-    let fresh = answers.iter().filter(|a| a.body["duplicate"] == false).count();
+    // Copies that arrive while the first is processed are told to come back (409), not that
+    // it is done; copies that arrive after it finished are duplicates.
+    for answer in &answers {
+        let in_flight = answer.status == 409 && answer.body["error"]["code"] == "in_progress";
+        assert!(answer.status == 200 || in_flight, "{answer:?}");
+    }
+    let fresh = answers.iter().filter(|a| a.status == 200 && a.body["duplicate"] == false).count();
     assert_eq!(fresh, 1, "exactly one copy is processed");
     assert_eq!(app.builds().await.len(), 1);
     assert_eq!(app.deployments("production").await.len(), 1);
+    let late = app.deliver("workflow_run", "burst", &body).await;
+    assert_eq!((late.status, &late.body["duplicate"]), (200, &serde_json::json!(true)), "{late:?}");
+}
+
+#[tokio::test]
+async fn a_delivery_still_being_processed_is_not_called_a_duplicate() {
+    let app = TestApp::spawn(CONFIG).await;
+    let body = sample("github/workflow_run/ci-success-main.json");
+    // Another attempt holds the claim (it is processing, or it crashed a moment ago).
+    let key = conveyor_shared::store::Key::delivery("4242", "held");
+    let now = conveyor_shared::unix_now();
+    let held = app.table.claim(key.clone(), "workflow_run", "other-attempt", now, 3600).await.unwrap();
+    assert_eq!(held, conveyor_shared::store::Claim::Claimed);
+
+    let answer = app.deliver("workflow_run", "held", &body).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (409, Some("in_progress")), "{answer:?}");
+    assert!(app.builds().await.is_empty(), "nothing recorded while another attempt holds it");
+
+    // That attempt crashed: its lease runs out, and the redelivery is processed in full.
+    app.table.release_claim(key, "other-attempt").await.unwrap();
+    let redelivered = app.deliver("workflow_run", "held", &body).await;
+    assert_eq!((redelivered.status, &redelivered.body["duplicate"]), (200, &serde_json::json!(false)));
+    assert_eq!(app.builds().await.len(), 1);
+    let again = app.deliver("workflow_run", "held", &body).await;
+    assert_eq!((again.status, &again.body["duplicate"]), (200, &serde_json::json!(true)), "{again:?}");
 }
 
 /// Headers of a signed JSON delivery, with the signature over `body`.
@@ -245,7 +276,7 @@ async fn every_real_github_payload_is_accepted() {
         eprintln!("skipped: ../shared/fixtures is not beside this clone");
         return;
     };
-    let app = TestApp::spawn("[[environment]]\nname = \"prod\"\nbranch = \"master\"\n").await;
+    let app = TestApp::spawn("[[environment]]\nname = \"prod\"\nbranch = \"master\"\nrepository = \"*\"\n").await;
     let mut posted = 0;
     for folder in std::fs::read_dir(fixtures.join("github")).unwrap().flatten() {
         let event = folder.file_name().to_string_lossy().into_owned();
@@ -315,4 +346,73 @@ async fn an_older_commits_late_ci_success_is_recorded_and_deploys_nothing() {
     let unseen = "d".repeat(40);
     let answer = app.deliver("workflow_run", "ci-unseen", &ci_success(&unseen, 13)).await;
     assert_eq!(answer.body["deployments"][0]["state"], "pending", "{answer:?}");
+}
+
+/// A `workflow_run` delivery of acme/shop on main, as GitHub sends one.
+fn run_event(action: &str, workflow: u64, run: u64, name: &str, attempt: u64, conclusion: Option<&str>) -> Vec<u8> {
+    serde_json::json!({
+        "action": action,
+        "workflow_run": {
+            "id": run, "name": name, "workflow_id": workflow, "head_branch": "main", "head_sha": MAIN_SHA,
+            "path": format!(".github/workflows/{}.yml", name.to_lowercase()), "run_attempt": attempt,
+            "status": if action == "completed" { "completed" } else { action }, "conclusion": conclusion,
+            "updated_at": format!("2026-11-22T10:{:02}:00Z", run % 60),
+            "head_repository": {"full_name": "Acme/Shop"}
+        },
+        "repository": {"full_name": "Acme/Shop"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_commit_deploys_when_every_run_passed_and_a_failed_run_cancels_it_until_a_rerun_passes() {
+    // No fan-out: deployments stay as the intake leaves them.
+    let app = TestApp::spawn_with(CONFIG, |catalog| {
+        catalog.streams.clear();
+        catalog.schedules.clear();
+    })
+    .await;
+    let state = |app: &TestApp| {
+        let app = app.clone();
+        async move { app.deployments("production").await.first().map(|d| (d["state"].clone(), d["reason"].clone())) }
+    };
+
+    // The build starts; a quick lint passes: nothing deploys yet (the artifact is not there).
+    let build_started = app.deliver("workflow_run", "g-1", &run_event("requested", 1, 11, "Build", 1, None)).await;
+    assert_eq!(build_started.status, 200, "{build_started:?}");
+    let lint = app.deliver("workflow_run", "g-2", &run_event("completed", 2, 12, "Lint", 1, Some("success"))).await;
+    assert_eq!(lint.body["deployments"], serde_json::json!([]), "{lint:?}");
+    assert_eq!(lint.body["gate"]["production"], "waiting for workflow Build (.github/workflows/build.yml)");
+    assert_eq!(state(&app).await, None);
+
+    // The build passes: every run seen passed. The repository's casing is GitHub's, not the config's.
+    let built = app.deliver("workflow_run", "g-3", &run_event("completed", 1, 11, "Build", 1, Some("success"))).await;
+    assert_eq!(built.body["deployments"][0]["environment"], "production", "{built:?}");
+    assert_eq!(state(&app).await.unwrap().0, "pending");
+
+    // A late `in_progress` of the build changes nothing.
+    let late = app.deliver("workflow_run", "g-4", &run_event("in_progress", 1, 11, "Build", 1, None)).await;
+    assert_eq!(late.body["gate"]["production"], "every run passed", "{late:?}");
+
+    // The tests fail before the deployment started: it is cancelled, with the reason.
+    let tests = app.deliver("workflow_run", "g-5", &run_event("completed", 3, 13, "Tests", 1, Some("failure"))).await;
+    assert_eq!(tests.status, 200, "{tests:?}");
+    let (cancelled, reason) = state(&app).await.unwrap();
+    assert_eq!(cancelled, "skipped");
+    assert_eq!(reason, "cancelled before it started: workflow Tests (.github/workflows/tests.yml) concluded failure");
+
+    // The tests are re-run (attempt 2) and pass: the deployment is back.
+    let rerun = app.deliver("workflow_run", "g-6", &run_event("requested", 3, 13, "Tests", 2, None)).await;
+    assert_eq!(rerun.body["gate"]["production"], "waiting for workflow Tests (.github/workflows/tests.yml)");
+    assert_eq!(state(&app).await.unwrap().0, "skipped");
+    let passed = app.deliver("workflow_run", "g-7", &run_event("completed", 3, 13, "Tests", 2, Some("success"))).await;
+    assert_eq!(passed.body["deployments"][0]["environment"], "production", "{passed:?}");
+    let (pending, reason) = state(&app).await.unwrap();
+    assert_eq!((pending.as_str(), reason.as_str()), (Some("pending"), Some("Build, Lint, Tests passed on main")));
+
+    // The first attempt's failure, redelivered late, does not undo the re-run.
+    let stale = app.deliver("workflow_run", "g-8", &run_event("completed", 3, 13, "Tests", 1, Some("failure"))).await;
+    assert_eq!(stale.body["gate"]["production"], "every run passed", "{stale:?}");
+    assert_eq!(state(&app).await.unwrap().0, "pending");
 }

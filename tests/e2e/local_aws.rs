@@ -297,7 +297,7 @@ async fn an_artifact_goes_where_the_intake_looks_streamed_in_parts() {
     let bucket = unique_name("artifacts").to_lowercase().chars().take(50).collect::<String>();
     artifacts.create_bucket_if_missing(&bucket).await.unwrap();
     let config = conveyor_shared::config::Config::parse(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nartifact = \"s3://{bucket}/{environment}/{branch}/{version}/{sha}.tgz\"\n",
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\nartifact = \"s3://{bucket}/{environment}/{branch}/{version}/{sha}.tgz\"\n",
         "t.toml",
     )
     .unwrap();

@@ -13,7 +13,7 @@ use serde_json::json;
 
 fn config(tag: &str, extra: &str) -> String {
     format!(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\n{extra}\n"
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\n{extra}\n"
     )
 }
 
@@ -55,8 +55,10 @@ async fn a_running_deployment_is_driven_to_its_end_by_the_tick_alone_and_nothing
 #[tokio::test]
 async fn an_environment_that_fails_every_tick_never_stops_the_others() {
     let tag = unique_name("isolated");
-    let config =
-        format!("[[environment]]\nname = \"broken\"\nbranch = \"main\"\n\n{}", config(&tag, "waves = [\"100%\"]"));
+    let config = format!(
+        "[[environment]]\nname = \"broken\"\nbranch = \"main\"\nrepository = \"*\"\n\n{}",
+        config(&tag, "waves = [\"100%\"]")
+    );
     let quiet = Quiet::new(&config).await;
     // A deployment item of `broken` that no version of Conveyor wrote: every read of its
     // queue fails to decode.
@@ -71,14 +73,16 @@ async fn an_environment_that_fails_every_tick_never_stops_the_others() {
     let queued = quiet.queue("production", "acme/shop", &sha(3), 100, None, None).await;
     let fanout = quiet.fanout(&endpoint()).await;
 
-    let err = fanout.tick(200).await.unwrap_err().to_string();
+    // Past the artifact wait, so production's tick has something to write.
+    let now = 100 + 1801;
+    let err = fanout.tick(now).await.unwrap_err().to_string();
     assert!(err.contains("broken") && !err.contains("production"), "{err}");
     let ticked = quiet.state(&queued).await;
     assert_eq!(ticked.state, Failed, "production was ticked after broken failed: {ticked:?}");
     assert!(ticked.reason.contains("artifact is missing"), "{}", ticked.reason);
-    let recorded = quiet.table.tick_error("broken", 200).await.unwrap();
-    assert!(recorded.is_some_and(|(error, at)| error.contains("decode") && at == 200));
-    assert_eq!(quiet.table.tick_error("production", 200).await.unwrap(), None);
+    let recorded = quiet.table.tick_error("broken", now).await.unwrap();
+    assert!(recorded.is_some_and(|(error, at)| error.contains("decode") && at == now));
+    assert_eq!(quiet.table.tick_error("production", now).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -325,4 +329,40 @@ async fn the_stream_alone_starts_a_new_deployment_and_the_next_when_one_ends() {
     let ended = record("MODIFY", format!("DEPLOYMENT#{}", second.id()), "succeeded", Some("in_progress"));
     StreamFunction::handle(&fanout, ended).await.unwrap();
     assert_eq!(quiet.state(&third).await.state, InProgress, "started by the record of the one that ended");
+}
+
+#[tokio::test]
+async fn a_deployment_waits_for_its_artifact_then_fails_naming_where_it_looked() {
+    let tag = unique_name("artifact-wait");
+    let waiting = |tag: &str| {
+        config(tag, "waves = [\"100%\"]")
+            .replace("repository = \"*\"\n", "repository = \"*\"\nartifact_wait = \"10m\"\n")
+    };
+    let quiet = Quiet::new(&waiting(&tag)).await;
+    launch_instances(&quiet.sdk, 1, &tag).await;
+    let fanout = quiet.fanout(&endpoint()).await;
+    let built = 1_800_000_000;
+
+    // CI said success before the upload finished: the deployment waits, holding no lock.
+    let late = quiet.queue("production", "acme/shop", &sha(7), built, None, None).await;
+    fanout.tick(built + 60).await.unwrap();
+    assert_eq!(quiet.state(&late).await.state, Pending);
+    assert!(quiet.table.lock("production").await.unwrap().is_none(), "waiting holds no lock");
+    conveyor_e2e::push_artifact(&quiet.artifacts, &quiet.bucket, "acme/shop", &sha(7), b"seven".to_vec()).await;
+    fanout.tick(built + 120).await.unwrap();
+    assert_eq!(quiet.state(&late).await.state, InProgress, "started once the artifact is there");
+
+    // One that never comes fails after the wait, saying where it looked.
+    let other = unique_name("artifact-never");
+    let quiet = Quiet::new(&waiting(&other)).await;
+    let fanout = quiet.fanout(&endpoint()).await;
+    let never = quiet.queue("production", "acme/shop", &sha(8), built, None, None).await;
+    fanout.tick(built + 9 * 60).await.unwrap();
+    assert_eq!(quiet.state(&never).await.state, Pending);
+    fanout.tick(built + 10 * 60).await.unwrap();
+    let failed = quiet.state(&never).await;
+    assert_eq!(failed.state, Failed);
+    for words in [never.artifact.as_str(), "600 s after the build", "conveyor artifact push"] {
+        assert!(failed.reason.contains(words), "`{words}` in {}", failed.reason);
+    }
 }

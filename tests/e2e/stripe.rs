@@ -100,10 +100,15 @@ async fn duplicates_change_nothing_also_fifty_at_once() {
     let mut fresh = 0;
     for copy in copies {
         let answer = copy.await.unwrap();
-        assert_eq!(answer.status, 200, "{answer:?}");
-        fresh += usize::from(answer.body["duplicate"] == false);
+        // A copy that arrives while the first is processed is asked to come back (Stripe
+        // retries it), never told it is done.
+        let in_flight = answer.status == 409 && answer.body["error"]["code"] == "in_progress";
+        assert!(answer.status == 200 || in_flight, "{answer:?}");
+        fresh += usize::from(answer.status == 200 && answer.body["duplicate"] == false);
     }
     assert_eq!(fresh, 1);
+    let late = app.deliver_stripe(&body, 0).await;
+    assert_eq!((late.status, &late.body["duplicate"]), (200, &json!(true)), "{late:?}");
     let alerts = app.table.recent_alerts(10).await.unwrap();
     assert_eq!(alerts.len(), 1, "one alert for the failed payment");
     assert_eq!(alerts[0].kind, "payment_failed");
@@ -187,4 +192,24 @@ async fn every_fixture_object_in_a_handled_envelope_is_accepted() {
     assert!(sent > 170, "{sent}");
     let answer = app.get("/api/v1/customers/cus_QXg1o8vcGmoR32").await;
     assert_eq!(answer.status, 200, "the fixture subscription and invoices were applied: {answer:?}");
+}
+
+#[tokio::test]
+async fn an_event_still_being_processed_is_retried_not_dropped() {
+    let app = TestApp::spawn("").await;
+    let body = event("evt_held", "customer.subscription.created", 100, subscription("active", "price_basic"));
+    let key = conveyor_shared::store::Key::stripe_event("evt_held");
+    let now = conveyor_shared::unix_now();
+    app.table.claim(key.clone(), "customer.subscription.updated", "other-attempt", now, 3600).await.unwrap();
+
+    let answer = app.deliver_stripe(&body, 0).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (409, Some("in_progress")), "{answer:?}");
+    let before = app.get("/api/v1/customers/cus_1").await;
+    assert_ne!(before.body["entitled"], true, "nothing applied while another attempt holds it: {before:?}");
+
+    // The other attempt gave up: Stripe's retry is processed in full.
+    app.table.release_claim(key, "other-attempt").await.unwrap();
+    let retried = app.deliver_stripe(&body, 0).await;
+    assert_eq!((retried.status, &retried.body["duplicate"]), (200, &json!(false)), "{retried:?}");
+    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "active");
 }

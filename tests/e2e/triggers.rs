@@ -50,9 +50,12 @@ impl ScheduledFunction for Ticks {
 #[tokio::test]
 async fn stream_functions_get_only_the_records_their_filter_matches() {
     let (sender, mut received) = mpsc::unbounded_channel();
-    let app = TestApp::spawn_with("[[environment]]\nname = \"production\"\nbranch = \"main\"\n", |catalog| {
-        catalog.streams.push(Arc::new(NewDeployments(sender)));
-    })
+    let app = TestApp::spawn_with(
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n",
+        |catalog| {
+            catalog.streams.push(Arc::new(NewDeployments(sender)));
+        },
+    )
     .await;
     // A push (delivery, commits, push items) and a CI success (build, deployment).
     app.deliver("push", "t-1", &sample("github/push/main.json")).await;

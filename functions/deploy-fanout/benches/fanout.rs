@@ -150,7 +150,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
     artifacts.put(&artifact, b"release".to_vec(), &"ab".repeat(32), &sha[..12]).await.expect("an artifact");
     let config = Config::parse(
         &format!(
-            "[[environment]]\nname = \"production\"\nbranch = \"main\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\n"
+            "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\n"
         ),
         "bench.toml",
     )

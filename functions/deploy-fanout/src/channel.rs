@@ -145,6 +145,14 @@ impl Fanout {
         proof: Option<&InstanceProof>,
     ) -> Result<Option<conveyor_shared::secret::Secret>, Response> {
         let presented = http::header(request, CREDENTIAL_HEADER).map(|c| token::hash(c.trim().as_bytes()));
+        if presented.is_none() && proof.is_none() {
+            // Nothing to check: answered before any read.
+            return Err(http::error(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "send Authorization: Bearer <token>, or an instance proof (an agent on EC2 run without --token-file sends one with its first poll)",
+            ));
+        }
         let proven = Some(EnrollmentProof::InstanceProfile);
         if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash) == proven) {
             return Ok(None);
@@ -160,27 +168,21 @@ impl Fanout {
             return Ok(None);
         }
         let Some(proof) = proof else {
-            return Err(match presented {
-                Some(_) => http::error(
-                    StatusCode::FORBIDDEN,
-                    "credential_refused",
-                    format!(
-                        "this credential does not speak for {instance} (the instance was proven again since, or forgotten): poll with a new instance proof"
-                    ),
+            return Err(http::error(
+                StatusCode::FORBIDDEN,
+                "credential_refused",
+                format!(
+                    "this credential does not speak for {instance} (the instance was proven again since, or forgotten): poll with a new instance proof"
                 ),
-                None => http::error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_token",
-                    "send Authorization: Bearer <token>, or an instance proof (an agent on EC2 run without --token-file sends one with its first poll)",
-                ),
-            });
+            ));
         };
-        self.check_proof(env, instance, proof).await?;
+        let signed_at = self.check_proof(env, instance, proof, enrolled.as_ref().and_then(|e| e.proven_at)).await?;
         let secret = token::generate().map_err(|e| unavailable(&e))?;
         let hash = token::hash(secret.expose());
         let replacing = enrolled.as_ref().map(|e| e.credential_hash.as_str());
         let now = conveyor_shared::unix_now();
-        match self.table.enroll_proven(&env.name, instance, &hash, replacing, now).await.map_err(|e| unavailable(&e))? {
+        let enrolment = self.table.enroll_proven(&env.name, instance, &hash, replacing, signed_at, now);
+        match enrolment.await.map_err(|e| unavailable(&e))? {
             Put::Created => {
                 self.remember_credential(&env.name, instance, &hash, EnrollmentProof::InstanceProfile);
                 tracing::info!(environment = %env.name, instance, "an agent proved its instance and enrolled");
@@ -195,9 +197,16 @@ impl Fanout {
     }
 
     /// Whether `proof` shows that the sender runs on `instance`, an instance of `env`: the
-    /// proof's shape, then STS, then the trusted roles, then EC2 (the instance runs and
-    /// carries the environment's tags).
-    async fn check_proof(&self, env: &Environment, instance: &str, proof: &InstanceProof) -> Result<(), Response> {
+    /// proof's shape and that it was not used before (`proven_at` of the current
+    /// enrolment), then STS, then the trusted roles, then EC2 (the instance runs and carries
+    /// the environment's tags). Answers when the proof was signed.
+    async fn check_proof(
+        &self,
+        env: &Environment,
+        instance: &str,
+        proof: &InstanceProof,
+        proven_at: Option<i64>,
+    ) -> Result<i64, Response> {
         let refused = |err: ProofError| {
             let (status, code) = match err {
                 ProofError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_proof"),
@@ -212,9 +221,10 @@ impl Fanout {
                 "instance proofs are off here: send Authorization: Bearer <token>",
             ));
         };
-        let host =
+        let checked =
             instance_proof::check(proof, &env.name, conveyor_shared::unix_now(), proofs.sts.host()).map_err(refused)?;
-        let arn = match proofs.sts.caller_arn(proof, &host).await {
+        instance_proof::fresh(checked.signed_at, proven_at).map_err(refused)?;
+        let arn = match proofs.sts.caller_arn(proof, &checked.host).await {
             Ok(arn) => arn,
             Err(err @ StsError::Refused { .. }) => {
                 return Err(http::error(StatusCode::FORBIDDEN, "proof_refused", err.to_string()));
@@ -223,7 +233,7 @@ impl Fanout {
         };
         instance_proof::admit(&arn, &proofs.roles, instance).map_err(refused)?;
         match self.ec2.runs_with_tags(instance, &env.instances.tags).await {
-            Ok(true) => Ok(()),
+            Ok(true) => Ok(checked.signed_at),
             Ok(false) => {
                 let tags: Vec<String> = env.instances.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 Err(http::error(

@@ -73,6 +73,8 @@ pub enum StartError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Sts(#[from] conveyor_shared::sts::StsError),
 }
 
 /// The IAM roles whose instances may prove themselves to the agent channel
@@ -194,7 +196,7 @@ impl Fanout {
         let config = Config::load(&settings.config_path)?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
         Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env())
-            .trusting_instance_profiles(Sts::new(sdk), agent_roles_from_env()?))
+            .trusting_instance_profiles(Sts::new(sdk)?, agent_roles_from_env()?))
     }
 
     /// The scope of a presented token's hash, from the cache or the table.
@@ -304,9 +306,18 @@ impl Fanout {
         let artifact = match self.artifacts.head(&deployment.artifact).await {
             Ok(Some(artifact)) => artifact,
             Ok(None) => {
+                let waited = now - deployment.created_at;
+                let wait = i64::try_from(env.artifact_wait.0).unwrap_or(i64::MAX);
+                if waited < wait {
+                    // The upload may finish after CI reported success: stay queued (the lock
+                    // is given back) and look again at the next tick.
+                    tracing::info!(environment = %env.name, deployment = %id, artifact = %deployment.artifact, waited, "waiting for the build's artifact");
+                    self.table.release_planning(&env.name, id, token).await?;
+                    return Ok(());
+                }
                 return fail(format!(
-                    "the build's artifact is missing at {}: upload it with `conveyor artifact push`",
-                    deployment.artifact
+                    "the build's artifact is missing at {} {waited} s after the build (artifact_wait is {} s): upload it with `conveyor artifact push`",
+                    deployment.artifact, env.artifact_wait.0
                 ))
                 .await;
             }

@@ -94,6 +94,10 @@ impl StripeWebhook {
                 tracing::info!(event = %event.id, kind = %event.kind, "duplicate Stripe event");
                 return http::json(StatusCode::OK, &json!({"ok": true, "duplicate": true, "event": event.id}));
             }
+            Ok(Claim::InFlight { retry_after }) => {
+                tracing::info!(event = %event.id, kind = %event.kind, "Stripe event being processed by another attempt");
+                return http::in_flight(retry_after);
+            }
             Err(err) => return store_failure(&err),
         }
         let (outcome, detail) = match stripe::plan(&event) {

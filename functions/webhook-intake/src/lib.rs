@@ -11,6 +11,7 @@ use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::DeploymentState;
+use conveyor_shared::domain::gate::{self, Gate};
 use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::secret::SecretSet;
@@ -110,10 +111,14 @@ impl Intake {
                     &json!({"ok": true, "duplicate": true, "delivery": guid, "event": event}),
                 );
             }
+            Ok(Claim::InFlight { retry_after }) => {
+                tracing::info!(event, delivery = guid, hook_id, "delivery being processed by another attempt");
+                return http::in_flight(retry_after);
+            }
             Err(err) => return store_failure(&err),
         }
-        let created = match self.apply(&plan).await {
-            Ok(created) => created,
+        let (created, gates) = match self.apply(&plan, now).await {
+            Ok(applied) => applied,
             Err(err) => {
                 // Give the delivery back so that a redelivery is processed in full.
                 if let Err(release) = self.table.release_claim(Key::delivery(hook_id, guid), &token).await {
@@ -136,6 +141,9 @@ impl Intake {
             .map(|d| json!({"environment": d.environment, "sha": d.sha, "version": d.version, "state": d.state, "reason": d.reason}))
             .collect();
         let mut body = json!({"ok": true, "duplicate": false, "delivery": guid, "event": event, "outcome": outcome, "deployments": deployments});
+        if !gates.is_empty() {
+            body["gate"] = json!(gates);
+        }
         if !detail.is_empty() {
             body["reason"] = detail.into();
         }
@@ -143,8 +151,13 @@ impl Intake {
     }
 
     /// Records the plan. Every write is keyed by a natural key, so a retry repeats nothing.
-    /// Returns the deployments that this call created (skipped ones included).
-    async fn apply(&self, plan: &intake::Plan) -> Result<Vec<DeploymentRecord>, StoreError> {
+    /// Returns the deployments that this call created (skipped ones included), and what the
+    /// gate said for each environment the run's commit may deploy to.
+    async fn apply(
+        &self,
+        plan: &intake::Plan,
+        now: i64,
+    ) -> Result<(Vec<DeploymentRecord>, std::collections::BTreeMap<String, String>), StoreError> {
         self.table.record_commits(&plan.commits).await?;
         if let Some(push) = &plan.push {
             self.table.record_push(push).await?;
@@ -161,19 +174,42 @@ impl Intake {
             }
         }
         let mut created = Vec::new();
+        let mut gates = std::collections::BTreeMap::new();
+        let Some(run) = &plan.run else { return Ok((created, gates)) };
+        // Recorded unless a report that ranks as high is; the gate is decided either way, so
+        // a redelivery after a crash finishes what the first attempt started.
+        self.table.record_run(run, now).await?;
+        let runs = self.table.runs_of(&run.repository, &run.sha).await?;
         for planned in &plan.deployments {
-            let deployment = self.ordered(planned).await?;
-            match self.table.create_deployment(&deployment).await? {
-                Put::Created => {
-                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, state = deployment.state.as_str(), reason = %deployment.reason, "deployment created");
-                    created.push(deployment);
+            let Some(env) = self.config.environment(&planned.environment) else { continue };
+            let said = match gate::decide(env, &runs) {
+                Gate::Deploy(reason) => {
+                    let deployment = self.ordered(&DeploymentRecord { reason, ..planned.clone() }).await?;
+                    match self.table.create_deployment(&deployment).await? {
+                        Put::Created => {
+                            tracing::info!(environment = %deployment.environment, sha = %deployment.sha, state = deployment.state.as_str(), reason = %deployment.reason, "deployment created");
+                            created.push(deployment);
+                        }
+                        Put::AlreadyExists => {
+                            tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment exists already");
+                        }
+                    }
+                    "every run passed".to_owned()
                 }
-                Put::AlreadyExists => {
-                    tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment exists already");
+                Gate::Wait(running) if running.is_empty() => "no run that counts here has passed yet".to_owned(),
+                Gate::Wait(running) => format!("waiting for {}", running.join(", ")),
+                Gate::Cancel(reason) => {
+                    let reason = format!("cancelled before it started: {reason}");
+                    let id = planned.id();
+                    if self.table.cancel_queued(&env.name, &id, &reason, now).await? == Transition::Applied {
+                        tracing::warn!(environment = %env.name, deployment = %id, %reason, "queued deployment cancelled");
+                    }
+                    reason
                 }
-            }
+            };
+            gates.insert(env.name.clone(), said);
         }
-        Ok(created)
+        Ok((created, gates))
     }
 
     /// The planned deployment, stamped with when its commit became the branch's head, or

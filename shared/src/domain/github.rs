@@ -79,6 +79,9 @@ pub struct WorkflowRun {
     pub workflow_id: Option<u64>,
     pub head_branch: Option<String>,
     pub head_sha: String,
+    /// The workflow's file, `.github/workflows/ci.yml`.
+    #[serde(default)]
+    pub path: Option<String>,
     pub run_attempt: Option<u64>,
     pub conclusion: Option<String>,
     pub html_url: Option<String>,

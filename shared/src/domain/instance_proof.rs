@@ -28,6 +28,10 @@ pub const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-
 /// the rule holds whatever the STS endpoint (the emulator checks no signature).
 pub const MAX_AGE_SECONDS: i64 = 15 * 60;
 
+/// How far ahead of the function's clock a proof may be dated (clock skew), so a proof
+/// minted in advance is not good for longer than one signed now.
+pub const MAX_SKEW_SECONDS: i64 = 5 * 60;
+
 /// Headers a proof may carry: the ones SigV4 signs for this request, and nothing a proxy
 /// would act on.
 const ALLOWED_HEADERS: [&str; 7] = [
@@ -64,9 +68,11 @@ pub enum ProofError {
     #[error("the instance proof is for `{found}`, not for `{expected}`")]
     Audience { found: String, expected: String },
     #[error(
-        "the instance proof was signed {age} s from now; a proof is good for 15 minutes (is the instance's clock right?)"
+        "the instance proof was signed {age} s from now; a proof is good for 15 minutes after it is signed (is the instance's clock right?)"
     )]
     Stale { age: i64 },
+    #[error("this instance proof was used already: sign a new one")]
+    Used,
     #[error("the instance proof was signed by `{0}`, which is not an instance profile's role session")]
     NotAnInstance(String),
     #[error(
@@ -77,10 +83,22 @@ pub enum ProofError {
     OtherInstance { signed: String, claimed: String },
 }
 
-/// Checks a proof before it is sent anywhere. `own_sts_host` is the host of the STS endpoint
-/// the function is configured with (the emulator's locally); AWS's STS hosts are accepted
-/// as well, since an agent signs for its own region's endpoint. Answers the host to send to.
-pub fn check(proof: &InstanceProof, environment: &str, now: i64, own_sts_host: &str) -> Result<String, ProofError> {
+/// A proof that passed [`check`]: where to send it, and when it was signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedProof {
+    pub host: String,
+    pub signed_at: i64,
+}
+
+/// Checks a proof before it is sent anywhere. It goes only to `own_sts_host` (the regional
+/// STS endpoint the function uses, or the emulator locally) or to STS's global endpoint:
+/// never to a host the sender picks.
+pub fn check(
+    proof: &InstanceProof,
+    environment: &str,
+    now: i64,
+    own_sts_host: &str,
+) -> Result<CheckedProof, ProofError> {
     let malformed = |what: &str| ProofError::Malformed(what.to_owned());
     if proof.body != GET_CALLER_IDENTITY {
         return Err(malformed("the body must be `Action=GetCallerIdentity&Version=2011-06-15`"));
@@ -90,6 +108,9 @@ pub fn check(proof: &InstanceProof, environment: &str, now: i64, own_sts_host: &
     }
     if proof.headers.values().map(String::len).sum::<usize>() > 8 * 1024 {
         return Err(malformed("its headers are larger than 8 KB"));
+    }
+    if proof.headers.values().any(|value| !value.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+        return Err(malformed("a header value is not printable ASCII"));
     }
     let header = |name: &str| proof.headers.get(name).map(String::as_str);
     let authorization = header("authorization").ok_or_else(|| malformed("it has no authorization header"))?;
@@ -112,27 +133,26 @@ pub fn check(proof: &InstanceProof, environment: &str, now: i64, own_sts_host: &
     let signed_at = header("x-amz-date")
         .and_then(parse_amz_date)
         .ok_or_else(|| malformed("x-amz-date is missing or not YYYYMMDDTHHMMSSZ"))?;
-    if (now - signed_at).abs() > MAX_AGE_SECONDS {
+    if now - signed_at > MAX_AGE_SECONDS || signed_at - now > MAX_SKEW_SECONDS {
         return Err(ProofError::Stale { age: signed_at - now });
     }
     let host = header("host").ok_or_else(|| malformed("it has no host header"))?;
-    if host != own_sts_host && !is_aws_sts_host(host) {
+    if host != own_sts_host && host != GLOBAL_STS_HOST {
         return Err(ProofError::NotSts(host.to_owned()));
     }
-    Ok(host.to_owned())
+    Ok(CheckedProof { host: host.to_owned(), signed_at })
 }
 
-/// `sts.amazonaws.com`, `sts.<region>.amazonaws.com`, and the China partition's
-/// `sts.<region>.amazonaws.com.cn`.
-fn is_aws_sts_host(host: &str) -> bool {
-    if host == "sts.amazonaws.com" {
-        return true;
+/// STS's global endpoint, which older SDKs sign for.
+const GLOBAL_STS_HOST: &str = "sts.amazonaws.com";
+
+/// A proof may enrol once: one signed no later than the proof behind the current enrolment
+/// is a replay (`proven_at` is that proof's signing time).
+pub fn fresh(signed_at: i64, proven_at: Option<i64>) -> Result<(), ProofError> {
+    match proven_at {
+        Some(before) if signed_at <= before => Err(ProofError::Used),
+        _ => Ok(()),
     }
-    let region = host
-        .strip_prefix("sts.")
-        .and_then(|rest| rest.strip_suffix(".amazonaws.com").or_else(|| rest.strip_suffix(".amazonaws.com.cn")));
-    region
-        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
 }
 
 fn parse_amz_date(value: &str) -> Option<i64> {
@@ -222,19 +242,25 @@ mod tests {
 
     #[test]
     fn a_fresh_proof_for_this_environment_goes_to_the_sts_it_was_signed_for() {
-        assert_eq!(check(&proof("production", STS, NOW - 60), "production", NOW, "127.0.0.1:5000"), Ok(STS.into()));
+        let checked = check(&proof("production", STS, NOW - 60), "production", NOW, STS);
+        assert_eq!(checked, Ok(CheckedProof { host: STS.into(), signed_at: NOW - 60 }));
         let local = proof("production", "127.0.0.1:5000", NOW);
-        assert_eq!(check(&local, "production", NOW, "127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
-        for host in ["sts.amazonaws.com", "sts.cn-north-1.amazonaws.com.cn"] {
-            assert!(check(&proof("production", host, NOW), "production", NOW, "x").is_ok(), "{host}");
-        }
+        assert_eq!(check(&local, "production", NOW, "127.0.0.1:5000").map(|c| c.host), Ok("127.0.0.1:5000".into()));
+        let global = check(&proof("production", "sts.amazonaws.com", NOW), "production", NOW, STS);
+        assert_eq!(global.map(|c| c.host), Ok("sts.amazonaws.com".into()));
     }
 
     #[test]
     fn a_proof_never_sends_the_function_anywhere_but_sts() {
-        for host in ["169.254.169.254", "sts.eu-west-1.amazonaws.com.evil.example", "sts..amazonaws.com", "example.com"]
-        {
-            let refused = check(&proof("production", host, NOW), "production", NOW, "127.0.0.1:5000");
+        let hosts = [
+            "169.254.169.254",
+            "sts.eu-west-1.amazonaws.com.evil.example",
+            "sts.s3.amazonaws.com",
+            "sts.us-east-1.amazonaws.com",
+            "example.com",
+        ];
+        for host in hosts {
+            let refused = check(&proof("production", host, NOW), "production", NOW, STS);
             assert_eq!(refused, Err(ProofError::NotSts(host.into())));
         }
     }
@@ -252,13 +278,17 @@ mod tests {
 
     #[test]
     fn only_a_fresh_get_caller_identity_is_a_proof() {
+        assert!(check(&proof("production", STS, NOW + 240), "production", NOW, STS).is_ok(), "clock skew within 5 min");
+        assert_eq!(
+            check(&proof("production", STS, NOW + 600), "production", NOW, STS),
+            Err(ProofError::Stale { age: 600 })
+        );
+        let mut injected = proof("production", STS, NOW);
+        injected.headers.insert("x-amz-security-token".into(), "a\r\nx-evil: 1".into());
+        assert!(matches!(check(&injected, "production", NOW, STS), Err(ProofError::Malformed(_))));
         assert_eq!(
             check(&proof("production", STS, NOW - 901), "production", NOW, STS),
             Err(ProofError::Stale { age: -901 })
-        );
-        assert!(
-            check(&proof("production", STS, NOW + 600), "production", NOW, STS).is_ok(),
-            "clock skew within 15 min"
         );
         let mut other_action = proof("production", STS, NOW);
         other_action.body = "Action=AssumeRole&Version=2011-06-15".into();
@@ -269,6 +299,14 @@ mod tests {
         let mut unsigned = proof("production", STS, NOW);
         unsigned.headers.remove("authorization");
         assert!(matches!(check(&unsigned, "production", NOW, STS), Err(ProofError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_proof_enrols_once() {
+        assert_eq!(fresh(NOW, None), Ok(()));
+        assert_eq!(fresh(NOW, Some(NOW - 1)), Ok(()));
+        assert_eq!(fresh(NOW, Some(NOW)), Err(ProofError::Used));
+        assert_eq!(fresh(NOW - 5, Some(NOW)), Err(ProofError::Used));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::gate::{RunKind, RunRecord, RunStatus};
 use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
 use super::records::{
     BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState,
@@ -82,8 +83,11 @@ pub struct Plan {
     pub commits: Vec<CommitRecord>,
     pub push: Option<PushRecord>,
     pub build: Option<BuildRecord>,
-    /// At most one per environment; the store creates each only if (environment, sha) is new.
-    /// Each is checked against its branch's head before it is created ([`order_build`]).
+    /// The CI run the delivery reports, for the deploy gate ([`super::gate`]).
+    pub run: Option<RunRecord>,
+    /// The deployments the commit gets if the gate passes: at most one per environment that
+    /// tracks the run's branch and repository. The store creates each only if (environment,
+    /// sha) is new, after checking it against its branch's head ([`order_build`]).
     pub deployments: Vec<DeploymentRecord>,
     /// The branch head a push moves (not for tags or deletions).
     pub head: Option<BranchHead>,
@@ -91,12 +95,12 @@ pub struct Plan {
 
 impl Plan {
     fn outcome(outcome: Outcome) -> Self {
-        Self { outcome, commits: Vec::new(), push: None, build: None, deployments: Vec::new(), head: None }
+        Self { outcome, commits: Vec::new(), push: None, build: None, run: None, deployments: Vec::new(), head: None }
     }
 
-    /// A finished build and the deployments it creates.
-    fn build(build: BuildRecord, deployments: Vec<DeploymentRecord>) -> Self {
-        Self { build: Some(build), deployments, ..Self::outcome(Outcome::Recorded) }
+    /// A run of CI, finished (`build`) or not, and the deployments the gate may create.
+    fn run(run: Option<RunRecord>, build: Option<BuildRecord>, deployments: Vec<DeploymentRecord>) -> Self {
+        Self { build, run, deployments, ..Self::outcome(Outcome::Recorded) }
     }
 }
 
@@ -228,105 +232,139 @@ fn plan_push(push: PushEvent, delivery: &str, ctx: &PlanContext<'_>) -> Result<P
         received_at: ctx.now,
         pushed_at,
     };
-    Ok(Plan { outcome: Outcome::Recorded, commits, push: Some(record), build: None, deployments: Vec::new(), head })
-}
-
-/// Which kind of build finished, for environments that require one workflow.
-enum BuildKind<'a> {
-    Workflow(&'a str),
-    CheckSuite,
+    Ok(Plan {
+        outcome: Outcome::Recorded,
+        commits,
+        push: Some(record),
+        build: None,
+        run: None,
+        deployments: Vec::new(),
+        head,
+    })
 }
 
 fn plan_workflow_run(event: WorkflowRunEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
-    if event.action != "completed" {
-        return Ok(Plan::outcome(Outcome::Ignored(format!("workflow run {}", event.action))));
-    }
+    let status = match event.action.as_str() {
+        "requested" => RunStatus::Requested,
+        "in_progress" => RunStatus::InProgress,
+        "completed" => RunStatus::Completed,
+        other => return Ok(Plan::outcome(Outcome::Ignored(format!("workflow run {other}")))),
+    };
     let run = &event.workflow_run;
     let name = run.name.clone().unwrap_or_default();
-    let completed_at = match &run.updated_at {
+    let updated_at = match &run.updated_at {
         Some(at) => timestamp("workflow_run", "workflow_run.updated_at", at)?,
         None => ctx.now,
     };
-    let build = BuildRecord {
+    let attempt = run.run_attempt.unwrap_or(1);
+    let record = RunRecord {
         repository: event.repository.full_name.clone(),
         sha: run.head_sha.clone(),
         branch: run.head_branch.clone(),
-        source: format!("workflow_run:{}:{}:{}", run.workflow_id.unwrap_or(0), run.id, run.run_attempt.unwrap_or(1)),
+        key: format!("workflow:{}:{}", run.workflow_id.unwrap_or(0), run.id),
+        kind: RunKind::Workflow,
         name: name.clone(),
+        path: run.path.clone(),
+        attempt,
+        status,
+        conclusion: run.conclusion.clone().filter(|_| status == RunStatus::Completed),
+        updated_at,
+    };
+    let build = (status == RunStatus::Completed).then(|| BuildRecord {
+        repository: record.repository.clone(),
+        sha: record.sha.clone(),
+        branch: record.branch.clone(),
+        source: format!("workflow_run:{}:{}:{attempt}", run.workflow_id.unwrap_or(0), run.id),
+        name,
         conclusion: run.conclusion.clone().unwrap_or_else(|| "unknown".into()),
         url: run.html_url.clone(),
-        completed_at,
-    };
-    // A run on a fork's branch of the same name must never deploy this repository.
-    let from_fork = run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name);
-    let deployments = if from_fork { Vec::new() } else { deployments_for(&build, BuildKind::Workflow(&name), ctx) };
-    Ok(Plan::build(build, deployments))
+        completed_at: updated_at,
+    });
+    // A run on a fork's branch of the same name must never deploy this repository, nor
+    // hold its deployments back: its result is kept in the ledger, and that is all.
+    if run.head_repository.as_ref().is_some_and(|head| head.full_name != event.repository.full_name) {
+        return Ok(Plan::run(None, build, Vec::new()));
+    }
+    let deployments = deployments_for(&record, ctx);
+    Ok(Plan::run(Some(record), build, deployments))
 }
 
 fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Plan, IntakeError> {
-    if event.action != "completed" {
-        return Ok(Plan::outcome(Outcome::Ignored(format!("check suite {}", event.action))));
-    }
+    let status = match event.action.as_str() {
+        "requested" | "rerequested" => RunStatus::Requested,
+        "completed" => RunStatus::Completed,
+        other => return Ok(Plan::outcome(Outcome::Ignored(format!("check suite {other}")))),
+    };
     let suite = &event.check_suite;
     let app = suite
         .app
         .as_ref()
         .and_then(|app| app.slug.clone().or_else(|| app.name.clone()))
         .unwrap_or_else(|| "unknown-app".into());
-    let completed_at = match &suite.updated_at {
+    let updated_at = match &suite.updated_at {
         Some(at) => timestamp("check_suite", "check_suite.updated_at", at)?,
         None => ctx.now,
     };
-    let build = BuildRecord {
+    let record = RunRecord {
         repository: event.repository.full_name.clone(),
         sha: suite.head_sha.clone(),
         branch: suite.head_branch.clone(),
+        key: format!("check_suite:{app}:{}", suite.id),
+        kind: RunKind::CheckSuite,
+        name: app.clone(),
+        path: None,
+        attempt: 1,
+        status,
+        conclusion: suite.conclusion.clone().filter(|_| status == RunStatus::Completed),
+        updated_at,
+    };
+    let build = (status == RunStatus::Completed).then(|| BuildRecord {
+        repository: record.repository.clone(),
+        sha: record.sha.clone(),
+        branch: record.branch.clone(),
         source: format!("check_suite:{app}:{}", suite.id),
         name: app,
         conclusion: suite.conclusion.clone().unwrap_or_else(|| "unknown".into()),
         url: suite.url.clone(),
-        completed_at,
-    };
-    let deployments = deployments_for(&build, BuildKind::CheckSuite, ctx);
-    Ok(Plan::build(build, deployments))
+        completed_at: updated_at,
+    });
+    let deployments = deployments_for(&record, ctx);
+    Ok(Plan::run(Some(record), build, deployments))
 }
 
-fn tracks(env: &Environment, build: &BuildRecord, kind: &BuildKind<'_>) -> bool {
-    build.branch.as_deref() == Some(env.branch.as_str())
-        && env.repository.as_ref().is_none_or(|repo| *repo == build.repository)
-        && match (&env.require_workflow, kind) {
-            (None, _) => true,
-            (Some(required), BuildKind::Workflow(name)) => required == name,
-            (Some(_), BuildKind::CheckSuite) => false,
-        }
+/// Whether `env` deploys the commits of `run`'s branch and repository, and `run` counts in
+/// its gate.
+fn tracks(env: &Environment, run: &RunRecord) -> bool {
+    run.branch.as_deref() == Some(env.branch.as_str())
+        && env.repository.admits(&run.repository)
+        && super::gate::counts_for(env, run)
 }
 
-fn deployments_for(build: &BuildRecord, kind: BuildKind<'_>, ctx: &PlanContext<'_>) -> Vec<DeploymentRecord> {
-    if !build.succeeded() {
-        return Vec::new();
-    }
-    let version = DeploymentRecord::version_for(&build.sha);
+/// The deployments `run`'s commit gets where the gate passes. Its reason is set when the
+/// gate passes (which runs passed).
+fn deployments_for(run: &RunRecord, ctx: &PlanContext<'_>) -> Vec<DeploymentRecord> {
+    let version = DeploymentRecord::version_for(&run.sha);
     ctx.config
         .environments
         .iter()
-        .filter(|env| tracks(env, build, &kind))
+        .filter(|env| tracks(env, run))
         .map(|env| DeploymentRecord {
             environment: env.name.clone(),
-            repository: build.repository.clone(),
-            sha: build.sha.clone(),
+            repository: run.repository.clone(),
+            sha: run.sha.clone(),
             branch: env.branch.clone(),
             artifact: env.artifact.render(&ArtifactFields {
                 bucket: ctx.artifacts_bucket,
-                repository: &build.repository,
-                sha: &build.sha,
+                repository: &run.repository,
+                sha: &run.sha,
                 version: &version,
                 branch: &env.branch,
                 environment: &env.name,
             }),
             version: version.clone(),
             state: DeploymentState::Pending,
-            reason: format!("{} succeeded on {}", build.name, env.branch),
-            build: build.source.clone(),
+            reason: format!("{} passed on {}", run.name, env.branch),
+            build: run.key.clone(),
             created_at: ctx.now,
             pushed_at: None,
             run: RunState::default(),
@@ -366,7 +404,7 @@ mod tests {
     #[test]
     fn success_on_a_tracked_branch_creates_one_pending_deployment_per_environment() {
         let config = config(
-            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\n\n[[environment]]\nname = \"canary\"\nbranch = \"main\"\nrepository = \"o/r\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n",
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"*\"\n\n[[environment]]\nname = \"canary\"\nbranch = \"main\"\nrepository = \"o/r\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\nrepository = \"*\"\n",
         );
         let plan = plan("workflow_run", "d1", &workflow_run("main", "success", "CI"), &ctx(&config)).unwrap();
         let build = plan.build.as_ref().unwrap();
@@ -383,18 +421,25 @@ mod tests {
     #[test]
     fn failures_untracked_branches_and_other_repositories_deploy_nothing() {
         let config = config(
-            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/other\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\n",
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/other\"\n\n[[environment]]\nname = \"dev\"\nbranch = \"develop\"\nrepository = \"*\"\n",
         );
-        for (branch, conclusion) in [("main", "success"), ("develop", "failure"), ("feature", "success")] {
+        for (branch, conclusion) in [("main", "success"), ("feature", "success")] {
             let plan = plan("workflow_run", "d", &workflow_run(branch, conclusion, "CI"), &ctx(&config)).unwrap();
             assert!(plan.deployments.is_empty(), "{branch} {conclusion}");
             assert_eq!(plan.build.unwrap().conclusion, conclusion);
         }
+        // A failure on a tracked branch: the gate cancels.
+        let failed = plan("workflow_run", "d", &workflow_run("develop", "failure", "CI"), &ctx(&config)).unwrap();
+        assert_eq!(failed.deployments.len(), 1, "a candidate, for the gate to cancel");
+        let gate = super::super::gate::decide(&config.environments[1], &[failed.run.unwrap()]);
+        assert!(matches!(gate, super::super::gate::Gate::Cancel(_)), "{gate:?}");
     }
 
     #[test]
     fn require_workflow_limits_what_deploys() {
-        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrequire_workflow = \"Release\"\n");
+        let config = config(
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"*\"\nrequire_workflow = \"Release\"\n",
+        );
         let other = plan("workflow_run", "d", &workflow_run("main", "success", "Lint"), &ctx(&config)).unwrap();
         assert!(other.deployments.is_empty());
         let release = plan("workflow_run", "d", &workflow_run("main", "success", "Release"), &ctx(&config)).unwrap();
@@ -406,23 +451,56 @@ mod tests {
     }
 
     #[test]
-    fn runs_from_forks_never_deploy() {
-        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\n");
-        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
-        body["workflow_run"]["head_repository"]["full_name"] = "mallory/r".into();
-        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
-        assert!(plan.deployments.is_empty());
-        assert!(plan.build.is_some());
+    fn require_workflow_names_workflows_by_file_or_name_one_or_several() {
+        let run = |name: &str, path: &str, repository: &str| {
+            let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", name)).unwrap();
+            body["workflow_run"]["path"] = path.into();
+            body["repository"]["full_name"] = repository.into();
+            body["workflow_run"]["head_repository"]["full_name"] = repository.into();
+            body.to_string().into_bytes()
+        };
+        let deploys =
+            |config: &Config, body: &[u8]| plan("workflow_run", "d", body, &ctx(config)).unwrap().deployments.len();
+        let by_file = config(
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/r\"\nrequire_workflow = \".github/workflows/ci.yml\"\n",
+        );
+        assert_eq!(deploys(&by_file, &run("CI", ".github/workflows/ci.yml", "o/r")), 1);
+        // Another workflow that happens to share the name does not count.
+        assert_eq!(deploys(&by_file, &run("CI", ".github/workflows/lint.yml", "o/r")), 0);
+        let several = config(
+            "[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/r\"\nrequire_workflow = [\"Release\", \".github/workflows/ci.yml\"]\n",
+        );
+        assert_eq!(deploys(&several, &run("Release", ".github/workflows/release.yml", "o/r")), 1);
+        assert_eq!(deploys(&several, &run("Build", ".github/workflows/ci.yml", "o/r")), 1);
+        assert_eq!(deploys(&several, &run("Lint", ".github/workflows/lint.yml", "o/r")), 0);
+        // GitHub keeps the repository's canonical casing; the config's may differ.
+        assert_eq!(deploys(&by_file, &run("CI", ".github/workflows/ci.yml", "O/R")), 1);
+        assert_eq!(deploys(&by_file, &run("CI", ".github/workflows/ci.yml", "o/other")), 0);
     }
 
     #[test]
-    fn unfinished_runs_are_ignored() {
+    fn runs_from_forks_never_deploy() {
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"*\"\n");
+        let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
+        body["workflow_run"]["head_repository"]["full_name"] = "mallory/r".into();
+        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert!(plan.deployments.is_empty() && plan.run.is_none(), "never in the gate");
+        assert!(plan.build.is_some(), "kept in the ledger");
+    }
+
+    #[test]
+    fn unfinished_runs_enter_the_gate_and_are_not_builds() {
         let config = Config::default();
         let mut body: serde_json::Value = serde_json::from_slice(&workflow_run("main", "success", "CI")).unwrap();
         body["action"] = "in_progress".into();
-        let plan = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
-        assert!(matches!(plan.outcome, Outcome::Ignored(_)));
-        assert!(plan.build.is_none());
+        let running = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert_eq!(running.outcome, Outcome::Recorded);
+        assert!(running.build.is_none());
+        let run = running.run.unwrap();
+        assert_eq!((run.status, run.conclusion), (super::super::gate::RunStatus::InProgress, None));
+        body["action"] = "waiting".into();
+        let waiting = plan("workflow_run", "d", body.to_string().as_bytes(), &ctx(&config)).unwrap();
+        assert!(matches!(waiting.outcome, Outcome::Ignored(_)));
     }
 
     #[test]
@@ -495,7 +573,7 @@ mod tests {
             eprintln!("skipped: {FIXTURES} is not beside this clone");
             return;
         };
-        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"master\"\n");
+        let config = config("[[environment]]\nname = \"prod\"\nbranch = \"master\"\nrepository = \"*\"\n");
         let mut planned = 0;
         for folder in folders.flatten() {
             let event = folder.file_name().to_string_lossy().into_owned();

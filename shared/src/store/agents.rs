@@ -42,6 +42,10 @@ pub struct Enrollment {
     /// How the agent showed it runs on the instance.
     #[serde(default)]
     pub proof: EnrollmentProof,
+    /// When the instance proof behind it was signed: an older or the same proof cannot
+    /// enrol again.
+    #[serde(default)]
+    pub proven_at: Option<i64>,
 }
 
 /// How an agent showed it runs on its instance.
@@ -133,6 +137,7 @@ impl Table {
         instance: &str,
         hash: &str,
         replacing: Option<&str>,
+        proven_at: i64,
         now: i64,
     ) -> Result<Put, StoreError> {
         let mut item = Key::agent(environment, instance).into_item();
@@ -143,6 +148,7 @@ impl Table {
             ("confirmed".into(), AttributeValue::Bool(true)),
             ("issued_at".into(), n(now)),
             ("proof".into(), s("instance_profile")),
+            ("proven_at".into(), n(proven_at)),
         ]);
         match replacing {
             None => self.put_if_absent(item).await,

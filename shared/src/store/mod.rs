@@ -10,6 +10,7 @@
 //! | push        | `REPO#<owner/name>`         | `PUSH#<delivery guid>`   | `PUSHES`              | `<received at>#<owner/name>`     |       |
 //! | build       | `REPO#<owner/name>`         | `BUILD#<sha>#<source>`   | `BUILDS`              | `<completed at>#<owner/name>#<sha>` |    |
 //! | branch head | `REPO#<owner/name>`         | `HEAD#<branch>`          |                       |                                  |       |
+//! | CI run      | `REPO#<owner/name>`         | `RUN#<sha>#<run key>`    |                       |                                  | 30 days|
 //! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<owner/name>#<sha>` | `DEPLOYMENTS#<env>` | `<created at>#<sha>`      |       |
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
@@ -38,6 +39,7 @@
 
 mod agents;
 mod rollout;
+mod runs;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -237,8 +239,11 @@ pub fn claim_token(id: &str, now: i64) -> String {
 pub enum Claim {
     /// This invocation owns the delivery and must finish or release it.
     Claimed,
-    /// Processed before, or being processed by another copy right now.
+    /// Processed before, to the end: nothing to do.
     Duplicate,
+    /// Another invocation is processing it right now (or just gave it up): not done yet, so
+    /// the sender is asked to try again in this many seconds rather than told it is done.
+    InFlight { retry_after: i64 },
 }
 
 /// The table, with the operations Conveyor performs on it.
@@ -584,7 +589,8 @@ impl Table {
 
     /// Claims an outside event (a delivery, a Stripe event) for processing. Succeeds for a new
     /// one, for one whose earlier claim was abandoned (lease over: the invocation crashed),
-    /// and for an expired record. The record is kept `ttl_seconds` for dedupe.
+    /// and for an expired record. The record is kept `ttl_seconds` for dedupe. An event that
+    /// cannot be claimed is a [`Claim::Duplicate`] only once it was processed to the end.
     pub async fn claim(
         &self,
         key: Key,
@@ -593,7 +599,7 @@ impl Table {
         now: i64,
         ttl_seconds: i64,
     ) -> Result<Claim, StoreError> {
-        let mut item = key.into_item();
+        let mut item = key.clone().into_item();
         item.extend([
             ("event".into(), s(event)),
             ("state".into(), s("processing")),
@@ -610,9 +616,20 @@ impl Table {
                 HashMap::from([(":processing".into(), s("processing")), (":now".into(), n(now))]),
             )
             .await?;
-        Ok(match put {
-            Put::Created => Claim::Claimed,
-            Put::AlreadyExists => Claim::Duplicate,
+        if put == Put::Created {
+            return Ok(Claim::Claimed);
+        }
+        let Some(current) = self.read(key, true).await? else {
+            // Released by a failed attempt meanwhile: the next try claims it.
+            return Ok(Claim::InFlight { retry_after: 1 });
+        };
+        let text = |name: &str| current.get(name).and_then(|v| v.as_s().ok()).map(String::as_str);
+        let lease_until = current.get("lease_until").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok());
+        Ok(match (text("state"), lease_until) {
+            (Some("processing"), lease) => {
+                Claim::InFlight { retry_after: lease.map_or(1, |until| until - now).clamp(1, DELIVERY_LEASE_SECONDS) }
+            }
+            _ => Claim::Duplicate,
         })
     }
 

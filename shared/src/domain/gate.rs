@@ -1,0 +1,211 @@
+//! The deploy gate: all green, not first green.
+//!
+//! Every CI run GitHub reports for a commit (workflow runs from `requested` on, check suites
+//! when they complete) is recorded as a [`RunRecord`], one per run or check suite, the
+//! latest attempt replacing earlier ones. A commit deploys to an environment when every run
+//! that counts there has completed and passed; a run that fails cancels a deployment that
+//! has not started. Without `require_workflow` every run counts; with it, only runs of the
+//! named workflows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Environment;
+
+/// How far a run has got, in GitHub's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Requested,
+    InProgress,
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Workflow,
+    CheckSuite,
+}
+
+/// One CI run of a commit, as last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub repository: String,
+    pub sha: String,
+    pub branch: Option<String>,
+    /// `workflow:<workflow id>:<run id>` or `check_suite:<app>:<suite id>`: a re-run keeps
+    /// its key, so its latest attempt is what counts; separate runs of one workflow (a push
+    /// and a pull request on the same commit) each count.
+    pub key: String,
+    pub kind: RunKind,
+    /// The workflow's name, or the checking app's.
+    pub name: String,
+    /// The workflow's file (`.github/workflows/ci.yml`); none for check suites.
+    pub path: Option<String>,
+    pub attempt: u64,
+    pub status: RunStatus,
+    /// success, failure, cancelled, ... once completed.
+    pub conclusion: Option<String>,
+    pub updated_at: i64,
+}
+
+impl RunRecord {
+    /// Orders two reports of one run: a later attempt wins, then a later stage. A report
+    /// that ranks no higher than the recorded one changes nothing (redeliveries, events
+    /// that arrive out of order).
+    pub fn rank(&self) -> i64 {
+        let stage = match self.status {
+            RunStatus::Requested => 1,
+            RunStatus::InProgress => 2,
+            RunStatus::Completed => 3,
+        };
+        // A workflow re-run counts its attempts; a re-requested check suite keeps its id and
+        // only its time moves on.
+        let round = match self.kind {
+            RunKind::Workflow => i64::try_from(self.attempt).unwrap_or(i64::MAX / 4),
+            RunKind::CheckSuite => self.updated_at,
+        };
+        round.saturating_mul(4).saturating_add(stage)
+    }
+
+    /// Completed, and nothing in it failed (GitHub's `neutral` and `skipped` pass).
+    pub fn passed(&self) -> bool {
+        self.status == RunStatus::Completed
+            && matches!(self.conclusion.as_deref(), Some("success" | "neutral" | "skipped"))
+    }
+
+    fn failed(&self) -> bool {
+        self.status == RunStatus::Completed && !self.passed()
+    }
+
+    /// `workflow CI (.github/workflows/ci.yml)` or `check suite circleci`.
+    pub fn label(&self) -> String {
+        match (&self.kind, &self.path) {
+            (RunKind::Workflow, Some(path)) => format!("workflow {} ({path})", self.name),
+            (RunKind::Workflow, None) => format!("workflow {}", self.name),
+            (RunKind::CheckSuite, _) => format!("check suite {}", self.name),
+        }
+    }
+}
+
+/// Whether `run` decides anything for `env`.
+pub fn counts_for(env: &Environment, run: &RunRecord) -> bool {
+    if env.require_workflow.is_empty() {
+        return true;
+    }
+    run.kind == RunKind::Workflow
+        && env
+            .require_workflow
+            .iter()
+            .any(|wanted| *wanted == run.name || run.path.as_deref() == Some(wanted.trim_start_matches("./")))
+}
+
+/// What the runs of a commit say for one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Every run that counts passed: deploy, with this reason.
+    Deploy(String),
+    /// Runs that count are still going (named), or none has been seen.
+    Wait(Vec<String>),
+    /// A run that counts failed: no deployment of this commit here, for this reason.
+    Cancel(String),
+}
+
+/// The gate for `env` over every run seen for one commit.
+pub fn decide(env: &Environment, runs: &[RunRecord]) -> Gate {
+    let counted: Vec<&RunRecord> = runs.iter().filter(|run| counts_for(env, run)).collect();
+    if let Some(failed) = counted.iter().find(|run| run.failed()) {
+        let conclusion = failed.conclusion.as_deref().unwrap_or("unknown");
+        return Gate::Cancel(format!("{} concluded {conclusion}", failed.label()));
+    }
+    let running: Vec<String> = counted.iter().filter(|run| !run.passed()).map(|run| run.label()).collect();
+    if !running.is_empty() || counted.is_empty() {
+        return Gate::Wait(running);
+    }
+    let names: Vec<&str> = counted.iter().map(|run| run.name.as_str()).collect();
+    Gate::Deploy(format!("{} passed on {}", names.join(", "), env.branch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn env(extra: &str) -> Environment {
+        let text = format!("[[environment]]\nname = \"prod\"\nbranch = \"main\"\nrepository = \"o/r\"\n{extra}");
+        Config::parse(&text, "t.toml").unwrap().environments.remove(0)
+    }
+
+    fn run(name: &str, status: RunStatus, conclusion: Option<&str>) -> RunRecord {
+        RunRecord {
+            repository: "o/r".into(),
+            sha: "a".repeat(40),
+            branch: Some("main".into()),
+            key: format!("workflow:{name}"),
+            kind: RunKind::Workflow,
+            name: name.into(),
+            path: Some(format!(".github/workflows/{}.yml", name.to_lowercase())),
+            attempt: 1,
+            status,
+            conclusion: conclusion.map(str::to_owned),
+            updated_at: 100,
+        }
+    }
+
+    #[test]
+    fn a_quick_green_run_waits_for_the_others() {
+        let env = env("");
+        let lint = run("Lint", RunStatus::Completed, Some("success"));
+        let build = run("Build", RunStatus::InProgress, None);
+        assert_eq!(
+            decide(&env, &[lint.clone(), build]),
+            Gate::Wait(vec!["workflow Build (.github/workflows/build.yml)".into()])
+        );
+        let built = run("Build", RunStatus::Completed, Some("success"));
+        assert_eq!(decide(&env, &[lint, built]), Gate::Deploy("Lint, Build passed on main".into()));
+    }
+
+    #[test]
+    fn any_failed_run_cancels() {
+        let env = env("");
+        let runs = [
+            run("Build", RunStatus::Completed, Some("success")),
+            run("Tests", RunStatus::Completed, Some("failure")),
+            run("Lint", RunStatus::InProgress, None),
+        ];
+        assert_eq!(
+            decide(&env, &runs),
+            Gate::Cancel("workflow Tests (.github/workflows/tests.yml) concluded failure".into())
+        );
+        let cancelled = [run("Build", RunStatus::Completed, Some("cancelled"))];
+        assert!(matches!(decide(&env, &cancelled), Gate::Cancel(_)));
+        let neutral = [run("Build", RunStatus::Completed, Some("neutral"))];
+        assert!(matches!(decide(&env, &neutral), Gate::Deploy(_)));
+    }
+
+    #[test]
+    fn with_require_workflow_only_the_named_runs_count() {
+        let env = env("require_workflow = \".github/workflows/build.yml\"\n");
+        let failing_lint = run("Lint", RunStatus::Completed, Some("failure"));
+        assert_eq!(
+            decide(&env, std::slice::from_ref(&failing_lint)),
+            Gate::Wait(vec![]),
+            "nothing that counts was seen"
+        );
+        let built = run("Build", RunStatus::Completed, Some("success"));
+        assert!(matches!(decide(&env, &[failing_lint, built]), Gate::Deploy(_)));
+        let mut suite = run("circleci", RunStatus::Completed, Some("success"));
+        suite.kind = RunKind::CheckSuite;
+        suite.path = None;
+        assert!(!counts_for(&env, &suite), "check suites never count when workflows are required");
+    }
+
+    #[test]
+    fn a_later_attempt_or_stage_ranks_higher() {
+        let failed = run("Build", RunStatus::Completed, Some("failure"));
+        let rerun = RunRecord { attempt: 2, ..run("Build", RunStatus::Requested, None) };
+        assert!(rerun.rank() > failed.rank(), "a re-run replaces the failed attempt");
+        let late_in_progress = run("Build", RunStatus::InProgress, None);
+        assert!(late_in_progress.rank() < failed.rank(), "an in_progress that arrives late changes nothing");
+    }
+}
