@@ -32,7 +32,8 @@ async fn a_github_delivery_whose_build_write_fails_is_given_back_and_its_redeliv
     let quiet = Quiet::new(CONFIG).await;
     // The build's write is refused once, after the delivery was claimed and its commits
     // written.
-    let refused = |seen: &conveyor_e2e::Seen<'_>| seen.dynamodb_operation() == Some("PutItem") && seen.body_has("BUILD#");
+    let refused =
+        |seen: &conveyor_e2e::Seen<'_>| seen.dynamodb_operation() == Some("PutItem") && seen.body_has("BUILD#");
     let proxy = FaultProxy::start(refused, 1, Fault::dynamodb("AccessDeniedException", "not authorized")).await;
     let intake = webhook_intake::Intake::new(
         table_behind(&proxy, &quiet).await,
@@ -52,7 +53,10 @@ async fn a_github_delivery_whose_build_write_fails_is_given_back_and_its_redeliv
     let (status, answer) = send(&intake, "/webhooks/github", &headers, &body).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(proxy.faulted(), 1);
-    assert!(quiet.table.read(Key::delivery("4242", "fault-1"), true).await.unwrap().is_none(), "the claim was given back");
+    assert!(
+        quiet.table.read(Key::delivery("4242", "fault-1"), true).await.unwrap().is_none(),
+        "the claim was given back"
+    );
     assert!(quiet.table.recent_builds(10).await.unwrap().is_empty());
 
     // GitHub's redelivery (same GUID) is processed in full, not called a duplicate.
@@ -68,7 +72,8 @@ async fn a_github_delivery_whose_build_write_fails_is_given_back_and_its_redeliv
 #[tokio::test]
 async fn a_stripe_event_whose_subscription_write_fails_is_given_back_and_its_retry_is_applied() {
     let quiet = Quiet::new(CONFIG).await;
-    let refused = |seen: &conveyor_e2e::Seen<'_>| seen.body_has("SUBSCRIPTION#") && seen.dynamodb_operation() != Some("Query");
+    let refused =
+        |seen: &conveyor_e2e::Seen<'_>| seen.body_has("SUBSCRIPTION#") && seen.dynamodb_operation() != Some("Query");
     let proxy = FaultProxy::start(refused, 1, Fault::dynamodb("AccessDeniedException", "not authorized")).await;
     let stripe = stripe_webhook::StripeWebhook::new(
         table_behind(&proxy, &quiet).await,
@@ -93,7 +98,10 @@ async fn a_stripe_event_whose_subscription_write_fails_is_given_back_and_its_ret
     let (status, answer) = send(&stripe, "/webhooks/stripe", &signed(), &body).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(proxy.faulted(), 1);
-    assert!(quiet.table.read(Key::stripe_event("evt_fault"), true).await.unwrap().is_none(), "the claim was given back");
+    assert!(
+        quiet.table.read(Key::stripe_event("evt_fault"), true).await.unwrap().is_none(),
+        "the claim was given back"
+    );
 
     // Stripe retries: applied in full.
     let (status, answer) = send(&stripe, "/webhooks/stripe", &signed(), &body).await;
