@@ -95,11 +95,18 @@ pub async fn functions(
         None => tracing::warn!("webhook-intake is off: set {GITHUB_WEBHOOK_SECRET} to serve it"),
     }
     match &webhook_secrets.stripe {
-        Some(source) => http.push(Arc::new(stripe_webhook::StripeWebhook::new(
-            table.clone(),
-            secrets::resolve(source, sdk).await?,
-            stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
-        ))),
+        Some(source) => http.push(Arc::new(
+            stripe_webhook::StripeWebhook::new(
+                table.clone(),
+                secrets::resolve(source, sdk).await?,
+                stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
+            )
+            .serving(
+                // The local emulator takes test-mode events unless told otherwise.
+                stripe_webhook::Mode::from_env(stripe_webhook::Mode::Test).map_err(DevError::Settings)?,
+                stripe_webhook::grace_from_env().map_err(DevError::Settings)?,
+            ),
+        )),
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
     http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));

@@ -64,20 +64,110 @@ async fn an_older_event_never_overwrites_a_newer_one() {
 }
 
 #[tokio::test]
-async fn at_the_same_second_a_deletion_wins() {
+async fn at_the_same_second_the_lifecycle_decides_and_a_terminal_status_is_never_left() {
     let app = TestApp::spawn("").await;
     let deleted = event("evt_del", "customer.subscription.deleted", 300, subscription("canceled", "price_basic"));
     let updated = event("evt_upd", "customer.subscription.updated", 300, subscription("active", "price_basic"));
     app.deliver_stripe(&deleted, 0).await;
     assert_eq!(app.deliver_stripe(&updated, 0).await.body["outcome"], "stale");
     assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "canceled");
+    // Not even a later event revives it: a new subscription is a new id.
+    let later = event("evt_later", "customer.subscription.updated", 900, subscription("active", "price_basic"));
+    assert_eq!(app.deliver_stripe(&later, 0).await.body["outcome"], "stale");
+    assert_eq!(entitlement(&app).await["entitled"], false);
 
-    // Otherwise the later arrival at the same second applies.
-    let paused = event("evt_p", "customer.subscription.paused", 400, subscription("paused", "price_basic"));
-    let resumed = event("evt_r", "customer.subscription.resumed", 400, subscription("active", "price_basic"));
-    app.deliver_stripe(&paused, 0).await;
-    assert_eq!(app.deliver_stripe(&resumed, 0).await.body["outcome"], "applied");
-    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "active");
+    // Two events of one second apply in lifecycle order, whatever order they arrive in.
+    let second = |id: &str, status: &str| {
+        let mut object = subscription(status, "price_basic");
+        object["id"] = "sub_2".into();
+        event(id, "customer.subscription.updated", 500, object)
+    };
+    app.deliver_stripe(&second("evt_pd", "past_due"), 0).await;
+    assert_eq!(app.deliver_stripe(&second("evt_act", "active"), 0).await.body["outcome"], "stale");
+    assert_eq!(entitlement(&app).await["subscriptions"][1]["status"], "past_due");
+    assert_eq!(app.deliver_stripe(&second("evt_unpaid", "unpaid"), 0).await.body["outcome"], "applied");
+    assert_eq!(entitlement(&app).await["subscriptions"][1]["status"], "unpaid");
+}
+
+#[tokio::test]
+async fn status_comes_from_subscriptions_not_from_invoices_or_checkouts() {
+    let app = TestApp::spawn("").await;
+    // A first payment declined: Stripe keeps the subscription `incomplete`.
+    let created = event("evt_inc", "customer.subscription.created", 100, subscription("incomplete", "price_basic"));
+    app.deliver_stripe(&created, 0).await;
+    let declined = event(
+        "evt_declined",
+        "invoice.payment_failed",
+        101,
+        json!({"id": "in_1", "object": "invoice", "customer": "cus_1", "subscription": "sub_1"}),
+    );
+    assert_eq!(app.deliver_stripe(&declined, 0).await.status, 200);
+    let body = entitlement(&app).await;
+    assert_eq!(
+        (body["entitled"].as_bool(), body["subscriptions"][0]["status"].as_str()),
+        (Some(false), Some("incomplete"))
+    );
+    assert_eq!(
+        app.table.recent_alerts(10).await.unwrap()[0].kind,
+        "payment_failed",
+        "the failure still raises an alert"
+    );
+
+    // It expires; a payment and a checkout arriving later bring nothing back.
+    let expired =
+        event("evt_exp", "customer.subscription.updated", 200, subscription("incomplete_expired", "price_basic"));
+    app.deliver_stripe(&expired, 0).await;
+    let paid = event(
+        "evt_paid",
+        "invoice.paid",
+        300,
+        json!({"id": "in_2", "object": "invoice", "customer": "cus_1", "subscription": "sub_1"}),
+    );
+    app.deliver_stripe(&paid, 0).await;
+    let checkout = event(
+        "evt_co",
+        "checkout.session.completed",
+        301,
+        json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": "sub_1", "payment_status": "paid"}),
+    );
+    app.deliver_stripe(&checkout, 0).await;
+    let body = entitlement(&app).await;
+    assert_eq!(body["subscriptions"][0]["status"], "incomplete_expired");
+    assert_eq!(body["entitled"], false);
+}
+
+#[tokio::test]
+async fn entitlement_ends_after_the_paid_period_and_every_item_is_kept() {
+    let app = TestApp::spawn("").await;
+    let mut object = subscription("active", "price_base");
+    object["items"]["data"] = json!([
+        {"object": "subscription_item", "price": {"id": "price_base", "product": "prod_base"}, "current_period_end": 1_000_000},
+        {"object": "subscription_item", "price": {"id": "price_seats", "product": "prod_seats"}, "current_period_end": 1_000_000}
+    ]);
+    app.deliver_stripe(&event("evt_old_period", "customer.subscription.created", 100, object), 0).await;
+    let body = entitlement(&app).await;
+    assert_eq!(body["entitled"], false, "active, but its period ended long ago and no renewal came: {body}");
+    let sub = &body["subscriptions"][0];
+    assert_eq!(sub["entitled"], false);
+    let items: Vec<&str> = sub["items"].as_array().unwrap().iter().map(|i| i["price"].as_str().unwrap()).collect();
+    assert_eq!(items, ["price_base", "price_seats"]);
+}
+
+#[tokio::test]
+async fn events_of_the_other_mode_touch_nothing() {
+    let app = TestApp::spawn("").await;
+    let mut live: Value = serde_json::from_slice(&event(
+        "evt_live",
+        "customer.subscription.created",
+        100,
+        subscription("active", "price_basic"),
+    ))
+    .unwrap();
+    live["livemode"] = true.into();
+    let answer = app.deliver_stripe(live.to_string().as_bytes(), 0).await;
+    assert_eq!((answer.status, answer.body["outcome"].as_str()), (200, Some("ignored")), "{answer:?}");
+    assert!(answer.body["reason"].as_str().unwrap().contains("live-mode event at a test-mode endpoint"));
+    assert_eq!(app.get("/api/v1/customers/cus_1").await.status, 404, "nothing was written");
 }
 
 #[tokio::test]
@@ -112,7 +202,7 @@ async fn duplicates_change_nothing_also_fifty_at_once() {
     let alerts = app.table.recent_alerts(10).await.unwrap();
     assert_eq!(alerts.len(), 1, "one alert for the failed payment");
     assert_eq!(alerts[0].kind, "payment_failed");
-    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "past_due");
+    assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], Value::Null, "an invoice sets no status");
 }
 
 #[tokio::test]

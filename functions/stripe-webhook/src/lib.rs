@@ -46,16 +46,74 @@ pub fn tolerance_from_env() -> Result<i64, SettingsError> {
     }
 }
 
+/// Which of Stripe's modes this endpoint serves: events of the other are ignored, so test
+/// events never touch the live ledger (and the other way round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Test,
+}
+
+impl Mode {
+    /// `STRIPE_MODE` (`live` or `test`), or `default` when unset.
+    pub fn from_env(default: Mode) -> Result<Mode, SettingsError> {
+        match std::env::var("STRIPE_MODE").ok().as_deref().map(str::trim) {
+            None | Some("") => Ok(default),
+            Some("live") => Ok(Mode::Live),
+            Some("test") => Ok(Mode::Test),
+            Some(other) => Err(SettingsError::Invalid {
+                name: "STRIPE_MODE",
+                expected: "`live` or `test`",
+                value: other.to_owned(),
+            }),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Test => "test",
+        }
+    }
+}
+
+/// How long after its paid period ends a subscription still entitles (renewal events can
+/// be late): `STRIPE_ENTITLEMENT_GRACE_SECONDS`, default 3 days.
+pub const DEFAULT_GRACE: i64 = 3 * 24 * 3600;
+
+/// `STRIPE_ENTITLEMENT_GRACE_SECONDS` (default 3 days).
+pub fn grace_from_env() -> Result<i64, SettingsError> {
+    match std::env::var("STRIPE_ENTITLEMENT_GRACE_SECONDS") {
+        Err(_) => Ok(DEFAULT_GRACE),
+        Ok(text) => text.trim().parse::<i64>().ok().filter(|t| *t >= 0).ok_or(SettingsError::Invalid {
+            name: "STRIPE_ENTITLEMENT_GRACE_SECONDS",
+            expected: "a number of seconds (0 or more)",
+            value: text,
+        }),
+    }
+}
+
 #[derive(Clone)]
 pub struct StripeWebhook {
     table: Table,
     secrets: SecretSet,
     tolerance: i64,
+    mode: Mode,
+    grace: i64,
 }
 
 impl StripeWebhook {
+    /// Serves test-mode events with the default grace; see [`StripeWebhook::serving`]. In
+    /// Lambda, [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
     pub fn new(table: Table, secrets: SecretSet, tolerance: i64) -> Self {
-        Self { table, secrets, tolerance }
+        Self { table, secrets, tolerance, mode: Mode::Test, grace: DEFAULT_GRACE }
+    }
+
+    /// Serves `mode`'s events, with `grace` seconds of entitlement after a period ends.
+    pub fn serving(mut self, mode: Mode, grace: i64) -> Self {
+        self.mode = mode;
+        self.grace = grace;
+        self
     }
 
     pub async fn from_settings(
@@ -66,7 +124,7 @@ impl StripeWebhook {
     ) -> Result<Self, StartupError> {
         let secrets = secrets::resolve(secret, sdk).await?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-        Ok(Self::new(table, secrets, tolerance))
+        Ok(Self::new(table, secrets, tolerance).serving(Mode::from_env(Mode::Live)?, grace_from_env()?))
     }
 
     async fn webhook(&self, request: Request) -> Response {
@@ -86,6 +144,20 @@ impl StripeWebhook {
             Ok(event) => event,
             Err(err) => return http::error(StatusCode::BAD_REQUEST, "invalid_event", err),
         };
+        let mode = if event.livemode { Mode::Live } else { Mode::Test };
+        if mode != self.mode {
+            // Answered 200 so Stripe does not retry it; nothing is recorded.
+            let reason = format!(
+                "a {}-mode event at a {}-mode endpoint (STRIPE_MODE): nothing recorded",
+                mode.name(),
+                self.mode.name()
+            );
+            tracing::warn!(event = %event.id, kind = %event.kind, %reason, "Stripe event of the other mode");
+            return http::json(
+                StatusCode::OK,
+                &json!({"ok": true, "duplicate": false, "event": event.id, "outcome": "ignored", "reason": reason}),
+            );
+        }
         let key = || Key::stripe_event(&event.id);
         let token = store::claim_token(&event.id, now);
         match self.table.claim(key(), &event.kind, &token, now, STRIPE_EVENT_TTL_SECONDS).await {
@@ -152,7 +224,11 @@ impl StripeWebhook {
                 format!("no subscription is known for {customer}"),
             ),
             Ok(subscriptions) => {
-                let entitled = subscriptions.iter().any(|s| s.status.as_deref().is_some_and(stripe::entitles));
+                let now = conveyor_shared::unix_now();
+                let entitles = |s: &store::SubscriptionState| {
+                    stripe::entitled(s.status.as_deref(), s.current_period_end, now, self.grace)
+                };
+                let entitled = subscriptions.iter().any(entitles);
                 let list: Vec<_> = subscriptions
                     .iter()
                     .map(|s| {
@@ -161,6 +237,8 @@ impl StripeWebhook {
                             "status": s.status,
                             "price": s.price,
                             "product": s.product,
+                            "items": s.items.as_deref().unwrap_or_default(),
+                            "entitled": entitles(s),
                             "current_period_end": s.current_period_end,
                             "cancel_at_period_end": s.cancel_at_period_end.unwrap_or(false),
                             "updated_by": s.last_event_type,

@@ -108,7 +108,6 @@ struct CheckoutSession {
     mode: Option<String>,
     customer: Option<Expandable>,
     subscription: Option<Expandable>,
-    payment_status: Option<String>,
 }
 
 /// What an event says about one subscription. `None` fields are not known from this event
@@ -121,18 +120,50 @@ pub struct SubscriptionChange {
     pub event_type: String,
     /// The event's `created`: the order in which changes apply.
     pub event_created: i64,
+    /// Set from subscription objects only: invoices and checkouts record payments and
+    /// links, never a status.
     pub status: Option<String>,
+    /// The first item's price and product.
     pub price: Option<String>,
     pub product: Option<String>,
+    /// Every item's price and product.
+    pub items: Option<Vec<PriceItem>>,
     pub current_period_end: Option<i64>,
     pub cancel_at_period_end: Option<bool>,
 }
 
+/// One subscription item: what the customer pays for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PriceItem {
+    pub price: String,
+    pub product: Option<String>,
+}
+
 impl SubscriptionChange {
-    /// A deletion ends the subscription; nothing at the same second may undo it.
-    pub fn is_terminal(&self) -> bool {
-        self.status.as_deref() == Some("canceled")
+    /// Where the status puts the subscription in its lifecycle ([`lifecycle_rank`]); 0
+    /// without a status.
+    pub fn rank(&self) -> i64 {
+        self.status.as_deref().map_or(0, lifecycle_rank)
     }
+}
+
+/// A subscription's lifecycle, in order: `incomplete` → `active`/`trialing` → `past_due`
+/// (or `paused`) → `unpaid` → `canceled`/`incomplete_expired`. Two events of the same second
+/// apply in this order, whatever order they arrive in.
+pub fn lifecycle_rank(status: &str) -> i64 {
+    match status {
+        "incomplete" => 1,
+        "trialing" | "active" => 2,
+        "past_due" | "paused" => 3,
+        "unpaid" => 4,
+        "canceled" | "incomplete_expired" => 5,
+        _ => 0,
+    }
+}
+
+/// Statuses a subscription never leaves: a new subscription is a new id.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "canceled" | "incomplete_expired")
 }
 
 /// An alert for alert dispatch to deliver.
@@ -219,6 +250,7 @@ fn change(event: &Event, customer: String, subscription: String) -> Subscription
         status: None,
         price: None,
         product: None,
+        items: None,
         current_period_end: None,
         cancel_at_period_end: None,
     }
@@ -231,15 +263,23 @@ fn object<T: serde::de::DeserializeOwned>(event: &Event, what: &str) -> Result<T
 fn from_subscription(event: &Event) -> Result<StripePlan, String> {
     let sub: Subscription = object(event, "subscription")?;
     let items = sub.items.map(|list| list.data).unwrap_or_default();
-    let first_price = items.iter().find_map(|item| item.price.as_ref().or(item.plan.as_ref()));
+    let prices: Vec<PriceItem> = items
+        .iter()
+        .filter_map(|item| item.price.as_ref().or(item.plan.as_ref()))
+        .map(|price| PriceItem {
+            price: price.id.clone(),
+            product: price.product.as_ref().map(|p| match p {
+                Expandable::Id(id) | Expandable::Object { id } => id.clone(),
+            }),
+        })
+        .collect();
     // Newer API versions keep the period on each item; older ones on the subscription.
     let period_end = sub.current_period_end.or_else(|| items.iter().filter_map(|i| i.current_period_end).max());
     let mut change = change(event, sub.customer.id(), sub.id);
     change.status = Some(if event.kind == "customer.subscription.deleted" { "canceled".into() } else { sub.status });
-    change.price = first_price.map(|p| p.id.clone());
-    change.product = first_price.and_then(|p| p.product.as_ref()).map(|p| match p {
-        Expandable::Id(id) | Expandable::Object { id } => id.clone(),
-    });
+    change.price = prices.first().map(|p| p.price.clone());
+    change.product = prices.first().and_then(|p| p.product.clone());
+    change.items = Some(prices);
     change.current_period_end = period_end;
     change.cancel_at_period_end = Some(sub.cancel_at_period_end);
     Ok(StripePlan::Apply { change, alert: None })
@@ -262,8 +302,10 @@ fn from_invoice(event: &Event) -> Result<StripePlan, String> {
         .filter_map(|line| line.period.as_ref().and_then(|p| p.end))
         .max();
     let failed = event.kind == "invoice.payment_failed";
+    // A payment says nothing certain about the subscription's status (a declined first
+    // payment leaves it `incomplete`; a payment after a cancellation revives nothing): the
+    // subscription's own events set it. A paid invoice does move the paid-for period on.
     let mut change = change(event, customer.clone(), subscription.clone());
-    change.status = Some(if failed { "past_due".into() } else { "active".into() });
     if !failed {
         change.current_period_end = period_end;
     }
@@ -290,15 +332,9 @@ fn from_checkout(event: &Event) -> Result<StripePlan, String> {
     }
     let subscription = session.subscription.map(Expandable::id).ok_or("the checkout session has no subscription")?;
     let customer = session.customer.map(Expandable::id).ok_or("the checkout session has no customer")?;
-    let mut change = change(event, customer, subscription);
-    change.status = Some(
-        match session.payment_status.as_deref() {
-            Some("paid") => "active",
-            Some("no_payment_required") => "trialing",
-            _ => "incomplete",
-        }
-        .into(),
-    );
+    // The customer and subscription are linked; the status comes with the subscription's
+    // own events (`payment_status` does not say whether the subscription is active).
+    let change = change(event, customer, subscription);
     Ok(StripePlan::Apply { change, alert: None })
 }
 
@@ -306,6 +342,13 @@ fn from_checkout(event: &Event) -> Result<StripePlan, String> {
 /// payment, so access continues until it gives up (`unpaid` or `canceled`).
 pub fn entitles(status: &str) -> bool {
     matches!(status, "active" | "trialing" | "past_due")
+}
+
+/// Whether a subscription entitles its customer at `now`: an entitling status, and a paid
+/// period that has not ended more than `grace` seconds ago (a renewal that Conveyor never
+/// heard of ends access instead of extending it for ever).
+pub fn entitled(status: Option<&str>, current_period_end: Option<i64>, now: i64, grace: i64) -> bool {
+    status.is_some_and(entitles) && current_period_end.is_none_or(|end| now <= end.saturating_add(grace))
 }
 
 #[cfg(test)]
@@ -358,18 +401,50 @@ mod tests {
         assert_eq!(change.current_period_end, Some(3000), "from the subscription (old API)");
         assert_eq!(change.customer, "cus_1", "an expanded customer");
         let (change, _) = applied(plan(&event("customer.subscription.deleted", subscription(json!({})))));
-        assert!(change.is_terminal());
+        assert!(is_terminal(change.status.as_deref().unwrap()));
+        let two = subscription(json!({"items": {"data": [
+            {"price": {"id": "price_base", "product": "prod_base"}},
+            {"price": {"id": "price_seats", "product": {"id": "prod_seats", "object": "product"}}}
+        ]}}));
+        let (change, _) = applied(plan(&event("customer.subscription.updated", two)));
+        let items: Vec<_> = change.items.unwrap().into_iter().map(|i| (i.price, i.product.unwrap())).collect();
+        assert_eq!(items, [("price_base".into(), "prod_base".into()), ("price_seats".into(), "prod_seats".into())]);
+    }
+
+    #[test]
+    fn the_lifecycle_orders_same_second_events_and_ends_in_terminal_states() {
+        let order = ["incomplete", "active", "past_due", "unpaid", "canceled"];
+        for pair in order.windows(2) {
+            assert!(lifecycle_rank(pair[0]) < lifecycle_rank(pair[1]), "{pair:?}");
+        }
+        assert_eq!(lifecycle_rank("trialing"), lifecycle_rank("active"));
+        assert!(is_terminal("incomplete_expired") && is_terminal("canceled") && !is_terminal("unpaid"));
+    }
+
+    #[test]
+    fn entitlement_needs_an_entitling_status_and_a_period_not_long_past() {
+        let day = 86_400;
+        assert!(entitled(Some("active"), Some(1000), 1000 + day, 3 * day));
+        assert!(!entitled(Some("active"), Some(1000), 1000 + 4 * day, 3 * day), "no renewal heard of");
+        assert!(entitled(Some("past_due"), None, 0, 0), "Stripe still retries");
+        for status in [Some("incomplete"), Some("unpaid"), Some("canceled"), Some("incomplete_expired"), None] {
+            assert!(!entitled(status, Some(i64::MAX), 0, day), "{status:?}");
+        }
     }
 
     #[test]
     fn invoices_in_both_shapes_and_failed_payments_raise_an_alert() {
         let old = json!({"id": "in_1", "object": "invoice", "customer": "cus_1", "subscription": "sub_1", "lines": {"data": [{"period": {"end": 5000}}]}});
         let (change, alert) = applied(plan(&event("invoice.paid", old)));
-        assert_eq!((change.status.as_deref(), change.current_period_end), (Some("active"), Some(5000)));
+        assert_eq!(
+            (change.status.as_deref(), change.current_period_end),
+            (None, Some(5000)),
+            "no status from invoices"
+        );
         assert!(alert.is_none());
         let new = json!({"id": "in_2", "object": "invoice", "customer": "cus_1", "parent": {"subscription_details": {"subscription": "sub_2"}}});
         let (change, alert) = applied(plan(&event("invoice.payment_failed", new)));
-        assert_eq!((change.subscription.as_str(), change.status.as_deref()), ("sub_2", Some("past_due")));
+        assert_eq!((change.subscription.as_str(), change.status.as_deref()), ("sub_2", None));
         let alert = alert.expect("an alert");
         assert_eq!((alert.id.as_str(), alert.kind.as_str()), ("evt_1", "payment_failed"));
         let one_off = json!({"id": "in_3", "object": "invoice", "customer": "cus_1"});
@@ -379,9 +454,8 @@ mod tests {
     #[test]
     fn checkout_sessions() {
         let paid = json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": "sub_1", "payment_status": "paid"});
-        assert_eq!(applied(plan(&event("checkout.session.completed", paid))).0.status.as_deref(), Some("active"));
-        let trial = json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": {"id": "sub_1"}, "payment_status": "no_payment_required"});
-        assert_eq!(applied(plan(&event("checkout.session.completed", trial))).0.status.as_deref(), Some("trialing"));
+        let (linked, _) = applied(plan(&event("checkout.session.completed", paid)));
+        assert_eq!((linked.subscription.as_str(), linked.status), ("sub_1", None), "no status invented");
         let payment = json!({"object": "checkout.session", "mode": "payment", "customer": "cus_1"});
         assert!(matches!(plan(&event("checkout.session.completed", payment)), StripePlan::Ignored(_)));
     }

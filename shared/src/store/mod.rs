@@ -772,6 +772,9 @@ pub struct SubscriptionState {
     pub status: Option<String>,
     pub price: Option<String>,
     pub product: Option<String>,
+    /// Every item's price and product.
+    #[serde(default)]
+    pub items: Option<Vec<crate::domain::stripe::PriceItem>>,
     pub current_period_end: Option<i64>,
     pub cancel_at_period_end: Option<bool>,
     pub last_event_id: String,
@@ -792,10 +795,11 @@ impl Table {
     /// Applies a subscription change unless a newer event has already been applied.
     ///
     /// Order is by the event's `created` (Unix seconds). Tie rule, for two events of the same
-    /// second: the one applied last wins, except that nothing at the same second overrides a
-    /// deletion (`canceled`), so a cancellation is never undone by its own companion events.
-    /// A stale event still fills fields the item does not have yet (e.g. the price from a
-    /// late `customer.subscription.created`), never overwriting one.
+    /// second: the lifecycle decides ([`crate::domain::stripe::lifecycle_rank`]), so
+    /// `past_due` and `active` of one second end `past_due` whatever their arrival order.
+    /// A terminal status (`canceled`, `incomplete_expired`) is never left, whatever the
+    /// timestamps. A stale event still fills fields the item does not have yet (e.g. the
+    /// price from a late `customer.subscription.created`), never overwriting one.
     pub async fn apply_subscription_change(
         &self,
         change: &SubscriptionChange,
@@ -810,12 +814,18 @@ impl Table {
             (":created".to_string(), n(change.event_created)),
             (":now".to_string(), n(now)),
             (":canceled".to_string(), s("canceled")),
-            (":terminal".to_string(), AttributeValue::Bool(change.is_terminal())),
-            (":yes".to_string(), AttributeValue::Bool(true)),
+            (":expired".to_string(), s("incomplete_expired")),
+            (":rank".to_string(), n(change.rank())),
         ]);
         let mut fields: Vec<(&str, AttributeValue)> = Vec::new();
         if let Some(status) = &change.status {
             fields.push(("status", s(status)));
+            fields.push(("status_rank", n(change.rank())));
+        }
+        if let Some(items) = &change.items {
+            let items = serde_dynamo::to_attribute_value(items)
+                .map_err(|source| StoreError::Encode { kind: "subscription items", source })?;
+            fields.push(("items", items));
         }
         if let Some(price) = &change.price {
             fields.push(("price", s(price)));
@@ -860,7 +870,7 @@ impl Table {
             .set_key(Some(key()))
             .update_expression(format!("SET {}", set.join(", ")))
             .condition_expression(
-                "attribute_not_exists(pk) OR last_event_created < :created OR (last_event_created = :created AND (:terminal = :yes OR attribute_not_exists(#status) OR #status <> :canceled))",
+                "(attribute_not_exists(pk) OR attribute_not_exists(#status) OR (#status <> :canceled AND #status <> :expired)) AND (attribute_not_exists(pk) OR last_event_created < :created OR (last_event_created = :created AND (attribute_not_exists(status_rank) OR status_rank <= :rank)))",
             )
             .set_expression_attribute_names(Some(names.clone()))
             .set_expression_attribute_values(Some(values.clone()))
@@ -872,7 +882,7 @@ impl Table {
             Err(err) => return Err(self.aws_error("UpdateItem", err)),
         }
         // Only the placeholders the fill expression uses may be sent.
-        for unused in [":canceled", ":terminal", ":yes"] {
+        for unused in [":canceled", ":expired", ":rank"] {
             values.remove(unused);
         }
         self.client
