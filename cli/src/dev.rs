@@ -12,7 +12,7 @@ use conveyor_shared::config::{
 };
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
-use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
 use http_body_util::{BodyExt, Full, Limited};
@@ -88,7 +88,7 @@ pub async fn functions(
     match &webhook_secrets.github {
         Some(source) => http.push(Arc::new(webhook_intake::Intake::new(
             table.clone(),
-            secrets::resolve(source, sdk).await?,
+            Secrets::load(source, sdk).await?,
             config.clone(),
             settings.artifacts_bucket.clone(),
         ))),
@@ -98,7 +98,7 @@ pub async fn functions(
         Some(source) => http.push(Arc::new(
             stripe_webhook::StripeWebhook::new(
                 table.clone(),
-                secrets::resolve(source, sdk).await?,
+                Secrets::load(source, sdk).await?,
                 stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
             )
             .serving(

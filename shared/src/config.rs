@@ -66,9 +66,9 @@ pub struct Environment {
     /// Whose builds deploy here: one repository (`owner/name`), or any (`"*"`, said
     /// explicitly).
     pub repository: RepositoryFilter,
-    /// Only successful runs of these workflows deploy here (check suites are then ignored),
-    /// each named by its file path (`.github/workflows/ci.yml`, unambiguous) or its name;
-    /// any successful workflow run or check suite when empty.
+    /// Only these workflows' runs decide here (check suites are then ignored), and each must
+    /// have passed; each named by its file path (`.github/workflows/ci.yml`, unambiguous) or
+    /// its name. Every run of the branch decides when empty.
     pub require_workflow: Vec<String>,
     /// Where a build's artifact lives: an `s3://` URL template.
     pub artifact: ArtifactTemplate,
@@ -453,8 +453,8 @@ impl TryFrom<RawEnvironment> for Environment {
         };
         let require_workflow = match raw.require_workflow {
             None => Vec::new(),
-            Some(OneOrMany::One(one)) => vec![one],
-            Some(OneOrMany::Many(many)) => many,
+            Some(OneOrMany::One(one)) => vec![one.trim().to_owned()],
+            Some(OneOrMany::Many(many)) => many.iter().map(|w| w.trim().to_owned()).collect(),
         };
         if let Some(blank) = require_workflow.iter().find(|w| w.trim().is_empty()) {
             return Err(format!(

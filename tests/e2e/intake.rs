@@ -137,11 +137,17 @@ async fn a_delivery_still_being_processed_is_not_called_a_duplicate() {
     assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (409, Some("in_progress")), "{answer:?}");
     assert!(app.builds().await.is_empty(), "nothing recorded while another attempt holds it");
 
-    // That attempt crashed: its lease runs out, and the redelivery is processed in full.
+    // An attempt that crashed holds it only until its lease (20 s) runs out.
+    let crashed = conveyor_shared::store::Key::delivery("4242", "crashed");
+    app.table.claim(crashed, "workflow_run", "dead-attempt", now - 21, 3600).await.unwrap();
+    let taken_over = app.deliver("workflow_run", "crashed", &body).await;
+    assert_eq!((taken_over.status, &taken_over.body["duplicate"]), (200, &serde_json::json!(false)), "{taken_over:?}");
+
+    // The first attempt failed and gave its claim back: the redelivery is processed in full.
     app.table.release_claim(key, "other-attempt").await.unwrap();
     let redelivered = app.deliver("workflow_run", "held", &body).await;
     assert_eq!((redelivered.status, &redelivered.body["duplicate"]), (200, &serde_json::json!(false)));
-    assert_eq!(app.builds().await.len(), 1);
+    assert_eq!(app.builds().await.len(), 1, "the same build, recorded once");
     let again = app.deliver("workflow_run", "held", &body).await;
     assert_eq!((again.status, &again.body["duplicate"]), (200, &serde_json::json!(true)), "{again:?}");
 }
@@ -393,7 +399,7 @@ async fn a_commit_deploys_when_every_run_passed_and_a_failed_run_cancels_it_unti
 
     // A late `in_progress` of the build changes nothing.
     let late = app.deliver("workflow_run", "g-4", &run_event("in_progress", 1, 11, "Build", 1, None)).await;
-    assert_eq!(late.body["gate"]["production"], "every run passed", "{late:?}");
+    assert_eq!(late.body["gate"]["production"], "every run passed (the deployment exists already)", "{late:?}");
 
     // The tests fail before the deployment started: it is cancelled, with the reason.
     let tests = app.deliver("workflow_run", "g-5", &run_event("completed", 3, 13, "Tests", 1, Some("failure"))).await;
@@ -413,6 +419,6 @@ async fn a_commit_deploys_when_every_run_passed_and_a_failed_run_cancels_it_unti
 
     // The first attempt's failure, redelivered late, does not undo the re-run.
     let stale = app.deliver("workflow_run", "g-8", &run_event("completed", 3, 13, "Tests", 1, Some("failure"))).await;
-    assert_eq!(stale.body["gate"]["production"], "every run passed", "{stale:?}");
+    assert_eq!(stale.body["gate"]["production"], "every run passed (the deployment exists already)", "{stale:?}");
     assert_eq!(state(&app).await.unwrap().0, "pending");
 }

@@ -110,3 +110,54 @@ async fn a_stripe_event_whose_subscription_write_fails_is_given_back_and_its_ret
     assert_eq!(subscriptions.len(), 1, "{subscriptions:?}");
     assert_eq!(subscriptions[0].status.as_deref(), Some("active"), "{subscriptions:?}");
 }
+
+#[tokio::test]
+async fn a_webhook_secret_rotated_in_secrets_manager_loses_no_delivery() {
+    use conveyor_shared::config::SecretSource;
+    let quiet = Quiet::new(CONFIG).await;
+    let name = conveyor_e2e::unique_name("github-webhook-secret");
+    let manager = aws_sdk_secretsmanager::Client::new(&quiet.sdk);
+    manager.create_secret().name(&name).secret_string("old-secret").send().await.unwrap();
+    // Every read of the secret goes through a proxy that counts them.
+    let reads = |seen: &conveyor_e2e::Seen<'_>| {
+        seen.headers.get("x-amz-target").is_some_and(|t| t.as_bytes() == b"secretsmanager.GetSecretValue")
+    };
+    let proxy = FaultProxy::start(reads, 0, Fault::unavailable()).await;
+    let secrets = conveyor_shared::secrets::Secrets::load(
+        &SecretSource::SecretsManager(name.clone()),
+        &sdk_at(&proxy.url()).await,
+    )
+    .await
+    .unwrap();
+    let intake =
+        webhook_intake::Intake::new(quiet.table.clone(), secrets, Arc::new(quiet.config.clone()), quiet.bucket.clone());
+    let body = br#"{"zen": "Keep it logically awesome.", "hook_id": 4242}"#;
+    let ping = |secret: &'static str| {
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("x-github-event", "ping".into()),
+            ("x-github-delivery", "ping".into()),
+            ("x-github-hook-id", "4242".into()),
+            ("x-hub-signature-256", sign_github(secret.as_bytes(), body)),
+        ];
+        let intake = intake.clone();
+        async move { send(&intake, "/webhooks/github", &headers, body).await.0 }
+    };
+    assert_eq!(ping("old-secret").await, 200);
+    assert_eq!(proxy.calls(), 1, "read once, at start");
+
+    // 1. The new secret is added beside the old one. 2. GitHub is switched to it: its first
+    // delivery matches none of the secrets read at start, which are read again at once.
+    manager.put_secret_value().secret_id(&name).secret_string("old-secret,new-secret").send().await.unwrap();
+    assert_eq!(ping("new-secret").await, 200, "no delivery lost in the switch");
+    assert_eq!(proxy.calls(), 2);
+    // 3. The old secret is removed; the new one goes on working.
+    manager.put_secret_value().secret_id(&name).secret_string("new-secret").send().await.unwrap();
+    assert_eq!(ping("new-secret").await, 200);
+
+    // Bad signatures never match, and cost at most one read per 10 seconds between them.
+    for _ in 0..5 {
+        assert_eq!(ping("wrong-secret").await, 401);
+    }
+    assert!(proxy.calls() <= 3, "{} reads", proxy.calls());
+}

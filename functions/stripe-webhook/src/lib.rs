@@ -10,8 +10,7 @@ use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::stripe::{self, StripePlan};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
-use conveyor_shared::secret::SecretSet;
-use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature::verify_stripe;
 use conveyor_shared::store::{self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
 use serde_json::json;
@@ -96,7 +95,7 @@ pub fn grace_from_env() -> Result<i64, SettingsError> {
 #[derive(Clone)]
 pub struct StripeWebhook {
     table: Table,
-    secrets: SecretSet,
+    secrets: Secrets,
     tolerance: i64,
     mode: Mode,
     grace: i64,
@@ -105,8 +104,8 @@ pub struct StripeWebhook {
 impl StripeWebhook {
     /// Serves test-mode events with the default grace; see [`StripeWebhook::serving`]. In
     /// Lambda, [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
-    pub fn new(table: Table, secrets: SecretSet, tolerance: i64) -> Self {
-        Self { table, secrets, tolerance, mode: Mode::Test, grace: DEFAULT_GRACE }
+    pub fn new(table: Table, secrets: impl Into<Secrets>, tolerance: i64) -> Self {
+        Self { table, secrets: secrets.into(), tolerance, mode: Mode::Test, grace: DEFAULT_GRACE }
     }
 
     /// Serves `mode`'s events, with `grace` seconds of entitlement after a period ends.
@@ -122,7 +121,7 @@ impl StripeWebhook {
         tolerance: i64,
         sdk: &SdkConfig,
     ) -> Result<Self, StartupError> {
-        let secrets = secrets::resolve(secret, sdk).await?;
+        let secrets = Secrets::load(secret, sdk).await?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
         Ok(Self::new(table, secrets, tolerance).serving(Mode::from_env(Mode::Live)?, grace_from_env()?))
     }
@@ -133,8 +132,8 @@ impl StripeWebhook {
             return http::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over 1 MB");
         }
         let now = conveyor_shared::unix_now();
-        if let Err(err) =
-            verify_stripe(&self.secrets, http::header(&request, "stripe-signature"), body, now, self.tolerance)
+        let header = http::header(&request, "stripe-signature");
+        if let Err(err) = self.secrets.verify(|secrets| verify_stripe(secrets, header, body, now, self.tolerance)).await
         {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             let code = if err.status() == 400 { "malformed_signature" } else { "invalid_signature" };

@@ -8,14 +8,13 @@
 use std::sync::Arc;
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, LoadError, SecretSource, Settings, SettingsError};
+use conveyor_shared::config::{Config, Environment, LoadError, SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::gate::{self, Gate};
 use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
-use conveyor_shared::secret::SecretSet;
-use conveyor_shared::secrets::{self, SecretsError};
+use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature;
 use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table, Transition};
 use serde_json::json;
@@ -44,14 +43,19 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct Intake {
     table: Table,
-    secrets: SecretSet,
+    secrets: Secrets,
     config: Arc<Config>,
     artifacts_bucket: String,
 }
 
 impl Intake {
-    pub fn new(table: Table, secrets: SecretSet, config: Arc<Config>, artifacts_bucket: impl Into<String>) -> Self {
-        Self { table, secrets, config, artifacts_bucket: artifacts_bucket.into() }
+    pub fn new(
+        table: Table,
+        secrets: impl Into<Secrets>,
+        config: Arc<Config>,
+        artifacts_bucket: impl Into<String>,
+    ) -> Self {
+        Self { table, secrets: secrets.into(), config, artifacts_bucket: artifacts_bucket.into() }
     }
 
     /// Loads `conveyor.toml`, resolves the webhook secrets and builds the table client.
@@ -61,7 +65,7 @@ impl Intake {
         sdk: &SdkConfig,
     ) -> Result<Self, StartupError> {
         let config = Config::load(&settings.config_path)?;
-        let secrets = secrets::resolve(secret, sdk).await?;
+        let secrets = Secrets::load(secret, sdk).await?;
         let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
         Ok(Self::new(table, secrets, Arc::new(config), settings.artifacts_bucket.clone()))
     }
@@ -75,7 +79,8 @@ impl Intake {
                 "the body is over GitHub's 25 MB limit",
             );
         }
-        if let Err(err) = signature::verify_github(&self.secrets, http::header(&request, "x-hub-signature-256"), body) {
+        let signature = http::header(&request, "x-hub-signature-256");
+        if let Err(err) = self.secrets.verify(|secrets| signature::verify_github(secrets, signature, body)).await {
             return http::error(StatusCode::UNAUTHORIZED, "invalid_signature", err);
         }
         let (Some(event), Some(guid)) =
@@ -186,30 +191,47 @@ impl Intake {
                 Gate::Deploy(reason) => {
                     let deployment = self.ordered(&DeploymentRecord { reason, ..planned.clone() }).await?;
                     match self.table.create_deployment(&deployment).await? {
+                        Put::Created if deployment.state == DeploymentState::Skipped => {
+                            created.push(deployment.clone());
+                            format!("every run passed, but not deployed: {}", deployment.reason)
+                        }
                         Put::Created => {
-                            tracing::info!(environment = %deployment.environment, sha = %deployment.sha, state = deployment.state.as_str(), reason = %deployment.reason, "deployment created");
-                            created.push(deployment);
+                            tracing::info!(environment = %deployment.environment, sha = %deployment.sha, reason = %deployment.reason, "deployment created");
+                            // A run that failed meanwhile wrote its run before this read, or
+                            // reads after this create: one of the two sees the other.
+                            let again = self.table.runs_of(&run.repository, &run.sha).await?;
+                            match gate::decide(env, &again) {
+                                Gate::Cancel(reason) => self.cancel(env, &deployment.id(), &reason, now).await?,
+                                _ => {
+                                    created.push(deployment);
+                                    "every run passed: deployment queued".to_owned()
+                                }
+                            }
                         }
-                        Put::AlreadyExists => {
-                            tracing::info!(environment = %deployment.environment, sha = %deployment.sha, "deployment exists already");
-                        }
+                        Put::AlreadyExists => "every run passed (the deployment exists already)".to_owned(),
                     }
-                    "every run passed".to_owned()
                 }
                 Gate::Wait(running) if running.is_empty() => "no run that counts here has passed yet".to_owned(),
                 Gate::Wait(running) => format!("waiting for {}", running.join(", ")),
-                Gate::Cancel(reason) => {
-                    let reason = format!("cancelled before it started: {reason}");
-                    let id = planned.id();
-                    if self.table.cancel_queued(&env.name, &id, &reason, now).await? == Transition::Applied {
-                        tracing::warn!(environment = %env.name, deployment = %id, %reason, "queued deployment cancelled");
-                    }
-                    reason
-                }
+                Gate::Cancel(reason) => self.cancel(env, &planned.id(), &reason, now).await?,
             };
             gates.insert(env.name.clone(), said);
         }
         Ok((created, gates))
+    }
+
+    /// Cancels the commit's deployment in `env` if it has not started (a run failed), and
+    /// says what happened.
+    async fn cancel(&self, env: &Environment, id: &str, failure: &str, now: i64) -> Result<String, StoreError> {
+        let reason = format!("cancelled before it started: {failure}");
+        Ok(match self.table.cancel_queued(&env.name, id, &reason, now).await? {
+            Transition::Applied => {
+                tracing::warn!(environment = %env.name, deployment = %id, %reason, "queued deployment cancelled");
+                reason
+            }
+            // None queued, or it has started (the rollout's own health gate decides then).
+            Transition::Rejected => format!("{failure} (no deployment of this commit was waiting to start)"),
+        })
     }
 
     /// The planned deployment, stamped with when its commit became the branch's head, or

@@ -1,11 +1,12 @@
 //! The deploy gate: all green, not first green.
 //!
 //! Every CI run GitHub reports for a commit (workflow runs from `requested` on, check suites
-//! when they complete) is recorded as a [`RunRecord`], one per run or check suite, the
-//! latest attempt replacing earlier ones. A commit deploys to an environment when every run
-//! that counts there has completed and passed; a run that fails cancels a deployment that
-//! has not started. Without `require_workflow` every run counts; with it, only runs of the
-//! named workflows.
+//! of other apps when they complete) is recorded as a [`RunRecord`], one per run or check
+//! suite, the latest attempt replacing earlier ones. Runs count for an environment when they
+//! ran on its branch in its repository. A commit deploys there when every run that counts
+//! has completed and passed; a run that fails cancels a deployment that has not started.
+//! Without `require_workflow` every such run counts; with it, only runs of the named
+//! workflows, and each named workflow must have passed.
 
 use serde::{Deserialize, Serialize};
 
@@ -88,16 +89,24 @@ impl RunRecord {
     }
 }
 
-/// Whether `run` decides anything for `env`.
-pub fn counts_for(env: &Environment, run: &RunRecord) -> bool {
-    if env.require_workflow.is_empty() {
-        return true;
-    }
+/// Whether `run` is a run of the workflow `wanted` names (its file, or its name).
+fn names(wanted: &str, run: &RunRecord) -> bool {
     run.kind == RunKind::Workflow
-        && env
-            .require_workflow
-            .iter()
-            .any(|wanted| *wanted == run.name || run.path.as_deref() == Some(wanted.trim_start_matches("./")))
+        && (wanted == run.name || run.path.as_deref() == Some(wanted.trim_start_matches("./")))
+}
+
+/// Whether `run` decides anything for `env`: a run on the environment's branch in its
+/// repository (a tag's release run or a pull request's run of the same commit does not),
+/// of a required workflow when some are required.
+pub fn counts_for(env: &Environment, run: &RunRecord) -> bool {
+    run.branch.as_deref() == Some(env.branch.as_str())
+        && env.repository.admits(&run.repository)
+        && (env.require_workflow.is_empty() || env.require_workflow.iter().any(|wanted| names(wanted, run)))
+}
+
+/// Whether `a` and `b` are runs of one workflow (or one app's check suites).
+fn same_workflow(a: &RunRecord, b: &RunRecord) -> bool {
+    a.kind == b.kind && a.name == b.name && a.path == b.path
 }
 
 /// What the runs of a commit say for one environment.
@@ -114,16 +123,33 @@ pub enum Gate {
 /// The gate for `env` over every run seen for one commit.
 pub fn decide(env: &Environment, runs: &[RunRecord]) -> Gate {
     let counted: Vec<&RunRecord> = runs.iter().filter(|run| counts_for(env, run)).collect();
-    if let Some(failed) = counted.iter().find(|run| run.failed()) {
+    // A run cancelled because another run of its workflow replaced it (`concurrency:
+    // cancel-in-progress`) is not a failure once that other run passed.
+    let superseded = |run: &RunRecord| {
+        run.conclusion.as_deref() == Some("cancelled")
+            && counted.iter().any(|other| other.passed() && same_workflow(other, run))
+    };
+    if let Some(failed) = counted.iter().find(|run| run.failed() && !superseded(run)) {
         let conclusion = failed.conclusion.as_deref().unwrap_or("unknown");
         return Gate::Cancel(format!("{} concluded {conclusion}", failed.label()));
     }
-    let running: Vec<String> = counted.iter().filter(|run| !run.passed()).map(|run| run.label()).collect();
+    let running: Vec<String> =
+        counted.iter().filter(|run| !run.passed() && !superseded(run)).map(|run| run.label()).collect();
     if !running.is_empty() || counted.is_empty() {
         return Gate::Wait(running);
     }
-    let names: Vec<&str> = counted.iter().map(|run| run.name.as_str()).collect();
-    Gate::Deploy(format!("{} passed on {}", names.join(", "), env.branch))
+    // Every required workflow must have run and passed, not only those seen so far.
+    let missing: Vec<String> = env
+        .require_workflow
+        .iter()
+        .filter(|wanted| !counted.iter().any(|run| run.passed() && names(wanted, run)))
+        .map(|wanted| format!("workflow {wanted} (not seen yet)"))
+        .collect();
+    if !missing.is_empty() {
+        return Gate::Wait(missing);
+    }
+    let passed: Vec<&str> = counted.iter().filter(|run| run.passed()).map(|run| run.name.as_str()).collect();
+    Gate::Deploy(format!("{} passed on {}", passed.join(", "), env.branch))
 }
 
 #[cfg(test)]
@@ -181,6 +207,40 @@ mod tests {
         assert!(matches!(decide(&env, &cancelled), Gate::Cancel(_)));
         let neutral = [run("Build", RunStatus::Completed, Some("neutral"))];
         assert!(matches!(decide(&env, &neutral), Gate::Deploy(_)));
+    }
+
+    #[test]
+    fn runs_of_other_branches_of_the_same_commit_do_not_count() {
+        let env = env("");
+        let mut tag_release = run("Release", RunStatus::InProgress, None);
+        tag_release.branch = Some("v1.2.0".into());
+        let mut pull_request = run("Tests", RunStatus::Completed, Some("failure"));
+        pull_request.branch = Some("feature".into());
+        let built = run("Build", RunStatus::Completed, Some("success"));
+        assert!(matches!(decide(&env, &[tag_release, pull_request, built]), Gate::Deploy(_)));
+    }
+
+    #[test]
+    fn a_run_cancelled_for_a_newer_run_of_its_workflow_is_no_failure() {
+        let env = env("");
+        let cancelled =
+            RunRecord { key: "workflow:1:1".into(), ..run("Build", RunStatus::Completed, Some("cancelled")) };
+        let replaced_by =
+            RunRecord { key: "workflow:1:2".into(), ..run("Build", RunStatus::Completed, Some("success")) };
+        assert!(matches!(decide(&env, &[cancelled.clone(), replaced_by]), Gate::Deploy(_)));
+        assert!(matches!(decide(&env, &[cancelled]), Gate::Cancel(_)), "cancelled and nothing passed in its place");
+    }
+
+    #[test]
+    fn every_required_workflow_must_have_passed() {
+        let env = env("require_workflow = [\"Build\", \"Tests\"]\n");
+        let built = run("Build", RunStatus::Completed, Some("success"));
+        assert_eq!(
+            decide(&env, std::slice::from_ref(&built)),
+            Gate::Wait(vec!["workflow Tests (not seen yet)".into()])
+        );
+        let tested = run("Tests", RunStatus::Completed, Some("success"));
+        assert!(matches!(decide(&env, &[built, tested]), Gate::Deploy(_)));
     }
 
     #[test]

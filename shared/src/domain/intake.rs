@@ -305,6 +305,9 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         Some(at) => timestamp("check_suite", "check_suite.updated_at", at)?,
         None => ctx.now,
     };
+    // GitHub Actions makes a check suite of each workflow run; its `workflow_run` events
+    // already tell the gate (with attempts), so its suites are ledger entries only.
+    let actions = app == "github-actions";
     let record = RunRecord {
         repository: event.repository.full_name.clone(),
         sha: suite.head_sha.clone(),
@@ -328,6 +331,9 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
         url: suite.url.clone(),
         completed_at: updated_at,
     });
+    if actions {
+        return Ok(Plan::run(None, build, Vec::new()));
+    }
     let deployments = deployments_for(&record, ctx);
     Ok(Plan::run(Some(record), build, deployments))
 }
@@ -335,9 +341,7 @@ fn plan_check_suite(event: CheckSuiteEvent, ctx: &PlanContext<'_>) -> Result<Pla
 /// Whether `env` deploys the commits of `run`'s branch and repository, and `run` counts in
 /// its gate.
 fn tracks(env: &Environment, run: &RunRecord) -> bool {
-    run.branch.as_deref() == Some(env.branch.as_str())
-        && env.repository.admits(&run.repository)
-        && super::gate::counts_for(env, run)
+    super::gate::counts_for(env, run)
 }
 
 /// The deployments `run`'s commit gets where the gate passes. Its reason is set when the

@@ -184,7 +184,7 @@ pub struct AlertRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StripePlan {
     Ignored(String),
-    Apply { change: SubscriptionChange, alert: Option<Box<AlertRecord>> },
+    Apply { change: Box<SubscriptionChange>, alert: Option<Box<AlertRecord>> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -282,7 +282,7 @@ fn from_subscription(event: &Event) -> Result<StripePlan, String> {
     change.items = Some(prices);
     change.current_period_end = period_end;
     change.cancel_at_period_end = Some(sub.cancel_at_period_end);
-    Ok(StripePlan::Apply { change, alert: None })
+    Ok(StripePlan::Apply { change: Box::new(change), alert: None })
 }
 
 fn from_invoice(event: &Event) -> Result<StripePlan, String> {
@@ -322,7 +322,7 @@ fn from_invoice(event: &Event) -> Result<StripePlan, String> {
         subscription: Some(subscription),
         created_at: event.created,
     });
-    Ok(StripePlan::Apply { change, alert: alert.map(Box::new) })
+    Ok(StripePlan::Apply { change: Box::new(change), alert: alert.map(Box::new) })
 }
 
 fn from_checkout(event: &Event) -> Result<StripePlan, String> {
@@ -335,7 +335,7 @@ fn from_checkout(event: &Event) -> Result<StripePlan, String> {
     // The customer and subscription are linked; the status comes with the subscription's
     // own events (`payment_status` does not say whether the subscription is active).
     let change = change(event, customer, subscription);
-    Ok(StripePlan::Apply { change, alert: None })
+    Ok(StripePlan::Apply { change: Box::new(change), alert: None })
 }
 
 /// Statuses in which a customer may use the product: Stripe still retries a `past_due`
@@ -381,7 +381,7 @@ mod tests {
 
     fn applied(plan: StripePlan) -> (SubscriptionChange, Option<AlertRecord>) {
         match plan {
-            StripePlan::Apply { change, alert } => (change, alert.map(|a| *a)),
+            StripePlan::Apply { change, alert } => (*change, alert.map(|a| *a)),
             StripePlan::Ignored(reason) => panic!("ignored: {reason}"),
         }
     }

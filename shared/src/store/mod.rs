@@ -70,8 +70,10 @@ pub const GSI1: &str = "gsi1";
 pub const DELIVERY_TTL_SECONDS: i64 = 7 * 24 * 3600;
 /// How long a Stripe event id is remembered (Stripe retries for up to 3 days).
 pub const STRIPE_EVENT_TTL_SECONDS: i64 = 30 * 24 * 3600;
-/// How long a claim is held before another copy may take it over (a crashed run).
-pub const DELIVERY_LEASE_SECONDS: i64 = 60;
+/// How long a claim is held before another copy may take it over (a crashed run): longer
+/// than the webhook functions' timeouts (10 s in the template), so a live invocation never
+/// loses its claim, and short, since a retry meanwhile is answered 409.
+pub const DELIVERY_LEASE_SECONDS: i64 = 20;
 /// DynamoDB's limit on one BatchWriteItem.
 pub const BATCH_SIZE: usize = 25;
 
