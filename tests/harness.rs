@@ -205,7 +205,7 @@ impl TestApp {
 
     /// A fresh token for `provider`, made as `conveyor token create` makes it.
     pub async fn provider_token(&self, provider: &str) -> String {
-        let secret = conveyor_cli::ops::create_provider_token(&self.table, &self.config, provider).await.unwrap();
+        let secret = conveyor_cli::ops::create_provider_token(&self.table, &self.config, provider, None).await.unwrap();
         String::from_utf8(secret.expose().to_vec()).unwrap()
     }
 

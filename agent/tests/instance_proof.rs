@@ -86,7 +86,7 @@ async fn an_instance_proven_to_aws_enrols_without_a_token_and_only_its_agent_spe
     assert_eq!(code(&forged), (403, "credential_refused"), "{forged:?}");
 
     // The environment's token does not let its holder take a proven instance over.
-    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
+    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production", None).await.unwrap();
     let token = String::from_utf8(token.expose().to_vec()).unwrap();
     let takeover = post(&app, "/agent/v1/poll", None, Some(&token), poll_body(a, "production", None)).await;
     assert_eq!(code(&takeover), (403, "instance_enrolled"), "{takeover:?}");

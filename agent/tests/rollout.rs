@@ -149,7 +149,8 @@ async fn rig_with(instances: i32, proven: bool) -> Rig {
         }
         Auth::InstanceProfile(sessions)
     } else {
-        let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
+        let token =
+            conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production", None).await.unwrap();
         let token_file = root.path().join("token");
         std::fs::write(&token_file, token.expose()).unwrap();
         Auth::Token(token_file)

@@ -41,25 +41,35 @@ pub fn known_provider<'c>(config: &'c Config, name: &str) -> Result<&'c conveyor
 }
 
 /// Creates a token for `provider`; the table keeps only its hash.
-pub async fn create_provider_token(table: &Table, config: &Config, provider: &str) -> Result<Secret, OpsError> {
+pub async fn create_provider_token(
+    table: &Table,
+    config: &Config,
+    provider: &str,
+    expires_at: Option<i64>,
+) -> Result<Secret, OpsError> {
     let provider = known_provider(config, provider)?;
     let secret = token::generate()?;
     let scope = Scope::Provider(provider.name.clone()).as_string();
-    match table.create_token(&token::hash(secret.expose()), &scope, conveyor_shared::unix_now()).await? {
+    match table.create_token(&token::hash(secret.expose()), &scope, conveyor_shared::unix_now(), expires_at).await? {
         Put::Created => Ok(secret),
         Put::AlreadyExists => Err(OpsError::Collision),
     }
 }
 
 /// Creates a token for the agents of `environment`; the table keeps only its hash.
-pub async fn create_environment_token(table: &Table, config: &Config, environment: &str) -> Result<Secret, OpsError> {
+pub async fn create_environment_token(
+    table: &Table,
+    config: &Config,
+    environment: &str,
+    expires_at: Option<i64>,
+) -> Result<Secret, OpsError> {
     let env = config.environment(environment).ok_or_else(|| OpsError::UnknownEnvironment {
         name: environment.to_owned(),
         known: config.environments.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "),
     })?;
     let secret = token::generate()?;
     let scope = Scope::Environment(env.name.clone()).as_string();
-    match table.create_token(&token::hash(secret.expose()), &scope, conveyor_shared::unix_now()).await? {
+    match table.create_token(&token::hash(secret.expose()), &scope, conveyor_shared::unix_now(), expires_at).await? {
         Put::Created => Ok(secret),
         Put::AlreadyExists => Err(OpsError::Collision),
     }
@@ -154,7 +164,7 @@ pub async fn rollback_images(
     to: Option<i64>,
 ) -> Result<(ImageChange, Vec<serde_json::Value>, bool), OpsError> {
     let provider = known_provider(config, provider)?;
-    let change = manifest_ingest::rollback(table, &provider.name, to, conveyor_shared::unix_now()).await?;
+    let change = manifest_ingest::rollback(table, provider, to, conveyor_shared::unix_now()).await?;
     let (templates, ok) = manifest_ingest::sync_launch_templates(ec2, provider, &change.images).await;
     Ok((change, templates, ok))
 }
@@ -257,4 +267,13 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
         }
     }
     Ok(out)
+}
+
+/// A Unix time as people read it in a terminal: `2026-11-22 21:03 UTC`.
+pub fn when(unix: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
 }

@@ -30,6 +30,27 @@ pub struct Provider {
     /// template's region becomes a new template version, set as the default.
     #[serde(default, rename = "launch_template")]
     pub launch_templates: Vec<LaunchTemplateTarget>,
+    /// The AWS accounts (12 digits) whose AMIs `?verify=true` accepts; any owner when empty.
+    #[serde(default, deserialize_with = "account_ids")]
+    pub image_owners: Vec<String>,
+}
+
+fn account_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let ids = Vec::<String>::deserialize(deserializer)?;
+    if let Some(bad) = ids.iter().find(|id| id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(de::Error::custom(format!("image_owners: `{bad}` is not a 12-digit AWS account id")));
+    }
+    Ok(ids)
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`: an AWS region's shape.
+fn valid_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else { return false };
+    (3..=4).contains(&parts.len())
+        && first.len() == 2
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && last.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -220,7 +241,8 @@ impl<'de> Deserialize<'de> for WaveSize {
 pub struct Seconds(pub u64);
 
 impl Seconds {
-    fn parse(text: &str) -> Result<Self, String> {
+    /// `"30s"`, `"10m"`, `"1h"`, `"90d"`, or a number of seconds.
+    pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
         let value: u64 =
@@ -229,7 +251,8 @@ impl Seconds {
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
-            other => return Err(format!("unknown unit `{other}` in `{text}`: use s, m or h")),
+            "d" => 86_400,
+            other => return Err(format!("unknown unit `{other}` in `{text}`: use s, m, h or d")),
         };
         Ok(Seconds(value * scale))
     }
@@ -540,6 +563,30 @@ impl Config {
                 ));
             }
             seen.push(&provider.get_ref().name);
+            let mut targets: Vec<(&str, &str)> = Vec::new();
+            for target in &provider.get_ref().launch_templates {
+                let problem = if !valid_region(&target.region) {
+                    Some(format!(
+                        "launch template `{}` of provider `{}`: `{}` is not an AWS region (like us-east-1)",
+                        target.name,
+                        provider.get_ref().name,
+                        target.region
+                    ))
+                } else if targets.contains(&(target.name.as_str(), target.region.as_str())) {
+                    Some(format!(
+                        "launch template `{}` in {} is listed twice for provider `{}`",
+                        target.name,
+                        target.region,
+                        provider.get_ref().name
+                    ))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Err(ConfigError::at(text, origin, provider.span().start, &problem));
+                }
+                targets.push((&target.name, &target.region));
+            }
         }
         Ok(Config {
             environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect(),
@@ -665,6 +712,24 @@ mod tests {
     }
 
     #[test]
+    fn launch_template_targets_and_image_owners_are_checked() {
+        let provider = |extra: &str| parse(&format!("[[provider]]\nname = \"aws\"\n{extra}"));
+        let ok = provider(
+            "image_owners = [\"123456789012\"]\n[[provider.launch_template]]\nname = \"web\"\nregion = \"us-gov-west-1\"\n",
+        );
+        assert_eq!(ok.unwrap().providers[0].image_owners, ["123456789012"]);
+        let bad_region = provider("[[provider.launch_template]]\nname = \"web\"\nregion = \"us-east\"\n").unwrap_err();
+        assert!(bad_region.to_string().contains("`us-east` is not an AWS region"), "{bad_region}");
+        let twice = provider(
+            "[[provider.launch_template]]\nname = \"web\"\nregion = \"us-east-1\"\n[[provider.launch_template]]\nname = \"web\"\nregion = \"us-east-1\"\n",
+        )
+        .unwrap_err();
+        assert!(twice.to_string().contains("listed twice"), "{twice}");
+        let owner = provider("image_owners = [\"amazon\"]\n").unwrap_err();
+        assert!(owner.to_string().contains("12-digit"), "{owner}");
+    }
+
+    #[test]
     fn an_environment_names_its_repository_or_says_any() {
         let err = parse("[[environment]]\nname = \"p\"\nbranch = \"main\"\n").unwrap_err().to_string();
         assert!(err.contains("needs `repository = \"owner/name\"`") && err.contains("\"*\""), "{err}");
@@ -747,7 +812,8 @@ mod tests {
         assert_eq!(check("strategy = \"all-at-once\"\n").unwrap().waves, vec![WaveSize::Percent(100)]);
         assert!(check("strategy = \"sometimes\"\n").is_err());
         assert_eq!(check("wave_timeout = \"2m\"\n").unwrap().wave_timeout, Seconds(120));
-        assert!(check("wave_timeout = \"2d\"\n").unwrap_err().message.contains("unit"));
+        assert!(check("wave_timeout = \"2w\"\n").unwrap_err().message.contains("unit"));
+        assert_eq!(check("wave_timeout = \"1d\"\n").unwrap().wave_timeout, Seconds(86_400));
         assert_eq!(check("min_healthy = \"75%\"\n").unwrap().min_healthy, WaveSize::Percent(75));
     }
 

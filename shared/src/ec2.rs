@@ -19,6 +19,19 @@ pub enum Ec2Error {
     NoDefaultVersion { name: String, region: String },
 }
 
+impl Ec2Error {
+    /// What a caller outside the account may be told: EC2's own text can name account ids
+    /// and ARNs, so it stays in the function's log.
+    pub fn public(&self) -> String {
+        match self {
+            Ec2Error::Aws { operation, region, .. } => {
+                format!("EC2 {operation} failed in {region} (the function's log has EC2's answer)")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What happened to a launch template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateUpdate {
@@ -130,8 +143,13 @@ impl Ec2 {
         Client::from_conf(self.client.config().to_builder().region(Region::new(region.to_owned())).build())
     }
 
-    /// The AMIs (region to id) that are not `available` in their region, each with the reason.
-    pub async fn unavailable_images(&self, amis: &BTreeMap<String, String>) -> Result<Vec<String>, Ec2Error> {
+    /// The AMIs (region to id) that are not `available` in their region, or (when `owners` is
+    /// not empty) not owned by one of `owners`, each with the reason.
+    pub async fn unavailable_images(
+        &self,
+        amis: &BTreeMap<String, String>,
+        owners: &[String],
+    ) -> Result<Vec<String>, Ec2Error> {
         let mut problems = Vec::new();
         for (region, ami) in amis {
             let result = self.client(region).describe_images().image_ids(ami).send().await;
@@ -152,6 +170,9 @@ impl Ec2 {
                     "{ami} in {region} is {}, not available",
                     image.state().map(|s| s.as_str()).unwrap_or("in an unknown state")
                 )),
+                Some(image) if !owners.is_empty() && !owners.iter().any(|o| image.owner_id() == Some(o.as_str())) => {
+                    problems.push(format!("{ami} in {region} is not owned by one of the provider's image_owners"));
+                }
                 Some(_) => {}
             }
         }

@@ -41,6 +41,32 @@ pub fn hash(token: &[u8]) -> String {
     hex::encode(Sha256::digest(token))
 }
 
+/// How `conveyor token list` names a token: the first 12 hex digits of its hash (the token
+/// itself is never stored).
+pub fn id_of(token_hash: &str) -> String {
+    token_hash.chars().take(12).collect()
+}
+
+/// What a token may do, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenGrant {
+    /// [`id_of`] its hash.
+    #[serde(default)]
+    pub id: String,
+    /// [`Scope::as_string`].
+    pub scope: String,
+    pub created_at: i64,
+    /// Unix seconds; none: until revoked.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+impl TokenGrant {
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|end| now < end)
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let (scheme, token) = header?.trim().split_once(' ')?;
@@ -65,6 +91,15 @@ mod tests {
         assert_eq!(hash(b"cvy_x"), hash(b"cvy_x"));
         assert_ne!(hash(b"cvy_x"), hash(b"cvy_y"));
         assert!(!hash(b"cvy_x").contains("cvy_x"));
+    }
+
+    #[test]
+    fn a_grant_ends_when_it_expires() {
+        let grant =
+            TokenGrant { id: id_of(&hash(b"cvy_x")), scope: "provider:p".into(), created_at: 0, expires_at: Some(100) };
+        assert!(grant.valid_at(99) && !grant.valid_at(100));
+        assert!(TokenGrant { expires_at: None, ..grant.clone() }.valid_at(i64::MAX));
+        assert_eq!(grant.id.len(), 12);
     }
 
     #[test]

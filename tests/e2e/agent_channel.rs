@@ -4,7 +4,7 @@ use serde_json::json;
 const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\nrepository = \"*\"\n";
 
 async fn token(app: &TestApp, environment: &str) -> String {
-    let secret = conveyor_cli::ops::create_environment_token(&app.table, &app.config, environment).await.unwrap();
+    let secret = conveyor_cli::ops::create_environment_token(&app.table, &app.config, environment, None).await.unwrap();
     String::from_utf8(secret.expose().to_vec()).unwrap()
 }
 

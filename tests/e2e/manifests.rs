@@ -224,7 +224,65 @@ async fn launch_templates_follow_new_images() {
     let answer = app.upload_manifest("aws", &token, "", &body).await;
     assert_eq!(answer.status, 502, "{answer:?}");
     assert_eq!(answer.body["error"]["code"], "launch_template_failed");
+    // EC2's own text (which can name accounts and ARNs) stays in the function's log.
+    let error = answer.body["launch_templates"][0]["error"].as_str().unwrap();
+    assert_eq!(error, "EC2 DescribeLaunchTemplateVersions failed in us-east-1 (the function's log has EC2's answer)");
     assert_eq!(app.images("aws", &token).await.body["version"], 1);
+}
+
+#[tokio::test]
+async fn a_rollback_that_would_leave_a_launch_template_without_an_image_is_refused() {
+    let template = conveyor_e2e::unique_name("shop-web");
+    let config = format!(
+        "[[provider]]\nname = \"aws\"\n[[provider.launch_template]]\nname = \"{template}\"\nregion = \"us-east-1\"\n"
+    );
+    let app = TestApp::spawn(&config).await;
+    let token = app.provider_token("aws").await;
+    let ec2 = aws_sdk_ec2::Client::new(&app.sdk);
+    ec2.create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id("ami-00000001").build())
+        .send()
+        .await
+        .unwrap();
+    // Version 1 has no image for the template's region; version 2 adds one.
+    let first = manifest(vec![build("base", "amazon-ebs", "eu-west-1:ami-0000000b", "r-1")], "r-1");
+    assert_eq!(app.upload_manifest("aws", &token, "", &first).await.status, 200);
+    let second =
+        manifest(vec![build("base", "amazon-ebs", "us-east-1:ami-0000000a,eu-west-1:ami-0000000c", "r-2")], "r-2");
+    assert_eq!(app.upload_manifest("aws", &token, "", &second).await.status, 200);
+
+    let ec2_adapter = conveyor_shared::ec2::Ec2::new(&app.sdk);
+    let err = conveyor_cli::ops::rollback_images(&app.table, &ec2_adapter, &app.config, "aws", None).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("version 1") && message.contains("us-east-1") && message.contains("--to"), "{message}");
+    let images = app.images("aws", &token).await.body;
+    assert_eq!((images["version"].as_i64(), images["images"]["us-east-1"].as_str()), (Some(2), Some("ami-0000000a")));
+}
+
+#[tokio::test]
+async fn verify_refuses_images_of_accounts_the_provider_does_not_name() {
+    let app = TestApp::spawn("[[provider]]\nname = \"aws\"\nimage_owners = [\"111111111111\"]\n").await;
+    let token = app.provider_token("aws").await;
+    let ec2 = aws_sdk_ec2::Client::new(&app.sdk);
+    let registered = ec2
+        .register_image()
+        .name(conveyor_e2e::unique_name("foreign"))
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap();
+    let ami = registered.image_id().unwrap().to_owned();
+    let body = manifest(vec![build("base", "amazon-ebs", &format!("us-east-1:{ami}"), "o-1")], "o-1");
+    let answer = app.upload_manifest("aws", &token, "?verify=true", &body).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (422, Some("image_unavailable")), "{answer:?}");
+    assert!(answer.body["error"]["message"].as_str().unwrap().contains("image_owners"), "{answer:?}");
+    assert_eq!(app.images("aws", &token).await.body["version"], 0, "nothing written");
+
+    // The emulator's account owns what it registers.
+    let ours = TestApp::spawn("[[provider]]\nname = \"aws\"\nimage_owners = [\"123456789012\"]\n").await;
+    let token = ours.provider_token("aws").await;
+    assert_eq!(ours.upload_manifest("aws", &token, "?verify=true", &body).await.status, 200);
 }
 
 #[tokio::test]
@@ -252,4 +310,40 @@ async fn rollback_walks_back_through_the_history() {
     assert_eq!(images["history"][0]["kind"], "rollback");
     let err = conveyor_cli::ops::rollback_images(&app.table, &ec2, &app.config, "gcp", None).await.unwrap_err();
     assert!(err.to_string().contains("known: aws, droplets"), "{err}");
+}
+
+#[tokio::test]
+async fn tokens_are_listed_without_their_secret_revoked_at_once_and_expire() {
+    let app = TestApp::spawn(CONFIG).await;
+    let body = manifest(vec![build("ubuntu", "amazon-ebs", "us-west-2:ami-0aee8bac10830769b", "run-1")], "run-1");
+    let token = app.provider_token("aws").await;
+    let now = conveyor_shared::unix_now();
+    let short =
+        conveyor_cli::ops::create_provider_token(&app.table, &app.config, "aws", Some(now + 3600)).await.unwrap();
+    let short = String::from_utf8(short.expose().to_vec()).unwrap();
+    let lapsed = conveyor_cli::ops::create_provider_token(&app.table, &app.config, "aws", Some(now - 1)).await.unwrap();
+    let lapsed = String::from_utf8(lapsed.expose().to_vec()).unwrap();
+
+    let listed = app.table.tokens().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for grant in &listed {
+        assert_eq!(grant.scope, "provider:aws");
+        assert!(!token.contains(&grant.id) && !short.contains(&grant.id), "an id is not part of the token");
+    }
+    assert_eq!(listed.iter().filter(|g| g.expires_at.is_some()).count(), 2);
+
+    // An expired token is refused like an unknown one.
+    let expired = app.upload_manifest("aws", &lapsed, "", &body).await;
+    assert_eq!((expired.status, expired.body["error"]["code"].as_str()), (401, Some("invalid_token")), "{expired:?}");
+    assert_eq!(app.upload_manifest("aws", &short, "", &body).await.status, 200);
+
+    // Revoked: refused at once.
+    let id = conveyor_shared::token::id_of(&conveyor_shared::token::hash(short.as_bytes()));
+    let revoked = app.table.revoke_token(&id).await.unwrap().expect("the token was there");
+    assert_eq!(revoked.id, id);
+    let refused = app.upload_manifest("aws", &short, "", &body).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(app.table.revoke_token(&id).await.unwrap().is_none(), "revoking twice finds nothing");
+    assert_eq!(app.upload_manifest("aws", &token, "", &body).await.status, 200, "other tokens go on working");
+    assert_eq!(app.table.tokens().await.unwrap().len(), 2);
 }

@@ -189,7 +189,8 @@ async fn reports_that_meet_transaction_conflicts_are_all_counted_and_none_is_ref
     let now = conveyor_shared::unix_now();
     let queued = quiet.queue("production", "acme/shop", &sha(7), now, None, Some(b"seven")).await;
     quiet.fanout(&endpoint()).await.tick(now).await.unwrap();
-    let token = conveyor_cli::ops::create_environment_token(&quiet.table, &quiet.config, "production").await.unwrap();
+    let token =
+        conveyor_cli::ops::create_environment_token(&quiet.table, &quiet.config, "production", None).await.unwrap();
     let token = String::from_utf8(token.expose().to_vec()).unwrap();
 
     // Every report's transaction updates the deployment's counters: in DynamoDB they cancel
@@ -235,7 +236,7 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
     let tag = unique_name("planning");
     let app = TestApp::spawn(&config(&tag, "waves = [1, \"100%\"]")).await;
     let ids = launch_instances(&app.sdk, 150, &tag).await;
-    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production").await.unwrap();
+    let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production", None).await.unwrap();
     let authorization = format!("Bearer {}", String::from_utf8(token.expose().to_vec()).unwrap());
     let (repository, sha) = ("acme/shop", sha(8));
     conveyor_e2e::push_artifact(&app.artifacts, &app.artifacts_bucket, repository, &sha, b"eight".to_vec()).await;

@@ -158,7 +158,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
     let env = config.environments[0].clone();
     let secret = "bench-agent-token";
     table
-        .create_token(&token::hash(secret.as_bytes()), &Scope::Environment("production".into()).as_string(), 0)
+        .create_token(&token::hash(secret.as_bytes()), &Scope::Environment("production".into()).as_string(), 0, None)
         .await
         .expect("a token");
     let now = conveyor_shared::unix_now();

@@ -155,9 +155,6 @@ const TOKEN_CACHE_ENTRIES: usize = 256;
 /// takes effect within this time.
 const CREDENTIAL_CACHE: Duration = Duration::from_secs(60);
 
-/// A value read from the table, and when.
-type Cached = (String, Instant);
-
 /// An instance's credential hash, how its agent enrolled, and when it was read.
 type CachedCredential = (String, EnrollmentProof, Instant);
 
@@ -171,8 +168,8 @@ pub struct Fanout {
     artifacts: Artifacts,
     config: Arc<Config>,
     timing: Timing,
-    /// Token hash to (scope, when it was read).
-    tokens: Arc<Mutex<HashMap<String, Cached>>>,
+    /// Token hash to (its grant, when it was read).
+    tokens: Arc<Mutex<HashMap<String, (conveyor_shared::token::TokenGrant, Instant)>>>,
     /// (environment, instance) to the hash of its agent's binding credential, when read.
     credentials: Arc<Mutex<HashMap<(String, String), CachedCredential>>>,
     /// Set when agents may prove their instance instead of presenting a token.
@@ -199,20 +196,26 @@ impl Fanout {
             .trusting_instance_profiles(Sts::new(sdk)?, agent_roles_from_env()?))
     }
 
-    /// The scope of a presented token's hash, from the cache or the table.
+    /// The scope of a presented token's hash, from the cache or the table; none for a token
+    /// that is unknown, revoked (within the cache time) or expired.
     async fn token_scope(&self, hash: String) -> Result<Option<String>, StoreError> {
+        let now = conveyor_shared::unix_now();
         let cached = self.tokens.lock().ok().and_then(|cache| {
-            cache.get(&hash).filter(|(_, read)| read.elapsed() < TOKEN_CACHE).map(|(scope, _)| scope.clone())
+            cache
+                .get(&hash)
+                .filter(|(grant, read)| read.elapsed() < TOKEN_CACHE && grant.valid_at(now))
+                .map(|(grant, _)| grant.scope.clone())
         });
         if cached.is_some() {
             return Ok(cached);
         }
-        let scope = self.table.token_scope(&hash).await?;
-        if let (Some(scope), Ok(mut cache)) = (&scope, self.tokens.lock()) {
+        let grant = self.table.token_grant(&hash, now).await?;
+        let scope = grant.as_ref().map(|grant| grant.scope.clone());
+        if let (Some(grant), Ok(mut cache)) = (grant, self.tokens.lock()) {
             if cache.len() >= TOKEN_CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(hash, (scope.clone(), Instant::now()));
+            cache.insert(hash, (grant, Instant::now()));
         }
         Ok(scope)
     }

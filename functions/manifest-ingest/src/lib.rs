@@ -39,6 +39,11 @@ pub enum ImagesError {
     Contended(String),
     #[error("provider {provider} has {problem}")]
     NothingToRollBack { provider: String, problem: String },
+    #[error(
+        "rolling provider {provider} back to version {version} would leave its launch templates in {} without an image (that version has none there): roll back to a version that has one (--to), or remove those templates from conveyor.toml first",
+        regions.join(", ")
+    )]
+    WouldDropRegions { provider: String, version: i64, regions: Vec<String> },
 }
 
 /// What an upload did to the image map.
@@ -87,7 +92,14 @@ pub async fn apply_run(table: &Table, provider: &str, run: &RunImages, now: i64)
 
 /// Restores the images as they were before the newest change that is not already undone
 /// (or as they were at `to`), as a new version. Successive rollbacks walk further back.
-pub async fn rollback(table: &Table, provider: &str, to: Option<i64>, now: i64) -> Result<ImageChange, ImagesError> {
+pub async fn rollback(
+    table: &Table,
+    provider: &Provider,
+    to: Option<i64>,
+    now: i64,
+) -> Result<ImageChange, ImagesError> {
+    let regions = provider.launch_templates.iter().map(|t| t.region.as_str());
+    let provider = provider.name.as_str();
     let nothing =
         |problem: &str| ImagesError::NothingToRollBack { provider: provider.to_owned(), problem: problem.to_owned() };
     for attempt in 0..MAX_ATTEMPTS {
@@ -113,6 +125,14 @@ pub async fn rollback(table: &Table, provider: &str, to: Option<i64>, now: i64) 
             .map(|c| c.images.clone())
             .ok_or_else(|| nothing(&format!("no version {target} in its history")))?;
         let (current, version) = current_images(table, provider).await?;
+        let dropped = packer::regions_dropped(&current, &images, regions.clone());
+        if !dropped.is_empty() {
+            return Err(ImagesError::WouldDropRegions {
+                provider: provider.to_owned(),
+                version: target,
+                regions: dropped,
+            });
+        }
         let change = ImageChange {
             provider: provider.to_owned(),
             version: version + 1,
@@ -170,7 +190,7 @@ pub async fn sync_launch_templates(
             Err(err) => {
                 tracing::error!(template = %target.name, error = %err, "launch template not updated");
                 all_ok = false;
-                results.push(json!({"name": target.name, "region": target.region, "error": err.to_string()}));
+                results.push(json!({"name": target.name, "region": target.region, "error": err.public()}));
             }
         }
     }
@@ -200,9 +220,16 @@ impl ManifestIngest {
         let Some(presented) = token::bearer(http::header(request, "authorization")) else {
             return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
         };
-        let scope = match self.table.token_scope(&token::hash(presented.as_bytes())).await {
-            Ok(Some(scope)) => scope,
-            Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
+        let now = conveyor_shared::unix_now();
+        let scope = match self.table.token_grant(&token::hash(presented.as_bytes()), now).await {
+            Ok(Some(grant)) => grant.scope,
+            Ok(None) => {
+                return Err(http::error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the token is not known (revoked, expired, or never created)",
+                ));
+            }
             Err(err) => return Err(store_failure(&err)),
         };
         let Some(found) = self.config.provider(provider) else {
@@ -249,12 +276,15 @@ impl ManifestIngest {
             }
         };
         if verify {
-            match self.ec2.unavailable_images(&run.amis()).await {
+            match self.ec2.unavailable_images(&run.amis(), &provider.image_owners).await {
                 Ok(problems) if problems.is_empty() => {}
                 Ok(problems) => {
                     return http::error(StatusCode::UNPROCESSABLE_ENTITY, "image_unavailable", problems.join("; "));
                 }
-                Err(err) => return http::error(StatusCode::BAD_GATEWAY, "ec2_unavailable", err),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot verify the manifest's images");
+                    return http::error(StatusCode::BAD_GATEWAY, "ec2_unavailable", err.public());
+                }
             }
         }
         let now = conveyor_shared::unix_now();

@@ -209,6 +209,24 @@ pub fn merge(current: &ImageMap, run: &ImageMap) -> ImageMap {
     next
 }
 
+/// The regions a launch template follows that `current` has an image for and `target` has
+/// not: moving to `target` would leave those templates on an image the ledger no longer
+/// names.
+pub fn regions_dropped<'a>(
+    current: &ImageMap,
+    target: &ImageMap,
+    template_regions: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut dropped: Vec<String> = template_regions
+        .into_iter()
+        .filter(|region| current.contains_key(*region) && !target.contains_key(*region))
+        .map(str::to_owned)
+        .collect();
+    dropped.sort();
+    dropped.dedup();
+    dropped
+}
+
 /// The regions whose image differs between `old` and `new`.
 pub fn diff(old: &ImageMap, new: &ImageMap) -> BTreeMap<String, Change> {
     old.keys()
@@ -221,6 +239,18 @@ pub fn diff(old: &ImageMap, new: &ImageMap) -> BTreeMap<String, Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_may_not_drop_a_region_a_launch_template_follows() {
+        let map = |pairs: &[(&str, &str)]| -> ImageMap {
+            pairs.iter().map(|(r, a)| (r.to_string(), a.to_string())).collect()
+        };
+        let current = map(&[("us-east-1", "ami-2"), ("eu-west-1", "ami-3")]);
+        let older = map(&[("eu-west-1", "ami-1")]);
+        assert_eq!(regions_dropped(&current, &older, ["us-east-1", "us-east-1"]), ["us-east-1"]);
+        assert!(regions_dropped(&current, &older, ["eu-west-1"]).is_empty());
+        assert!(regions_dropped(&older, &current, ["us-east-1"]).is_empty(), "adding a region drops nothing");
+    }
     use serde_json::json;
 
     fn manifest(builds: serde_json::Value, last: &str) -> Vec<u8> {
