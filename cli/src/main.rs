@@ -42,6 +42,14 @@ enum Command {
         /// The X-GitHub-Delivery GUID (default: a new one; repeat one to test dedupe).
         #[arg(long)]
         delivery: Option<String>,
+        /// Record the GitHub delivery straight into the table (CONVEYOR_TABLE, AWS credentials)
+        /// with the intake's own code instead of posting it: for a delivery over Lambda's 6 MB
+        /// that AWS refused, saved from GitHub's delivery log (give its GUID with --delivery).
+        #[arg(long, requires = "delivery", conflicts_with = "url")]
+        record: bool,
+        /// conveyor.toml, with --record (default: CONVEYOR_CONFIG, then ./conveyor.toml).
+        #[arg(long, requires = "record")]
+        config: Option<PathBuf>,
     },
     /// Check conveyor.toml.
     Config {
@@ -381,11 +389,38 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { file, url, event, delivery } => {
+        Command::Replay { file, url, event, delivery, record, config } => {
             let sender = match event {
                 Some(event) => replay::Sender::GitHub { event },
                 None => replay::Sender::of(&file).map_err(|e| e.to_string())?,
             };
+            if record {
+                let replay::Sender::GitHub { event } = &sender else {
+                    return Err("--record takes GitHub deliveries (Stripe events are at most 1 MB)".into());
+                };
+                let settings = dev::local_settings(config.as_deref());
+                let loaded = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+                let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+                let body = replay::read(&file).map_err(|e| e.to_string())?;
+                let delivery = delivery.unwrap_or_default();
+                let reply = replay::record_github(
+                    table,
+                    std::sync::Arc::new(loaded),
+                    &settings.artifacts_bucket,
+                    event,
+                    &delivery,
+                    body,
+                )
+                .await?;
+                println!(
+                    "{event} {delivery} {} -> recorded in {}: {} {}",
+                    file.display(),
+                    settings.table,
+                    reply.status,
+                    reply.body
+                );
+                return Ok(if reply.status < 300 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             let url = url.unwrap_or_else(|| format!("http://127.0.0.1:3000{}", sender.path()));
             let body = replay::read(&file).map_err(|e| e.to_string())?;
             let (label, reply) = match &sender {

@@ -422,3 +422,40 @@ async fn a_commit_deploys_when_every_run_passed_and_a_failed_run_cancels_it_unti
     assert_eq!(stale.body["gate"]["production"], "every run passed (the deployment exists already)", "{stale:?}");
     assert_eq!(state(&app).await.unwrap().0, "pending");
 }
+
+#[tokio::test]
+async fn a_push_too_large_for_lambda_is_recorded_from_the_delivery_log_once() {
+    let app = TestApp::spawn(CONFIG).await;
+    // Over Lambda's 6 MB: AWS answers GitHub 413 before the function runs.
+    let commits: Vec<_> = (0..2_000)
+        .map(|n| {
+            serde_json::json!({"id": format!("{n:040x}"), "timestamp": "2026-11-22T10:00:00Z",
+                               "message": "x".repeat(3_300), "author": {"name": "Ann"}})
+        })
+        .collect();
+    let body = serde_json::json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": format!("{:040x}", 1_999),
+        "created": false, "deleted": false, "forced": false, "commits": commits,
+        "head_commit": null, "repository": {"full_name": "acme/shop", "pushed_at": 1_795_000_000}
+    })
+    .to_string()
+    .into_bytes();
+    assert!(body.len() > 6 * 1024 * 1024, "{} bytes", body.len());
+    let record = || {
+        let config = std::sync::Arc::new(app.config.clone());
+        conveyor_cli::replay::record_github(
+            app.table.clone(),
+            config,
+            &app.artifacts_bucket,
+            "push",
+            "huge-push",
+            body.clone(),
+        )
+    };
+    let first = record().await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(app.table.commit_known("acme/shop", &format!("{:040x}", 1_999)).await.unwrap());
+    assert!(app.table.commit_known("acme/shop", &format!("{:040x}", 0)).await.unwrap());
+    let again = record().await.unwrap();
+    assert!(again.body.contains("\"duplicate\":true"), "{}", again.body);
+}
