@@ -303,3 +303,41 @@ async fn an_event_still_being_processed_is_retried_not_dropped() {
     assert_eq!((retried.status, &retried.body["duplicate"]), (200, &json!(false)), "{retried:?}");
     assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], "active");
 }
+
+#[tokio::test]
+async fn a_body_over_stripes_1_mb_is_refused_before_anything_else() {
+    let app = TestApp::spawn("").await;
+    let mut object = subscription("active", "price_basic");
+    object["metadata"] = json!({"padding": "x".repeat(1024 * 1024)});
+    let body = event("evt_big", "customer.subscription.created", 100, object);
+    let answer = app.deliver_stripe(&body, 0).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{answer:?}");
+    assert_eq!(app.get("/api/v1/customers/cus_1").await.status, 404, "nothing was written");
+    // Just under the limit is read.
+    let mut object = subscription("active", "price_basic");
+    object["metadata"] = json!({"padding": "x".repeat(1000 * 1000)});
+    let answer = app.deliver_stripe(&event("evt_fits", "customer.subscription.created", 100, object), 0).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test]
+async fn every_status_entitles_as_stripe_means_it() {
+    let app = TestApp::spawn("").await;
+    let statuses = [
+        ("active", true),
+        ("trialing", true),
+        ("past_due", true),
+        ("incomplete", false),
+        ("incomplete_expired", false),
+        ("unpaid", false),
+        ("canceled", false),
+        ("paused", false),
+    ];
+    for (n, (status, entitled)) in statuses.iter().enumerate() {
+        let mut object = subscription(status, "price_basic");
+        object["customer"] = format!("cus_status{n}").into();
+        app.deliver_stripe(&event(&format!("evt_status{n}"), "customer.subscription.created", 100, object), 0).await;
+        let answer = app.get(&format!("/api/v1/customers/cus_status{n}")).await;
+        assert_eq!(answer.body["entitled"], *entitled, "{status}: {answer:?}");
+    }
+}
