@@ -129,21 +129,6 @@ pub fn new_delivery_id() -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sender_follows_the_folder() {
-        assert_eq!(Sender::of(Path::new("events/stripe/invoice-paid.json")).unwrap(), Sender::Stripe);
-        assert_eq!(
-            Sender::of(Path::new("events/github/push/main.json")).unwrap(),
-            Sender::GitHub { event: "push".into() }
-        );
-        assert!(Sender::of(Path::new("main.json")).is_err());
-    }
-}
-
 /// Records a GitHub delivery straight into the table with the intake's own code, in this
 /// process: for a delivery AWS refused to hand the function (over Lambda's 6 MB), saved from
 /// GitHub's delivery log. Keyed by its `delivery` GUID like any other, so recording it twice
@@ -175,4 +160,19 @@ pub async fn record_github(
     };
     let response = intake.handle(request).await;
     Ok(Reply { status: response.status().as_u16(), body: String::from_utf8_lossy(response.body()).into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sender_follows_the_folder() {
+        assert_eq!(Sender::of(Path::new("events/stripe/invoice-paid.json")).unwrap(), Sender::Stripe);
+        assert_eq!(
+            Sender::of(Path::new("events/github/push/main.json")).unwrap(),
+            Sender::GitHub { event: "push".into() }
+        );
+        assert!(Sender::of(Path::new("main.json")).is_err());
+    }
 }
