@@ -42,9 +42,9 @@ enum Command {
         /// The X-GitHub-Delivery GUID (default: a new one; repeat one to test dedupe).
         #[arg(long)]
         delivery: Option<String>,
-        /// Record the GitHub delivery straight into the table (CONVEYOR_TABLE, AWS credentials)
-        /// with the intake's own code instead of posting it: for a delivery over Lambda's 6 MB
-        /// that AWS refused, saved from GitHub's delivery log (give its GUID with --delivery).
+        /// Record a GitHub push straight into the table (CONVEYOR_TABLE, AWS credentials) with
+        /// the intake's own code instead of posting it: for a push over Lambda's 6 MB that AWS
+        /// refused, saved from GitHub's delivery log (give its GUID with --delivery).
         #[arg(long, requires = "delivery", conflicts_with = "url")]
         record: bool,
         /// conveyor.toml, with --record (default: CONVEYOR_CONFIG, then ./conveyor.toml).
@@ -395,10 +395,28 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 None => replay::Sender::of(&file).map_err(|e| e.to_string())?,
             };
             if record {
+                // Only pushes can outgrow Lambda's 6 MB; a build event could start a deployment
+                // and is always small enough to be redelivered by GitHub.
                 let replay::Sender::GitHub { event } = &sender else {
-                    return Err("--record takes GitHub deliveries (Stripe events are at most 1 MB)".into());
+                    return Err("--record takes GitHub pushes (Stripe events are at most 1 MB)".into());
                 };
+                if event != "push" {
+                    return Err(format!(
+                        "--record takes `push` deliveries only (this is `{event}`): redeliver other events from GitHub"
+                    ));
+                }
+                if std::env::var("CONVEYOR_TABLE").map_or(true, |t| t.trim().is_empty()) {
+                    return Err(
+                        "--record writes to the table CONVEYOR_TABLE names: set it to the stack's TableName output"
+                            .into(),
+                    );
+                }
                 let settings = dev::local_settings(config.as_deref());
+                eprintln!(
+                    "recording into table {} with {} (it must match the conveyor.toml the stack runs)",
+                    settings.table,
+                    settings.config_path.display()
+                );
                 let loaded = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
                 let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
                 let body = replay::read(&file).map_err(|e| e.to_string())?;

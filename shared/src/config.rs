@@ -254,7 +254,7 @@ impl Seconds {
             "d" => 86_400,
             other => return Err(format!("unknown unit `{other}` in `{text}`: use s, m, h or d")),
         };
-        Ok(Seconds(value * scale))
+        value.checked_mul(scale).map(Seconds).ok_or_else(|| format!("`{text}` is too long a duration"))
     }
 }
 

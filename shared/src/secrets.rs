@@ -28,6 +28,8 @@ const SECRETS_TTL: Duration = Duration::from_secs(300);
 /// A signature that matches no secret re-reads them at most this often (a flood of bad
 /// signatures costs at most one read per interval).
 const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// After a failed read, the secrets read before are used this long before the next try.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// Webhook secrets as a function holds them: fixed (given inline), or read from Secrets
 /// Manager and kept fresh: re-read after 5 minutes, and at once (at most every 10 s) when a
@@ -46,13 +48,14 @@ enum Source {
 
 struct Cached {
     set: SecretSet,
-    read_at: Instant,
+    /// When to read them again (5 minutes after a read, 30 s after a failed one).
+    next_read: Instant,
     forced_at: Option<Instant>,
 }
 
 impl From<SecretSet> for Secrets {
     fn from(set: SecretSet) -> Self {
-        let cache = Cached { set, read_at: Instant::now(), forced_at: None };
+        let cache = Cached { set, next_read: Instant::now() + SECRETS_TTL, forced_at: None };
         Self { source: Arc::new(Source::Fixed), cache: Arc::new(Mutex::new(cache)) }
     }
 }
@@ -63,7 +66,7 @@ impl Secrets {
         let set = resolve(source, sdk).await?;
         let SecretSource::SecretsManager(secret_id) = source else { return Ok(set.into()) };
         let source = Source::Manager { client: aws_sdk_secretsmanager::Client::new(sdk), secret_id: secret_id.clone() };
-        let cache = Cached { set, read_at: Instant::now(), forced_at: None };
+        let cache = Cached { set, next_read: Instant::now() + SECRETS_TTL, forced_at: None };
         Ok(Self { source: Arc::new(source), cache: Arc::new(Mutex::new(cache)) })
     }
 
@@ -80,7 +83,7 @@ impl Secrets {
 
     fn may_force(&self) -> bool {
         let Source::Manager { .. } = *self.source else { return false };
-        let Ok(mut cache) = self.cache.lock() else { return false };
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.forced_at.is_some_and(|at| at.elapsed() < FORCED_REFRESH_INTERVAL) {
             return false;
         }
@@ -91,9 +94,9 @@ impl Secrets {
     /// The secrets, read again when `force`d or older than the TTL. A failed read keeps the
     /// secrets read before (logged): deliveries go on being verified with them.
     async fn current(&self, force: bool) -> SecretSet {
-        let (cached, stale) = match self.cache.lock() {
-            Ok(cache) => (cache.set.clone(), cache.read_at.elapsed() >= SECRETS_TTL),
-            Err(poisoned) => (poisoned.into_inner().set.clone(), true),
+        let (cached, stale) = {
+            let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (cache.set.clone(), Instant::now() >= cache.next_read)
         };
         let Source::Manager { client, secret_id } = &*self.source else { return cached };
         if !(force || stale) {
@@ -101,14 +104,15 @@ impl Secrets {
         }
         match fetch(client, secret_id).await {
             Ok(set) => {
-                if let Ok(mut cache) = self.cache.lock() {
-                    cache.set = set.clone();
-                    cache.read_at = Instant::now();
-                }
+                let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache.set = set.clone();
+                cache.next_read = Instant::now() + SECRETS_TTL;
                 set
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot re-read the webhook secrets; using the ones read before");
+                tracing::warn!(error = %err, "cannot re-read the webhook secrets; using the ones read before, trying again in 30 s");
+                let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                cache.next_read = Instant::now() + RETRY_AFTER_FAILURE;
                 cached
             }
         }

@@ -123,14 +123,16 @@ async fn status_comes_from_subscriptions_not_from_invoices_or_checkouts() {
         300,
         json!({"id": "in_2", "object": "invoice", "customer": "cus_1", "subscription": "sub_1"}),
     );
-    app.deliver_stripe(&paid, 0).await;
+    let answer = app.deliver_stripe(&paid, 0).await;
+    assert_eq!(answer.status, 200, "an invoice about a terminal subscription is recorded, not retried: {answer:?}");
     let checkout = event(
         "evt_co",
         "checkout.session.completed",
         301,
         json!({"object": "checkout.session", "mode": "subscription", "customer": "cus_1", "subscription": "sub_1", "payment_status": "paid"}),
     );
-    app.deliver_stripe(&checkout, 0).await;
+    let answer = app.deliver_stripe(&checkout, 0).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
     let body = entitlement(&app).await;
     assert_eq!(body["subscriptions"][0]["status"], "incomplete_expired");
     assert_eq!(body["entitled"], false);
@@ -340,4 +342,49 @@ async fn every_status_entitles_as_stripe_means_it() {
         let answer = app.get(&format!("/api/v1/customers/cus_status{n}")).await;
         assert_eq!(answer.body["entitled"], *entitled, "{status}: {answer:?}");
     }
+}
+
+#[tokio::test]
+async fn an_invoice_of_the_same_or_a_later_second_never_holds_a_status_change_back() {
+    let app = TestApp::spawn("").await;
+    let invoice = |id: &str, kind: &str, created: i64| {
+        event(
+            id,
+            kind,
+            created,
+            json!({"id": format!("in_{id}"), "object": "invoice", "customer": "cus_1", "subscription": "sub_1"}),
+        )
+    };
+    app.deliver_stripe(
+        &event("evt_unpaid", "customer.subscription.updated", 100, subscription("unpaid", "price_basic")),
+        0,
+    )
+    .await;
+    assert_eq!(entitlement(&app).await["entitled"], false);
+    // The customer pays: the invoice and the subscription's update share a second, and the
+    // invoice arrives first. The payment is recorded and the customer is let back in.
+    let paid = app.deliver_stripe(&invoice("evt_pay", "invoice.paid", 200), 0).await;
+    assert_eq!(paid.status, 200, "{paid:?}");
+    let active = app
+        .deliver_stripe(
+            &event("evt_back", "customer.subscription.updated", 200, subscription("active", "price_basic")),
+            0,
+        )
+        .await;
+    assert_eq!(active.body["outcome"], "applied", "{active:?}");
+    assert_eq!(entitlement(&app).await["entitled"], true);
+
+    // An invoice of a later second arrives before the cancellation: the cancellation applies.
+    let failed = app.deliver_stripe(&invoice("evt_fail", "invoice.payment_failed", 301), 0).await;
+    assert_eq!(failed.status, 200, "{failed:?}");
+    app.deliver_stripe(
+        &event("evt_gone", "customer.subscription.deleted", 300, subscription("canceled", "price_basic")),
+        0,
+    )
+    .await;
+    let body = entitlement(&app).await;
+    assert_eq!(
+        (body["subscriptions"][0]["status"].as_str(), body["entitled"].as_bool()),
+        (Some("canceled"), Some(false))
+    );
 }

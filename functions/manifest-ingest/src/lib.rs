@@ -275,7 +275,9 @@ impl ManifestIngest {
                 return http::error(status, err.code(), err);
             }
         };
-        if verify {
+        // A provider that names its image owners has every upload checked, asked or not: a
+        // leaked token must not point the launch templates at someone else's image.
+        if verify || !provider.image_owners.is_empty() {
             match self.ec2.unavailable_images(&run.amis(), &provider.image_owners).await {
                 Ok(problems) if problems.is_empty() => {}
                 Ok(problems) => {

@@ -151,7 +151,8 @@ impl StripeWebhook {
                 mode.name(),
                 self.mode.name()
             );
-            tracing::warn!(event = %event.id, kind = %event.kind, %reason, "Stripe event of the other mode");
+            // An error: one such event is a stray test, but a mismatched STRIPE_MODE drops them all.
+            tracing::error!(event = %event.id, kind = %event.kind, %reason, "Stripe event of the other mode");
             return http::json(
                 StatusCode::OK,
                 &json!({"ok": true, "duplicate": false, "event": event.id, "outcome": "ignored", "reason": reason}),

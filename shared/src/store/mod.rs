@@ -521,6 +521,31 @@ impl Table {
         Ok(output.items.unwrap_or_default())
     }
 
+    /// Every item of a listing, newest first, following every page.
+    pub async fn listing(&self, listing: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :listing")
+                .expression_attribute_values(":listing", s(listing))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|err| self.aws_error("Query", err))?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key.filter(|key| !key.is_empty());
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Creates the table with its index, stream and TTL when it is missing. For the local
     /// emulator only: in AWS the SAM template owns the table. Returns whether it created it.
     pub async fn create_if_missing(&self) -> Result<bool, StoreError> {
@@ -795,46 +820,40 @@ pub enum Ordered {
 }
 
 impl Table {
-    /// Applies a subscription change unless a newer event has already been applied.
+    /// Applies a subscription change, in two conditional updates of the subscription's item.
     ///
-    /// Order is by the event's `created` (Unix seconds). Tie rule, for two events of the same
-    /// second: the lifecycle decides ([`crate::domain::stripe::lifecycle_rank`]), so
-    /// `past_due` and `active` of one second end `past_due` whatever their arrival order.
-    /// A terminal status (`canceled`, `incomplete_expired`) is never left, whatever the
-    /// timestamps. A stale event still fills fields the item does not have yet (e.g. the
-    /// price from a late `customer.subscription.created`), never overwriting one.
+    /// The facts every event carries (period end, items, price, cancel-at-period-end, the
+    /// last event) are ordered by the event's `created`: a later or same-second event sets
+    /// them, an older one only fills those still unknown (e.g. the price from a late
+    /// `customer.subscription.created`).
+    ///
+    /// The status, which only subscription objects carry, has its own clock
+    /// (`status_created`), so an invoice's time never makes a status change look old. Two
+    /// statuses of the same second apply in lifecycle order
+    /// ([`crate::domain::stripe::lifecycle_rank`]); a terminal status (`canceled`,
+    /// `incomplete_expired`) applies whatever its time and is never left.
     pub async fn apply_subscription_change(
         &self,
         change: &SubscriptionChange,
         now: i64,
     ) -> Result<Ordered, StoreError> {
-        let mut names = HashMap::from([("#status".to_string(), "status".to_string())]);
-        let mut values = HashMap::from([
-            (":customer".to_string(), s(&change.customer)),
-            (":subscription".to_string(), s(&change.subscription)),
-            (":event_id".to_string(), s(&change.event_id)),
-            (":event_type".to_string(), s(&change.event_type)),
-            (":created".to_string(), n(change.event_created)),
-            (":now".to_string(), n(now)),
-            (":canceled".to_string(), s("canceled")),
-            (":expired".to_string(), s("incomplete_expired")),
-            (":rank".to_string(), n(change.rank())),
-        ]);
-        let mut fields: Vec<(&str, AttributeValue)> = Vec::new();
-        if let Some(status) = &change.status {
-            fields.push(("status", s(status)));
-            fields.push(("status_rank", n(change.rank())));
-        }
-        if let Some(items) = &change.items {
-            let items = serde_dynamo::to_attribute_value(items)
-                .map_err(|source| StoreError::Encode { kind: "subscription items", source })?;
-            fields.push(("items", items));
-        }
+        let key = Key::subscription(&change.customer, &change.subscription);
+        let mut fields: Vec<(&str, AttributeValue)> = vec![
+            ("customer", s(&change.customer)),
+            ("subscription", s(&change.subscription)),
+            ("last_event_id", s(&change.event_id)),
+            ("last_event_type", s(&change.event_type)),
+        ];
         if let Some(price) = &change.price {
             fields.push(("price", s(price)));
         }
         if let Some(product) = &change.product {
             fields.push(("product", s(product)));
+        }
+        if let Some(items) = change.items.as_ref().filter(|items| !items.is_empty()) {
+            let items = serde_dynamo::to_attribute_value(items)
+                .map_err(|source| StoreError::Encode { kind: "subscription items", source })?;
+            fields.push(("items", items));
         }
         if let Some(end) = change.current_period_end {
             fields.push(("current_period_end", n(end)));
@@ -842,39 +861,40 @@ impl Table {
         if let Some(cancel) = change.cancel_at_period_end {
             fields.push(("cancel_at_period_end", AttributeValue::Bool(cancel)));
         }
-        let mut set = vec![
-            "customer = :customer".to_string(),
-            "subscription = :subscription".to_string(),
-            "last_event_id = :event_id".to_string(),
-            "last_event_type = :event_type".to_string(),
-            "last_event_created = :created".to_string(),
-            "updated_at = :now".to_string(),
-        ];
+        let facts = self.ordered_facts(&key, &fields, change.event_created, now).await?;
+        let Some(status) = &change.status else { return Ok(facts) };
+        self.ordered_status(&key, status, change.rank(), change.event_created).await
+    }
+
+    /// Sets `fields` when no later event set them; otherwise fills those still unknown.
+    async fn ordered_facts(
+        &self,
+        key: &Key,
+        fields: &[(&str, AttributeValue)],
+        created: i64,
+        now: i64,
+    ) -> Result<Ordered, StoreError> {
+        let mut names = HashMap::from([("#last_event_created".to_string(), "last_event_created".to_string())]);
+        let mut values = HashMap::from([(":created".to_string(), n(created)), (":now".to_string(), n(now))]);
+        let mut set = vec!["#last_event_created = :created".to_string(), "updated_at = :now".to_string()];
         let mut fill = vec![
-            "customer = if_not_exists(customer, :customer)".to_string(),
-            "subscription = if_not_exists(subscription, :subscription)".to_string(),
-            "last_event_id = if_not_exists(last_event_id, :event_id)".to_string(),
-            "last_event_type = if_not_exists(last_event_type, :event_type)".to_string(),
-            "last_event_created = if_not_exists(last_event_created, :created)".to_string(),
+            "#last_event_created = if_not_exists(#last_event_created, :created)".to_string(),
             "updated_at = :now".to_string(),
         ];
         for (field, value) in fields {
             let (name, placeholder) = (format!("#{field}"), format!(":{field}"));
             set.push(format!("{name} = {placeholder}"));
             fill.push(format!("{name} = if_not_exists({name}, {placeholder})"));
-            names.insert(name, field.to_string());
-            values.insert(placeholder, value);
+            names.insert(name, (*field).to_string());
+            values.insert(placeholder, value.clone());
         }
-        let key = || Key::subscription(&change.customer, &change.subscription).into_item();
         let result = self
             .client
             .update_item()
             .table_name(&self.name)
-            .set_key(Some(key()))
+            .set_key(Some(key.clone().into_item()))
             .update_expression(format!("SET {}", set.join(", ")))
-            .condition_expression(
-                "(attribute_not_exists(pk) OR attribute_not_exists(#status) OR (#status <> :canceled AND #status <> :expired)) AND (attribute_not_exists(pk) OR last_event_created < :created OR (last_event_created = :created AND (attribute_not_exists(status_rank) OR status_rank <= :rank)))",
-            )
+            .condition_expression("attribute_not_exists(pk) OR #last_event_created <= :created")
             .set_expression_attribute_names(Some(names.clone()))
             .set_expression_attribute_values(Some(values.clone()))
             .send()
@@ -884,14 +904,10 @@ impl Table {
             Err(err) if is_condition_failure(&err) => {}
             Err(err) => return Err(self.aws_error("UpdateItem", err)),
         }
-        // Only the placeholders the fill expression uses may be sent.
-        for unused in [":canceled", ":expired", ":rank"] {
-            values.remove(unused);
-        }
         self.client
             .update_item()
             .table_name(&self.name)
-            .set_key(Some(key()))
+            .set_key(Some(key.clone().into_item()))
             .update_expression(format!("SET {}", fill.join(", ")))
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
@@ -899,6 +915,42 @@ impl Table {
             .await
             .map_err(|err| self.aws_error("UpdateItem", err))?;
         Ok(Ordered::Stale)
+    }
+
+    /// Sets the status when it moves the subscription's lifecycle on (see
+    /// [`Table::apply_subscription_change`]).
+    async fn ordered_status(&self, key: &Key, status: &str, rank: i64, created: i64) -> Result<Ordered, StoreError> {
+        let not_terminal = "(#status <> :canceled AND #status <> :expired)";
+        let condition = if crate::domain::stripe::is_terminal(status) {
+            format!("attribute_not_exists(#status) OR {not_terminal}")
+        } else {
+            format!(
+                "attribute_not_exists(#status) OR ({not_terminal} AND (attribute_not_exists(status_created) OR status_created < :created OR (status_created = :created AND status_rank <= :rank)))"
+            )
+        };
+        let values = HashMap::from([
+            (":status".to_string(), s(status)),
+            (":rank".to_string(), n(rank)),
+            (":created".to_string(), n(created)),
+            (":canceled".to_string(), s("canceled")),
+            (":expired".to_string(), s("incomplete_expired")),
+        ]);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(key.clone().into_item()))
+            .update_expression("SET #status = :status, status_rank = :rank, status_created = :created")
+            .condition_expression(condition)
+            .expression_attribute_names("#status", "status")
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Ordered::Applied),
+            Err(err) if is_condition_failure(&err) => Ok(Ordered::Stale),
+            Err(err) => Err(self.aws_error("UpdateItem", err)),
+        }
     }
 
     /// Every subscription the ledger knows for `customer`.
@@ -985,7 +1037,7 @@ impl Table {
     /// Every token created since tokens are listed, the newest first (expired ones too, until
     /// DynamoDB deletes them), with its item's key.
     async fn token_items(&self) -> Result<Vec<(Key, TokenGrant)>, StoreError> {
-        let items = self.newest("TOKENS", 1000).await?;
+        let items = self.listing("TOKENS").await?;
         items
             .into_iter()
             .map(|item| {
@@ -999,7 +1051,9 @@ impl Table {
         Ok(self.token_items().await?.into_iter().map(|(_, grant)| grant).collect())
     }
 
-    /// Deletes the token `conveyor token list` shows as `id`; answers what it was.
+    /// Deletes the token `conveyor token list` shows as `id`; answers what it was. An id is 48
+    /// bits of a SHA-256, so two tokens sharing one is not a case worth a prompt: both would
+    /// be listed, and the first is revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<Option<TokenGrant>, StoreError> {
         let Some((key, grant)) = self.token_items().await?.into_iter().find(|(_, t)| t.id == id) else {
             return Ok(None);
