@@ -17,8 +17,10 @@ help:
 	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll"
 	@echo "make clean    remove build output and tool environments"
 
+# The whole workspace, always: features unify across the packages built together, so building
+# a subset would compile the shared crates a second time with other features.
 run:
-	cargo build -p conveyor-cli -p conveyor-agent
+	cargo build --workspace
 	scripts/with-moto scripts/demo.sh
 
 test: lint unit

@@ -17,7 +17,10 @@ AWS_ACCESS_KEY_ID=lint AWS_SECRET_ACCESS_KEY=lint SAM_CLI_TELEMETRY=0 \
   "$lint/sam" validate --lint --template-file infra/template.yaml --region us-east-1
 
 mkdir -p target/lint
-cargo run --quiet -p conveyor-cli --bin conveyor -- routes > target/lint/routes.json
+# The whole workspace (as the tests build it), so the tests reuse this build instead of
+# compiling the shared crates again with another feature set.
+cargo build --workspace --quiet
+target/debug/conveyor routes > target/lint/routes.json
 "$lint/python" scripts/check_template.py infra/template.yaml target/lint/routes.json target/lint/expanded.json
 "$root/.venv/checkov/bin/checkov" --quiet --compact --skip-download \
   --framework cloudformation -f target/lint/expanded.json

@@ -63,8 +63,13 @@ async fn an_instance_outside_every_deployment_gets_nothing() {
 async fn a_release_goes_out_with_the_environments_health_check() {
     use conveyor_shared::domain::rollout::{DeploymentPlan, Release};
     use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
-    let app = TestApp::spawn(
+    // The test plans and starts the deployment itself: no tick or stream may race it.
+    let app = TestApp::spawn_with(
         "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.health]\nurl = \"http://127.0.0.1:9000/up\"\nexpect_status = 204\n",
+        |catalog| {
+            catalog.streams.clear();
+            catalog.schedules.clear();
+        },
     )
     .await;
     let production = token(&app, "production").await;
@@ -93,7 +98,8 @@ async fn a_release_goes_out_with_the_environments_health_check() {
     let id = deployment.id();
     let waves = vec![vec!["i-00000000000000001".to_string()]];
     let plan = DeploymentPlan { environment: "production", deployment: &id, release: &release, previous: None, now };
-    app.table.claim_planning("production", &id, "test-planner", now, 60).await.unwrap();
+    let claimed = app.table.claim_planning("production", &id, "test-planner", now, 60).await.unwrap();
+    assert_eq!(claimed, conveyor_shared::store::Transition::Applied);
     app.table.write_targets(&plan.targets(&waves)).await.unwrap();
     let start = conveyor_shared::store::DeploymentStart {
         environment: "production",
