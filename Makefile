@@ -17,10 +17,11 @@ help:
 	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll"
 	@echo "make clean    remove build output and tool environments"
 
-# The whole workspace, always: features unify across the packages built together, so building
-# a subset would compile the shared crates a second time with other features.
+# Built as the tests build it: features unify across the packages built together, and with
+# dev-dependencies only when tests are built, so any other build would compile the shared
+# crates a second time with another feature set.
 run:
-	cargo build --workspace
+	cargo test --workspace --no-run --quiet
 	scripts/with-moto scripts/demo.sh
 
 test: lint unit

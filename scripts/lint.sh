@@ -17,9 +17,9 @@ AWS_ACCESS_KEY_ID=lint AWS_SECRET_ACCESS_KEY=lint SAM_CLI_TELEMETRY=0 \
   "$lint/sam" validate --lint --template-file infra/template.yaml --region us-east-1
 
 mkdir -p target/lint
-# The whole workspace (as the tests build it), so the tests reuse this build instead of
-# compiling the shared crates again with another feature set.
-cargo build --workspace --quiet
+# Built as the tests build it (`cargo test --no-run`: dev-dependencies take part in feature
+# unification only when tests are built), so the tests and `make run` reuse this one build.
+cargo test --workspace --no-run --quiet
 target/debug/conveyor routes > target/lint/routes.json
 "$lint/python" scripts/check_template.py infra/template.yaml target/lint/routes.json target/lint/expanded.json
 "$root/.venv/checkov/bin/checkov" --quiet --compact --skip-download \

@@ -504,25 +504,17 @@ impl Table {
         }
     }
 
-    /// The newest `limit` items of a listing (`gsi1pk`), newest first.
+    /// The newest `limit` items of a listing (the index's `gsi1pk`).
     pub async fn newest(&self, listing: &str, limit: i32) -> Result<Vec<Item>, StoreError> {
-        let output = self
-            .client
-            .query()
-            .table_name(&self.name)
-            .index_name(GSI1)
-            .key_condition_expression("gsi1pk = :listing")
-            .expression_attribute_values(":listing", s(listing))
-            .scan_index_forward(false)
-            .limit(limit)
-            .send()
-            .await
-            .map_err(|err| self.aws_error("Query", err))?;
-        Ok(output.items.unwrap_or_default())
+        self.index_query(listing, Some(limit)).await
     }
 
     /// Every item of a listing, newest first, following every page.
     pub async fn listing(&self, listing: &str) -> Result<Vec<Item>, StoreError> {
+        self.index_query(listing, None).await
+    }
+
+    async fn index_query(&self, listing: &str, limit: Option<i32>) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
@@ -534,13 +526,15 @@ impl Table {
                 .key_condition_expression("gsi1pk = :listing")
                 .expression_attribute_values(":listing", s(listing))
                 .scan_index_forward(false)
+                .set_limit(limit.map(|limit| limit - items.len() as i32))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|err| self.aws_error("Query", err))?;
             items.extend(output.items.unwrap_or_default());
             start = output.last_evaluated_key.filter(|key| !key.is_empty());
-            if start.is_none() {
+            let full = limit.is_some_and(|limit| items.len() as i32 >= limit);
+            if start.is_none() || full {
                 return Ok(items);
             }
         }
