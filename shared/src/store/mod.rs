@@ -478,30 +478,16 @@ impl Table {
         limit: Option<i32>,
         reverse: bool,
     ) -> Result<Vec<Item>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.name)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(prefix))
-                .scan_index_forward(!reverse)
-                .set_limit(limit.map(|limit| limit - items.len() as i32))
-                .set_exclusive_start_key(start)
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|err| self.aws_error("Query", err))?;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key.filter(|key| !key.is_empty());
-            let full = limit.is_some_and(|limit| items.len() as i32 >= limit);
-            if start.is_none() || full {
-                return Ok(items);
-            }
-        }
+        let query = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":prefix", s(prefix))
+            .scan_index_forward(!reverse)
+            .consistent_read(true);
+        self.pages(query, limit).await
     }
 
     /// The newest `limit` items of a listing (the index's `gsi1pk`).
@@ -515,17 +501,28 @@ impl Table {
     }
 
     async fn index_query(&self, listing: &str, limit: Option<i32>) -> Result<Vec<Item>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .index_name(GSI1)
+            .key_condition_expression("gsi1pk = :listing")
+            .expression_attribute_values(":listing", s(listing))
+            .scan_index_forward(false);
+        self.pages(query, limit).await
+    }
+
+    /// Runs `query` page after page until `limit` items or the end.
+    async fn pages(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: Option<i32>,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.name)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :listing")
-                .expression_attribute_values(":listing", s(listing))
-                .scan_index_forward(false)
+            let output = query
+                .clone()
                 .set_limit(limit.map(|limit| limit - items.len() as i32))
                 .set_exclusive_start_key(start)
                 .send()
