@@ -5,6 +5,12 @@ SHELL := /bin/bash
 # cargo-nextest when installed, plain cargo test otherwise.
 TEST_RUNNER := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 
+# Lint, the tests and `make run` share one build, in which clippy-driver compiles the
+# workspace's own crates and reports Clippy's lints as it goes (scripts/lint.sh fails on
+# any). Only these targets use it: it builds with MIR optimisations off, which is no way to
+# build what ships (`make package`, `make bench` build without it).
+LINTED_BUILD := RUSTC_WORKSPACE_WRAPPER=clippy-driver
+
 .PHONY: help run test unit lint build package deploy bench clean
 
 help:
@@ -21,19 +27,19 @@ help:
 # dev-dependencies only when tests are built, so any other build would compile the shared
 # crates a second time with another feature set.
 run:
-	cargo test --workspace --no-run --quiet
-	scripts/with-moto scripts/demo.sh
+	$(LINTED_BUILD) cargo test --workspace --no-run --quiet
+	$(LINTED_BUILD) scripts/with-moto scripts/demo.sh
 
 test: lint unit
 
 unit:
-	scripts/with-moto $(TEST_RUNNER) --workspace
+	$(LINTED_BUILD) scripts/with-moto $(TEST_RUNNER) --workspace
 
 lint:
-	scripts/lint.sh
+	$(LINTED_BUILD) scripts/lint.sh
 
 build:
-	cargo build --workspace
+	$(LINTED_BUILD) cargo build --workspace
 
 package:
 	scripts/package.sh
@@ -43,8 +49,8 @@ deploy: package
 	.venv/lint/bin/sam deploy --template-file infra/template.yaml --guided
 
 bench:
-	cargo bench -p conveyor-shared --bench intake
-	scripts/with-moto cargo bench -p deploy-fanout --bench fanout
+	env -u RUSTC_WORKSPACE_WRAPPER cargo bench -p conveyor-shared --bench intake
+	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p deploy-fanout --bench fanout
 
 clean:
 	cargo clean

@@ -2,9 +2,11 @@
 
 1. Expands the SAM template with samtranslator (no AWS calls) into target/expanded.json,
    for checkov, which misses policies written inside SAM `Policies` otherwise.
-2. Compares the HTTP routes the template wires (API events, or a function URL, which serves
-   all of its function's routes) with the routes each function serves (`conveyor
-   routes`), so the dev server and AWS can never disagree on a path.
+2. Compares what the template wires with each function's registration (`conveyor routes`):
+   HTTP routes and who authorises them (API events with or without the IAM authorizer, or a
+   function URL, which serves all of its function's routes), stream filters, and schedules.
+   Every stream mapping must take partial batch failures (the functions report them) and
+   name an on-failure destination, so the dev server and AWS can never disagree.
 
 Usage: python check_template.py TEMPLATE ROUTES_JSON OUT_JSON
 """
@@ -30,7 +32,9 @@ def main(template_path, routes_path, out_path):
         template = yaml_parse(f.read())
     with open(routes_path) as f:
         table = json.load(f)
-    served = {(r["function"], r["method"], r["path"]) for r in table if "path" in r}
+    served = {(r["function"], r["method"], r["path"], r["auth"]) for r in table if "path" in r}
+    schedules = {(r["function"], r["schedule"]) for r in table if "schedule" in r}
+    declared_schedules = set()
     # Filters are compared as JSON values, so spacing does not matter.
     filters = {(r["function"], json.dumps(json.loads(r["stream_filter"]), sort_keys=True)) for r in table if "stream_filter" in r}
     declared_filters = set()
@@ -48,23 +52,36 @@ def main(template_path, routes_path, out_path):
         name = parts[parts.index("lambda") + 1]
         if not os.path.isdir(os.path.join(os.path.dirname(template_path), "..", "functions", name)):
             problems.append(f"{logical_id}: functions/{name} does not exist")
-        if "FunctionUrlConfig" in resource["Properties"]:
+        url = resource["Properties"].get("FunctionUrlConfig")
+        if url:
             # A function URL hands every path to the function.
-            wired.update(route for route in served if route[0] == name)
-        for event in resource["Properties"].get("Events", {}).values():
+            auth = "iam" if url.get("AuthType") == "AWS_IAM" else "function"
+            wired.update((n, m, p, auth) for (n, m, p, _) in served if n == name)
+        for event_id, event in resource["Properties"].get("Events", {}).items():
+            props = event.get("Properties", {})
             if event.get("Type") == "HttpApi":
-                props = event["Properties"]
-                wired.add((name, props["Method"].upper(), props["Path"]))
+                auth = "iam" if props.get("Auth", {}).get("Authorizer") == "AWS_IAM" else "function"
+                wired.add((name, props["Method"].upper(), props["Path"], auth))
             if event.get("Type") == "DynamoDB":
-                for f in event["Properties"].get("FilterCriteria", {}).get("Filters", []):
+                for f in props.get("FilterCriteria", {}).get("Filters", []):
                     declared_filters.add((name, json.dumps(json.loads(f["Pattern"]), sort_keys=True)))
+                if "ReportBatchItemFailures" not in props.get("FunctionResponseTypes", []):
+                    problems.append(f"{logical_id}.{event_id}: the function reports partial batch failures; set FunctionResponseTypes: [ReportBatchItemFailures] or Lambda takes a failed batch as done")
+                if not props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"):
+                    problems.append(f"{logical_id}.{event_id}: no DestinationConfig.OnFailure, so records dropped after the last retry leave no trace")
+            if event.get("Type") == "Schedule":
+                declared_schedules.add((name, props.get("Schedule")))
         # samtranslator needs an S3 location; the real one comes from `sam deploy`.
         resource["Properties"]["CodeUri"] = "s3://conveyor-placeholder/code.zip"
 
     for route in sorted(served - wired):
-        problems.append("served by %s but not in the template: %s %s" % route)
+        problems.append("served by %s but not in the template (or with other auth): %s %s, auth %s" % route)
     for route in sorted(wired - served):
-        problems.append("in the template but not served by %s: %s %s" % route)
+        problems.append("in the template but not served by %s: %s %s, auth %s" % route)
+    for name, rate in sorted(schedules - declared_schedules):
+        problems.append(f"{name} runs on {rate} but the template does not schedule it so")
+    for name, rate in sorted(declared_schedules - schedules):
+        problems.append(f"the template schedules {name} on {rate}, which its registration does not declare")
     for name, pattern in sorted(filters - declared_filters):
         problems.append(f"{name} filters its stream with {pattern} but the template does not")
     for name, pattern in sorted(declared_filters - filters):
@@ -104,7 +121,7 @@ def main(template_path, routes_path, out_path):
         for problem in problems:
             print(f"template: {problem}", file=sys.stderr)
         return 1
-    print(f"template: {len(wired)} routes and {len(declared_filters)} stream filters match the functions; expanded to {out_path}")
+    print(f"template: {len(wired)} routes, {len(declared_filters)} stream filters and {len(declared_schedules)} schedules match the functions; expanded to {out_path}")
     return 0
 
 

@@ -44,24 +44,12 @@ show() {
 }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_state() { # environment sha states...
-  local env=$1 sha=$2; shift 2
-  for _ in $(seq 1 240); do
-    state=$(python3 -c "import json, sys, urllib.request
-d = json.load(urllib.request.urlopen('$base/api/v1/deployments?environment=$env'))['deployments']
-print(next((x['state'] for x in d if x['sha'] == '$sha'), ''))")
-    for want in "$@"; do [ "$state" = "$want" ] && { echo "deployment ${sha:0:12} is $state"; return 0; }; done
-    sleep 0.5
-  done
-  echo "deployment ${sha:0:12} did not reach $*" >&2; return 1
-}
-
 echo
 echo "== four agents play four EC2 instances (tagged app=shop-demo in the emulator)"
 mapfile -t instances < <($fleet_py instances 4 shop-demo)
 health_port=$(free_port)
 $fleet_py health "$health_port" "$work/apps" & pids+=($!)
-"$conveyor" token create --environment production --config events/conveyor.dev.toml | tail -n 1 > "$work/agent-token"
+"$conveyor" token create --environment production --config events/conveyor.dev.toml > "$work/agent-token"
 for id in "${instances[@]}"; do
   RUST_LOG=warn "$agent" --server "$base" --token-file "$work/agent-token" --environment production \
     --instance-id "$id" --app-dir "$work/apps/$id" --health-url "http://127.0.0.1:$health_port/$id/health" &
@@ -83,7 +71,8 @@ for sample in ping/hook-created push/main workflow_run/ci-success-main check_sui
 done
 echo
 echo "== the canary gets the release first, then half, then the rest"
-wait_state production "$good_sha" succeeded
+# What a CI job does after its push: wait for the deployment (exit 0 only on success).
+"$conveyor" wait --environment production --sha "$good_sha" --timeout 2m
 "$conveyor" status --environment production
 
 echo
@@ -92,7 +81,10 @@ echo "== a broken release: its canary fails health and the fleet goes back"
 python3 -c "import json; d = json.load(open('events/github/workflow_run/ci-success-main.json')); d['workflow_run']['head_sha'] = '$broken_sha'; d['workflow_run']['id'] += 100; print(json.dumps(d))" > "$work/broken-ci.json"
 mkdir -p "$work/github/workflow_run" && mv "$work/broken-ci.json" "$work/github/workflow_run/"
 "$conveyor" replay "$work/github/workflow_run/broken-ci.json" --url "$base/webhooks/github"
-wait_state production "$broken_sha" rolled_back
+code=0
+"$conveyor" wait --environment production --sha "$broken_sha" --timeout 2m || code=$?
+[ "$code" = 1 ] || { echo "conveyor wait exited $code; the broken release should have rolled back (1)" >&2; exit 1; }
+echo "(conveyor wait exited 1: a CI job waiting on this deploy fails)"
 for _ in $(seq 1 60); do
   back=0
   for id in "${instances[@]}"; do [ "$(readlink "$work/apps/$id/current")" = "releases/${good_sha:0:12}" ] && back=$((back + 1)); done
@@ -100,6 +92,8 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 "$conveyor" status --environment production
+echo "the alert the rollback raised:"
+"$conveyor" alerts --limit 1
 echo "staging (no instances, no artifact):"
 "$conveyor" status --environment staging
 
@@ -116,7 +110,7 @@ done
 
 echo
 echo "== a Packer manifest uploaded with a provider token"
-token=$("$conveyor" token create --provider aws-images --config events/conveyor.dev.toml | tail -n 1)
+token=$("$conveyor" token create --provider aws-images --config events/conveyor.dev.toml)
 upload() {
   python3 - "$base/providers/aws-images/manifests" "$token" events/packer/manifest.json <<'PY'
 import json, sys, urllib.error, urllib.request

@@ -2,6 +2,8 @@
 # Builds every function as an arm64 Lambda zip (target/lambda/<function>/bootstrap.zip),
 # with the repository's conveyor.toml inside it (CONVEYOR_CONFIG=conveyor.toml in Lambda).
 set -euo pipefail
+# What ships is built by rustc itself, never through the linting build's clippy-driver.
+unset RUSTC_WORKSPACE_WRAPPER
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 if [ ! -f conveyor.toml ]; then

@@ -77,10 +77,9 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The handbook's real payloads, beside the repository; `None` when this clone lacks them.
-pub fn fixtures_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    dir.is_dir().then_some(dir)
+/// The real payloads kept in the repository (`fixtures/`).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
 /// The repository's own sample events.
@@ -130,7 +129,7 @@ impl TestApp {
             github: inline(format!("rotated-out,{SECRET}")),
             stripe: inline(format!("whsec_rotated_out,{STRIPE_SECRET}")),
         };
-        let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
+        let table = Table::from_sdk(&sdk, settings.table.clone());
         assert!(table.create_if_missing().await.unwrap(), "a fresh table is created");
         let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
         artifacts.create_bucket_if_missing(&settings.artifacts_bucket).await.unwrap();
@@ -460,7 +459,7 @@ pub struct Quiet {
 impl Quiet {
     pub async fn new(config: &str) -> Self {
         let sdk = sdk().await;
-        let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-quiet"));
+        let table = Table::from_sdk(&sdk, unique_name("conveyor-quiet"));
         table.create_if_missing().await.unwrap();
         let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
         let bucket = "conveyor-artifacts".to_string();
@@ -473,7 +472,7 @@ impl Quiet {
     pub async fn fanout(&self, endpoint: &str) -> deploy_fanout::Fanout {
         let sdk = sdk_at(endpoint).await;
         deploy_fanout::Fanout::new(
-            Table::new(aws_sdk_dynamodb::Client::new(&sdk), self.table.name()),
+            Table::from_sdk(&sdk, self.table.name()),
             conveyor_shared::ec2::Ec2::new(&sdk),
             conveyor_shared::s3::Artifacts::new(&sdk),
             std::sync::Arc::new(self.config.clone()),

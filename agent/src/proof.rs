@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use crate::run::AgentError;
 
 const IMDS: &str = "http://169.254.169.254/latest";
@@ -16,11 +14,7 @@ const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// A signed request, as the poll carries it (`"proof"`).
-#[derive(Debug, Serialize)]
-pub struct InstanceProof {
-    pub headers: BTreeMap<String, String>,
-    pub body: String,
-}
+pub use conveyor_protocol::InstanceProof;
 
 /// Temporary AWS credentials.
 pub struct AwsCredentials {

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use conveyor_protocol::{HealthCheck, Outcome, POLL_PATH, Poll, PollAnswer, REPORT_PATH, Release, Report};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::hooks::{Hooks, Stage};
 use crate::releases::Releases;
@@ -70,50 +70,6 @@ pub enum AgentError {
     /// nothing is reported; the next poll decides again.
     #[error("{0}")]
     Unconfirmed(String),
-}
-
-#[derive(Debug, Deserialize)]
-struct PollAnswer {
-    action: String,
-    release: Option<Desired>,
-    /// Going back to the last good release rather than forward.
-    #[serde(default)]
-    rollback: bool,
-    /// On the instance's first contact: the credential that binds this agent to it.
-    credential: Option<String>,
-    /// The environment's `[environment.health]`, when conveyor.toml sets one: it replaces
-    /// the agent's own health flags.
-    health: Option<HealthCheck>,
-    #[serde(default)]
-    poll_after: u64,
-}
-
-/// How the agent checks its instance after a switch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HealthCheck {
-    pub url: String,
-    /// The status a healthy answer has; any 2xx when unset.
-    pub expect_status: Option<u16>,
-    pub timeout_seconds: u64,
-    pub attempts: u32,
-    /// 0: the agent's own `health_interval_ms`.
-    pub interval_seconds: u64,
-}
-
-impl HealthCheck {
-    fn passes(&self, status: reqwest::StatusCode) -> bool {
-        match self.expect_status {
-            Some(expected) => status.as_u16() == expected,
-            None => status.is_success(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Desired {
-    version: String,
-    url: String,
-    sha256: String,
 }
 
 /// The longest an artifact download may take.
@@ -285,17 +241,17 @@ impl Agent {
     /// Asks the server what this instance should run. Without a token or a credential, the
     /// poll carries a fresh proof of the instance.
     async fn ask(&self) -> Result<PollAnswer, AgentError> {
-        let mut poll = json!({
-            "instance_id": self.instance_id,
-            "environment": self.config.environment,
-            "current": self.releases.current(),
-        });
+        let mut poll = Poll {
+            instance_id: self.instance_id.clone(),
+            environment: self.config.environment.clone(),
+            current: self.releases.current(),
+            proof: None,
+        };
         if self.token.is_none() && std::fs::read_to_string(self.credential_file()).is_err() {
             let signer = crate::proof::Signer::discover(&self.http).await?;
-            let proof = signer.prove(&self.config.environment, std::time::SystemTime::now())?;
-            poll["proof"] = serde_json::to_value(proof).map_err(|e| AgentError::Deploy(e.to_string()))?;
+            poll.proof = Some(signer.prove(&self.config.environment, std::time::SystemTime::now())?);
         }
-        let body = self.post("/agent/v1/poll", poll).await?;
+        let body = self.post(POLL_PATH, &poll).await?;
         let answer: PollAnswer =
             serde_json::from_value(body).map_err(|e| AgentError::Deploy(format!("unexpected poll answer: {e}")))?;
         if let Some(credential) = &answer.credential {
@@ -307,7 +263,7 @@ impl Agent {
     /// One poll, and the deploy it asks for. Answers how long to wait before the next.
     pub async fn poll_once(&self) -> Result<u64, AgentError> {
         let answer = self.ask().await?;
-        if let ("deploy", Some(release)) = (answer.action.as_str(), answer.release) {
+        if let Some(release) = answer.deploy().cloned() {
             if let Some(wait) = self.backing_off(&release.version) {
                 tracing::warn!(version = %release.version, wait, "this release failed here recently; waiting before trying it again");
                 return Ok(wait);
@@ -358,7 +314,7 @@ impl Agent {
     /// have been rolled back while the release downloaded and its hooks ran).
     async fn still_wanted(&self, version: &str) -> Result<bool, AgentError> {
         let answer = self.ask().await?;
-        Ok(answer.action == "deploy" && answer.release.is_some_and(|r| r.version == version))
+        Ok(answer.deploy().is_some_and(|r| r.version == version))
     }
 
     /// A deploy the agent did not finish (it was killed) is reported as failed, with the
@@ -394,7 +350,7 @@ impl Agent {
         })
     }
 
-    async fn deploy(&self, release: &Desired, health: Option<&HealthCheck>) -> Result<String, AgentError> {
+    async fn deploy(&self, release: &Release, health: Option<&HealthCheck>) -> Result<String, AgentError> {
         let mut log = Vec::new();
         if self.releases.installed(&release.version) {
             log.push(format!("{} is on disk: switching without a download", release.version));
@@ -462,7 +418,7 @@ impl Agent {
         let mut last = String::new();
         for attempt in 1..=check.attempts.max(1) {
             match self.http.get(url).timeout(timeout).send().await {
-                Ok(response) if check.passes(response.status()) => {
+                Ok(response) if check.passes(response.status().as_u16()) => {
                     return Ok(format!("health check passed ({url}, attempt {attempt})"));
                 }
                 Ok(response) => last = format!("health check {url} answered {}", response.status()),
@@ -498,31 +454,28 @@ impl Agent {
     }
 
     async fn report(&self, version: &str, succeeded: bool, healthy: bool, log: &str) -> Result<(), AgentError> {
-        self.post(
-            "/agent/v1/report",
-            json!({
-                "instance_id": self.instance_id,
-                "environment": self.config.environment,
-                "version": version,
-                "outcome": if succeeded { "succeeded" } else { "failed" },
-                "healthy": healthy,
-                "current": self.releases.current(),
-                "log": log,
-            }),
-        )
-        .await
-        .map(|_| ())
+        let report = Report {
+            instance_id: self.instance_id.clone(),
+            environment: self.config.environment.clone(),
+            version: version.to_owned(),
+            outcome: if succeeded { Outcome::Succeeded } else { Outcome::Failed },
+            healthy,
+            current: self.releases.current(),
+            log: Some(log.to_owned()),
+        };
+        self.post(REPORT_PATH, &report).await.map(|_| ())
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, AgentError> {
+    async fn post(&self, path: &str, message: &impl Serialize) -> Result<serde_json::Value, AgentError> {
         let url = format!("{}{path}", self.config.server.trim_end_matches('/'));
-        let mut request = self.http.post(&url).header("content-type", "application/json").body(body.to_string());
+        let body = serde_json::to_string(message).map_err(|e| AgentError::Deploy(e.to_string()))?;
+        let mut request = self.http.post(&url).header("content-type", "application/json").body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         let credential = std::fs::read_to_string(self.credential_file()).ok();
         if let Some(credential) = &credential {
-            request = request.header("x-conveyor-agent-credential", credential.trim());
+            request = request.header(conveyor_protocol::CREDENTIAL_HEADER, credential.trim());
         }
         let response =
             request.send().await.map_err(|e| AgentError::Network { url: url.clone(), message: e.to_string() })?;
@@ -602,64 +555,4 @@ fn instance_id_or_error(text: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_expected_status_is_exact_and_otherwise_any_2xx_passes() {
-        let check = |expect_status| HealthCheck {
-            url: "http://127.0.0.1:1/health".into(),
-            expect_status,
-            timeout_seconds: 1,
-            attempts: 1,
-            interval_seconds: 0,
-        };
-        assert!(check(Some(204)).passes(reqwest::StatusCode::NO_CONTENT));
-        assert!(!check(Some(204)).passes(reqwest::StatusCode::OK));
-        assert!(check(None).passes(reqwest::StatusCode::OK));
-        assert!(check(None).passes(reqwest::StatusCode::NO_CONTENT));
-        assert!(!check(None).passes(reqwest::StatusCode::SERVICE_UNAVAILABLE));
-        let answer: PollAnswer = serde_json::from_value(serde_json::json!({
-            "action": "deploy",
-            "release": {"version": "v1", "url": "http://x/a.tar.gz", "sha256": "00"},
-            "health": {"url": "http://127.0.0.1:9000/up", "expect_status": 204, "timeout_seconds": 5, "attempts": 3, "interval_seconds": 2},
-            "poll_after": 2
-        }))
-        .unwrap();
-        assert_eq!(answer.health.map(|h| (h.expect_status, h.attempts)), Some((Some(204), 3)));
-    }
-
-    #[test]
-    fn a_release_that_keeps_failing_is_tried_ever_more_slowly() {
-        assert_eq!([0, 1, 2, 3, 7, 30].map(retry_pause), [0, 10, 20, 40, 600, 600]);
-    }
-
-    #[test]
-    fn a_refused_proof_is_told_from_a_passing_failure() {
-        let answer = |status, code: &str| AgentError::Server {
-            url: "u".into(),
-            status,
-            body: json!({"error": {"code": code, "message": "m"}}).to_string(),
-        };
-        assert!(refused_proof(&answer(403, "proof_refused")));
-        assert!(refused_proof(&answer(403, "not_in_environment")));
-        assert!(!refused_proof(&answer(403, "credential_refused")), "a stale credential is proven again at once");
-        assert!(!refused_proof(&answer(503, "store_unavailable")));
-    }
-
-    #[test]
-    fn only_an_instance_id_is_taken_from_imds() {
-        assert_eq!(instance_id_or_error("i-0123456789abcdef0\n").as_deref(), Ok("i-0123456789abcdef0"));
-        assert!(instance_id_or_error("<html>404 Not Found</html>").is_err());
-        assert!(instance_id_or_error("").is_err());
-    }
-
-    #[test]
-    fn messages_from_a_newer_server_are_read() {
-        let answer: PollAnswer = serde_json::from_value(serde_json::json!({
-            "action": "none", "poll_after": 20, "something_new": {"a": 1}
-        }))
-        .unwrap();
-        assert_eq!((answer.action.as_str(), answer.poll_after), ("none", 20));
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@ use conveyor_shared::config::{
 };
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
+use conveyor_shared::registration::Registration;
 use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
@@ -50,7 +51,7 @@ pub enum DevError {
     #[error(transparent)]
     Sts(#[from] conveyor_shared::sts::StsError),
     #[error(
-        "AWS_ENDPOINT_URL is not set to a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account"
+        "the AWS endpoint is not a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account; point AWS_ENDPOINT_URL (and any AWS_ENDPOINT_URL_<SERVICE>) at a loopback address"
     )]
     NotLocal(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -82,7 +83,7 @@ pub async fn functions(
     timing: deploy_fanout::Timing,
     sdk: &SdkConfig,
 ) -> Result<Catalog, DevError> {
-    let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+    let table = Table::from_sdk(sdk, settings.table.clone());
     let config = Arc::new(config);
     let mut http: Vec<Arc<dyn HttpFunction>> = Vec::new();
     match &webhook_secrets.github {
@@ -101,15 +102,17 @@ pub async fn functions(
                 Secrets::load(source, sdk).await?,
                 stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
             )
-            .serving(
-                // The local emulator takes test-mode events unless told otherwise.
-                stripe_webhook::Mode::from_env(stripe_webhook::Mode::Test).map_err(DevError::Settings)?,
-                stripe_webhook::grace_from_env().map_err(DevError::Settings)?,
-            ),
+            // The local emulator takes test-mode events unless told otherwise.
+            .serving(stripe_webhook::Mode::from_env(stripe_webhook::Mode::Test).map_err(DevError::Settings)?),
         )),
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
     http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));
+    http.push(Arc::new(ledger_api::LedgerApi::new(
+        table.clone(),
+        config.clone(),
+        conveyor_shared::config::entitlement_grace_from_env().map_err(DevError::Settings)?,
+    )));
     let fanout = Arc::new(
         deploy_fanout::Fanout::new(
             table.clone(),
@@ -144,12 +147,10 @@ fn local_agent_roles() -> Result<Vec<conveyor_shared::domain::instance_proof::Ag
 /// Makes sure the table exists in the local emulator. Refuses anything but a loopback
 /// endpoint, so a stray shell with real credentials cannot create resources in AWS.
 pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result<bool, DevError> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-    let host = endpoint.split("://").nth(1).unwrap_or("").split([':', '/']).next().unwrap_or("");
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(DevError::NotLocal(if endpoint.is_empty() { "unset".into() } else { endpoint }));
-    }
-    let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+    // The SDK's own endpoint (`--endpoint-url`) is checked beside the environment's.
+    let flagged = sdk.endpoint_url().map(|url| ("AWS_ENDPOINT_URL".to_owned(), url.to_owned()));
+    ensure_local_endpoints(std::env::vars().chain(flagged))?;
+    let table = Table::from_sdk(sdk, settings.table.clone());
     let created = table.create_if_missing().await?;
     conveyor_shared::s3::Artifacts::new(sdk)
         .create_bucket_if_missing(&settings.artifacts_bucket)
@@ -158,13 +159,48 @@ pub async fn prepare_local_table(settings: &Settings, sdk: &SdkConfig) -> Result
     Ok(created)
 }
 
-/// Settings for a local run: `--config` wins over `CONVEYOR_CONFIG`.
-pub fn local_settings(config_path: Option<&std::path::Path>) -> Settings {
-    let mut settings = Settings::from_env();
-    if let Some(path) = config_path {
-        settings.config_path = path.to_owned();
+/// Refuses to go on unless every endpoint the AWS SDK would use is on this machine:
+/// `AWS_ENDPOINT_URL` must name a loopback host, and so must every per-service
+/// `AWS_ENDPOINT_URL_<SERVICE>` (the SDK prefers those); `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`
+/// would make the SDK skip them all, so it is refused too.
+pub fn ensure_local_endpoints(vars: impl IntoIterator<Item = (String, String)>) -> Result<(), DevError> {
+    let mut global = None;
+    for (name, value) in vars {
+        if name == "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS" && !value.trim().eq_ignore_ascii_case("false") {
+            return Err(DevError::NotLocal(format!("{name}={value} makes the SDK ignore the emulator")));
+        }
+        if name == "AWS_ENDPOINT_URL" {
+            global = Some(value.clone());
+        }
+        if name.starts_with("AWS_ENDPOINT_URL") && !is_loopback_url(&value) {
+            return Err(DevError::NotLocal(format!("{name}={value}")));
+        }
     }
-    settings
+    match global {
+        Some(_) => Ok(()),
+        None => Err(DevError::NotLocal("AWS_ENDPOINT_URL is unset".into())),
+    }
+}
+
+/// Whether `url` is an http(s) URL whose host is this machine: `localhost`, or a loopback
+/// address (`127.0.0.0/8`, `[::1]`). Hosts that only begin like one (`127.0.0.1.example.com`,
+/// a user part as in `127.0.0.1@host`) are not.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.trim().parse::<http::Uri>() else {
+        return false;
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return false;
+    }
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority.host();
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Binds `addr` (port 0 picks a free port).
@@ -249,32 +285,21 @@ async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hype
     response.map(Full::new)
 }
 
-/// Every function's routes, by function name: what `conveyor routes` prints for the
-/// template check, without building clients. `functions` must serve exactly these.
-pub fn route_table() -> Vec<(&'static str, &'static [api::Route])> {
-    vec![
-        ("webhook-intake", webhook_intake::ROUTES),
-        ("stripe-webhook", stripe_webhook::ROUTES),
-        ("manifest-ingest", manifest_ingest::ROUTES),
-        ("deploy-fanout", deploy_fanout::ROUTES),
-    ]
-}
+/// Every function of the project: the one list that `conveyor dev` serves, `conveyor
+/// routes` prints and the template check compares with `infra/template.yaml`. A new
+/// function is its crate, its entry here (and in [`functions`], which builds it) and its
+/// resource in the template.
+pub const REGISTRATIONS: &[&Registration] = &[
+    &webhook_intake::REGISTRATION,
+    &stripe_webhook::REGISTRATION,
+    &manifest_ingest::REGISTRATION,
+    &ledger_api::REGISTRATION,
+    &deploy_fanout::REGISTRATION,
+];
 
-/// Every function's stream filters, by function name: what the template's stream mappings
-/// must declare.
-pub fn stream_table() -> Vec<(&'static str, &'static [&'static str])> {
-    vec![("deploy-fanout", &[deploy_fanout::NEW_DEPLOYMENTS, deploy_fanout::ENDED_DEPLOYMENTS])]
-}
-
-/// The route and stream tables as JSON.
+/// Every route, stream filter and schedule, as JSON: what `conveyor routes` prints.
 pub fn routes_json() -> serde_json::Value {
-    let routes = route_table().into_iter().flat_map(|(name, routes)| {
-        routes.iter().map(move |r| serde_json::json!({"function": name, "method": r.method, "path": r.path}))
-    });
-    let streams = stream_table().into_iter().flat_map(|(name, filters)| {
-        filters.iter().map(move |f| serde_json::json!({"function": name, "stream_filter": f}))
-    });
-    serde_json::Value::Array(routes.chain(streams).collect())
+    serde_json::Value::Array(REGISTRATIONS.iter().flat_map(|r| r.describe()).collect())
 }
 
 /// The first inline secret of `name`, for signing replays.
@@ -290,6 +315,52 @@ mod tests {
     use super::*;
     use conveyor_shared::secret::SecretSet;
 
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn only_loopback_endpoints_pass_the_guard() {
+        for local in ["http://127.0.0.1:5000", "http://localhost:4566/", "http://[::1]:5000", "https://127.1.2.3"] {
+            assert!(is_loopback_url(local), "{local} is on this machine");
+        }
+        for remote in [
+            "http://127.0.0.1.example.com:5000",
+            "http://127.0.0.1@evil.example.com",
+            "http://user@127.0.0.1:5000",
+            "https://dynamodb.eu-west-1.amazonaws.com",
+            "http://[::2]:5000",
+            "ftp://127.0.0.1",
+            "127.0.0.1:5000",
+            "",
+        ] {
+            assert!(!is_loopback_url(remote), "{remote} must be refused");
+        }
+    }
+
+    #[test]
+    fn per_service_endpoints_cannot_bypass_the_guard() {
+        assert!(ensure_local_endpoints(vars(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")])).is_ok());
+        assert!(ensure_local_endpoints(vars(&[])).is_err(), "no endpoint means real AWS");
+        let refused = ensure_local_endpoints(vars(&[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "https://dynamodb.us-east-1.amazonaws.com"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("AWS_ENDPOINT_URL_DYNAMODB"), "{refused}");
+        assert!(
+            ensure_local_endpoints(vars(&[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+                ("AWS_ENDPOINT_URL_S3", "http://localhost:5001"),
+            ]))
+            .is_ok()
+        );
+        let ignored =
+            vars(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")]);
+        assert!(ensure_local_endpoints(ignored).is_err());
+    }
+
     #[tokio::test]
     async fn the_route_table_is_what_the_functions_serve() {
         let settings = Settings { table: "t".into(), config_path: "c.toml".into(), artifacts_bucket: "b".into() };
@@ -299,15 +370,27 @@ mod tests {
         let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
         let catalog =
             functions(Config::default(), &settings, &all, deploy_fanout::Timing::default(), &sdk).await.unwrap();
-        let served: Vec<_> = catalog.http.iter().map(|f| (f.name(), f.routes())).collect();
-        assert_eq!(served, route_table());
-        let streams: Vec<_> = catalog.streams.iter().map(|f| (f.name(), f.filters())).collect();
-        assert_eq!(streams, stream_table());
+        let registered = |has: fn(&Registration) -> bool| -> Vec<&'static str> {
+            REGISTRATIONS.iter().filter(|r| has(r)).map(|r| r.name).collect()
+        };
+        let served: Vec<_> = catalog.http.iter().map(|f| f.name()).collect();
+        assert_eq!(served, registered(|r| !r.routes.is_empty()));
+        let streams: Vec<_> = catalog.streams.iter().map(|f| f.name()).collect();
+        assert_eq!(streams, registered(|r| !r.stream_filters.is_empty()));
+        let schedules: Vec<_> = catalog.schedules.iter().map(|f| f.name()).collect();
+        assert_eq!(schedules, registered(|r| r.schedule.is_some()));
+        for function in catalog.http.iter() {
+            assert!(REGISTRATIONS.contains(&function.registration()), "{} is not in the list", function.name());
+        }
         let none =
             functions(Config::default(), &settings, &WebhookSecrets::default(), deploy_fanout::Timing::default(), &sdk)
                 .await
                 .unwrap();
         let names: Vec<_> = none.http.iter().map(|f| f.name()).collect();
-        assert_eq!(names, ["manifest-ingest", "deploy-fanout"], "a function without its webhook secret is left out");
+        assert_eq!(
+            names,
+            ["manifest-ingest", "ledger-api", "deploy-fanout"],
+            "a function without its webhook secret is left out; the ledger API stays"
+        );
     }
 }

@@ -1,7 +1,13 @@
-//! The `conveyor` command's library: the local dev server and the replay client, so that
-//! tests drive exactly what the binary runs.
+//! The `conveyor` command's library, so that tests drive exactly what the binary runs: the
+//! operator's commands (`ops`, `wait`) and, with the `dev` feature (on by default), the local
+//! dev server with every function built in and the replay client.
 
+pub mod context;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod ops;
+#[cfg(feature = "dev")]
 pub mod replay;
+#[cfg(feature = "dev")]
 pub mod triggers;
+pub mod wait;

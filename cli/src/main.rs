@@ -1,19 +1,27 @@
 //! `conveyor`: the operator's command.
 
+#[cfg(feature = "dev")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use conveyor_cli::{dev, ops, replay};
-use conveyor_shared::config::{Config, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET};
+use conveyor_cli::context::AwsFlags;
+#[cfg(feature = "dev")]
+use conveyor_cli::{dev, replay};
+use conveyor_cli::{ops, wait};
+use conveyor_shared::config::Config;
+#[cfg(feature = "dev")]
+use conveyor_shared::config::{GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET};
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::store::Table;
-use conveyor_shared::{load_aws_config, telemetry};
+use conveyor_shared::telemetry;
 
 #[derive(Parser)]
 #[command(name = "conveyor", version, about = "Delivery automation on AWS: the operator's tool")]
 struct Cli {
+    #[command(flatten)]
+    aws: AwsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,7 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve every function locally, against the AWS emulator at AWS_ENDPOINT_URL.
+    #[cfg(feature = "dev")]
     Dev {
+        /// Where to listen (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
         /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
@@ -30,6 +40,7 @@ enum Command {
     },
     /// Sign a sample webhook and post it: GitHub deliveries with GITHUB_WEBHOOK_SECRET,
     /// Stripe events (files under a `stripe` folder) with STRIPE_WEBHOOK_SECRET.
+    #[cfg(feature = "dev")]
     Replay {
         /// A payload file: events/github/<event>/*.json or events/stripe/*.json.
         file: PathBuf,
@@ -56,7 +67,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Print every function's routes as JSON (what the SAM template must declare).
+    /// Print every function's routes (with their auth), stream filters and schedules as JSON:
+    /// what the SAM template must declare.
+    #[cfg(feature = "dev")]
     Routes,
     /// Create access tokens for machine clients.
     Token {
@@ -70,8 +83,39 @@ enum Command {
     },
     /// Show an environment's deployments, waves and instances.
     Status {
+        /// The environment, as in conveyor.toml.
         #[arg(long)]
         environment: String,
+    },
+    /// Follow a deployment wave by wave until it ends: exit 0 when it succeeded, 1 when it
+    /// rolled back, failed, was superseded or skipped, 3 when --timeout passed first.
+    Wait {
+        /// The environment, as in conveyor.toml.
+        #[arg(long)]
+        environment: String,
+        /// The deployment of this commit (7 to 40 hex digits); it may not exist yet. Default:
+        /// the environment's newest deployment that has not ended, or the next one.
+        #[arg(long)]
+        sha: Option<String>,
+        /// How long to wait ("30m", "1h30m").
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+        /// conveyor.toml, to check the environment's name (default: CONVEYOR_CONFIG, then
+        /// ./conveyor.toml; not checked when there is none).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the deployment as JSON on stdout when it ends (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the newest alerts (payments that failed, rollbacks, hosts that did not come back).
+    Alerts {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..=500))]
+        limit: i32,
+        /// One JSON object per alert.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage the agents bound to instances.
     Agent {
@@ -87,11 +131,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token for one provider's manifest uploads or one environment's agents; it is
-    /// printed once, as the last line.
+    /// Create a token for one provider's manifest uploads or one environment's agents: the
+    /// token alone on stdout, shown only this once (what it is for goes to stderr).
     Create {
+        /// The provider whose manifest uploads the token allows (a `[[provider]]` name).
         #[arg(long, required_unless_present = "environment", conflicts_with = "environment")]
         provider: Option<String>,
+        /// The environment whose agents the token admits (a `[[environment]]` name).
         #[arg(long)]
         environment: Option<String>,
         /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
@@ -110,7 +156,10 @@ enum TokenCommand {
     /// Revoke the token with this id (from `conveyor token list`): it stops working at once for
     /// manifest uploads, and within 5 minutes for agents (warm functions remember a checked
     /// token that long).
-    Revoke { id: String },
+    Revoke {
+        /// The token's id, as `conveyor token list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,8 +167,10 @@ enum AgentCommand {
     /// Let a new agent enrol for INSTANCE (its host was rebuilt, or its credential file lost):
     /// the agent that polls for it next is issued a new credential.
     Forget {
+        /// The environment the instance belongs to.
         #[arg(long)]
         environment: String,
+        /// The instance id (i-...).
         #[arg(long)]
         instance: String,
     },
@@ -156,11 +207,13 @@ enum ArtifactCommand {
 enum ImagesCommand {
     /// Restore a provider's images as they were before the newest change (or at --to).
     Rollback {
+        /// The provider, as in conveyor.toml.
         #[arg(long)]
         provider: String,
         /// The version to restore (see GET /providers/NAME/images).
         #[arg(long)]
         to: Option<i64>,
+        /// conveyor.toml (default: CONVEYOR_CONFIG, then ./conveyor.toml).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -169,7 +222,10 @@ enum ImagesCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Report every problem with its line and column; exit 1 when there is one.
-    Check { file: PathBuf },
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -185,6 +241,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let aws = &cli.aws;
     match cli.command {
         Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
             Ok(config) => {
@@ -198,14 +255,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     providers.len(),
                     providers.join(", ")
                 );
-                println!("{}: ok ({} environments: {})", file.display(), names.len(), names.join(", "));
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => Err(err.to_string()),
         },
         Command::Token { command: TokenCommand::List { json } } => {
-            let settings = dev::local_settings(None);
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let (settings, table) = aws.table().await;
             let tokens = table.tokens().await.map_err(|e| e.to_string())?;
             let now = conveyor_shared::unix_now();
             for token in &tokens {
@@ -226,8 +281,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command: TokenCommand::Revoke { id } } => {
-            let settings = dev::local_settings(None);
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let (settings, table) = aws.table().await;
             match table.revoke_token(id.trim()).await.map_err(|e| e.to_string())? {
                 Some(token) => {
                     println!("revoked {} ({})", token.id, token.scope);
@@ -250,12 +304,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     Some(conveyor_shared::unix_now() + i64::try_from(lasts.0).unwrap_or(i64::MAX / 2))
                 }
             };
-            let settings = dev::local_settings(config.as_deref());
+            let settings = aws.settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
             if let Some(provider) = &provider {
                 ops::known_provider(&config, provider).map_err(|e| e.to_string())?;
             }
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let table = Table::from_sdk(&aws.sdk().await, settings.table.clone());
             let (what, secret) = match (&provider, &environment) {
                 (Some(provider), _) => (
                     format!("provider {provider}"),
@@ -271,7 +325,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ),
                 (None, None) => return Err("name --provider or --environment".into()),
             };
-            println!("Token for {what} (table {}). It is shown only now; Conveyor keeps its hash.", settings.table);
+            // The token alone on stdout (`TOKEN=$(conveyor token create ...)`); words on stderr.
+            eprintln!("Token for {what} (table {}). It is shown only now; Conveyor keeps its hash.", settings.table);
             println!("{}", String::from_utf8_lossy(secret.expose()));
             Ok(ExitCode::SUCCESS)
         }
@@ -281,7 +336,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             )?;
             let loaded = match &environment {
                 Some(_) => {
-                    let settings = dev::local_settings(config.as_deref());
+                    let settings = aws.settings(config.as_deref());
                     Some(Config::load(&settings.config_path).map_err(|e| e.to_string())?)
                 }
                 None => None,
@@ -294,7 +349,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 _ => None,
             };
             let target = ops::ArtifactTarget { bucket: &bucket, repository: &repository, sha: &sha, environment };
-            let artifacts = conveyor_shared::s3::Artifacts::new(&load_aws_config().await);
+            let artifacts = conveyor_shared::s3::Artifacts::new(&aws.sdk().await);
             let size = std::fs::metadata(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len();
             let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let progress = |sent: u64| {
@@ -313,8 +368,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent { command: AgentCommand::Forget { environment, instance } } => {
-            let settings = dev::local_settings(None);
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let (_, table) = aws.table().await;
             let forgot = table.forget_enrollment(&environment, &instance).await.map_err(|e| e.to_string())?;
             if forgot {
                 println!("{instance} in {environment}: forgotten; the next agent to poll for it enrols");
@@ -324,16 +378,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { environment } => {
-            let settings = dev::local_settings(None);
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+            let (_, table) = aws.table().await;
             print!("{}", ops::status(&table, &environment).await.map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Images { command: ImagesCommand::Rollback { provider, to, config } } => {
-            let settings = dev::local_settings(config.as_deref());
+            let settings = aws.settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
-            let sdk = load_aws_config().await;
-            let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), settings.table.clone());
+            let sdk = aws.sdk().await;
+            let table = Table::from_sdk(&sdk, settings.table.clone());
             let (change, templates, ok) = ops::rollback_images(&table, &Ec2::new(&sdk), &config, &provider, to)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -354,14 +407,87 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Wait { environment, sha, timeout, json, config } => {
+            let settings = aws.settings(config.as_deref());
+            let known = match (config.is_some() || settings.config_path.exists())
+                .then(|| Config::load(&settings.config_path))
+            {
+                None => Ok(()),
+                Some(Err(err)) => Err(err.to_string()),
+                Some(Ok(config)) if config.environment(&environment).is_some() => Ok(()),
+                Some(Ok(config)) => {
+                    let names: Vec<_> = config.environments.iter().map(|e| e.name.as_str()).collect();
+                    Err(format!(
+                        "no environment `{environment}` in {} (known: {})",
+                        settings.config_path.display(),
+                        names.join(", ")
+                    ))
+                }
+            };
+            let parsed = known.and_then(|()| wait::Target::parse(sha.as_deref())).and_then(|target| {
+                let timeout = conveyor_shared::config::Seconds::parse(&timeout)
+                    .ok()
+                    .filter(|s| s.0 > 0)
+                    .ok_or_else(|| format!("--timeout `{timeout}` is not a duration like \"30m\" or \"2h\""))?;
+                Ok((target, timeout))
+            });
+            // A usage error exits 2, never 1, which says the deployment failed.
+            let (target, timeout) = match parsed {
+                Ok(parsed) => parsed,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let (_, table) = aws.table().await;
+            let waited = wait::follow(
+                &table,
+                &environment,
+                &target,
+                wait::Patience {
+                    timeout: std::time::Duration::from_secs(timeout.0),
+                    poll: wait::POLL,
+                    since: conveyor_shared::unix_now(),
+                },
+                &mut std::io::stderr(),
+                wait::stderr_is_terminal(),
+            )
+            .await;
+            match &waited {
+                wait::Waited::Ended(deployment) if json => {
+                    println!("{}", serde_json::to_string(deployment).map_err(|e| e.to_string())?);
+                }
+                wait::Waited::Ended(_) => {}
+                wait::Waited::TimedOut { .. } => eprintln!("gave up after {}", ops::duration(timeout.0)),
+                wait::Waited::Unreadable(message) => eprintln!("error: {message}"),
+            }
+            Ok(ExitCode::from(waited.exit_code()))
+        }
+        Command::Alerts { limit, json } => {
+            let (settings, table) = aws.table().await;
+            let alerts = table.recent_alerts(limit).await.map_err(|e| e.to_string())?;
+            for alert in &alerts {
+                if json {
+                    println!("{}", serde_json::to_string(alert).map_err(|e| e.to_string())?);
+                } else {
+                    print!("{}", ops::alert_text(alert));
+                }
+            }
+            if alerts.is_empty() && !json {
+                println!("no alerts in table {}", settings.table);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "dev")]
         Command::Routes => {
             println!("{}", serde_json::to_string_pretty(&dev::routes_json()).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev")]
         Command::Dev { listen, config } => {
-            let settings = dev::local_settings(config.as_deref());
+            let settings = aws.settings(config.as_deref());
             let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
-            let sdk = load_aws_config().await;
+            let sdk = aws.sdk().await;
             if dev::prepare_local_table(&settings, &sdk).await.map_err(|e| e.to_string())? {
                 println!("created table {} in the local emulator", settings.table);
             }
@@ -377,10 +503,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let listener = dev::bind(listen).await.map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             println!("conveyor dev listening on http://{addr} (table {})", settings.table);
-            for (function, routes) in dev::route_table() {
-                for route in routes {
-                    println!("  {:6} {:28} -> {function}", route.method, route.path);
+            for function in functions.http.iter() {
+                for route in function.routes() {
+                    println!("  {:6} {:34} -> {}", route.method, route.path, function.name());
                 }
+            }
+            for function in &functions.streams {
+                println!("  {:6} {:34} -> {}", "STREAM", format!("table {}", settings.table), function.name());
+            }
+            for function in &functions.schedules {
+                println!("  {:6} {:34} -> {}", "EVERY", format!("{:?}", function.every()), function.name());
             }
             dev::run(listener, functions, &settings.table, &sdk, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -389,6 +521,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev")]
         Command::Replay { file, url, event, delivery, record, config } => {
             let sender = match event {
                 Some(event) => replay::Sender::GitHub { event },
@@ -411,14 +544,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                             .into(),
                     );
                 }
-                let settings = dev::local_settings(config.as_deref());
+                let settings = aws.settings(config.as_deref());
                 eprintln!(
                     "recording into table {} with {} (it must match the conveyor.toml the stack runs)",
                     settings.table,
                     settings.config_path.display()
                 );
                 let loaded = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
-                let table = Table::new(aws_sdk_dynamodb::Client::new(&load_aws_config().await), settings.table.clone());
+                let table = Table::from_sdk(&aws.sdk().await, settings.table.clone());
                 let body = replay::read(&file).map_err(|e| e.to_string())?;
                 let delivery = delivery.unwrap_or_default();
                 let reply = replay::record_github(

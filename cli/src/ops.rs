@@ -1,6 +1,7 @@
 //! Operator commands that change the ledger: tokens and image rollbacks.
 
 use conveyor_shared::config::{ArtifactFields, ArtifactTemplate, Config, Environment};
+use conveyor_shared::domain::alert::Alert;
 use conveyor_shared::domain::rollout::{self, Instruction, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::Ec2;
@@ -19,7 +20,7 @@ pub enum OpsError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Images(#[from] manifest_ingest::ImagesError),
+    Images(#[from] conveyor_shared::provider_images::ImagesError),
     #[error("a token with the same hash exists already; run the command again")]
     Collision,
     #[error("no environment `{name}` in the configuration (known: {known})")]
@@ -164,8 +165,8 @@ pub async fn rollback_images(
     to: Option<i64>,
 ) -> Result<(ImageChange, Vec<serde_json::Value>, bool), OpsError> {
     let provider = known_provider(config, provider)?;
-    let change = manifest_ingest::rollback(table, provider, to, conveyor_shared::unix_now()).await?;
-    let (templates, ok) = manifest_ingest::sync_launch_templates(ec2, provider, &change.images).await;
+    let change = conveyor_shared::provider_images::rollback(table, provider, to, conveyor_shared::unix_now()).await?;
+    let (templates, ok) = conveyor_shared::provider_images::sync_launch_templates(ec2, provider, &change.images).await;
     Ok((change, templates, ok))
 }
 
@@ -269,6 +270,41 @@ pub async fn status(table: &Table, environment: &str) -> Result<String, OpsError
     Ok(out)
 }
 
+/// An alert as a few lines: when, severity, what; then why, what it affects, what to do.
+pub fn alert_text(alert: &Alert) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let resolved = alert.resolved_at.map(|at| format!(", resolved {}", when(at))).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}  {:<8} {}/{}  {}{resolved}",
+        when(alert.created_at),
+        format!("{:?}", alert.severity).to_lowercase(),
+        alert.source.as_str(),
+        alert.kind.as_str(),
+        alert.summary
+    );
+    for (label, text) in [("cause", &alert.cause), ("impact", &alert.impact), ("action", &alert.action)] {
+        if !text.is_empty() {
+            let _ = writeln!(out, "    {label:<7} {text}");
+        }
+    }
+    if !alert.labels.is_empty() {
+        let labels: Vec<String> = alert.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "    {:<7} {}", "about", labels.join(" "));
+    }
+    out
+}
+
+/// Seconds as people say them: `90s`, `30m`, `2h`.
+pub fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// A Unix time as people read it in a terminal: `2026-11-22 21:03 UTC`.
 pub fn when(unix: i64) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
@@ -276,4 +312,44 @@ pub fn when(unix: i64) -> String {
         .ok()
         .and_then(|at| at.format(&format).ok())
         .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conveyor_shared::domain::alert::{AlertKind, AlertSource, Severity};
+
+    #[test]
+    fn an_alert_reads_as_what_why_impact_and_action() {
+        let alert = Alert::new(
+            AlertSource::Deploy,
+            "production-abc",
+            AlertKind::DeploymentRolledBack,
+            Severity::Critical,
+            1_795_381_200,
+        )
+        .summary("Deployment of abc to production rolled back")
+        .cause("wave 1: i-1 failed health")
+        .action("Read the log tail in `conveyor status`")
+        .label("environment", "production");
+        let text = alert_text(&alert);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "2026-11-22 21:00 UTC  critical deploy/deployment_rolled_back  Deployment of abc to production rolled back"
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "    cause   wave 1: i-1 failed health",
+                "    action  Read the log tail in `conveyor status`",
+                "    about   environment=production"
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!((duration(90), duration(1800), duration(7200)), ("90s".into(), "30m".into(), "2h".into()));
+    }
 }

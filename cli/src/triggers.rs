@@ -10,13 +10,17 @@ use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record, ShardIteratorType};
 use conveyor_shared::SdkConfig;
-use conveyor_shared::triggers::{Pattern, PatternError, ScheduledFunction, StartingPosition, StreamFunction};
+use conveyor_shared::triggers::{
+    Pattern, PatternError, ScheduledEvent, ScheduledFunction, StartingPosition, StreamEvent, StreamFunction,
+    handle_batch,
+};
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 
 /// Lambda's default batch size for DynamoDB streams.
 const BATCH_SIZE: usize = 100;
-/// Attempts per batch before it is skipped (an event source mapping's MaximumRetryAttempts).
-const MAX_ATTEMPTS: u32 = 5;
+/// Attempts per batch before its rest is dropped: the first and the mapping's 5 retries.
+const MAX_ATTEMPTS: u32 = 6;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -138,21 +142,31 @@ pub async fn play_stream(
     }
 }
 
+/// Hands `batch` to `function` as Lambda does with `ReportBatchItemFailures`: after a failure
+/// it redelivers from the failed record on, up to the mapping's attempts; then the rest of
+/// the batch is dropped with an error (in AWS it goes to the on-failure queue).
 async fn deliver(function: &dyn StreamFunction, batch: &[Value]) {
-    let event = json!({ "Records": batch });
+    let mut pending = batch.to_vec();
     for attempt in 1..=MAX_ATTEMPTS {
-        match function.handle(event.clone()).await {
-            Ok(()) => return,
+        let event: StreamEvent = match serde_json::from_value(json!({ "Records": pending })) {
+            Ok(event) => event,
             Err(err) => {
-                tracing::warn!(function = function.name(), attempt, error = %err, "stream batch failed");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tracing::error!(function = function.name(), error = %err, "stream records of a shape Lambda does not deliver; skipped");
+                return;
             }
-        }
+        };
+        let response = handle_batch(function, &event).await;
+        let Some(failed) = response.batch_item_failures.first() else { return };
+        let sequence = failed.item_identifier.clone().unwrap_or_default();
+        let from = pending.iter().position(|r| r["dynamodb"]["SequenceNumber"] == sequence.as_str()).unwrap_or(0);
+        pending.drain(..from);
+        tracing::warn!(function = function.name(), attempt, %sequence, "stream batch failed at a record; retrying from it");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
     }
     tracing::error!(
         function = function.name(),
-        records = batch.len(),
-        "stream batch skipped after {MAX_ATTEMPTS} attempts"
+        records = pending.len(),
+        "stream records dropped after {MAX_ATTEMPTS} attempts (in AWS: sent to the on-failure queue)"
     );
 }
 
@@ -168,18 +182,19 @@ pub async fn play_schedules(functions: Vec<Arc<dyn ScheduledFunction>>, region: 
             loop {
                 interval.tick().await;
                 count += 1;
-                let event = json!({
-                    "version": "0",
-                    "id": format!("dev-{}-{count}", function.name()),
-                    "detail-type": "Scheduled Event",
-                    "source": "aws.events",
-                    "account": "000000000000",
-                    "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-                    "region": region,
-                    "resources": [format!("arn:aws:events:{region}:000000000000:rule/conveyor-dev-{}", function.name())],
-                    "detail": {}
-                });
-                if let Err(err) = function.tick(event).await {
+                let event = ScheduledEvent {
+                    id: format!("dev-{}-{count}", function.name()),
+                    detail_type: "Scheduled Event".into(),
+                    source: ScheduledEvent::SOURCE.into(),
+                    account: "000000000000".into(),
+                    time: time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+                    region: region.clone(),
+                    resources: vec![format!(
+                        "arn:aws:events:{region}:000000000000:rule/conveyor-dev-{}",
+                        function.name()
+                    )],
+                };
+                if let Err(err) = function.tick(&event).await {
                     tracing::warn!(function = function.name(), error = %err, "scheduled run failed");
                 }
             }
@@ -207,9 +222,15 @@ fn lambda_record(record: &Record, stream_arn: &str, region: &str) -> Value {
         if let Some(sequence) = stream.sequence_number() {
             dynamodb.insert("SequenceNumber".into(), json!(sequence));
         }
-        if let Some(size) = stream.size_bytes() {
-            dynamodb.insert("SizeBytes".into(), json!(size));
-        }
+        // Lambda always sends it; the emulator may not, so it is estimated from the images.
+        let size = stream.size_bytes().unwrap_or_else(|| {
+            ["Keys", "NewImage", "OldImage"]
+                .iter()
+                .filter_map(|k| dynamodb.get(*k))
+                .map(|v| v.to_string().len() as i64)
+                .sum()
+        });
+        dynamodb.insert("SizeBytes".into(), json!(size));
         if let Some(view) = stream.stream_view_type() {
             dynamodb.insert("StreamViewType".into(), json!(view.as_str()));
         }

@@ -17,10 +17,10 @@ use criterion::{Criterion, Throughput};
 
 const SECRET: &str = "bench-secret";
 
-/// The largest push payload among the handbook's fixtures, or the repository's own sample.
+/// The largest push payload among the repository's fixtures and samples.
 fn largest_push() -> (String, Vec<u8>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixtures = root.join("../shared/fixtures/github/push");
+    let fixtures = root.join("fixtures/github/push");
     let mut candidates: Vec<PathBuf> =
         std::fs::read_dir(&fixtures).map(|dir| dir.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     candidates.push(root.join("events/github/push/main.json"));

@@ -8,24 +8,35 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::registration::{Auth, Function};
+
 pub use http::{Method, StatusCode};
 
 pub type Request = http::Request<Bytes>;
 pub type Response = http::Response<Bytes>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A route as API Gateway declares it: a method and a path with `{name}` parameters.
+/// A route as API Gateway declares it: a method and a path with `{name}` parameters, and
+/// who checks the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
+    pub auth: Auth,
 }
 
-/// A function that answers HTTP requests. It receives only requests for its own routes.
-pub trait HttpFunction: Send + Sync {
-    /// The function's name, as in `functions/<name>` and the SAM template.
-    fn name(&self) -> &'static str;
-    fn routes(&self) -> &'static [Route];
+impl Route {
+    pub const fn new(method: &'static str, path: &'static str, auth: Auth) -> Self {
+        Self { method, path, auth }
+    }
+}
+
+/// A function that answers HTTP requests. It receives only requests for its own routes
+/// (its registration's).
+pub trait HttpFunction: Function {
+    fn routes(&self) -> &'static [Route] {
+        self.registration().routes
+    }
     fn handle(&self, request: Request) -> BoxFuture<'_, Response>;
 }
 
@@ -138,14 +149,19 @@ mod tests {
         assert_eq!(match_path("/webhooks/github", "/webhooks"), None);
     }
 
-    struct Fixed(&'static [Route]);
+    struct Fixed;
+    const FIXED: crate::registration::Registration = crate::registration::Registration {
+        name: "fixed",
+        routes: &[Route::new("POST", "/a", Auth::Function)],
+        stream_filters: &[],
+        schedule: None,
+    };
+    impl Function for Fixed {
+        fn registration(&self) -> &'static crate::registration::Registration {
+            &FIXED
+        }
+    }
     impl HttpFunction for Fixed {
-        fn name(&self) -> &'static str {
-            "fixed"
-        }
-        fn routes(&self) -> &'static [Route] {
-            self.0
-        }
         fn handle(&self, _: Request) -> BoxFuture<'_, Response> {
             Box::pin(async { json(StatusCode::OK, &"ok") })
         }
@@ -153,7 +169,7 @@ mod tests {
 
     #[test]
     fn dispatch_tells_wrong_method_from_unknown_path() {
-        let functions = [Fixed(&[Route { method: "POST", path: "/a" }])];
+        let functions = [Fixed];
         assert!(matches!(dispatch(&functions, &Method::POST, "/a"), Dispatch::To(_)));
         assert!(matches!(dispatch(&functions, &Method::GET, "/a"), Dispatch::MethodNotAllowed));
         assert!(matches!(dispatch(&functions, &Method::GET, "/b"), Dispatch::NotFound));

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod registration;
 pub mod secret;
 pub mod secrets;
 pub mod signature;
@@ -20,12 +21,14 @@ pub mod triggers;
 pub mod ec2;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "ec2")]
+pub mod provider_images;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(feature = "sts")]
 pub mod sts;
 
-pub use aws_config::SdkConfig;
+pub use aws_config::{BehaviorVersion, SdkConfig};
 
 /// The AWS configuration every function and the CLI start from: region, credentials and,
 /// when `AWS_ENDPOINT_URL` is set, the local emulator's endpoint.

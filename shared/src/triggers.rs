@@ -1,13 +1,18 @@
 //! The non-HTTP triggers a function can declare: a table stream mapping with event filters,
 //! and a schedule. In AWS the SAM template wires them (an event source mapping with
-//! `FilterCriteria`, an EventBridge rule); locally `conveyor dev` plays them with the same
-//! filters and event shapes, so a function cannot tell the two apart.
+//! `FilterCriteria` and `ReportBatchItemFailures`, an EventBridge rule); locally
+//! `conveyor dev` plays them with the same filters and event shapes, so a function cannot
+//! tell the two apart.
 
 use std::time::Duration;
 
+pub use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord as StreamRecord};
+pub use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse as BatchResponse};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::http::BoxFuture;
+use crate::registration::Function;
 
 /// Where a stream mapping starts reading when it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,25 +22,88 @@ pub enum StartingPosition {
 }
 
 /// A function fed by the table's DynamoDB stream.
-pub trait StreamFunction: Send + Sync {
-    fn name(&self) -> &'static str;
+pub trait StreamFunction: Function {
     /// Lambda event filter patterns (JSON text, as in the template's `FilterCriteria`); a
     /// record is delivered when any pattern matches. No patterns: every record.
-    fn filters(&self) -> &'static [&'static str];
+    fn filters(&self) -> &'static [&'static str] {
+        self.registration().stream_filters
+    }
     fn starting_position(&self) -> StartingPosition {
         StartingPosition::TrimHorizon
     }
-    /// Handles `{"Records": [...]}` in the shape Lambda delivers. An error makes the caller
-    /// retry the same batch, as Lambda does.
-    fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>>;
+    /// Handles one record. An error stops the batch at this record: Lambda retries from it,
+    /// and the records before it are not handled again (see [`handle_batch`]).
+    fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Handles a batch in order and answers as Lambda's `ReportBatchItemFailures` reads it: the
+/// sequence number of the first record that failed, so that the records before it count as
+/// done and the ones from it are retried, still in order. A failed record without a
+/// sequence number fails the whole batch (an empty identifier), as Lambda defines it.
+pub async fn handle_batch(function: &dyn StreamFunction, event: &StreamEvent) -> BatchResponse {
+    let mut response = BatchResponse::default();
+    for record in &event.records {
+        if let Err(error) = function.handle_record(record).await {
+            let sequence = record.change.sequence_number.clone().unwrap_or_default();
+            tracing::warn!(function = function.name(), %sequence, %error, "stream record failed; retried from it");
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = Some(sequence);
+            response.batch_item_failures.push(failure);
+            break;
+        }
+    }
+    response
+}
+
+/// An EventBridge "Scheduled Event", as a rule with a `rate(...)` schedule delivers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledEvent {
+    pub id: String,
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    pub source: String,
+    pub account: String,
+    /// RFC 3339, as EventBridge writes it.
+    pub time: String,
+    pub region: String,
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+impl ScheduledEvent {
+    /// The event source of scheduled events.
+    pub const SOURCE: &'static str = "aws.events";
 }
 
 /// A function run on a fixed rate (an EventBridge schedule).
-pub trait ScheduledFunction: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn every(&self) -> Duration;
-    /// Handles an EventBridge "Scheduled Event".
-    fn tick(&self, event: Value) -> BoxFuture<'_, Result<(), String>>;
+pub trait ScheduledFunction: Function {
+    /// The rate it runs at: its registration's (AWS's), unless the function was built to
+    /// run faster locally.
+    fn every(&self) -> Duration {
+        self.registration().schedule.unwrap_or(Duration::from_secs(60))
+    }
+    /// Handles one scheduled run. An error is logged (and counted by Lambda); the next run
+    /// comes at the next tick, so a schedule never piles up retries.
+    fn tick<'a>(&'a self, event: &'a ScheduledEvent) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The rate expression of a schedule, as the template writes it: `rate(1 minute)`,
+/// `rate(5 minutes)`, `rate(1 hour)`. Rates below a minute (EventBridge's smallest) or not
+/// a whole number of minutes have none.
+pub fn rate_expression(every: Duration) -> Option<String> {
+    let seconds = every.as_secs();
+    if every.subsec_nanos() != 0 || seconds == 0 || !seconds.is_multiple_of(60) {
+        return None;
+    }
+    let minutes = seconds / 60;
+    Some(match minutes {
+        1 => "rate(1 minute)".to_owned(),
+        60 => "rate(1 hour)".to_owned(),
+        1440 => "rate(1 day)".to_owned(),
+        m if m % 1440 == 0 => format!("rate({} days)", m / 1440),
+        m if m % 60 == 0 => format!("rate({} hours)", m / 60),
+        m => format!("rate({m} minutes)"),
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -182,6 +250,17 @@ mod tests {
         let too_high =
             Pattern::parse(r#"{"dynamodb": {"NewImage": {"attempt": {"N": [{"numeric": [">", 3]}]}}}}"#).unwrap();
         assert!(!too_high.matches(&record("INSERT", "x", "y")));
+    }
+
+    #[test]
+    fn rates_are_written_as_the_template_writes_them() {
+        assert_eq!(rate_expression(Duration::from_secs(60)).as_deref(), Some("rate(1 minute)"));
+        assert_eq!(rate_expression(Duration::from_secs(300)).as_deref(), Some("rate(5 minutes)"));
+        assert_eq!(rate_expression(Duration::from_secs(7200)).as_deref(), Some("rate(2 hours)"));
+        assert_eq!(rate_expression(Duration::from_secs(86_400)).as_deref(), Some("rate(1 day)"));
+        assert_eq!(rate_expression(Duration::from_secs(90)), None);
+        assert_eq!(rate_expression(Duration::from_secs(5)), None);
+        assert_eq!(rate_expression(Duration::from_millis(60_500)), None);
     }
 
     #[test]

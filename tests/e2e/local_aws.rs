@@ -9,7 +9,7 @@ use conveyor_shared::store::{Key, Put, Table, Transition};
 #[tokio::test]
 async fn the_table_is_created_once_with_its_index() {
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-create"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-create"));
     assert!(table.create_if_missing().await.unwrap());
     assert!(!table.create_if_missing().await.unwrap(), "a second call finds it");
     let described = aws_sdk_dynamodb::Client::new(&sdk).describe_table().table_name(table.name()).send().await.unwrap();
@@ -21,7 +21,7 @@ async fn the_table_is_created_once_with_its_index() {
 #[tokio::test]
 async fn conditional_puts_and_transitions() {
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-cond"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-cond"));
     table.create_if_missing().await.unwrap();
     let item = |state: &str| {
         std::collections::HashMap::from([
@@ -47,7 +47,7 @@ async fn conditional_puts_and_transitions() {
 #[tokio::test]
 async fn batch_puts_write_more_than_one_batch() {
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-batch"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-batch"));
     table.create_if_missing().await.unwrap();
     let commits: Vec<_> = (0..60)
         .map(|i| conveyor_shared::domain::CommitRecord {
@@ -68,7 +68,7 @@ async fn batch_puts_write_more_than_one_batch() {
 #[tokio::test]
 async fn a_missing_table_is_named_in_the_error() {
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-absent"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-absent"));
     let err = table.get(Key::commit("o/r", "x")).await.unwrap_err();
     assert!(err.to_string().contains(table.name()), "{err}");
 }
@@ -170,10 +170,10 @@ fn deployment(repository: &str, sha: &str, created_at: i64, state: DeploymentSta
 
 #[tokio::test]
 async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
-    use conveyor_shared::domain::stripe::AlertRecord;
+    use conveyor_shared::domain::alert::{Alert, AlertKind, AlertSource, Severity};
     use conveyor_shared::store::{DeploymentEnd, DeploymentStart, LockPhase};
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-lock"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-lock"));
     table.create_if_missing().await.unwrap();
     let (a, b) = (deployment("acme/shop", "aaa", 100, Pending), deployment("acme/shop", "bbb", 110, Pending));
     for d in [&a, &b] {
@@ -208,16 +208,10 @@ async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
     let started = table.deployment("production", &a_id, true).await.unwrap().unwrap();
     assert_eq!((started.state, started.run.artifact_version.as_deref()), (InProgress, Some("v1")));
 
-    let alert = AlertRecord {
-        id: "production-aaa".into(),
-        source: "deploy".into(),
-        kind: "deployment_rolled_back".into(),
-        summary: "rolled back".into(),
-        action: "look".into(),
-        customer: None,
-        subscription: None,
-        created_at: 150,
-    };
+    let alert =
+        Alert::new(AlertSource::Deploy, "production-aaa", AlertKind::DeploymentRolledBack, Severity::Critical, 150)
+            .summary("rolled back")
+            .action("look");
     let end = DeploymentEnd {
         environment: "production",
         id: &a_id,
@@ -231,7 +225,11 @@ async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
     assert_eq!(table.end_deployment(&end, 150).await.unwrap(), Applied);
     assert_eq!(table.end_deployment(&end, 151).await.unwrap(), Rejected, "ends once");
     assert!(table.lock("production").await.unwrap().is_none(), "an ended deployment holds no lock");
-    assert_eq!(table.recent_alerts(5).await.unwrap().len(), 1, "the alert came with the transition");
+    assert_eq!(
+        table.recent_alerts(5).await.unwrap(),
+        std::slice::from_ref(&alert),
+        "the alert came with the transition"
+    );
 
     // A planner that fails gives the lock up at once; one that crashed is replaced after its claim.
     assert_eq!(table.claim_planning("production", &b_id, "plan-b", 160, 60).await.unwrap(), Applied);
@@ -259,7 +257,7 @@ async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
 #[tokio::test]
 async fn a_newer_build_supersedes_the_queued_ones_of_its_repository_only() {
     let sdk = sdk().await;
-    let table = Table::new(aws_sdk_dynamodb::Client::new(&sdk), unique_name("conveyor-supersede"));
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-supersede"));
     table.create_if_missing().await.unwrap();
     let running = deployment("acme/shop", "aaa", 100, InProgress);
     let queued = deployment("acme/shop", "bbb", 200, Pending);

@@ -9,3 +9,4 @@ mod recording_faults;
 mod rollout_races;
 mod stripe;
 mod triggers;
+mod wait;

@@ -298,7 +298,7 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
 
 #[tokio::test]
 async fn the_stream_alone_starts_a_new_deployment_and_the_next_when_one_ends() {
-    use conveyor_shared::triggers::StreamFunction;
+    use conveyor_shared::triggers::{StreamEvent, handle_batch};
     let tag = unique_name("stream");
     let quiet = Quiet::new(&config(&tag, "waves = [\"100%\"]")).await;
     launch_instances(&quiet.sdk, 1, &tag).await;
@@ -313,11 +313,13 @@ async fn the_stream_alone_starts_a_new_deployment_and_the_next_when_one_ends() {
         if let Some(old) = old {
             dynamodb["OldImage"] = json!({"state": {"S": old}});
         }
-        json!({"Records": [{"eventName": event, "eventSource": "aws:dynamodb", "dynamodb": dynamodb}]})
+        dynamodb["SequenceNumber"] = json!("100");
+        dynamodb["SizeBytes"] = json!(64);
+        let record = json!({"eventID": "1", "eventName": event, "eventSource": "aws:dynamodb", "awsRegion": "us-east-1", "dynamodb": dynamodb});
+        serde_json::from_value::<StreamEvent>(json!({"Records": [record]})).unwrap()
     };
-    StreamFunction::handle(&fanout, record("INSERT", format!("DEPLOYMENT#{}", second.id()), "pending", None))
-        .await
-        .unwrap();
+    let new = record("INSERT", format!("DEPLOYMENT#{}", second.id()), "pending", None);
+    assert!(handle_batch(&fanout, &new).await.batch_item_failures.is_empty());
     assert_eq!(quiet.state(&second).await.state, InProgress, "the newest starts");
     assert_eq!(quiet.state(&first).await.state, Superseded);
     // It ends; the stream of that change starts whatever is queued next (here: nothing).
@@ -328,7 +330,7 @@ async fn the_stream_alone_starts_a_new_deployment_and_the_next_when_one_ends() {
     assert_eq!(quiet.state(&second).await.state, Succeeded);
     let third = quiet.queue("production", "acme/shop", &sha(11), now + 4, None, Some(b"eleven")).await;
     let ended = record("MODIFY", format!("DEPLOYMENT#{}", second.id()), "succeeded", Some("in_progress"));
-    StreamFunction::handle(&fanout, ended).await.unwrap();
+    assert!(handle_batch(&fanout, &ended).await.batch_item_failures.is_empty());
     assert_eq!(quiet.state(&third).await.state, InProgress, "started by the record of the one that ended");
 }
 

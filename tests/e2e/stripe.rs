@@ -108,7 +108,7 @@ async fn status_comes_from_subscriptions_not_from_invoices_or_checkouts() {
         (Some(false), Some("incomplete"))
     );
     assert_eq!(
-        app.table.recent_alerts(10).await.unwrap()[0].kind,
+        app.table.recent_alerts(10).await.unwrap()[0].kind.as_str(),
         "payment_failed",
         "the failure still raises an alert"
     );
@@ -203,7 +203,8 @@ async fn duplicates_change_nothing_also_fifty_at_once() {
     assert_eq!((late.status, &late.body["duplicate"]), (200, &json!(true)), "{late:?}");
     let alerts = app.table.recent_alerts(10).await.unwrap();
     assert_eq!(alerts.len(), 1, "one alert for the failed payment");
-    assert_eq!(alerts[0].kind, "payment_failed");
+    assert_eq!(alerts[0].kind.as_str(), "payment_failed");
+    assert_eq!(alerts[0].labels.get("customer").map(String::as_str), Some("cus_1"), "{alerts:?}");
     assert_eq!(entitlement(&app).await["subscriptions"][0]["status"], Value::Null, "an invoice sets no status");
 }
 
@@ -259,10 +260,7 @@ async fn unknown_types_are_ignored_and_customer_lookups_are_checked() {
 
 #[tokio::test]
 async fn every_fixture_object_in_a_handled_envelope_is_accepted() {
-    let Some(fixtures) = fixtures_dir() else {
-        eprintln!("skipped: ../shared/fixtures is not beside this clone");
-        return;
-    };
+    let fixtures = fixtures_dir();
     let app = TestApp::spawn("").await;
     let text = std::fs::read_to_string(fixtures.join("stripe/fixtures3.json")).unwrap();
     let resources: Value = serde_json::from_str(&text).unwrap();

@@ -6,44 +6,53 @@ use std::time::Duration;
 
 use conveyor_e2e::{TestApp, sample};
 use conveyor_shared::http::BoxFuture;
-use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
+use conveyor_shared::registration::{Function, Registration};
+use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// Stands for a later function that reacts to new deployments.
 struct NewDeployments(mpsc::UnboundedSender<Value>);
 
+const NEW_DEPLOYMENTS: Registration = Registration {
+    name: "new-deployments",
+    routes: &[],
+    stream_filters: &[
+        r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#,
+    ],
+    schedule: None,
+};
+
+impl Function for NewDeployments {
+    fn registration(&self) -> &'static Registration {
+        &NEW_DEPLOYMENTS
+    }
+}
+
 impl StreamFunction for NewDeployments {
-    fn name(&self) -> &'static str {
-        "new-deployments"
-    }
-    fn filters(&self) -> &'static [&'static str] {
-        &[r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#]
-    }
-    fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            for record in event["Records"].as_array().cloned().unwrap_or_default() {
-                let _ = self.0.send(record);
-            }
-            Ok(())
-        })
+    fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
+        let _ = self.0.send(serde_json::to_value(record).unwrap_or_default());
+        Box::pin(async { Ok(()) })
     }
 }
 
 struct Ticks(mpsc::UnboundedSender<Value>);
 
-impl ScheduledFunction for Ticks {
-    fn name(&self) -> &'static str {
-        "ticks"
+const TICKS: Registration = Registration { name: "ticks", routes: &[], stream_filters: &[], schedule: None };
+
+impl Function for Ticks {
+    fn registration(&self) -> &'static Registration {
+        &TICKS
     }
+}
+
+impl ScheduledFunction for Ticks {
     fn every(&self) -> Duration {
         Duration::from_millis(50)
     }
-    fn tick(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let _ = self.0.send(event);
-            Ok(())
-        })
+    fn tick<'a>(&'a self, event: &'a ScheduledEvent) -> BoxFuture<'a, Result<(), String>> {
+        let _ = self.0.send(serde_json::to_value(event).unwrap_or_default());
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the agent tests share: sessions of an IAM role from the emulator's STS, as EC2 hands
 //! an instance profile's credentials to the instance (session name = instance id).
 
+pub mod rig;
+
 use conveyor_agent::proof::{AwsCredentials, Signer};
 
 /// The role the dev server trusts by default (`conveyor dev`'s local agent role).

@@ -3,8 +3,8 @@
 
 use conveyor_shared::config::Environment;
 use conveyor_shared::domain::DeploymentRecord;
+use conveyor_shared::domain::alert::{Alert, AlertKind, AlertSource, Severity};
 use conveyor_shared::domain::rollout::TargetRecord;
-use conveyor_shared::domain::stripe::AlertRecord;
 
 use crate::{Fanout, FanoutError};
 
@@ -15,27 +15,36 @@ impl Fanout {
         deployment: &DeploymentRecord,
         reason: &str,
         now: i64,
-    ) -> Result<AlertRecord, FanoutError> {
-        let action = match self.table.last_release(&env.name).await? {
+    ) -> Result<Alert, FanoutError> {
+        let previous = self.table.last_release(&env.name).await?;
+        let impact = match &previous {
             Some(previous) => format!(
-                "The instances of the waves so far are going back to {}; the failing instance's log tail is in `conveyor status`",
+                "The instances of the waves so far are going back to {}; the rest never left it",
                 previous.version
             ),
             None => format!(
-                "There is no earlier good release to go back to: the instances of the waves so far keep {}; the failing instance's log tail is in `conveyor status`",
+                "There is no earlier good release to go back to: the instances of the waves so far keep {}",
                 deployment.version
             ),
         };
-        Ok(AlertRecord {
-            id: format!("{}-{}", env.name, deployment.sha),
-            source: "deploy".into(),
-            kind: "deployment_rolled_back".into(),
-            summary: format!("Deployment of {} to {} rolled back: {reason}", deployment.version, env.name),
-            action,
-            customer: None,
-            subscription: None,
-            created_at: now,
-        })
+        let mut alert = Alert::new(
+            AlertSource::Deploy,
+            format!("{}-{}", env.name, deployment.sha),
+            AlertKind::DeploymentRolledBack,
+            Severity::Critical,
+            now,
+        )
+        .summary(format!("Deployment of {} to {} rolled back", deployment.version, env.name))
+        .cause(reason)
+        .impact(impact)
+        .action("Read the failing instance's log tail in `conveyor status`, fix the build and push again")
+        .label("environment", env.name.clone())
+        .label("release", deployment.version.clone())
+        .label("commit", deployment.sha.clone());
+        if let Some(previous) = previous {
+            alert = alert.label("back_to", previous.version);
+        }
+        Ok(alert)
     }
 
     /// A restore wave whose time ran out: names the hosts that are not back on the last good
@@ -63,22 +72,20 @@ impl Fanout {
         if missing.is_empty() {
             return Ok(());
         }
-        let alert = AlertRecord {
-            id: format!("{}-{}-wave{}-not-back", env.name, deployment.sha, wave + 1),
-            source: "deploy".into(),
-            kind: "rollback_incomplete".into(),
-            summary: format!(
-                "Rolling {} back in {}: {} of wave {} did not come back to the last good release within the wave's timeout",
-                deployment.version,
-                env.name,
-                missing.join(", "),
-                wave + 1
-            ),
-            action: "Check those hosts' agents (journalctl -u conveyor-agent); they go back at their next poll".into(),
-            customer: None,
-            subscription: None,
-            created_at: now,
-        };
+        let alert = Alert::new(
+            AlertSource::Deploy,
+            format!("{}-{}-wave{}-not-back", env.name, deployment.sha, wave + 1),
+            AlertKind::RollbackIncomplete,
+            Severity::Critical,
+            now,
+        )
+        .summary(format!("Rolling {} back in {}: wave {} is not back", deployment.version, env.name, wave + 1))
+        .cause(format!("{} did not come back to the last good release within the wave's timeout", missing.join(", ")))
+        .impact("Those hosts may still run the release that was rolled back")
+        .action("Check those hosts' agents (journalctl -u conveyor-agent); they go back at their next poll")
+        .label("environment", env.name.clone())
+        .label("release", deployment.version.clone())
+        .label("instances", missing.join(","));
         if self.table.record_alert(&alert).await? == conveyor_shared::store::Put::Created {
             tracing::error!(environment = %env.name, hosts = %missing.join(", "), "hosts not back after a rollback wave");
         }
@@ -100,23 +107,23 @@ impl Fanout {
         if !going_back {
             return Ok(());
         }
-        let alert = AlertRecord {
-            id: format!("{}-{}-{}-rollback", env.name, deployment.sha, target.instance),
-            source: "deploy".into(),
-            kind: "rollback_failed".into(),
-            summary: format!(
-                "{} could not go back to {version} after {} was rolled back in {}",
-                target.instance, deployment.version, env.name
-            ),
-            action: format!(
-                "Look at {} (the agent's log: journalctl -u conveyor-agent) and bring it back to {version} by hand; its last words: {}",
-                target.instance,
-                log.unwrap_or("none")
-            ),
-            customer: None,
-            subscription: None,
-            created_at: now,
-        };
+        let alert = Alert::new(
+            AlertSource::Deploy,
+            format!("{}-{}-{}-rollback", env.name, deployment.sha, target.instance),
+            AlertKind::RollbackFailed,
+            Severity::Critical,
+            now,
+        )
+        .summary(format!("{} could not go back to {version}", target.instance))
+        .cause(format!("Its agent's last words: {}", log.unwrap_or("none")))
+        .impact(format!("{} was rolled back in {}, but this host is not on {version}", deployment.version, env.name))
+        .action(format!(
+            "Look at {} (the agent's log: journalctl -u conveyor-agent) and bring it back to {version} by hand",
+            target.instance
+        ))
+        .label("environment", env.name.clone())
+        .label("instance", target.instance.clone())
+        .label("release", version.to_owned());
         if self.table.record_alert(&alert).await? == conveyor_shared::store::Put::Created {
             tracing::error!(environment = %env.name, instance = %target.instance, %version, "rollback failed on an instance");
         }

@@ -6,6 +6,7 @@
 //! still answers 200, so an agent can send it until one is acknowledged. Reports never plan
 //! the next deployment: the stream and the tick do.
 
+use conveyor_protocol::{self as wire, Action, Outcome, Poll, PollAnswer, Report};
 use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::instance_proof::{self, InstanceProof, ProofError};
 use conveyor_shared::domain::rollout::{self, Instruction, ReportEffect, Step, TargetState};
@@ -13,40 +14,9 @@ use conveyor_shared::http::{self, Request, Response, StatusCode};
 use conveyor_shared::store::{Counter, EnrollmentProof, Put, Transition};
 use conveyor_shared::sts::StsError;
 use conveyor_shared::token::{self, Scope};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::{Environment, Fanout, FanoutError};
-
-#[derive(Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Outcome {
-    Succeeded,
-    Failed,
-}
-
-/// Unknown fields are ignored, so a newer agent can talk to an older function.
-#[derive(Debug, Deserialize)]
-struct Poll {
-    instance_id: String,
-    environment: String,
-    current: Option<String>,
-    /// From an agent on EC2 that has no credential yet: its instance profile's proof.
-    proof: Option<InstanceProof>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Report {
-    instance_id: String,
-    environment: String,
-    /// The release the agent tried.
-    version: String,
-    outcome: Outcome,
-    healthy: bool,
-    /// What `current` points at now.
-    current: Option<String>,
-    log: Option<String>,
-}
 
 trait AgentMessage {
     fn instance_id(&self) -> &str;
@@ -100,7 +70,7 @@ fn parse_body<T: serde::de::DeserializeOwned + AgentMessage>(request: &Request) 
 }
 
 /// The header that carries an agent's instance credential.
-pub const CREDENTIAL_HEADER: &str = "x-conveyor-agent-credential";
+pub use conveyor_protocol::CREDENTIAL_HEADER;
 
 /// What a message was admitted with: its environment, and a credential to hand the agent
 /// when this was the instance's first contact.
@@ -353,21 +323,21 @@ impl Fanout {
         };
         if let Some(credential) = issued {
             // Shown once: the agent keeps it and sends it from now on.
-            answer["credential"] = String::from_utf8_lossy(credential.expose()).into_owned().into();
+            answer.credential = Some(String::from_utf8_lossy(credential.expose()).into_owned());
         }
         http::json(StatusCode::OK, &answer)
     }
 
-    /// The answer to a poll, as JSON.
-    async fn answer_poll(&self, env: &Environment, poll: &Poll) -> Result<serde_json::Value, Response> {
+    /// The answer to a poll.
+    async fn answer_poll(&self, env: &Environment, poll: &Poll) -> Result<PollAnswer, Response> {
         let decision = self
             .decide_poll(env, poll)
             .await
             .map_err(|err| http::unavailable(&err, "the ledger could not be read; poll again"))?;
         let (release, rollback) = match decision {
             Instruction::Deploy { release, rollback } => (release, rollback),
-            Instruction::Wait => return Ok(json!({"action": "none", "poll_after": self.timing.busy_poll})),
-            Instruction::Nothing => return Ok(json!({"action": "none", "poll_after": self.timing.idle_poll})),
+            Instruction::Wait => return Ok(PollAnswer::wait(self.timing.busy_poll)),
+            Instruction::Nothing => return Ok(PollAnswer::wait(self.timing.idle_poll)),
         };
         let pinned = release.artifact_version.as_deref();
         let url = self
@@ -375,22 +345,20 @@ impl Fanout {
             .presigned_get(&release.artifact, pinned, self.timing.presign)
             .await
             .map_err(|err| http::unavailable(&err, "the artifact URL could not be made; poll again"))?;
-        let mut answer = json!({
-            "action": "deploy",
-            "release": {"version": release.version, "url": url, "sha256": release.sha256},
-            "rollback": rollback,
-            "poll_after": self.timing.busy_poll,
-        });
-        if let Some(health) = &env.health {
-            answer["health"] = json!({
-                "url": health.url,
-                "expect_status": health.expect_status,
-                "timeout_seconds": health.timeout.0,
-                "attempts": health.attempts,
-                "interval_seconds": health.interval.0,
-            });
-        }
-        Ok(answer)
+        Ok(PollAnswer {
+            action: Action::Deploy,
+            release: Some(wire::Release { version: release.version, url, sha256: release.sha256 }),
+            rollback,
+            credential: None,
+            health: env.health.as_ref().map(|health| wire::HealthCheck {
+                url: health.url.clone(),
+                expect_status: Some(health.expect_status),
+                timeout_seconds: health.timeout.0,
+                attempts: health.attempts,
+                interval_seconds: health.interval.0,
+            }),
+            poll_after: self.timing.busy_poll,
+        })
     }
 
     /// An idle poll reads the instance's target only; the deployment is read while one

@@ -35,14 +35,12 @@ use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, Targ
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::{Ec2, Ec2Error};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::s3::{Artifacts, S3Error};
 use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, EnrollmentProof, StoreError, Table, Transition};
 use conveyor_shared::sts::Sts;
-use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
-use serde_json::Value;
-
-pub const ROUTES: &[Route] =
-    &[Route { method: "POST", path: "/agent/v1/poll" }, Route { method: "POST", path: "/agent/v1/report" }];
+use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord};
+use serde_dynamo::AttributeValue;
 
 /// New deployments, as the template's stream mapping filters them.
 pub const NEW_DEPLOYMENTS: &str =
@@ -51,6 +49,18 @@ pub const NEW_DEPLOYMENTS: &str =
 /// Deployments that just ended (or failed while planned): the next queued one can start at
 /// once instead of at the next tick.
 pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}, "state": {"S": ["succeeded", "rolled_back", "failed"]}}, "OldImage": {"state": {"S": ["pending", "in_progress", "rolling_back"]}}}}"#;
+
+/// The agent channel (a function URL; every message carries an agent credential, a token or
+/// an instance proof), the stream of new and ended deployments, and a one-minute tick.
+pub const REGISTRATION: Registration = Registration {
+    name: "deploy-fanout",
+    routes: &[
+        Route::new("POST", "/agent/v1/poll", Auth::Function),
+        Route::new("POST", "/agent/v1/report", Auth::Function),
+    ],
+    stream_filters: &[NEW_DEPLOYMENTS, ENDED_DEPLOYMENTS],
+    schedule: Some(Duration::from_secs(60)),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
@@ -191,7 +201,7 @@ impl Fanout {
 
     pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, StartError> {
         let config = Config::load(&settings.config_path)?;
-        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        let table = Table::from_sdk(sdk, settings.table.clone());
         Ok(Self::new(table, Ec2::new(sdk), Artifacts::new(sdk), Arc::new(config), Timing::from_env())
             .trusting_instance_profiles(Sts::new(sdk)?, agent_roles_from_env()?))
     }
@@ -547,15 +557,13 @@ impl Fanout {
     }
 }
 
+impl Function for Fanout {
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
+    }
+}
+
 impl HttpFunction for Fanout {
-    fn name(&self) -> &'static str {
-        "deploy-fanout"
-    }
-
-    fn routes(&self) -> &'static [Route] {
-        ROUTES
-    }
-
     fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
             let path = request.uri().path().trim_end_matches('/').to_owned();
@@ -571,40 +579,25 @@ impl HttpFunction for Fanout {
 }
 
 impl StreamFunction for Fanout {
-    fn name(&self) -> &'static str {
-        "deploy-fanout"
-    }
-
-    fn filters(&self) -> &'static [&'static str] {
-        &[NEW_DEPLOYMENTS, ENDED_DEPLOYMENTS]
-    }
-
-    fn handle(&self, event: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            for record in event["Records"].as_array().into_iter().flatten() {
-                let Some(name) = record["dynamodb"]["NewImage"]["environment"]["S"].as_str() else { continue };
-                let Some(env) = self.config.environment(name) else {
-                    tracing::warn!(environment = name, "a deployment for an environment not in conveyor.toml");
-                    continue;
-                };
-                // The time of each record's work, not of the batch: claims are timed from it.
-                self.start_next(env, conveyor_shared::unix_now()).await.map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            let Some(AttributeValue::S(name)) = record.change.new_image.get("environment") else { return Ok(()) };
+            let Some(env) = self.config.environment(name) else {
+                tracing::warn!(environment = %name, "a deployment for an environment not in conveyor.toml");
+                return Ok(());
+            };
+            // The time of each record's work, not of the batch: claims are timed from it.
+            self.start_next(env, conveyor_shared::unix_now()).await.map_err(|e| e.to_string())
         })
     }
 }
 
 impl ScheduledFunction for Fanout {
-    fn name(&self) -> &'static str {
-        "deploy-fanout"
-    }
-
     fn every(&self) -> Duration {
         self.timing.tick
     }
 
-    fn tick(&self, _event: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn tick<'a>(&'a self, _event: &'a ScheduledEvent) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { Fanout::tick(self, conveyor_shared::unix_now()).await.map_err(|e| e.to_string()) })
     }
 }

@@ -1,5 +1,5 @@
-//! Stripe webhooks (`POST /webhooks/stripe`) and the entitlement API
-//! (`GET /api/v1/customers/{customer}`): what the product asks before it lets a customer in.
+//! Stripe webhooks (`POST /webhooks/stripe`): each customer's subscriptions, in the ledger
+//! the `ledger-api` function reads (`GET /api/v1/customers/{customer}`).
 //!
 //! The Stripe model is a small serde model of the fields used
 //! ([`conveyor_shared::domain::stripe`], where the choice against `async-stripe` is explained).
@@ -10,15 +10,18 @@ use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{SecretSource, Settings, SettingsError};
 use conveyor_shared::domain::stripe::{self, StripePlan};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature::verify_stripe;
 use conveyor_shared::store::{self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
 use serde_json::json;
 
-pub const ROUTES: &[Route] = &[
-    Route { method: "POST", path: "/webhooks/stripe" },
-    Route { method: "GET", path: "/api/v1/customers/{customer}" },
-];
+pub const REGISTRATION: Registration = Registration {
+    name: "stripe-webhook",
+    routes: &[Route::new("POST", "/webhooks/stripe", Auth::Function)],
+    stream_filters: &[],
+    schedule: None,
+};
 
 /// Stripe's default signature tolerance, in seconds.
 pub const DEFAULT_TOLERANCE: i64 = 300;
@@ -76,42 +79,24 @@ impl Mode {
     }
 }
 
-/// How long after its paid period ends a subscription still entitles (renewal events can
-/// be late): `STRIPE_ENTITLEMENT_GRACE_SECONDS`, default 3 days.
-pub const DEFAULT_GRACE: i64 = 3 * 24 * 3600;
-
-/// `STRIPE_ENTITLEMENT_GRACE_SECONDS` (default 3 days).
-pub fn grace_from_env() -> Result<i64, SettingsError> {
-    match std::env::var("STRIPE_ENTITLEMENT_GRACE_SECONDS") {
-        Err(_) => Ok(DEFAULT_GRACE),
-        Ok(text) => text.trim().parse::<i64>().ok().filter(|t| *t >= 0).ok_or(SettingsError::Invalid {
-            name: "STRIPE_ENTITLEMENT_GRACE_SECONDS",
-            expected: "a number of seconds (0 or more)",
-            value: text,
-        }),
-    }
-}
-
 #[derive(Clone)]
 pub struct StripeWebhook {
     table: Table,
     secrets: Secrets,
     tolerance: i64,
     mode: Mode,
-    grace: i64,
 }
 
 impl StripeWebhook {
-    /// Serves test-mode events with the default grace; see [`StripeWebhook::serving`]. In
-    /// Lambda, [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
+    /// Serves test-mode events; see [`StripeWebhook::serving`]. In Lambda,
+    /// [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
     pub fn new(table: Table, secrets: impl Into<Secrets>, tolerance: i64) -> Self {
-        Self { table, secrets: secrets.into(), tolerance, mode: Mode::Test, grace: DEFAULT_GRACE }
+        Self { table, secrets: secrets.into(), tolerance, mode: Mode::Test }
     }
 
-    /// Serves `mode`'s events, with `grace` seconds of entitlement after a period ends.
-    pub fn serving(mut self, mode: Mode, grace: i64) -> Self {
+    /// Serves `mode`'s events.
+    pub fn serving(mut self, mode: Mode) -> Self {
         self.mode = mode;
-        self.grace = grace;
         self
     }
 
@@ -122,8 +107,8 @@ impl StripeWebhook {
         sdk: &SdkConfig,
     ) -> Result<Self, StartupError> {
         let secrets = Secrets::load(secret, sdk).await?;
-        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
-        Ok(Self::new(table, secrets, tolerance).serving(Mode::from_env(Mode::Live)?, grace_from_env()?))
+        let table = Table::from_sdk(sdk, settings.table.clone());
+        Ok(Self::new(table, secrets, tolerance).serving(Mode::from_env(Mode::Live)?))
     }
 
     async fn webhook(&self, request: Request) -> Response {
@@ -209,69 +194,20 @@ impl StripeWebhook {
             &json!({"ok": true, "duplicate": false, "event": event.id, "type": event.kind, "outcome": outcome, "detail": detail}),
         )
     }
+}
 
-    async fn customer(&self, customer: &str) -> Response {
-        let valid = !customer.is_empty()
-            && customer.len() <= 255
-            && customer.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid {
-            return http::error(StatusCode::BAD_REQUEST, "invalid_customer", "a customer id looks like cus_...");
-        }
-        match self.table.customer_subscriptions(customer).await {
-            Ok(subscriptions) if subscriptions.is_empty() => http::error(
-                StatusCode::NOT_FOUND,
-                "unknown_customer",
-                format!("no subscription is known for {customer}"),
-            ),
-            Ok(subscriptions) => {
-                let now = conveyor_shared::unix_now();
-                let entitles = |s: &store::SubscriptionState| {
-                    stripe::entitled(s.status.as_deref(), s.current_period_end, now, self.grace)
-                };
-                let entitled = subscriptions.iter().any(entitles);
-                let list: Vec<_> = subscriptions
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "subscription": s.subscription,
-                            "status": s.status,
-                            "price": s.price,
-                            "product": s.product,
-                            "items": s.items.as_deref().unwrap_or_default(),
-                            "entitled": entitles(s),
-                            "current_period_end": s.current_period_end,
-                            "cancel_at_period_end": s.cancel_at_period_end.unwrap_or(false),
-                            "updated_by": s.last_event_type,
-                        })
-                    })
-                    .collect();
-                http::json(StatusCode::OK, &json!({"customer": customer, "entitled": entitled, "subscriptions": list}))
-            }
-            Err(err) => store_failure(&err),
-        }
+impl Function for StripeWebhook {
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
     }
 }
 
 impl HttpFunction for StripeWebhook {
-    fn name(&self) -> &'static str {
-        "stripe-webhook"
-    }
-
-    fn routes(&self) -> &'static [Route] {
-        ROUTES
-    }
-
     fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             if request.method() == Method::POST && http::match_path("/webhooks/stripe", &path).is_some() {
                 return self.webhook(request).await;
-            }
-            if request.method() == Method::GET
-                && let Some(params) = http::match_path("/api/v1/customers/{customer}", &path)
-            {
-                let customer = params.into_iter().next().map(|(_, v)| v).unwrap_or_default();
-                return self.customer(&customer).await;
             }
             http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", request.method()))
         })

@@ -1,7 +1,8 @@
 //! AWS Lambda entry point: read settings once, build clients once, serve.
 
 use conveyor_shared::config::{STRIPE_WEBHOOK_SECRET, SecretSource, Settings};
-use conveyor_shared::{lambda, load_aws_config, telemetry};
+use conveyor_shared::lambda::{self, Capabilities};
+use conveyor_shared::{load_aws_config, telemetry};
 use stripe_webhook::{StripeWebhook, tolerance_from_env};
 
 #[tokio::main]
@@ -11,5 +12,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     let secret = SecretSource::from_env(STRIPE_WEBHOOK_SECRET)?;
     let tolerance = tolerance_from_env()?;
     let function = StripeWebhook::from_settings(&settings, &secret, tolerance, &load_aws_config().await).await?;
-    lambda::serve(function).await
+    lambda::serve(Capabilities::http(&function)).await
 }

@@ -1,5 +1,5 @@
-//! GitHub webhook intake (`POST /webhooks/github`) and the read-only ledger API
-//! (`GET /api/v1/builds`, `GET /api/v1/deployments`).
+//! GitHub webhook intake (`POST /webhooks/github`). The ledger it writes is read through
+//! the `ledger-api` function.
 //!
 //! A delivery is handled in the order that keeps bad input from changing anything:
 //! size, signature (over the raw bytes), headers, content type, parse and plan (pure), and
@@ -14,20 +14,18 @@ use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::gate::{self, Gate};
 use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature;
 use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table, Transition};
 use serde_json::json;
 
-pub const ROUTES: &[Route] = &[
-    Route { method: "POST", path: "/webhooks/github" },
-    Route { method: "GET", path: "/api/v1/builds" },
-    Route { method: "GET", path: "/api/v1/deployments" },
-];
-
-/// Listings answer at most this many items.
-const MAX_LIMIT: i32 = 200;
-const DEFAULT_LIMIT: i32 = 50;
+pub const REGISTRATION: Registration = Registration {
+    name: "webhook-intake",
+    routes: &[Route::new("POST", "/webhooks/github", Auth::Function)],
+    stream_filters: &[],
+    schedule: None,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -66,7 +64,7 @@ impl Intake {
     ) -> Result<Self, StartupError> {
         let config = Config::load(&settings.config_path)?;
         let secrets = Secrets::load(secret, sdk).await?;
-        let table = Table::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        let table = Table::from_sdk(sdk, settings.table.clone());
         Ok(Self::new(table, secrets, Arc::new(config), settings.artifacts_bucket.clone()))
     }
 
@@ -249,62 +247,19 @@ impl Intake {
             }
         })
     }
+}
 
-    async fn builds(&self, request: Request) -> Response {
-        let limit = match limit(&request) {
-            Ok(limit) => limit,
-            Err(message) => {
-                return http::error(StatusCode::BAD_REQUEST, "invalid_parameter", message);
-            }
-        };
-        match self.table.recent_builds(limit).await {
-            Ok(builds) => http::json(StatusCode::OK, &json!({"builds": builds})),
-            Err(err) => store_failure(&err),
-        }
-    }
-
-    async fn deployments(&self, request: Request) -> Response {
-        let limit = match limit(&request) {
-            Ok(limit) => limit,
-            Err(message) => {
-                return http::error(StatusCode::BAD_REQUEST, "invalid_parameter", message);
-            }
-        };
-        let Some(environment) = http::query_param(&request, "environment") else {
-            return http::error(StatusCode::BAD_REQUEST, "missing_parameter", "add ?environment=NAME");
-        };
-        if self.config.environment(&environment).is_none() {
-            let known: Vec<_> = self.config.environments.iter().map(|e| e.name.as_str()).collect();
-            return http::error(
-                StatusCode::NOT_FOUND,
-                "unknown_environment",
-                format!("no environment `{environment}` in conveyor.toml (known: {})", known.join(", ")),
-            );
-        }
-        match self.table.recent_deployments(&environment, limit).await {
-            Ok(deployments) => {
-                http::json(StatusCode::OK, &json!({"environment": environment, "deployments": deployments}))
-            }
-            Err(err) => store_failure(&err),
-        }
+impl Function for Intake {
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
     }
 }
 
 impl HttpFunction for Intake {
-    fn name(&self) -> &'static str {
-        "webhook-intake"
-    }
-
-    fn routes(&self) -> &'static [Route] {
-        ROUTES
-    }
-
     fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
         Box::pin(async move {
             match (request.method(), request.uri().path().trim_end_matches('/')) {
                 (&Method::POST, "/webhooks/github") => self.github(request).await,
-                (&Method::GET, "/api/v1/builds") => self.builds(request).await,
-                (&Method::GET, "/api/v1/deployments") => self.deployments(request).await,
                 (method, path) => {
                     http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
                 }
@@ -320,14 +275,4 @@ fn rejected(err: &intake::IntakeError) -> Response {
 
 fn store_failure(err: &StoreError) -> Response {
     http::unavailable(err, "the ledger could not be written; nothing was recorded, retry the delivery")
-}
-
-fn limit(request: &Request) -> Result<i32, String> {
-    match http::query_param(request, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(text) => match text.parse::<i32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(format!("limit must be a number from 1 to {MAX_LIMIT}")),
-        },
-    }
 }

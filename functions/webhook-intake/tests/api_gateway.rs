@@ -15,10 +15,11 @@ use webhook_intake::Intake;
 const SECRET: &str = "api-gateway-test-secret";
 
 fn intake() -> Intake {
-    let dynamodb =
-        aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::Config::builder().behavior_version_latest().build());
+    // No request is sent: building a client needs no network.
+    let sdk =
+        conveyor_shared::SdkConfig::builder().behavior_version(conveyor_shared::BehaviorVersion::latest()).build();
     Intake::new(
-        Table::new(dynamodb, "unused"),
+        Table::from_sdk(&sdk, "unused"),
         SecretSet::from_comma_separated(SECRET).unwrap(),
         Arc::new(Config::default()),
         "artifacts",

@@ -14,10 +14,6 @@
 //! here: the ARN is an assumed role the stack trusts, and its session is the instance the
 //! message speaks for.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 /// The signed header that names what the proof is for.
 pub const AUDIENCE_HEADER: &str = "x-conveyor-audience";
 
@@ -45,12 +41,7 @@ const ALLOWED_HEADERS: [&str; 7] = [
 ];
 
 /// A signed `GetCallerIdentity` request, as the agent sends it in its poll (`"proof"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceProof {
-    /// Header names in lower case.
-    pub headers: BTreeMap<String, String>,
-    pub body: String,
-}
+pub use conveyor_protocol::InstanceProof;
 
 /// What the audience header says for `environment`.
 pub fn audience(environment: &str) -> String {

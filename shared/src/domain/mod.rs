@@ -1,6 +1,7 @@
 //! Pure domain code: what an outside event means and what Conveyor records for it.
 //! Nothing here performs I/O; the functions decide here and act through [`crate::store`].
 
+pub mod alert;
 pub mod gate;
 pub mod github;
 pub mod instance_proof;

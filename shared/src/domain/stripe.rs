@@ -8,6 +8,8 @@
 //! its items; an invoice's subscription at the top or under `parent`).
 
 use serde::Deserialize;
+
+use super::alert::{Alert, AlertKind, AlertSource, Severity};
 use serde_json::Value;
 
 /// The envelope of every Stripe event.
@@ -166,25 +168,11 @@ pub fn is_terminal(status: &str) -> bool {
     matches!(status, "canceled" | "incomplete_expired")
 }
 
-/// An alert for alert dispatch to deliver.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AlertRecord {
-    /// Unique per cause (here: the Stripe event id), so a retry raises no second alert.
-    pub id: String,
-    pub source: String,
-    pub kind: String,
-    pub summary: String,
-    pub action: String,
-    pub customer: Option<String>,
-    pub subscription: Option<String>,
-    pub created_at: i64,
-}
-
 /// What to do with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StripePlan {
     Ignored(String),
-    Apply { change: Box<SubscriptionChange>, alert: Option<Box<AlertRecord>> },
+    Apply { change: Box<SubscriptionChange>, alert: Option<Box<Alert>> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -309,18 +297,15 @@ fn from_invoice(event: &Event) -> Result<StripePlan, String> {
     if !failed {
         change.current_period_end = period_end;
     }
-    let alert = failed.then(|| AlertRecord {
-        id: event.id.clone(),
-        source: "stripe".into(),
-        kind: "payment_failed".into(),
-        summary: format!(
-            "Payment failed for customer {customer} (subscription {subscription}, invoice {})",
-            invoice.id
-        ),
-        action: "Stripe retries the payment; check the customer's payment method in the Stripe dashboard".into(),
-        customer: Some(customer),
-        subscription: Some(subscription),
-        created_at: event.created,
+    let alert = failed.then(|| {
+        Alert::new(AlertSource::Stripe, event.id.clone(), AlertKind::PaymentFailed, Severity::Warning, event.created)
+            .summary(format!("Payment failed for customer {customer}"))
+            .cause(format!("Stripe could not collect invoice {} of subscription {subscription}", invoice.id))
+            .impact("The customer keeps access while Stripe retries; the subscription's own events change it")
+            .action("Stripe retries the payment; check the customer's payment method in the Stripe dashboard")
+            .label("customer", customer.clone())
+            .label("subscription", subscription.clone())
+            .label("invoice", invoice.id.clone())
     });
     Ok(StripePlan::Apply { change: Box::new(change), alert: alert.map(Box::new) })
 }
@@ -356,7 +341,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/stripe/fixtures3.json");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/stripe/fixtures3.json");
 
     fn event(kind: &str, object: Value) -> Event {
         parse_event(
@@ -379,7 +364,7 @@ mod tests {
         sub
     }
 
-    fn applied(plan: StripePlan) -> (SubscriptionChange, Option<AlertRecord>) {
+    fn applied(plan: StripePlan) -> (SubscriptionChange, Option<Alert>) {
         match plan {
             StripePlan::Apply { change, alert } => (*change, alert.map(|a| *a)),
             StripePlan::Ignored(reason) => panic!("ignored: {reason}"),
@@ -447,6 +432,8 @@ mod tests {
         assert_eq!((change.subscription.as_str(), change.status.as_deref()), ("sub_2", None));
         let alert = alert.expect("an alert");
         assert_eq!((alert.id.as_str(), alert.kind.as_str()), ("evt_1", "payment_failed"));
+        assert_eq!(alert.labels.get("customer").map(String::as_str), Some("cus_1"));
+        assert!(alert.cause.contains("in_2") && !alert.impact.is_empty() && !alert.action.is_empty(), "{alert:?}");
         let one_off = json!({"id": "in_3", "object": "invoice", "customer": "cus_1"});
         assert!(matches!(plan(&event("invoice.paid", one_off)), StripePlan::Ignored(_)));
     }
@@ -478,10 +465,7 @@ mod tests {
 
     #[test]
     fn every_fixture_object_in_every_handled_envelope_is_planned() {
-        let Ok(text) = std::fs::read_to_string(FIXTURES) else {
-            eprintln!("skipped: {FIXTURES} is not beside this clone");
-            return;
-        };
+        let text = std::fs::read_to_string(FIXTURES).unwrap_or_else(|e| panic!("{FIXTURES}: {e}"));
         let fixtures: Value = serde_json::from_str(&text).unwrap();
         let resources = fixtures["resources"].as_object().unwrap();
         let mut applied_count = 0;

@@ -23,8 +23,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put as TxPut, TransactWrit
 use serde::{Deserialize, Serialize};
 
 use super::{Backoff, Conditional, Key, StoreError, Table, Transition, decode, encode, n, retry_conflicts, s};
+use crate::domain::alert::Alert;
 use crate::domain::rollout::{Release, TargetRecord, TargetState};
-use crate::domain::stripe::AlertRecord;
 use crate::domain::{DeploymentRecord, DeploymentState};
 
 /// Which per-wave counter of a deployment a target's outcome goes to.
@@ -133,7 +133,7 @@ pub struct DeploymentEnd<'a> {
     pub planner: Option<&'a str>,
     /// For a success: the environment's new last good release.
     pub last_release: Option<&'a Release>,
-    pub alert: Option<&'a AlertRecord>,
+    pub alert: Option<&'a Alert>,
 }
 
 impl Table {
@@ -275,7 +275,7 @@ impl Table {
         if let Some(alert) = end.alert {
             let put = TxPut::builder()
                 .table_name(self.name())
-                .set_item(Some(super::alert_item(alert)?))
+                .set_item(Some(super::alerts::alert_item(alert)?))
                 .build()
                 .map_err(|e| self.build_error("TransactWriteItems", e))?;
             items.push(TransactWriteItem::builder().put(put).build());
@@ -465,7 +465,7 @@ impl Table {
         &self,
         deployment: &DeploymentRecord,
         reason: &str,
-        alert: &AlertRecord,
+        alert: &Alert,
         now: i64,
     ) -> Result<Transition, StoreError> {
         let (wave, waves) = (deployment.run.wave.unwrap_or(0), deployment.run.sizes.len());
@@ -482,7 +482,7 @@ impl Table {
         .set("restored", zeros);
         let put = TxPut::builder()
             .table_name(self.name())
-            .set_item(Some(super::alert_item(alert)?))
+            .set_item(Some(super::alerts::alert_item(alert)?))
             .build()
             .map_err(|e| self.build_error("TransactWriteItems", e))?;
         let items = vec![self.transaction_item(change)?, TransactWriteItem::builder().put(put).build()];

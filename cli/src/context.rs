@@ -1,0 +1,62 @@
+//! What every command that talks to AWS shares: the table, region, profile and endpoint,
+//! each a flag beside the environment variable people already set.
+
+use std::path::Path;
+
+use clap::Args;
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::Settings;
+use conveyor_shared::store::Table;
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct AwsFlags {
+    /// The Conveyor table (the stack output TableName).
+    #[arg(long, global = true, env = "CONVEYOR_TABLE", value_name = "NAME")]
+    pub table: Option<String>,
+    /// The AWS region (default: the profile's).
+    #[arg(long, global = true, env = "AWS_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// The AWS profile whose credentials to use.
+    #[arg(long, global = true, env = "AWS_PROFILE", value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Send every AWS call here (a local emulator, say) instead of AWS.
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsFlags {
+    /// The runtime settings, with `--table` and `config` (`--config`) applied over the
+    /// environment's.
+    pub fn settings(&self, config: Option<&Path>) -> Settings {
+        let mut settings = Settings::from_env();
+        if let Some(table) = self.table.as_deref().filter(|t| !t.trim().is_empty()) {
+            settings.table = table.to_owned();
+        }
+        if let Some(path) = config {
+            settings.config_path = path.to_owned();
+        }
+        settings
+    }
+
+    /// The AWS configuration: the SDK's defaults, with the flags over them.
+    pub async fn sdk(&self) -> SdkConfig {
+        let mut loader = aws_config::defaults(conveyor_shared::BehaviorVersion::latest());
+        if let Some(region) = self.region.clone().filter(|r| !r.trim().is_empty()) {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        if let Some(profile) = self.profile.as_deref().filter(|p| !p.trim().is_empty()) {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(endpoint) = self.endpoint_url.as_deref().filter(|e| !e.trim().is_empty()) {
+            loader = loader.endpoint_url(endpoint);
+        }
+        loader.load().await
+    }
+
+    /// The table named by `--table` (or `CONVEYOR_TABLE`), reached with [`AwsFlags::sdk`].
+    pub async fn table(&self) -> (Settings, Table) {
+        let settings = self.settings(None);
+        let table = Table::from_sdk(&self.sdk().await, settings.table.clone());
+        (settings, table)
+    }
+}

@@ -1,0 +1,13 @@
+//! AWS Lambda entry point: read settings once, build clients once, serve.
+
+use conveyor_shared::config::Settings;
+use conveyor_shared::lambda::{self, Capabilities};
+use conveyor_shared::{load_aws_config, telemetry};
+use ledger_api::LedgerApi;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    telemetry::init(true);
+    let function = LedgerApi::from_settings(&Settings::from_env(), &load_aws_config().await)?;
+    lambda::serve(Capabilities::http(&function)).await
+}
