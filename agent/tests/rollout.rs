@@ -59,6 +59,14 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
     assert!(!status.lines().any(|l| l.contains(" waiting ")), "no wave is shown as waiting: {status}");
     let alerts = rig.app.table.recent_alerts(10).await.unwrap();
     assert!(alerts.iter().any(|a| a.kind.as_str() == "deployment_rolled_back"), "{alerts:?}");
+    // The same facts as data (`conveyor status --json`).
+    let data = conveyor_cli::ops::status_json(&rig.app.table, "production").await.unwrap();
+    let states: Vec<&str> =
+        data["deployments"].as_array().unwrap().iter().filter_map(|d| d["state"].as_str()).collect();
+    assert!(states.contains(&"rolled_back") && states.contains(&"succeeded"), "{data}");
+    let instances = data["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), rig.instances.len(), "{data}");
+    assert!(instances.iter().all(|i| i["current"] == better[..12]), "{data}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -170,6 +170,32 @@ pub async fn rollback_images(
     Ok((change, templates, ok))
 }
 
+/// `conveyor status --json`: the same facts as [`status`], as data.
+pub async fn status_json(table: &Table, environment: &str) -> Result<serde_json::Value, OpsError> {
+    let now = conveyor_shared::unix_now();
+    let deployments = table.recent_deployments(environment, 20).await?;
+    let lock = table.lock(environment).await?.filter(|lock| lock.live(now));
+    let shown = lock
+        .as_ref()
+        .and_then(|lock| deployments.iter().find(|d| d.id() == lock.holder))
+        .or_else(|| deployments.iter().find(|d| d.run.wave.is_some()));
+    let targets = match shown {
+        Some(d) => table.deployment_targets(environment, &d.id()).await?,
+        None => Vec::new(),
+    };
+    let tick_error =
+        table.tick_error(environment, now).await?.map(|(error, at)| serde_json::json!({"error": error, "at": at}));
+    Ok(serde_json::json!({
+        "environment": environment,
+        "deployments": deployments,
+        "lock": lock,
+        "shown": shown.map(|d| d.id()),
+        "targets": targets,
+        "tick_error": tick_error,
+        "instances": table.environment_instances(environment).await?,
+    }))
+}
+
 /// What `conveyor status` prints for one environment: the running deployment and the queued
 /// ones, recent deployments with why each stopped, the tick's last error, and which instance
 /// runs which version.

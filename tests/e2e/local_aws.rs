@@ -1,6 +1,6 @@
 use conveyor_e2e::{sdk, unique_name};
 use conveyor_shared::config::SecretSource;
-use conveyor_shared::domain::DeploymentState::{self, InProgress, Pending};
+use conveyor_shared::domain::DeploymentState::{self, Failed, InProgress, Pending};
 use conveyor_shared::domain::{DeploymentRecord, RunState};
 use conveyor_shared::secrets;
 use conveyor_shared::store::Transition::{Applied, Rejected};
@@ -33,13 +33,13 @@ async fn conditional_puts_and_transitions() {
     assert_eq!(table.put_if_absent(item("pending")).await.unwrap(), Put::Created);
     assert_eq!(table.put_if_absent(item("other")).await.unwrap(), Put::AlreadyExists);
     let key = || Key::deployment("p", "x");
-    assert_eq!(table.transition(key(), "pending", "in_progress", "started", 1).await.unwrap(), Transition::Applied);
-    assert_eq!(table.transition(key(), "pending", "in_progress", "again", 2).await.unwrap(), Transition::Rejected);
+    assert_eq!(table.transition(key(), Pending, InProgress, "started", 1).await.unwrap(), Transition::Applied);
+    assert_eq!(table.transition(key(), Pending, InProgress, "again", 2).await.unwrap(), Transition::Rejected);
     let stored = table.get(key()).await.unwrap().unwrap();
     assert_eq!(stored["state"].as_s().unwrap(), "in_progress");
     assert_eq!(stored["history"].as_l().unwrap().len(), 1, "the transition is recorded with its reason");
     assert_eq!(
-        table.transition(Key::deployment("p", "missing"), "pending", "x", "r", 3).await.unwrap(),
+        table.transition(Key::deployment("p", "missing"), Pending, Failed, "r", 3).await.unwrap(),
         Transition::Rejected
     );
 }

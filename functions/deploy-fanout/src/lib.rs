@@ -21,6 +21,9 @@
 
 mod alerts;
 mod channel;
+mod settings;
+
+pub use settings::{StartError, Timing, agent_roles_from_env};
 
 pub use channel::CREDENTIAL_HEADER;
 
@@ -29,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, Environment, LoadError, Settings, SettingsError};
+use conveyor_shared::config::{Config, Environment, Settings};
 use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
@@ -76,83 +79,11 @@ pub enum FanoutError {
     Environments(BTreeMap<String, String>),
 }
 
-/// Why the function cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error(transparent)]
-    Sts(#[from] conveyor_shared::sts::StsError),
-}
-
-/// The IAM roles whose instances may prove themselves to the agent channel
-/// (`CONVEYOR_AGENT_ROLES`, comma-separated role ARNs; none turns instance proofs off).
-pub fn agent_roles_from_env() -> Result<Vec<AgentRole>, SettingsError> {
-    let text = std::env::var("CONVEYOR_AGENT_ROLES").unwrap_or_default();
-    text.split(',')
-        .map(str::trim)
-        .filter(|arn| !arn.is_empty())
-        .map(|arn| {
-            arn.parse().map_err(|_| SettingsError::Invalid {
-                name: "CONVEYOR_AGENT_ROLES",
-                expected: "comma-separated IAM role ARNs (arn:aws:iam::123456789012:role/conveyor-agent)",
-                value: arn.to_owned(),
-            })
-        })
-        .collect()
-}
-
 /// Agents on EC2 proving their instance: STS to ask, and the roles trusted.
 #[derive(Clone, Debug)]
 struct InstanceProofs {
     sts: Sts,
     roles: Arc<Vec<AgentRole>>,
-}
-
-/// Timings, with production defaults; `conveyor dev` and tests shorten them.
-#[derive(Debug, Clone)]
-pub struct Timing {
-    /// How long a planning claim (and the lock it takes) lasts: a planner that crashed is
-    /// replaced after this. A planner stops writing before its claim ends (see `plan`), so
-    /// this may be shorter than the function's timeout, never the other way round.
-    pub planning_claim: i64,
-    /// How long a presigned artifact URL is valid.
-    pub presign: Duration,
-    /// The poll interval an agent is told while its wave runs.
-    pub busy_poll: u64,
-    /// The poll interval an agent is told while idle or while its wave has not started.
-    pub idle_poll: u64,
-    /// How often the tick runs.
-    pub tick: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            planning_claim: 60,
-            presign: Duration::from_secs(900),
-            busy_poll: 2,
-            idle_poll: 20,
-            tick: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Timing {
-    /// `CONVEYOR_TICK_SECONDS` and `CONVEYOR_IDLE_POLL_SECONDS` override the defaults.
-    pub fn from_env() -> Self {
-        let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
-        let mut timing = Self::default();
-        if let Some(tick) = read("CONVEYOR_TICK_SECONDS") {
-            timing.tick = Duration::from_secs(tick);
-        }
-        if let Some(idle) = read("CONVEYOR_IDLE_POLL_SECONDS") {
-            timing.idle_poll = idle;
-        }
-        timing
-    }
 }
 
 /// How long a warm function trusts an agent token it found in the table. Polls come every few

@@ -13,7 +13,7 @@ use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Resp
 use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature::verify_stripe;
-use conveyor_shared::store::{self, Claim, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
+use conveyor_shared::store::{Claimed, Handled, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
 use serde_json::json;
 
 pub const REGISTRATION: Registration = Registration {
@@ -143,51 +143,44 @@ impl StripeWebhook {
                 &json!({"ok": true, "duplicate": false, "event": event.id, "outcome": "ignored", "reason": reason}),
             );
         }
-        let key = || Key::stripe_event(&event.id);
-        let token = store::claim_token(&event.id, now);
-        match self.table.claim(key(), &event.kind, &token, now, STRIPE_EVENT_TTL_SECONDS).await {
-            Ok(Claim::Claimed) => {}
-            Ok(Claim::Duplicate) => {
-                tracing::info!(event = %event.id, kind = %event.kind, "duplicate Stripe event");
-                return http::json(StatusCode::OK, &json!({"ok": true, "duplicate": true, "event": event.id}));
-            }
-            Ok(Claim::InFlight { retry_after }) => {
-                tracing::info!(event = %event.id, kind = %event.kind, "Stripe event being processed by another attempt");
-                return http::in_flight(retry_after);
-            }
-            Err(err) => return store_failure(&err),
-        }
-        let (outcome, detail) = match stripe::plan(&event) {
-            StripePlan::Ignored(reason) => ("ignored", reason),
-            StripePlan::Apply { change, alert } => {
-                let applied = async {
+        let work = || async {
+            let (outcome, detail) = match stripe::plan(&event) {
+                StripePlan::Ignored(reason) => ("ignored", reason),
+                StripePlan::Apply { change, alert } => {
                     let ordered = self.table.apply_subscription_change(&change, now).await?;
                     if let Some(alert) = &alert {
                         self.table.record_alert(alert).await?;
                     }
-                    Ok::<_, StoreError>(ordered)
-                }
-                .await;
-                match applied {
-                    Ok(Ordered::Applied) => (
-                        "applied",
-                        format!("{} is {}", change.subscription, change.status.as_deref().unwrap_or("unchanged")),
-                    ),
-                    Ok(Ordered::Stale) => {
-                        ("stale", format!("a newer event for {} was applied first", change.subscription))
-                    }
-                    Err(err) => {
-                        if let Err(release) = self.table.release_claim(key(), &token).await {
-                            tracing::error!(error = %release, event = %event.id, "cannot release the event claim");
+                    match ordered {
+                        Ordered::Applied => (
+                            "applied",
+                            format!("{} is {}", change.subscription, change.status.as_deref().unwrap_or("unchanged")),
+                        ),
+                        Ordered::Stale => {
+                            ("stale", format!("a newer event for {} was applied first", change.subscription))
                         }
-                        return store_failure(&err);
                     }
                 }
-            }
+            };
+            Ok(Handled { value: (), outcome, detail })
         };
-        if let Err(err) = self.table.finish_claim(key(), &token, outcome, &detail).await {
-            tracing::warn!(error = %err, event = %event.id, "cannot mark the event done");
-        }
+        let claimed = self
+            .table
+            .run_claimed(Key::stripe_event(&event.id), &event.kind, now, STRIPE_EVENT_TTL_SECONDS, work)
+            .await;
+        let Handled { outcome, detail, .. } = match claimed {
+            Claimed::Done(handled) => handled,
+            Claimed::Duplicate => {
+                tracing::info!(event = %event.id, kind = %event.kind, "duplicate Stripe event");
+                return http::json(StatusCode::OK, &json!({"ok": true, "duplicate": true, "event": event.id}));
+            }
+            Claimed::InFlight { retry_after } => {
+                tracing::info!(event = %event.id, kind = %event.kind, "Stripe event being processed by another attempt");
+                return http::in_flight(retry_after);
+            }
+            // Given back: Stripe's retry applies it in full.
+            Claimed::Failed(err) => return store_failure(&err),
+        };
         tracing::info!(event = %event.id, kind = %event.kind, outcome, %detail, "Stripe event handled");
         http::json(
             StatusCode::OK,

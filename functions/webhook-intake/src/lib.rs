@@ -17,7 +17,7 @@ use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Resp
 use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::secrets::{Secrets, SecretsError};
 use conveyor_shared::signature;
-use conveyor_shared::store::{self, Claim, DELIVERY_TTL_SECONDS, Key, Put, StoreError, Table, Transition};
+use conveyor_shared::store::{Claimed, DELIVERY_TTL_SECONDS, Handled, Key, Put, StoreError, Table, Transition};
 use serde_json::json;
 
 pub const REGISTRATION: Registration = Registration {
@@ -104,40 +104,33 @@ impl Intake {
             return http::json(StatusCode::OK, &json!({"ok": true, "event": "ping", "zen": zen}));
         }
 
-        let token = store::claim_token(guid, now);
-        match self.table.claim(Key::delivery(hook_id, guid), event, &token, now, DELIVERY_TTL_SECONDS).await {
-            Ok(Claim::Claimed) => {}
-            Ok(Claim::Duplicate) => {
-                tracing::info!(event, delivery = guid, hook_id, "duplicate delivery");
-                return http::json(
-                    StatusCode::OK,
-                    &json!({"ok": true, "duplicate": true, "delivery": guid, "event": event}),
-                );
-            }
-            Ok(Claim::InFlight { retry_after }) => {
-                tracing::info!(event, delivery = guid, hook_id, "delivery being processed by another attempt");
-                return http::in_flight(retry_after);
-            }
-            Err(err) => return store_failure(&err),
-        }
-        let (created, gates) = match self.apply(&plan, now).await {
-            Ok(applied) => applied,
-            Err(err) => {
-                // Give the delivery back so that a redelivery is processed in full.
-                if let Err(release) = self.table.release_claim(Key::delivery(hook_id, guid), &token).await {
-                    tracing::error!(error = %release, delivery = guid, "cannot release the delivery claim");
+        let work = || async {
+            let (created, gates) = self.apply(&plan, now).await?;
+            let (outcome, detail) = match &plan.outcome {
+                Outcome::Ignored(reason) => ("ignored", reason.clone()),
+                _ => ("recorded", String::new()),
+            };
+            Ok(Handled { value: (created, gates), outcome, detail })
+        };
+        let key = Key::delivery(hook_id, guid);
+        let Handled { value: (created, gates), outcome, detail } =
+            match self.table.run_claimed(key, event, now, DELIVERY_TTL_SECONDS, work).await {
+                Claimed::Done(handled) => handled,
+                Claimed::Duplicate => {
+                    tracing::info!(event, delivery = guid, hook_id, "duplicate delivery");
+                    return http::json(
+                        StatusCode::OK,
+                        &json!({"ok": true, "duplicate": true, "delivery": guid, "event": event}),
+                    );
                 }
-                return store_failure(&err);
-            }
-        };
-        let (status, outcome, detail) = match &plan.outcome {
-            Outcome::Ignored(reason) => (StatusCode::ACCEPTED, "ignored", reason.clone()),
-            _ => (StatusCode::OK, "recorded", String::new()),
-        };
-        if let Err(err) = self.table.finish_claim(Key::delivery(hook_id, guid), &token, outcome, &detail).await {
-            // Everything is recorded; only the delivery's own log entry is behind.
-            tracing::warn!(error = %err, delivery = guid, "cannot mark the delivery done");
-        }
+                Claimed::InFlight { retry_after } => {
+                    tracing::info!(event, delivery = guid, hook_id, "delivery being processed by another attempt");
+                    return http::in_flight(retry_after);
+                }
+                // Given back: a redelivery is processed in full.
+                Claimed::Failed(err) => return store_failure(&err),
+            };
+        let status = if outcome == "ignored" { StatusCode::ACCEPTED } else { StatusCode::OK };
         tracing::info!(event, delivery = guid, outcome, deployments = created.len(), "delivery handled");
         let deployments: Vec<_> = created
             .iter()

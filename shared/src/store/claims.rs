@@ -112,3 +112,67 @@ impl Table {
         }
     }
 }
+
+/// A claimed event's work, done: what to answer with, and how the claim's record ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled<T> {
+    pub value: T,
+    /// The record's `outcome` (`recorded`, `applied`, `ignored`, ...).
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+/// How running an outside event under its claim ended.
+#[derive(Debug)]
+pub enum Claimed<T> {
+    /// This invocation did the work; the claim is finished.
+    Done(Handled<T>),
+    /// Processed before, to the end: answer as done.
+    Duplicate,
+    /// Another invocation holds it: ask the sender to come back in this many seconds.
+    InFlight { retry_after: i64 },
+    /// The claim could not be taken, or the work failed and the claim was given back, so the
+    /// sender's retry does the work in full.
+    Failed(StoreError),
+}
+
+impl Table {
+    /// The whole lifecycle of an outside event (a GitHub delivery, a Stripe event): claim
+    /// `key`, run `work`, then finish the claim with the work's outcome, or give the claim
+    /// back when the work failed. A claim that cannot be marked finished is only logged:
+    /// everything the work wrote is there, and the claim's lease ends by itself.
+    pub async fn run_claimed<T, Work, Fut>(
+        &self,
+        key: Key,
+        event: &str,
+        now: i64,
+        ttl_seconds: i64,
+        work: Work,
+    ) -> Claimed<T>
+    where
+        Work: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Handled<T>, StoreError>>,
+    {
+        let token = claim_token(&key.pk, now);
+        match self.claim(key.clone(), event, &token, now, ttl_seconds).await {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Duplicate) => return Claimed::Duplicate,
+            Ok(Claim::InFlight { retry_after }) => return Claimed::InFlight { retry_after },
+            Err(err) => return Claimed::Failed(err),
+        }
+        match work().await {
+            Ok(handled) => {
+                if let Err(err) = self.finish_claim(key.clone(), &token, handled.outcome, &handled.detail).await {
+                    tracing::warn!(error = %err, key = %key.pk, "cannot mark the event done");
+                }
+                Claimed::Done(handled)
+            }
+            Err(err) => {
+                if let Err(release) = self.release_claim(key.clone(), &token).await {
+                    tracing::error!(error = %release, key = %key.pk, "cannot give the event's claim back");
+                }
+                Claimed::Failed(err)
+            }
+        }
+    }
+}

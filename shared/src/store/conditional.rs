@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// A state machine's state as the table stores it (`state`): transitions take the enum, so
+/// a state that does not exist is a compile error, not a condition that never holds.
+pub trait StoredState: Copy {
+    fn as_str(self) -> &'static str;
+}
+
+impl StoredState for crate::domain::DeploymentState {
+    fn as_str(self) -> &'static str {
+        crate::domain::DeploymentState::as_str(self)
+    }
+}
+
 /// A conditional update, built up in parts: as one UpdateItem ([`Table::apply`]) or as one
 /// item of a transaction. `#state` always names the `state` attribute.
 #[derive(Debug, Clone)]
@@ -17,7 +29,8 @@ pub struct Conditional {
 impl Conditional {
     /// Moves the item from state `from` to `to` with `reason`, appending the change to its
     /// `history`, only if it is in state `from` now.
-    pub fn transition(key: Key, from: &str, to: &str, reason: &str, at: i64) -> Self {
+    pub fn transition<S: StoredState>(key: Key, from: S, to: S, reason: &str, at: i64) -> Self {
+        let (from, to) = (from.as_str(), to.as_str());
         let entry = AttributeValue::M(HashMap::from([
             ("from".into(), s(from)),
             ("to".into(), s(to)),

@@ -48,7 +48,9 @@ mod retry;
 mod rollout;
 mod runs;
 mod table;
+mod targets;
 mod tokens;
+mod waves;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,12 +74,13 @@ use crate::token::TokenGrant;
 
 pub use agents::{Enrollment, EnrollmentProof, InstanceRecord};
 pub use billing::{Ordered, SubscriptionState};
-pub use claims::{Claim, claim_token};
-pub use conditional::Conditional;
+pub use claims::{Claim, Claimed, Handled, claim_token};
+pub use conditional::{Conditional, StoredState};
 pub use images::{ImageChange, ImageState, ImageWrite};
 use retry::is_condition_failure;
 pub use retry::{Backoff, retry_conflicts, write_until_processed};
-pub use rollout::{Counter, DeploymentEnd, DeploymentStart, Lock, LockPhase};
+pub use rollout::{DeploymentEnd, DeploymentStart, Lock, LockPhase};
+pub use targets::Counter;
 
 pub type Item = HashMap<String, AttributeValue>;
 

@@ -46,8 +46,8 @@ impl Table {
     ) -> Result<Transition, StoreError> {
         let change = Conditional::transition(
             Key::deployment(environment, id),
-            DeploymentState::Pending.as_str(),
-            DeploymentState::Skipped.as_str(),
+            DeploymentState::Pending,
+            DeploymentState::Skipped,
             reason,
             now,
         )

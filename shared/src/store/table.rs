@@ -123,11 +123,11 @@ impl Table {
 
     /// Moves the item at `key` from state `from` to state `to`, recording `reason` and
     /// appending the change to its `history`, only if it is in state `from` now.
-    pub async fn transition(
+    pub async fn transition<S: StoredState>(
         &self,
         key: Key,
-        from: &str,
-        to: &str,
+        from: S,
+        to: S,
         reason: &str,
         at: i64,
     ) -> Result<Transition, StoreError> {
