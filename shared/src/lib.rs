@@ -5,6 +5,7 @@
 //! [`http`] is the small request/response vocabulary every HTTP function speaks, so the same
 //! handler runs behind API Gateway in AWS and behind `conveyor dev` locally.
 
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -292,14 +292,8 @@ impl Fanout {
 
     /// The environment a request's token and body agree on.
     async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
-        let Some(presented) = token::bearer(http::header(request, "authorization")) else {
-            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
-        };
-        let scope = match self.token_scope(token::hash(presented.as_bytes())).await {
-            Ok(Some(scope)) => scope,
-            Ok(None) => return Err(http::error(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not known")),
-            Err(err) => return Err(http::unavailable(&err, "the ledger could not be read; poll again")),
-        };
+        let now = conveyor_shared::unix_now();
+        let scope = self.tokens.scope(request, now, "the ledger could not be read; poll again").await?;
         if scope != Scope::Environment(claimed.to_owned()).as_string() {
             return Err(http::error(
                 StatusCode::FORBIDDEN,

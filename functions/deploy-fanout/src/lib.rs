@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
+use conveyor_shared::auth::Tokens;
 use conveyor_shared::config::{Config, Environment, Settings};
 use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
@@ -109,8 +110,8 @@ pub struct Fanout {
     artifacts: Artifacts,
     config: Arc<Config>,
     timing: Timing,
-    /// Token hash to (its grant, when it was read).
-    tokens: Arc<Mutex<HashMap<String, (conveyor_shared::token::TokenGrant, Instant)>>>,
+    /// Environment tokens, checked grants kept for [`TOKEN_CACHE`].
+    tokens: Tokens,
     /// (environment, instance) to the hash of its agent's binding credential, when read.
     credentials: Arc<Mutex<HashMap<(String, String), CachedCredential>>>,
     /// Set when agents may prove their instance instead of presenting a token.
@@ -119,8 +120,8 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
-        let (tokens, credentials) = (Arc::default(), Arc::default());
-        Self { table, ec2, artifacts, config, timing, tokens, credentials, proofs: None }
+        let tokens = Tokens::cached(table.clone(), TOKEN_CACHE, TOKEN_CACHE_ENTRIES);
+        Self { table, ec2, artifacts, config, timing, tokens, credentials: Arc::default(), proofs: None }
     }
 
     /// Lets agents whose instance profile has one of `roles` prove their instance through
@@ -139,28 +140,6 @@ impl Fanout {
 
     /// The scope of a presented token's hash, from the cache or the table; none for a token
     /// that is unknown, revoked (within the cache time) or expired.
-    async fn token_scope(&self, hash: String) -> Result<Option<String>, StoreError> {
-        let now = conveyor_shared::unix_now();
-        let cached = self.tokens.lock().ok().and_then(|cache| {
-            cache
-                .get(&hash)
-                .filter(|(grant, read)| read.elapsed() < TOKEN_CACHE && grant.valid_at(now))
-                .map(|(grant, _)| grant.scope.clone())
-        });
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let grant = self.table.token_grant(&hash, now).await?;
-        let scope = grant.as_ref().map(|grant| grant.scope.clone());
-        if let (Some(grant), Ok(mut cache)) = (grant, self.tokens.lock()) {
-            if cache.len() >= TOKEN_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(hash, (grant, Instant::now()));
-        }
-        Ok(scope)
-    }
-
     /// How the agent enrolled, when a warm function has seen `hash` bind `instance` within
     /// the cache time (an idle poll then costs no read for it).
     fn known_credential(&self, environment: &str, instance: &str, hash: &str) -> Option<EnrollmentProof> {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use conveyor_shared::SdkConfig;
+use conveyor_shared::auth::Tokens;
 use conveyor_shared::config::{Config, LoadError, Provider, Settings};
 use conveyor_shared::domain::packer::{self, Change};
 use conveyor_shared::ec2::Ec2;
@@ -19,7 +20,7 @@ use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Resp
 use conveyor_shared::provider_images::{Applied, ImagesError, apply_run, sync_launch_templates};
 use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::store::{ImageState, StoreError, Table};
-use conveyor_shared::token::{self, Scope};
+use conveyor_shared::token::Scope;
 use serde_json::json;
 
 /// Both routes take a provider token (`Authorization: Bearer`), checked by the function.
@@ -40,11 +41,13 @@ pub struct ManifestIngest {
     table: Table,
     ec2: Ec2,
     config: Arc<Config>,
+    /// Provider tokens, read on every upload: a revoked token stops working at once.
+    tokens: Tokens,
 }
 
 impl ManifestIngest {
     pub fn new(table: Table, ec2: Ec2, config: Arc<Config>) -> Self {
-        Self { table, ec2, config }
+        Self { tokens: Tokens::uncached(table.clone()), table, ec2, config }
     }
 
     pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, LoadError> {
@@ -55,21 +58,8 @@ impl ManifestIngest {
 
     /// The provider, when the request carries a token for it.
     async fn authorize(&self, request: &Request, provider: &str) -> Result<&Provider, Response> {
-        let Some(presented) = token::bearer(http::header(request, "authorization")) else {
-            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
-        };
         let now = conveyor_shared::unix_now();
-        let scope = match self.table.token_grant(&token::hash(presented.as_bytes()), now).await {
-            Ok(Some(grant)) => grant.scope,
-            Ok(None) => {
-                return Err(http::error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "the token is not known (revoked, expired, or never created)",
-                ));
-            }
-            Err(err) => return Err(store_failure(&err)),
-        };
+        let scope = self.tokens.scope(request, now, STORE_ADVICE).await?;
         let Some(found) = self.config.provider(provider) else {
             return Err(http::error(
                 StatusCode::NOT_FOUND,
@@ -223,6 +213,9 @@ impl HttpFunction for ManifestIngest {
     }
 }
 
+/// What to do when the ledger cannot be read or written.
+const STORE_ADVICE: &str = "the ledger could not be read or written; nothing changed, retry";
+
 fn store_failure(err: &StoreError) -> Response {
-    http::unavailable(err, "the ledger could not be read or written; nothing changed, retry")
+    http::unavailable(err, STORE_ADVICE)
 }
