@@ -134,7 +134,7 @@ impl TestApp {
         let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
         artifacts.create_bucket_if_missing(&settings.artifacts_bucket).await.unwrap();
         let config = Config::parse(config, "test.toml").unwrap();
-        let timing = deploy_fanout::Timing {
+        let timing = conveyor_shared::config::Timing {
             planning_claim: 60,
             presign: std::time::Duration::from_secs(300),
             busy_poll: 1,
@@ -476,7 +476,7 @@ impl Quiet {
             conveyor_shared::ec2::Ec2::new(&sdk),
             conveyor_shared::s3::Artifacts::new(&sdk),
             std::sync::Arc::new(self.config.clone()),
-            deploy_fanout::Timing::default(),
+            conveyor_shared::config::Timing::default(),
         )
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{
-    Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings, SettingsError,
+    Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings, SettingsError, StripeMode,
 };
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
@@ -80,7 +80,7 @@ pub async fn functions(
     config: Config,
     settings: &Settings,
     webhook_secrets: &WebhookSecrets,
-    timing: deploy_fanout::Timing,
+    timing: conveyor_shared::config::Timing,
     sdk: &SdkConfig,
 ) -> Result<Catalog, DevError> {
     let table = Table::from_sdk(sdk, settings.table.clone());
@@ -100,10 +100,10 @@ pub async fn functions(
             stripe_webhook::StripeWebhook::new(
                 table.clone(),
                 Secrets::load(source, sdk).await?,
-                stripe_webhook::tolerance_from_env().map_err(DevError::Settings)?,
+                conveyor_shared::config::stripe_tolerance_from_env().map_err(DevError::Settings)?,
             )
             // The local emulator takes test-mode events unless told otherwise.
-            .serving(stripe_webhook::Mode::from_env(stripe_webhook::Mode::Test).map_err(DevError::Settings)?),
+            .serving(StripeMode::from_env(StripeMode::Test).map_err(DevError::Settings)?),
         )),
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
@@ -134,7 +134,7 @@ pub async fn functions(
 pub const LOCAL_AGENT_ROLE: &str = "arn:aws:iam::123456789012:role/conveyor-agent";
 
 fn local_agent_roles() -> Result<Vec<conveyor_shared::domain::instance_proof::AgentRole>, DevError> {
-    let roles = deploy_fanout::agent_roles_from_env().map_err(DevError::Settings)?;
+    let roles = conveyor_shared::config::agent_roles_from_env().map_err(DevError::Settings)?;
     if !roles.is_empty() {
         return Ok(roles);
     }
@@ -368,8 +368,9 @@ mod tests {
         let all = WebhookSecrets { github: inline(), stripe: inline() };
         // No request is sent: building clients needs no network.
         let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
-        let catalog =
-            functions(Config::default(), &settings, &all, deploy_fanout::Timing::default(), &sdk).await.unwrap();
+        let catalog = functions(Config::default(), &settings, &all, conveyor_shared::config::Timing::default(), &sdk)
+            .await
+            .unwrap();
         let registered = |has: fn(&Registration) -> bool| -> Vec<&'static str> {
             REGISTRATIONS.iter().filter(|r| has(r)).map(|r| r.name).collect()
         };
@@ -382,10 +383,15 @@ mod tests {
         for function in catalog.http.iter() {
             assert!(REGISTRATIONS.contains(&function.registration()), "{} is not in the list", function.name());
         }
-        let none =
-            functions(Config::default(), &settings, &WebhookSecrets::default(), deploy_fanout::Timing::default(), &sdk)
-                .await
-                .unwrap();
+        let none = functions(
+            Config::default(),
+            &settings,
+            &WebhookSecrets::default(),
+            conveyor_shared::config::Timing::default(),
+            &sdk,
+        )
+        .await
+        .unwrap();
         let names: Vec<_> = none.http.iter().map(|f| f.name()).collect();
         assert_eq!(
             names,

@@ -2,12 +2,13 @@
 
 use conveyor_shared::config::{ArtifactFields, ArtifactTemplate, Config, Environment};
 use conveyor_shared::domain::alert::Alert;
+use conveyor_shared::domain::packer::ImageChange;
 use conveyor_shared::domain::rollout::{self, Instruction, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::s3::Artifacts;
 use conveyor_shared::secret::Secret;
-use conveyor_shared::store::{ImageChange, Put, StoreError, Table};
+use conveyor_shared::store::{Put, StoreError, Table};
 use conveyor_shared::token::{self, Scope, TokenError};
 use sha2::Digest;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::Provider;
-use crate::domain::packer::{self, ImageMap, RunImages};
+use crate::domain::packer::{self, ImageChange, ImageMap, RunImages};
 use crate::ec2::{Ec2, TemplateUpdate};
-use crate::store::{Backoff, ImageChange, ImageWrite, StoreError, Table};
+use crate::store::{Backoff, ImageWrite, StoreError, Table};
 
 /// Optimistic writes tried before giving up under contention.
 const MAX_ATTEMPTS: u32 = 8;

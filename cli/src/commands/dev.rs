@@ -33,7 +33,7 @@ impl DevArgs {
             config,
             &settings,
             &dev::WebhookSecrets::from_env(),
-            deploy_fanout::Timing::from_env(),
+            conveyor_shared::config::Timing::from_env(),
             &sdk,
         )
         .await

@@ -25,6 +25,7 @@ use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use bytes::Bytes;
+use conveyor_shared::config::Timing;
 use conveyor_shared::config::{Config, WaveSize};
 use conveyor_shared::domain::rollout::{DeploymentPlan, Instance, Release, plan_waves};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
@@ -34,7 +35,7 @@ use conveyor_shared::s3::Artifacts;
 use conveyor_shared::store::Table;
 use conveyor_shared::token::{self, Scope};
 use criterion::Criterion;
-use deploy_fanout::{Fanout, Timing};
+use deploy_fanout::Fanout;
 use serde_json::{Value, json};
 
 /// Requests per deployment besides the batches and discovery pages. At the start: finding

@@ -23,7 +23,7 @@ mod alerts;
 mod channel;
 mod settings;
 
-pub use settings::{StartError, Timing, agent_roles_from_env};
+pub use settings::StartError;
 
 pub use channel::CREDENTIAL_HEADER;
 
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
 use conveyor_shared::auth::Tokens;
-use conveyor_shared::config::{Config, Environment, Settings};
+use conveyor_shared::config::{Config, Environment, Settings, Timing, agent_roles_from_env};
 use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};

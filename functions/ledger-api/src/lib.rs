@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{self, Config, LoadError, Settings, SettingsError};
-use conveyor_shared::domain::stripe;
+use conveyor_shared::domain::stripe::{self, SubscriptionState};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::store::{StoreError, SubscriptionState, Table};
+use conveyor_shared::store::{StoreError, Table};
 use serde_json::json;
 
 pub const REGISTRATION: Registration = Registration {

@@ -14,12 +14,13 @@ use std::sync::Arc;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::auth::Tokens;
 use conveyor_shared::config::{Config, LoadError, Provider, Settings};
+use conveyor_shared::domain::packer::ImageState;
 use conveyor_shared::domain::packer::{self, Change};
 use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::provider_images::{Applied, ImagesError, apply_run, sync_launch_templates};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::store::{ImageState, StoreError, Table};
+use conveyor_shared::store::{StoreError, Table};
 use conveyor_shared::token::Scope;
 use serde_json::json;
 

@@ -7,7 +7,7 @@
 //! event id is claimed (dedupe), the change applied in event order, the claim marked done.
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{SecretSource, Settings, SettingsError};
+use conveyor_shared::config::{SecretSource, Settings, SettingsError, StripeMode};
 use conveyor_shared::domain::stripe::{self, StripePlan};
 use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
@@ -23,8 +23,6 @@ pub const REGISTRATION: Registration = Registration {
     schedule: None,
 };
 
-/// Stripe's default signature tolerance, in seconds.
-pub const DEFAULT_TOLERANCE: i64 = 300;
 /// Events are small; anything larger than this is not from Stripe.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -36,66 +34,23 @@ pub enum StartupError {
     Secrets(#[from] SecretsError),
 }
 
-/// `STRIPE_TOLERANCE_SECONDS` (default 300).
-pub fn tolerance_from_env() -> Result<i64, SettingsError> {
-    match std::env::var("STRIPE_TOLERANCE_SECONDS") {
-        Err(_) => Ok(DEFAULT_TOLERANCE),
-        Ok(text) => text.trim().parse::<i64>().ok().filter(|t| *t > 0).ok_or(SettingsError::Invalid {
-            name: "STRIPE_TOLERANCE_SECONDS",
-            expected: "a positive number of seconds",
-            value: text,
-        }),
-    }
-}
-
-/// Which of Stripe's modes this endpoint serves: events of the other are ignored, so test
-/// events never touch the live ledger (and the other way round).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Live,
-    Test,
-}
-
-impl Mode {
-    /// `STRIPE_MODE` (`live` or `test`), or `default` when unset.
-    pub fn from_env(default: Mode) -> Result<Mode, SettingsError> {
-        match std::env::var("STRIPE_MODE").ok().as_deref().map(str::trim) {
-            None | Some("") => Ok(default),
-            Some("live") => Ok(Mode::Live),
-            Some("test") => Ok(Mode::Test),
-            Some(other) => Err(SettingsError::Invalid {
-                name: "STRIPE_MODE",
-                expected: "`live` or `test`",
-                value: other.to_owned(),
-            }),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Live => "live",
-            Mode::Test => "test",
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct StripeWebhook {
     table: Table,
     secrets: Secrets,
     tolerance: i64,
-    mode: Mode,
+    mode: StripeMode,
 }
 
 impl StripeWebhook {
     /// Serves test-mode events; see [`StripeWebhook::serving`]. In Lambda,
     /// [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
     pub fn new(table: Table, secrets: impl Into<Secrets>, tolerance: i64) -> Self {
-        Self { table, secrets: secrets.into(), tolerance, mode: Mode::Test }
+        Self { table, secrets: secrets.into(), tolerance, mode: StripeMode::Test }
     }
 
     /// Serves `mode`'s events.
-    pub fn serving(mut self, mode: Mode) -> Self {
+    pub fn serving(mut self, mode: StripeMode) -> Self {
         self.mode = mode;
         self
     }
@@ -108,7 +63,7 @@ impl StripeWebhook {
     ) -> Result<Self, StartupError> {
         let secrets = Secrets::load(secret, sdk).await?;
         let table = Table::from_sdk(sdk, settings.table.clone());
-        Ok(Self::new(table, secrets, tolerance).serving(Mode::from_env(Mode::Live)?))
+        Ok(Self::new(table, secrets, tolerance).serving(StripeMode::from_env(StripeMode::Live)?))
     }
 
     async fn webhook(&self, request: Request) -> Response {
@@ -128,7 +83,7 @@ impl StripeWebhook {
             Ok(event) => event,
             Err(err) => return http::error(StatusCode::BAD_REQUEST, "invalid_event", err),
         };
-        let mode = if event.livemode { Mode::Live } else { Mode::Test };
+        let mode = if event.livemode { StripeMode::Live } else { StripeMode::Test };
         if mode != self.mode {
             // Answered 200 so Stripe does not retry it; nothing is recorded.
             let reason = format!(

@@ -17,8 +17,9 @@ mod settings;
 mod values;
 
 pub use settings::{
-    DEFAULT_ENTITLEMENT_GRACE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource, Settings, SettingsError,
-    entitlement_grace_from_env,
+    DEFAULT_ENTITLEMENT_GRACE, DEFAULT_STRIPE_TOLERANCE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource,
+    Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,
+    stripe_tolerance_from_env,
 };
 pub use values::{Seconds, WaveSize};
 

@@ -1,6 +1,10 @@
-//! Runtime settings every function reads from its environment once at cold start.
+//! Runtime settings: every environment variable a function reads, read here once at cold
+//! start, with its default and a clear error when it is malformed.
+
+use std::time::Duration;
 
 use super::*;
+use crate::domain::instance_proof::AgentRole;
 
 /// Where a set of webhook secrets comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,5 +101,111 @@ pub fn entitlement_grace_from_env() -> Result<i64, SettingsError> {
             expected: "a number of seconds (0 or more)",
             value: text,
         }),
+    }
+}
+
+/// Stripe's default signature tolerance, in seconds.
+pub const DEFAULT_STRIPE_TOLERANCE: i64 = 300;
+/// `STRIPE_TOLERANCE_SECONDS` (default 300).
+pub fn stripe_tolerance_from_env() -> Result<i64, SettingsError> {
+    match std::env::var("STRIPE_TOLERANCE_SECONDS") {
+        Err(_) => Ok(DEFAULT_STRIPE_TOLERANCE),
+        Ok(text) => text.trim().parse::<i64>().ok().filter(|t| *t > 0).ok_or(SettingsError::Invalid {
+            name: "STRIPE_TOLERANCE_SECONDS",
+            expected: "a positive number of seconds",
+            value: text,
+        }),
+    }
+}
+
+/// Which of Stripe's modes this endpoint serves: events of the other are ignored, so test
+/// events never touch the live ledger (and the other way round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeMode {
+    Live,
+    Test,
+}
+
+impl StripeMode {
+    /// `STRIPE_MODE` (`live` or `test`), or `default` when unset.
+    pub fn from_env(default: StripeMode) -> Result<StripeMode, SettingsError> {
+        match std::env::var("STRIPE_MODE").ok().as_deref().map(str::trim) {
+            None | Some("") => Ok(default),
+            Some("live") => Ok(StripeMode::Live),
+            Some("test") => Ok(StripeMode::Test),
+            Some(other) => Err(SettingsError::Invalid {
+                name: "STRIPE_MODE",
+                expected: "`live` or `test`",
+                value: other.to_owned(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StripeMode::Live => "live",
+            StripeMode::Test => "test",
+        }
+    }
+}
+
+/// The IAM roles whose instances may prove themselves to the agent channel
+/// (`CONVEYOR_AGENT_ROLES`, comma-separated role ARNs; none turns instance proofs off).
+pub fn agent_roles_from_env() -> Result<Vec<AgentRole>, SettingsError> {
+    let text = std::env::var("CONVEYOR_AGENT_ROLES").unwrap_or_default();
+    text.split(',')
+        .map(str::trim)
+        .filter(|arn| !arn.is_empty())
+        .map(|arn| {
+            arn.parse().map_err(|_| SettingsError::Invalid {
+                name: "CONVEYOR_AGENT_ROLES",
+                expected: "comma-separated IAM role ARNs (arn:aws:iam::123456789012:role/conveyor-agent)",
+                value: arn.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Timings, with production defaults; `conveyor dev` and tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long a planning claim (and the lock it takes) lasts: a planner that crashed is
+    /// replaced after this. A planner stops writing before its claim ends (see `plan`), so
+    /// this may be shorter than the function's timeout, never the other way round.
+    pub planning_claim: i64,
+    /// How long a presigned artifact URL is valid.
+    pub presign: Duration,
+    /// The poll interval an agent is told while its wave runs.
+    pub busy_poll: u64,
+    /// The poll interval an agent is told while idle or while its wave has not started.
+    pub idle_poll: u64,
+    /// How often the tick runs.
+    pub tick: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            planning_claim: 60,
+            presign: Duration::from_secs(900),
+            busy_poll: 2,
+            idle_poll: 20,
+            tick: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timing {
+    /// `CONVEYOR_TICK_SECONDS` and `CONVEYOR_IDLE_POLL_SECONDS` override the defaults.
+    pub fn from_env() -> Self {
+        let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
+        let mut timing = Self::default();
+        if let Some(tick) = read("CONVEYOR_TICK_SECONDS") {
+            timing.tick = Duration::from_secs(tick);
+        }
+        if let Some(idle) = read("CONVEYOR_IDLE_POLL_SECONDS") {
+            timing.idle_poll = idle;
+        }
+        timing
     }
 }

@@ -236,6 +236,33 @@ pub fn diff(old: &ImageMap, new: &ImageMap) -> BTreeMap<String, Change> {
         .collect()
 }
 
+/// A provider's current images.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageState {
+    pub provider: String,
+    pub images: ImageMap,
+    /// Starts at 1 and grows by one with every change: the optimistic lock.
+    pub version: i64,
+    pub run_uuid: Option<String>,
+    pub updated_at: i64,
+}
+
+/// One change of a provider's images, kept so that a bad image can be rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageChange {
+    pub provider: String,
+    pub version: i64,
+    /// `manifest` or `rollback`.
+    pub kind: String,
+    /// For a rollback: the version whose images it restored.
+    pub restored: Option<i64>,
+    pub run_uuid: Option<String>,
+    pub previous: ImageMap,
+    pub images: ImageMap,
+    pub changes: std::collections::BTreeMap<String, Change>,
+    pub at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,6 +168,25 @@ pub fn is_terminal(status: &str) -> bool {
     matches!(status, "canceled" | "incomplete_expired")
 }
 
+/// A customer's subscription as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct SubscriptionState {
+    pub customer: String,
+    pub subscription: String,
+    pub status: Option<String>,
+    pub price: Option<String>,
+    pub product: Option<String>,
+    /// Every item's price and product.
+    #[serde(default)]
+    pub items: Option<Vec<PriceItem>>,
+    pub current_period_end: Option<i64>,
+    pub cancel_at_period_end: Option<bool>,
+    pub last_event_id: String,
+    pub last_event_type: String,
+    pub last_event_created: i64,
+    pub updated_at: i64,
+}
+
 /// What to do with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StripePlan {

@@ -1,25 +1,7 @@
 //! Customers' subscriptions from Stripe's events, ordered by each event's own clock.
 
 use super::*;
-
-/// A customer's subscription as the ledger knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SubscriptionState {
-    pub customer: String,
-    pub subscription: String,
-    pub status: Option<String>,
-    pub price: Option<String>,
-    pub product: Option<String>,
-    /// Every item's price and product.
-    #[serde(default)]
-    pub items: Option<Vec<crate::domain::stripe::PriceItem>>,
-    pub current_period_end: Option<i64>,
-    pub cancel_at_period_end: Option<bool>,
-    pub last_event_id: String,
-    pub last_event_type: String,
-    pub last_event_created: i64,
-    pub updated_at: i64,
-}
+use crate::domain::stripe::SubscriptionState;
 
 /// Whether a change was applied or was older than what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

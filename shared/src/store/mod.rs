@@ -67,16 +67,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::alert::Alert;
-use crate::domain::packer::{Change, ImageMap};
 use crate::domain::stripe::SubscriptionChange;
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 use crate::token::TokenGrant;
 
 pub use agents::{Enrollment, EnrollmentProof, InstanceRecord};
-pub use billing::{Ordered, SubscriptionState};
+pub use billing::Ordered;
 pub use claims::{Claim, Claimed, Handled, claim_token};
 pub use conditional::{Conditional, StoredState};
-pub use images::{ImageChange, ImageState, ImageWrite};
+pub use images::ImageWrite;
 use retry::is_condition_failure;
 pub use retry::{Backoff, retry_conflicts, write_until_processed};
 pub use rollout::{DeploymentEnd, DeploymentStart, Lock, LockPhase};
