@@ -14,7 +14,7 @@ use bytes::Bytes;
 use conveyor_cli::dev;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, SecretSource, Settings};
-use conveyor_shared::secret::SecretSet;
+use conveyor_shared::secret::Secret;
 use conveyor_shared::signature::{sign_github, sign_stripe};
 use conveyor_shared::store::Table;
 use http_body_util::{BodyExt, Full};
@@ -124,7 +124,7 @@ impl TestApp {
             config_path: "unused.toml".into(),
             artifacts_bucket: "conveyor-artifacts".into(),
         };
-        let inline = |list: String| Some(SecretSource::Inline(SecretSet::from_comma_separated(&list).unwrap()));
+        let inline = |list: String| Some(SecretSource::Inline(Secret::new(list)));
         let secrets = dev::WebhookSecrets {
             github: inline(format!("rotated-out,{SECRET}")),
             stripe: inline(format!("whsec_rotated_out,{STRIPE_SECRET}")),

@@ -8,7 +8,7 @@ mod support;
 
 use conveyor_agent::proof::InstanceProof;
 use conveyor_e2e::{Answer, TestApp};
-use conveyor_shared::store::EnrollmentProof;
+use conveyor_shared::domain::fleet::EnrollmentProof;
 use serde_json::json;
 
 const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = { app = \"TAG\" }\n\n[[environment]]\nname = \"staging\"\nbranch = \"develop\"\nrepository = \"*\"\n[environment.instances]\ntags = { app = \"TAG-staging\" }\n";
@@ -183,7 +183,7 @@ async fn fanout_behind(quiet: &conveyor_e2e::Quiet, proxy: &conveyor_e2e::FaultP
 async fn poll_directly(fanout: &deploy_fanout::Fanout, body: String) -> Answer {
     use conveyor_shared::http::HttpFunction;
     let request = http::Request::post("/agent/v1/poll").body(bytes::Bytes::from(body)).unwrap();
-    let response = fanout.handle(request).await;
+    let response = fanout.respond(request).await;
     Answer { status: response.status().as_u16(), body: serde_json::from_slice(response.body()).unwrap_or_default() }
 }
 

@@ -358,7 +358,7 @@ async fn a_report_whose_answer_is_lost_is_sent_again_and_the_host_is_not_deploye
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_on_ec2_prove_their_instance_and_a_rebuilt_host_enrols_again_by_itself() {
-    use conveyor_shared::store::EnrollmentProof;
+    use conveyor_shared::domain::fleet::EnrollmentProof;
     let mut rig = rig_with(3, true).await;
     let (first, second) = (sha(0x31), sha(0x32));
 

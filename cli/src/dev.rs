@@ -11,9 +11,10 @@ use conveyor_shared::config::{
     Config, GITHUB_WEBHOOK_SECRET, LoadError, STRIPE_WEBHOOK_SECRET, SecretSource, Settings, SettingsError, StripeMode,
 };
 use conveyor_shared::ec2::Ec2;
-use conveyor_shared::http::{self as api, Dispatch, HttpFunction, StatusCode};
+use conveyor_shared::http::{self as api, HttpFunction, StatusCode};
 use conveyor_shared::registration::Registration;
-use conveyor_shared::secrets::{Secrets, SecretsError};
+use conveyor_shared::secret::SecretSet;
+use conveyor_shared::secrets::{KeyRing, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
 use http_body_util::{BodyExt, Full, Limited};
@@ -89,7 +90,7 @@ pub async fn functions(
     match &webhook_secrets.github {
         Some(source) => http.push(Arc::new(webhook_intake::Intake::new(
             table.clone(),
-            Secrets::load(source, sdk).await?,
+            KeyRing::load(source, sdk).await?,
             config.clone(),
             settings.artifacts_bucket.clone(),
         ))),
@@ -99,7 +100,7 @@ pub async fn functions(
         Some(source) => http.push(Arc::new(
             stripe_webhook::StripeWebhook::new(
                 table.clone(),
-                Secrets::load(source, sdk).await?,
+                KeyRing::load(source, sdk).await?,
                 conveyor_shared::config::stripe_tolerance_from_env().map_err(DevError::Settings)?,
             )
             // The local emulator takes test-mode events unless told otherwise.
@@ -268,16 +269,9 @@ async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hype
         }
         Ok(collected) => {
             let request = http::Request::from_parts(parts, collected.to_bytes());
-            match api::dispatch(functions.iter().map(|f| f.as_ref()), &method, &path) {
-                Dispatch::To(function) => function.handle(request).await,
-                Dispatch::MethodNotAllowed => api::error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{path} does not take {method}"),
-                ),
-                Dispatch::NotFound => {
-                    api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
-                }
+            match api::owner(functions.iter().map(|f| f.as_ref()), &path) {
+                Some(function) => function.respond(request).await,
+                None => api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
             }
         }
     };
@@ -305,7 +299,7 @@ pub fn routes_json() -> serde_json::Value {
 /// The first inline secret of `name`, for signing replays.
 pub fn replay_secret(name: &'static str) -> Option<conveyor_shared::secret::Secret> {
     match SecretSource::from_env(name).ok()? {
-        SecretSource::Inline(set) => set.iter().next().cloned(),
+        SecretSource::Inline(secret) => SecretSet::from_secret(&secret)?.iter().next().cloned(),
         SecretSource::SecretsManager(_) => None,
     }
 }
@@ -313,7 +307,7 @@ pub fn replay_secret(name: &'static str) -> Option<conveyor_shared::secret::Secr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conveyor_shared::secret::SecretSet;
+    use conveyor_shared::secret::Secret;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -364,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn the_route_table_is_what_the_functions_serve() {
         let settings = Settings { table: "t".into(), config_path: "c.toml".into(), artifacts_bucket: "b".into() };
-        let inline = || Some(SecretSource::Inline(SecretSet::from_comma_separated("s").unwrap()));
+        let inline = || Some(SecretSource::Inline(Secret::new("s")));
         let all = WebhookSecrets { github: inline(), stripe: inline() };
         // No request is sent: building clients needs no network.
         let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
@@ -382,6 +376,29 @@ mod tests {
         assert_eq!(schedules, registered(|r| r.schedule.is_some()));
         for function in catalog.http.iter() {
             assert!(REGISTRATIONS.contains(&function.registration()), "{} is not in the list", function.name());
+            // Every declared route reaches its handler (a bad request is refused before any
+            // I/O): none falls through to `unhandled_route`, 404 or 405.
+            for route in function.routes() {
+                let path: Vec<&str> =
+                    route.path.split('/').map(|part| if part.starts_with('{') { "-" } else { part }).collect();
+                let path = path.join("/");
+                let request = http::Request::builder()
+                    .method(route.method)
+                    .uri(format!("{path}?limit=0"))
+                    .body(Bytes::new())
+                    .unwrap();
+                let response = function.respond(request).await;
+                let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+                assert!(
+                    response.status().is_client_error()
+                        && !matches!(response.status().as_u16(), 404 | 405)
+                        && body["error"]["code"] != "unhandled_route",
+                    "{} {}: {} {body}",
+                    route.method,
+                    route.path,
+                    response.status()
+                );
+            }
         }
         let none = functions(
             Config::default(),

@@ -158,7 +158,7 @@ pub async fn record_github(
     let Ok(request) = request else {
         return Ok(Reply { status: 400, body: "the event or delivery is not a valid header value".into() });
     };
-    let response = intake.handle(request).await;
+    let response = intake.respond(request).await;
     Ok(Reply { status: response.status().as_u16(), body: String::from_utf8_lossy(response.body()).into_owned() })
 }
 

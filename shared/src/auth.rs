@@ -1,15 +1,27 @@
 //! Token authorisation for the functions that take bearer tokens (provider uploads, agent
-//! polls): read the header, find the token's grant by its hash, and answer in one way for
-//! every function: 401 `missing_token` or `invalid_token`, 503 when the ledger cannot be
-//! read. A function that is asked often (the agent channel) keeps checked grants for a while.
+//! polls): read the header, find the token's grant by its hash, and fail in one way for
+//! every function ([`AuthError`]: 401 `missing_token` or `invalid_token`, 503 when the
+//! ledger cannot be read). A function that is asked often (the agent channel) keeps checked
+//! grants for a while.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::{self, Request, Response, StatusCode};
-use crate::store::Table;
+use crate::http::{self, Request};
+use crate::store::{StoreError, Table};
 use crate::token::{self, TokenGrant};
+
+/// Why a request's token is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("send Authorization: Bearer <token>")]
+    Missing,
+    #[error("the token is not known (revoked, expired, or never created)")]
+    Unknown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Checked grants, by token hash, with when each was read.
 #[derive(Debug)]
@@ -40,28 +52,19 @@ impl Tokens {
     }
 
     /// The scope ([`token::Scope::as_string`]) of the request's `Authorization: Bearer`
-    /// token at `now`. `advice` says what to do when the ledger cannot be read.
-    pub async fn scope(&self, request: &Request, now: i64, advice: &str) -> Result<String, Response> {
+    /// token at `now`.
+    pub async fn scope(&self, request: &Request, now: i64) -> Result<String, AuthError> {
         let Some(presented) = token::bearer(http::header(request, "authorization")) else {
-            return Err(http::error(StatusCode::UNAUTHORIZED, "missing_token", "send Authorization: Bearer <token>"));
+            return Err(AuthError::Missing);
         };
         let hash = token::hash(presented.as_bytes());
         if let Some(scope) = self.remembered(&hash, now) {
             return Ok(scope);
         }
-        match self.table.token_grant(&hash, now).await {
-            Ok(Some(grant)) => {
-                let scope = grant.scope.clone();
-                self.remember(hash, grant);
-                Ok(scope)
-            }
-            Ok(None) => Err(http::error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the token is not known (revoked, expired, or never created)",
-            )),
-            Err(err) => Err(http::unavailable(&err, advice)),
-        }
+        let grant = self.table.token_grant(&hash, now).await?.ok_or(AuthError::Unknown)?;
+        let scope = grant.scope.clone();
+        self.remember(hash, grant);
+        Ok(scope)
     }
 
     fn remembered(&self, hash: &str, now: i64) -> Option<String> {

@@ -55,7 +55,7 @@ pub async fn dispatch(capabilities: Capabilities<'_>, payload: Value) -> Result<
         let function = capabilities.http.ok_or(DispatchError::NotServed("HTTP"))?;
         let request = lambda_http::request::from_str(&payload.to_string())
             .map_err(|e| DispatchError::Malformed { kind: "HTTP", source: Box::new(e) })?;
-        return Ok(http_response(function.handle(into_request(request)).await));
+        return Ok(http_response(function.respond(into_request(request)).await));
     }
     if payload.get("Records").is_some() {
         let function = capabilities.stream.ok_or(DispatchError::NotServed("stream"))?;
@@ -155,7 +155,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use crate::http::{BoxFuture, Response, Route, StatusCode};
+    use crate::http::{BoxFuture, Response, Route, Routed, StatusCode};
     use crate::registration::{Auth, Function, Registration};
     use crate::triggers::StreamRecord;
 
@@ -180,8 +180,8 @@ mod tests {
     }
 
     impl HttpFunction for Probe {
-        fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
-            self.seen.lock().unwrap().push(format!("http {}", request.uri().path()));
+        fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
+            self.seen.lock().unwrap().push(format!("http {}", routed.request.uri().path()));
             Box::pin(async { crate::http::json(StatusCode::ACCEPTED, &json!({"ok": true})) })
         }
     }

@@ -1,4 +1,4 @@
-//! A value that must never be printed: webhook secrets, tokens.
+//! A value that must never be printed: webhook keys, tokens, chat webhook URLs, API keys.
 
 use std::fmt;
 
@@ -15,6 +15,11 @@ impl Secret {
     /// The secret's bytes, for the one place that needs them (a MAC key).
     pub fn expose(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    /// The secret as text, for the one place that needs it (a URL to call, a header).
+    pub fn expose_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -34,6 +39,11 @@ impl SecretSet {
     pub fn from_comma_separated(list: &str) -> Option<Self> {
         let secrets: Vec<Secret> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect();
         (!secrets.is_empty()).then_some(Self(secrets))
+    }
+
+    /// The keys a secret holds, stored as a comma-separated list.
+    pub fn from_secret(secret: &Secret) -> Option<Self> {
+        Self::from_comma_separated(secret.expose_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Secret> {

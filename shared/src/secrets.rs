@@ -1,26 +1,38 @@
-//! Secrets Manager adapter: resolves configured secrets at cold start and keeps them fresh
-//! ([`Secrets`]).
+//! Secrets Manager adapter: reads any configured secret ([`resolve`]) and keeps webhook
+//! signing keys fresh ([`KeyRing`]). Locally a secret may come from the environment instead.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::SecretSource;
-use crate::secret::SecretSet;
+use crate::secret::{Secret, SecretSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error("cannot read secret {secret_id} from Secrets Manager: {message}")]
     Fetch { secret_id: String, message: String },
-    #[error("secret {secret_id} holds no secret string (store the comma-separated webhook secrets as text)")]
+    #[error("secret {secret_id} holds no secret string (store the value as text)")]
     Empty { secret_id: String },
+    #[error("{0} holds no signing key: store the webhook secrets as text, comma-separated")]
+    NoKeys(String),
 }
 
-/// The secret set a source stands for; fetches from Secrets Manager when it must.
-pub async fn resolve(source: &SecretSource, sdk: &aws_config::SdkConfig) -> Result<SecretSet, SecretsError> {
+/// The secret a source stands for; read from Secrets Manager when it must.
+pub async fn resolve(source: &SecretSource, sdk: &aws_config::SdkConfig) -> Result<Secret, SecretsError> {
     match source {
-        SecretSource::Inline(set) => Ok(set.clone()),
+        SecretSource::Inline(secret) => Ok(secret.clone()),
         SecretSource::SecretsManager(secret_id) => fetch(&aws_sdk_secretsmanager::Client::new(sdk), secret_id).await,
     }
+}
+
+/// The signing keys a secret holds.
+fn keys(secret: &Secret, source: &SecretSource) -> Result<SecretSet, SecretsError> {
+    SecretSet::from_secret(secret).ok_or_else(|| {
+        SecretsError::NoKeys(match source {
+            SecretSource::Inline(_) => "the secret given in the environment".into(),
+            SecretSource::SecretsManager(secret_id) => format!("secret {secret_id}"),
+        })
+    })
 }
 
 /// How long a warm function trusts the secrets it read from Secrets Manager.
@@ -31,12 +43,12 @@ const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// After a failed read, the secrets read before are used this long before the next try.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// Webhook secrets as a function holds them: fixed (given inline), or read from Secrets
+/// Webhook signing keys as a function holds them: fixed (given inline), or read from Secrets
 /// Manager and kept fresh: re-read after 5 minutes, and at once (at most every 10 s) when a
 /// signature matches none of them. So "add the new secret, switch the sender to it, remove the
 /// old one" needs no redeploy and loses no delivery.
 #[derive(Clone)]
-pub struct Secrets {
+pub struct KeyRing {
     source: Arc<Source>,
     cache: Arc<Mutex<Cached>>,
 }
@@ -53,17 +65,18 @@ struct Cached {
     forced_at: Option<Instant>,
 }
 
-impl From<SecretSet> for Secrets {
+impl From<SecretSet> for KeyRing {
     fn from(set: SecretSet) -> Self {
         let cache = Cached { set, next_read: Instant::now() + SECRETS_TTL, forced_at: None };
         Self { source: Arc::new(Source::Fixed), cache: Arc::new(Mutex::new(cache)) }
     }
 }
 
-impl Secrets {
-    /// Reads the secrets once (a missing or empty secret fails the cold start, with its name).
+impl KeyRing {
+    /// Reads the keys once (a missing secret, or one without a key, fails the cold start,
+    /// with its name).
     pub async fn load(source: &SecretSource, sdk: &aws_config::SdkConfig) -> Result<Self, SecretsError> {
-        let set = resolve(source, sdk).await?;
+        let set = keys(&resolve(source, sdk).await?, source)?;
         let SecretSource::SecretsManager(secret_id) = source else { return Ok(set.into()) };
         let source = Source::Manager { client: aws_sdk_secretsmanager::Client::new(sdk), secret_id: secret_id.clone() };
         let cache = Cached { set, next_read: Instant::now() + SECRETS_TTL, forced_at: None };
@@ -102,7 +115,8 @@ impl Secrets {
         if !(force || stale) {
             return cached;
         }
-        match fetch(client, secret_id).await {
+        let source = SecretSource::SecretsManager(secret_id.clone());
+        match fetch(client, secret_id).await.and_then(|secret| keys(&secret, &source)) {
             Ok(set) => {
                 let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 cache.set = set.clone();
@@ -119,7 +133,7 @@ impl Secrets {
     }
 }
 
-async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<SecretSet, SecretsError> {
+async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<Secret, SecretsError> {
     let output = client.get_secret_value().secret_id(secret_id).send().await.map_err(|err| SecretsError::Fetch {
         secret_id: secret_id.to_owned(),
         // The error names the failure (not found, denied), never the value.
@@ -127,6 +141,33 @@ async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Resu
     })?;
     output
         .secret_string()
-        .and_then(SecretSet::from_comma_separated)
+        .filter(|value| !value.trim().is_empty())
+        .map(Secret::new)
         .ok_or_else(|| SecretsError::Empty { secret_id: secret_id.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offline() -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build()
+    }
+
+    #[tokio::test]
+    async fn any_secret_resolves_from_the_environment_without_aws() {
+        let url = Secret::new("https://hooks.slack.example/services/T0/B0/x");
+        let resolved = resolve(&SecretSource::Inline(url.clone()), &offline()).await.unwrap();
+        assert_eq!(resolved, url);
+        assert!(!format!("{resolved:?}").contains("hooks"), "a secret never prints its value");
+    }
+
+    #[tokio::test]
+    async fn a_key_ring_needs_at_least_one_key() {
+        let err = KeyRing::load(&SecretSource::Inline(Secret::new(" , ")), &offline()).await.err().unwrap();
+        assert!(err.to_string().contains("no signing key"), "{err}");
+        let ring = KeyRing::load(&SecretSource::Inline(Secret::new("old, new")), &offline()).await.unwrap();
+        let seen = ring.verify(|keys| if keys.len() == 2 { Ok(()) } else { Err(keys.len()) }).await;
+        assert_eq!(seen, Ok(()));
+    }
 }

@@ -105,16 +105,6 @@ pub enum StripeSignatureError {
     OutsideTolerance { age: i64, tolerance: i64 },
 }
 
-impl StripeSignatureError {
-    /// 400 for a header that cannot be read, 401 for one that does not authenticate.
-    pub fn status(&self) -> u16 {
-        match self {
-            StripeSignatureError::Missing | StripeSignatureError::Malformed(_) => 400,
-            StripeSignatureError::Mismatch | StripeSignatureError::OutsideTolerance { .. } => 401,
-        }
-    }
-}
-
 /// Verifies `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` over `"<t>.<raw body>"`.
 /// Accepts when ANY `v1` matches ANY secret (Stripe signs with every live secret while one is
 /// being rolled); ignores `v0` and unknown schemes; then checks `|now - t| <= tolerance`.
@@ -184,6 +174,7 @@ pub fn sign_stripe(secret: &[u8], t: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod stripe_tests {
     use super::*;
+    use crate::http::Problem;
 
     const NOW: i64 = 1_795_300_000;
 

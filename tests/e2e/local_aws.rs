@@ -84,8 +84,9 @@ async fn webhook_secrets_resolve_from_secrets_manager() {
         .send()
         .await
         .unwrap();
-    let set = secrets::resolve(&SecretSource::SecretsManager(name), &sdk).await.unwrap();
-    assert_eq!(set.len(), 2);
+    let secret = secrets::resolve(&SecretSource::SecretsManager(name), &sdk).await.unwrap();
+    assert_eq!(secret.expose_str(), "new-secret, old-secret");
+    assert_eq!(conveyor_shared::secret::SecretSet::from_secret(&secret).map(|keys| keys.len()), Some(2));
     let err = secrets::resolve(&SecretSource::SecretsManager("conveyor/absent".into()), &sdk).await.unwrap_err();
     assert!(err.to_string().contains("conveyor/absent"), "{err}");
 }
@@ -171,7 +172,8 @@ fn deployment(repository: &str, sha: &str, created_at: i64, state: DeploymentSta
 #[tokio::test]
 async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
     use conveyor_shared::domain::alert::{Alert, AlertKind, AlertSource, Severity};
-    use conveyor_shared::store::{DeploymentEnd, DeploymentStart, LockPhase};
+    use conveyor_shared::domain::fleet::LockPhase;
+    use conveyor_shared::store::{DeploymentEnd, DeploymentStart};
     let sdk = sdk().await;
     let table = Table::from_sdk(&sdk, unique_name("conveyor-lock"));
     table.create_if_missing().await.unwrap();

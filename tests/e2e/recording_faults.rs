@@ -23,7 +23,7 @@ async fn send(function: &dyn HttpFunction, path: &str, headers: &[(&str, String)
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let response = function.handle(request.body(Bytes::copy_from_slice(body)).unwrap()).await;
+    let response = function.respond(request.body(Bytes::copy_from_slice(body)).unwrap()).await;
     (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or_default())
 }
 
@@ -123,7 +123,7 @@ async fn a_webhook_secret_rotated_in_secrets_manager_loses_no_delivery() {
         seen.headers.get("x-amz-target").is_some_and(|t| t.as_bytes() == b"secretsmanager.GetSecretValue")
     };
     let proxy = FaultProxy::start(reads, 0, Fault::unavailable()).await;
-    let secrets = conveyor_shared::secrets::Secrets::load(
+    let secrets = conveyor_shared::secrets::KeyRing::load(
         &SecretSource::SecretsManager(name.clone()),
         &sdk_at(&proxy.url()).await,
     )

@@ -6,9 +6,10 @@ use conveyor_e2e::{Fault, FaultProxy, Quiet, TestApp, endpoint, launch_instances
 use conveyor_shared::domain::DeploymentState::{
     Failed, InProgress, Pending, RolledBack, RollingBack, Succeeded, Superseded,
 };
+use conveyor_shared::domain::fleet::LockPhase;
 use conveyor_shared::domain::rollout::TargetState;
 use conveyor_shared::http::HttpFunction;
-use conveyor_shared::store::{Counter, LockPhase};
+use conveyor_shared::store::Counter;
 use serde_json::json;
 
 fn config(tag: &str, extra: &str) -> String {
@@ -177,7 +178,7 @@ async fn send(
         request = request.header(deploy_fanout::CREDENTIAL_HEADER, credential);
     }
     let request = request.body(bytes::Bytes::from(body.to_string())).unwrap();
-    let response = fanout.handle(request).await;
+    let response = fanout.respond(request).await;
     (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or_default())
 }
 

@@ -202,7 +202,7 @@ async fn deployment_requests(sdk: &aws_config::SdkConfig, fleet: usize) -> bool 
         let request = request.body(Bytes::from(body.to_string())).expect("a request");
         let (fanout, credentials) = (&fanout, &credentials);
         async move {
-            let response = fanout.handle(request).await;
+            let response = fanout.respond(request).await;
             assert!(response.status().is_success(), "{path}: {:?}", response.body());
             let answer = serde_json::from_slice::<Value>(response.body()).expect("json");
             if let Some(credential) = answer["credential"].as_str() {

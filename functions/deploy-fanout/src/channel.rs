@@ -8,11 +8,11 @@
 
 use conveyor_protocol::{self as wire, Action, Outcome, Poll, PollAnswer, Report};
 use conveyor_shared::domain::DeploymentState;
+use conveyor_shared::domain::fleet::EnrollmentProof;
 use conveyor_shared::domain::instance_proof::{self, InstanceProof, ProofError};
 use conveyor_shared::domain::rollout::{self, Instruction, ReportEffect, Step, TargetState};
 use conveyor_shared::http::{self, Request, Response, StatusCode};
-use conveyor_shared::store::{Counter, EnrollmentProof, Put, Transition};
-use conveyor_shared::sts::StsError;
+use conveyor_shared::store::{Counter, Put, Transition};
 use conveyor_shared::token::{self, Scope};
 use serde_json::json;
 
@@ -127,9 +127,7 @@ impl Fanout {
         if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash) == proven) {
             return Ok(None);
         }
-        let unavailable =
-            |err: &dyn std::fmt::Display| http::unavailable(err, "the ledger could not be read; try again");
-        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|e| unavailable(&e))?;
+        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|err| http::problem(&err))?;
         if let (Some(hash), Some(enrolled)) = (&presented, &enrolled)
             && Some(enrolled.proof) == proven
             && enrolled.credential_hash == *hash
@@ -147,12 +145,12 @@ impl Fanout {
             ));
         };
         let signed_at = self.check_proof(env, instance, proof, enrolled.as_ref().and_then(|e| e.proven_at)).await?;
-        let secret = token::generate().map_err(|e| unavailable(&e))?;
+        let secret = token::generate().map_err(|err| http::problem(&err))?;
         let hash = token::hash(secret.expose());
         let replacing = enrolled.as_ref().map(|e| e.credential_hash.as_str());
         let now = conveyor_shared::unix_now();
         let enrolment = self.table.enroll_proven(&env.name, instance, &hash, replacing, signed_at, now);
-        match enrolment.await.map_err(|e| unavailable(&e))? {
+        match enrolment.await.map_err(|err| http::problem(&err))? {
             Put::Created => {
                 self.remember_credential(&env.name, instance, &hash, EnrollmentProof::InstanceProfile);
                 tracing::info!(environment = %env.name, instance, "an agent proved its instance and enrolled");
@@ -177,13 +175,7 @@ impl Fanout {
         proof: &InstanceProof,
         proven_at: Option<i64>,
     ) -> Result<i64, Response> {
-        let refused = |err: ProofError| {
-            let (status, code) = match err {
-                ProofError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_proof"),
-                _ => (StatusCode::FORBIDDEN, "proof_refused"),
-            };
-            http::error(status, code, err.to_string())
-        };
+        let refused = |err: ProofError| http::problem(&err);
         let Some(proofs) = &self.proofs else {
             return Err(http::error(
                 StatusCode::UNAUTHORIZED,
@@ -194,13 +186,7 @@ impl Fanout {
         let checked =
             instance_proof::check(proof, &env.name, conveyor_shared::unix_now(), proofs.sts.host()).map_err(refused)?;
         instance_proof::fresh(checked.signed_at, proven_at).map_err(refused)?;
-        let arn = match proofs.sts.caller_arn(proof, &checked.host).await {
-            Ok(arn) => arn,
-            Err(err @ StsError::Refused { .. }) => {
-                return Err(http::error(StatusCode::FORBIDDEN, "proof_refused", err.to_string()));
-            }
-            Err(err) => return Err(http::unavailable(&err, "STS could not be asked about the proof; poll again")),
-        };
+        let arn = proofs.sts.caller_arn(proof, &checked.host).await.map_err(|err| http::problem(&err))?;
         instance_proof::admit(&arn, &proofs.roles, instance).map_err(refused)?;
         match self.ec2.runs_with_tags(instance, &env.instances.tags).await {
             Ok(true) => Ok(checked.signed_at),
@@ -216,7 +202,7 @@ impl Fanout {
                     ),
                 ))
             }
-            Err(err) => Err(http::unavailable(&err, "EC2 could not be asked about the instance; poll again")),
+            Err(err) => Err(http::problem(&err)),
         }
     }
 
@@ -233,9 +219,7 @@ impl Fanout {
         if presented.as_ref().is_some_and(|hash| self.known_credential(&env.name, instance, hash).is_some()) {
             return Ok(None);
         }
-        let unavailable =
-            |err: &dyn std::fmt::Display| http::unavailable(err, "the ledger could not be read; try again");
-        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|e| unavailable(&e))?;
+        let enrolled = self.table.enrollment(&env.name, instance).await.map_err(|err| http::problem(&err))?;
         let matches = |hash: &str| presented.as_deref() == Some(hash);
         let taken = || {
             http::error(
@@ -258,8 +242,11 @@ impl Fanout {
             Some(enrolled) if matches(&enrolled.credential_hash) => {
                 // Its first use: binding from now on.
                 let hash = enrolled.credential_hash;
-                let confirmed =
-                    self.table.confirm_enrollment(&env.name, instance, &hash).await.map_err(|e| unavailable(&e))?;
+                let confirmed = self
+                    .table
+                    .confirm_enrollment(&env.name, instance, &hash)
+                    .await
+                    .map_err(|err| http::problem(&err))?;
                 if confirmed == Transition::Rejected {
                     // Replaced by another first contact meanwhile.
                     return Err(taken());
@@ -269,10 +256,10 @@ impl Fanout {
             }
             // First contact, or the agent never got the first answer: issue a credential.
             _ if first_contact => {
-                let secret = token::generate().map_err(|e| unavailable(&e))?;
+                let secret = token::generate().map_err(|err| http::problem(&err))?;
                 let hash = token::hash(secret.expose());
                 let now = conveyor_shared::unix_now();
-                match self.table.enroll(&env.name, instance, &hash, now).await.map_err(|e| unavailable(&e))? {
+                match self.table.enroll(&env.name, instance, &hash, now).await.map_err(|err| http::problem(&err))? {
                     Put::Created => Ok(Some(secret)),
                     // Another agent confirmed its credential meanwhile.
                     Put::AlreadyExists => Err(taken()),
@@ -293,7 +280,7 @@ impl Fanout {
     /// The environment a request's token and body agree on.
     async fn agent_environment(&self, request: &Request, claimed: &str) -> Result<&Environment, Response> {
         let now = conveyor_shared::unix_now();
-        let scope = self.tokens.scope(request, now, "the ledger could not be read; poll again").await?;
+        let scope = self.tokens.scope(request, now).await.map_err(|err| http::problem(&err))?;
         if scope != Scope::Environment(claimed.to_owned()).as_string() {
             return Err(http::error(
                 StatusCode::FORBIDDEN,
@@ -324,10 +311,7 @@ impl Fanout {
 
     /// The answer to a poll.
     async fn answer_poll(&self, env: &Environment, poll: &Poll) -> Result<PollAnswer, Response> {
-        let decision = self
-            .decide_poll(env, poll)
-            .await
-            .map_err(|err| http::unavailable(&err, "the ledger could not be read; poll again"))?;
+        let decision = self.decide_poll(env, poll).await.map_err(|err| http::problem(&err))?;
         let (release, rollback) = match decision {
             Instruction::Deploy { release, rollback } => (release, rollback),
             Instruction::Wait => return Ok(PollAnswer::wait(self.timing.busy_poll)),
@@ -338,7 +322,7 @@ impl Fanout {
             .artifacts
             .presigned_get(&release.artifact, pinned, self.timing.presign)
             .await
-            .map_err(|err| http::unavailable(&err, "the artifact URL could not be made; poll again"))?;
+            .map_err(|err| http::problem(&err))?;
         Ok(PollAnswer {
             action: Action::Deploy,
             release: Some(wire::Release { version: release.version, url, sha256: release.sha256 }),
@@ -394,7 +378,7 @@ impl Fanout {
         let now = conveyor_shared::unix_now();
         match self.record_report(env, &report, now).await {
             Ok(step) => http::json(StatusCode::OK, &json!({"ok": true, "step": format!("{step:?}")})),
-            Err(err) => http::unavailable(&err, "the report could not be recorded; report again"),
+            Err(err) => http::problem(&err),
         }
     }
 

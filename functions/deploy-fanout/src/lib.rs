@@ -34,14 +34,15 @@ use std::time::{Duration, Instant};
 use conveyor_shared::SdkConfig;
 use conveyor_shared::auth::Tokens;
 use conveyor_shared::config::{Config, Environment, Settings, Timing, agent_roles_from_env};
+use conveyor_shared::domain::fleet::EnrollmentProof;
 use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
 use conveyor_shared::ec2::{Ec2, Ec2Error};
-use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Problem, Response, Route, Routed, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::s3::{Artifacts, S3Error};
-use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, EnrollmentProof, StoreError, Table, Transition};
+use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, StoreError, Table, Transition};
 use conveyor_shared::sts::Sts;
 use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord};
 use serde_dynamo::AttributeValue;
@@ -56,12 +57,13 @@ pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"N
 
 /// The agent channel (a function URL; every message carries an agent credential, a token or
 /// an instance proof), the stream of new and ended deployments, and a one-minute tick.
+/// The agents' channel, on the paths the agent calls.
+const POLL: Route = Route::new("POST", conveyor_protocol::POLL_PATH, Auth::Function);
+const REPORT: Route = Route::new("POST", conveyor_protocol::REPORT_PATH, Auth::Function);
+
 pub const REGISTRATION: Registration = Registration {
     name: "deploy-fanout",
-    routes: &[
-        Route::new("POST", "/agent/v1/poll", Auth::Function),
-        Route::new("POST", "/agent/v1/report", Auth::Function),
-    ],
+    routes: &[POLL, REPORT],
     stream_filters: &[NEW_DEPLOYMENTS, ENDED_DEPLOYMENTS],
     schedule: Some(Duration::from_secs(60)),
 };
@@ -78,6 +80,35 @@ pub enum FanoutError {
     ClaimExpired(String),
     #[error("the tick failed for {}: {}", .0.keys().cloned().collect::<Vec<_>>().join(", "), .0.values().cloned().collect::<Vec<_>>().join("; "))]
     Environments(BTreeMap<String, String>),
+}
+
+/// What an agent is told when its request could not be served: the cause's own answer, and
+/// 503 (try again) for a tick's errors, which never reach a request.
+impl Problem for FanoutError {
+    fn status(&self) -> StatusCode {
+        match self {
+            FanoutError::Store(err) => err.status(),
+            FanoutError::Ec2(err) => err.status(),
+            FanoutError::S3(err) => err.status(),
+            FanoutError::ClaimExpired(_) | FanoutError::Environments(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            FanoutError::Store(err) => err.code(),
+            FanoutError::Ec2(err) => err.code(),
+            FanoutError::S3(err) => err.code(),
+            FanoutError::ClaimExpired(_) | FanoutError::Environments(_) => "unavailable",
+        }
+    }
+    fn public_message(&self) -> String {
+        match self {
+            FanoutError::Store(err) => err.public_message(),
+            FanoutError::Ec2(err) => err.public_message(),
+            FanoutError::S3(err) => err.public_message(),
+            FanoutError::ClaimExpired(_) | FanoutError::Environments(_) => "send the request again".into(),
+        }
+    }
 }
 
 /// Agents on EC2 proving their instance: STS to ask, and the roles trusted.
@@ -474,15 +505,12 @@ impl Function for Fanout {
 }
 
 impl HttpFunction for Fanout {
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+    fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            let path = request.uri().path().trim_end_matches('/').to_owned();
-            match (request.method(), path.as_str()) {
-                (&Method::POST, "/agent/v1/poll") => self.poll(request).await,
-                (&Method::POST, "/agent/v1/report") => self.report(request).await,
-                (method, path) => {
-                    http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
-                }
+            match *routed.route {
+                POLL => self.poll(routed.request).await,
+                REPORT => self.report(routed.request).await,
+                _ => http::unhandled(&routed),
             }
         })
     }

@@ -8,21 +8,17 @@ use std::sync::Arc;
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{self, Config, LoadError, Settings, SettingsError};
 use conveyor_shared::domain::stripe::{self, SubscriptionState};
-use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Request, Response, Route, Routed, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::store::{StoreError, Table};
+use conveyor_shared::store::Table;
 use serde_json::json;
 
-pub const REGISTRATION: Registration = Registration {
-    name: "ledger-api",
-    routes: &[
-        Route::new("GET", "/api/v1/builds", Auth::Iam),
-        Route::new("GET", "/api/v1/deployments", Auth::Iam),
-        Route::new("GET", "/api/v1/customers/{customer}", Auth::Iam),
-    ],
-    stream_filters: &[],
-    schedule: None,
-};
+const BUILDS: Route = Route::new("GET", "/api/v1/builds", Auth::Iam);
+const DEPLOYMENTS: Route = Route::new("GET", "/api/v1/deployments", Auth::Iam);
+const CUSTOMER: Route = Route::new("GET", "/api/v1/customers/{customer}", Auth::Iam);
+
+pub const REGISTRATION: Registration =
+    Registration { name: "ledger-api", routes: &[BUILDS, DEPLOYMENTS, CUSTOMER], stream_filters: &[], schedule: None };
 
 /// Listings answer at most this many items.
 const MAX_LIMIT: i32 = 200;
@@ -63,7 +59,7 @@ impl LedgerApi {
         };
         match self.table.recent_builds(limit).await {
             Ok(builds) => http::json(StatusCode::OK, &json!({"builds": builds})),
-            Err(err) => store_failure(&err),
+            Err(err) => http::problem(&err),
         }
     }
 
@@ -87,7 +83,7 @@ impl LedgerApi {
             Ok(deployments) => {
                 http::json(StatusCode::OK, &json!({"environment": environment, "deployments": deployments}))
             }
-            Err(err) => store_failure(&err),
+            Err(err) => http::problem(&err),
         }
     }
 
@@ -128,7 +124,7 @@ impl LedgerApi {
                     .collect();
                 http::json(StatusCode::OK, &json!({"customer": customer, "entitled": entitled, "subscriptions": list}))
             }
-            Err(err) => store_failure(&err),
+            Err(err) => http::problem(&err),
         }
     }
 }
@@ -140,33 +136,16 @@ impl Function for LedgerApi {
 }
 
 impl HttpFunction for LedgerApi {
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+    fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            let path = request.uri().path().to_owned();
-            match *request.method() {
-                Method::GET if http::match_path("/api/v1/builds", &path).is_some() => self.builds(request).await,
-                Method::GET if http::match_path("/api/v1/deployments", &path).is_some() => {
-                    self.deployments(request).await
-                }
-                Method::GET => match http::match_path("/api/v1/customers/{customer}", &path) {
-                    Some(params) => {
-                        let customer = params.into_iter().next().map(|(_, v)| v).unwrap_or_default();
-                        self.customer(&customer).await
-                    }
-                    None => not_found(&request, &path),
-                },
-                _ => not_found(&request, &path),
+            match *routed.route {
+                BUILDS => self.builds(routed.request).await,
+                DEPLOYMENTS => self.deployments(routed.request).await,
+                CUSTOMER => self.customer(routed.param("customer")).await,
+                _ => http::unhandled(&routed),
             }
         })
     }
-}
-
-fn not_found(request: &Request, path: &str) -> Response {
-    http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", request.method()))
-}
-
-fn store_failure(err: &StoreError) -> Response {
-    http::unavailable(err, "the ledger could not be read; retry")
 }
 
 fn limit(request: &Request) -> Result<i32, String> {

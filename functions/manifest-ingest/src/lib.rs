@@ -17,23 +17,19 @@ use conveyor_shared::config::{Config, LoadError, Provider, Settings};
 use conveyor_shared::domain::packer::ImageState;
 use conveyor_shared::domain::packer::{self, Change};
 use conveyor_shared::ec2::Ec2;
-use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
-use conveyor_shared::provider_images::{Applied, ImagesError, apply_run, sync_launch_templates};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Request, Response, Route, Routed, StatusCode};
+use conveyor_shared::provider_images::{Applied, apply_run, sync_launch_templates};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::store::{StoreError, Table};
+use conveyor_shared::store::Table;
 use conveyor_shared::token::Scope;
 use serde_json::json;
 
+const UPLOAD: Route = Route::new("POST", "/providers/{provider}/manifests", Auth::Function);
+const IMAGES: Route = Route::new("GET", "/providers/{provider}/images", Auth::Function);
+
 /// Both routes take a provider token (`Authorization: Bearer`), checked by the function.
-pub const REGISTRATION: Registration = Registration {
-    name: "manifest-ingest",
-    routes: &[
-        Route::new("POST", "/providers/{provider}/manifests", Auth::Function),
-        Route::new("GET", "/providers/{provider}/images", Auth::Function),
-    ],
-    stream_filters: &[],
-    schedule: None,
-};
+pub const REGISTRATION: Registration =
+    Registration { name: "manifest-ingest", routes: &[UPLOAD, IMAGES], stream_filters: &[], schedule: None };
 
 /// Manifests are small (appended runs grow them slowly); anything larger is refused.
 pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
@@ -60,7 +56,7 @@ impl ManifestIngest {
     /// The provider, when the request carries a token for it.
     async fn authorize(&self, request: &Request, provider: &str) -> Result<&Provider, Response> {
         let now = conveyor_shared::unix_now();
-        let scope = self.tokens.scope(request, now, STORE_ADVICE).await?;
+        let scope = self.tokens.scope(request, now).await.map_err(|err| http::problem(&err))?;
         let Some(found) = self.config.provider(provider) else {
             return Err(http::error(
                 StatusCode::NOT_FOUND,
@@ -78,15 +74,15 @@ impl ManifestIngest {
         Ok(found)
     }
 
-    async fn upload(&self, request: Request, provider: &str) -> Response {
+    async fn upload(&self, request: &Request, provider: &str) -> Response {
         if request.body().len() > MAX_BODY_BYTES {
             return http::error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "a manifest may be at most 5 MB");
         }
-        let provider = match self.authorize(&request, provider).await {
+        let provider = match self.authorize(request, provider).await {
             Ok(provider) => provider,
             Err(response) => return response,
         };
-        let verify = match http::query_param(&request, "verify").as_deref() {
+        let verify = match http::query_param(request, "verify").as_deref() {
             None | Some("false") => false,
             Some("true") => true,
             Some(other) => {
@@ -99,10 +95,7 @@ impl ManifestIngest {
         };
         let run = match packer::last_run(request.body()) {
             Ok(run) => run,
-            Err(err) => {
-                let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-                return http::error(status, err.code(), err);
-            }
+            Err(err) => return http::problem(&err),
         };
         // A provider that names its image owners has every upload checked, asked or not: a
         // leaked token must not point the launch templates at someone else's image.
@@ -112,23 +105,19 @@ impl ManifestIngest {
                 Ok(problems) => {
                     return http::error(StatusCode::UNPROCESSABLE_ENTITY, "image_unavailable", problems.join("; "));
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot verify the manifest's images");
-                    return http::error(StatusCode::BAD_GATEWAY, "ec2_unavailable", err.public());
-                }
+                Err(err) => return http::problem(&err),
             }
         }
         let now = conveyor_shared::unix_now();
         let applied = match apply_run(&self.table, &provider.name, &run, now).await {
             Ok(applied) => applied,
-            Err(ImagesError::Store(err)) => return store_failure(&err),
-            Err(err) => return http::error(StatusCode::SERVICE_UNAVAILABLE, "contended", err),
+            Err(err) => return http::problem(&err),
         };
         // Templates follow the current images, also on a repeated upload: that is how a
         // template update that failed before is retried.
         let current = match self.table.provider_images(&provider.name).await {
             Ok(state) => state.map(|s: ImageState| s.images).unwrap_or_default(),
-            Err(err) => return store_failure(&err),
+            Err(err) => return http::problem(&err),
         };
         let (templates, templates_ok) = sync_launch_templates(&self.ec2, provider, &current).await;
         let mut body = match &applied {
@@ -153,18 +142,18 @@ impl ManifestIngest {
         http::json(StatusCode::OK, &body)
     }
 
-    async fn images(&self, request: Request, provider: &str) -> Response {
-        let provider = match self.authorize(&request, provider).await {
+    async fn images(&self, request: &Request, provider: &str) -> Response {
+        let provider = match self.authorize(request, provider).await {
             Ok(provider) => provider,
             Err(response) => return response,
         };
         let state = match self.table.provider_images(&provider.name).await {
             Ok(state) => state,
-            Err(err) => return store_failure(&err),
+            Err(err) => return http::problem(&err),
         };
         let history = match self.table.image_history(&provider.name, 10).await {
             Ok(history) => history,
-            Err(err) => return store_failure(&err),
+            Err(err) => return http::problem(&err),
         };
         let history: Vec<_> = history
             .iter()
@@ -190,33 +179,13 @@ impl Function for ManifestIngest {
 }
 
 impl HttpFunction for ManifestIngest {
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+    fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            let path = request.uri().path().to_owned();
-            let param = |template: &str| {
-                http::match_path(template, &path).and_then(|params| params.into_iter().next()).map(|(_, v)| v)
-            };
-            match *request.method() {
-                Method::POST => {
-                    if let Some(provider) = param("/providers/{provider}/manifests") {
-                        return self.upload(request, &provider).await;
-                    }
-                }
-                Method::GET => {
-                    if let Some(provider) = param("/providers/{provider}/images") {
-                        return self.images(request, &provider).await;
-                    }
-                }
-                _ => {}
+            match *routed.route {
+                UPLOAD => self.upload(&routed.request, routed.param("provider")).await,
+                IMAGES => self.images(&routed.request, routed.param("provider")).await,
+                _ => http::unhandled(&routed),
             }
-            http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", request.method()))
         })
     }
-}
-
-/// What to do when the ledger cannot be read or written.
-const STORE_ADVICE: &str = "the ledger could not be read or written; nothing changed, retry";
-
-fn store_failure(err: &StoreError) -> Response {
-    http::unavailable(err, STORE_ADVICE)
 }

@@ -9,19 +9,18 @@
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{SecretSource, Settings, SettingsError, StripeMode};
 use conveyor_shared::domain::stripe::{self, StripePlan};
-use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Request, Response, Route, Routed, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::secrets::{Secrets, SecretsError};
+use conveyor_shared::secrets::{KeyRing, SecretsError};
 use conveyor_shared::signature::verify_stripe;
-use conveyor_shared::store::{Claimed, Handled, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, StoreError, Table};
+use conveyor_shared::store::{Claimed, Handled, Key, Ordered, STRIPE_EVENT_TTL_SECONDS, Table};
 use serde_json::json;
 
-pub const REGISTRATION: Registration = Registration {
-    name: "stripe-webhook",
-    routes: &[Route::new("POST", "/webhooks/stripe", Auth::Function)],
-    stream_filters: &[],
-    schedule: None,
-};
+/// Stripe's webhook events.
+const STRIPE: Route = Route::new("POST", "/webhooks/stripe", Auth::Function);
+
+pub const REGISTRATION: Registration =
+    Registration { name: "stripe-webhook", routes: &[STRIPE], stream_filters: &[], schedule: None };
 
 /// Events are small; anything larger than this is not from Stripe.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -37,7 +36,7 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct StripeWebhook {
     table: Table,
-    secrets: Secrets,
+    secrets: KeyRing,
     tolerance: i64,
     mode: StripeMode,
 }
@@ -45,7 +44,7 @@ pub struct StripeWebhook {
 impl StripeWebhook {
     /// Serves test-mode events; see [`StripeWebhook::serving`]. In Lambda,
     /// [`StripeWebhook::from_settings`] serves live mode unless `STRIPE_MODE=test`.
-    pub fn new(table: Table, secrets: impl Into<Secrets>, tolerance: i64) -> Self {
+    pub fn new(table: Table, secrets: impl Into<KeyRing>, tolerance: i64) -> Self {
         Self { table, secrets: secrets.into(), tolerance, mode: StripeMode::Test }
     }
 
@@ -61,7 +60,7 @@ impl StripeWebhook {
         tolerance: i64,
         sdk: &SdkConfig,
     ) -> Result<Self, StartupError> {
-        let secrets = Secrets::load(secret, sdk).await?;
+        let secrets = KeyRing::load(secret, sdk).await?;
         let table = Table::from_sdk(sdk, settings.table.clone());
         Ok(Self::new(table, secrets, tolerance).serving(StripeMode::from_env(StripeMode::Live)?))
     }
@@ -75,13 +74,11 @@ impl StripeWebhook {
         let header = http::header(&request, "stripe-signature");
         if let Err(err) = self.secrets.verify(|secrets| verify_stripe(secrets, header, body, now, self.tolerance)).await
         {
-            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let code = if err.status() == 400 { "malformed_signature" } else { "invalid_signature" };
-            return http::error(status, code, err);
+            return http::problem(&err);
         }
         let event = match stripe::parse_event(body) {
             Ok(event) => event,
-            Err(err) => return http::error(StatusCode::BAD_REQUEST, "invalid_event", err),
+            Err(err) => return http::problem(&err),
         };
         let mode = if event.livemode { StripeMode::Live } else { StripeMode::Test };
         if mode != self.mode {
@@ -134,7 +131,7 @@ impl StripeWebhook {
                 return http::in_flight(retry_after);
             }
             // Given back: Stripe's retry applies it in full.
-            Claimed::Failed(err) => return store_failure(&err),
+            Claimed::Failed(err) => return http::problem(&err),
         };
         tracing::info!(event = %event.id, kind = %event.kind, outcome, %detail, "Stripe event handled");
         http::json(
@@ -151,17 +148,12 @@ impl Function for StripeWebhook {
 }
 
 impl HttpFunction for StripeWebhook {
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+    fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            let path = request.uri().path().to_owned();
-            if request.method() == Method::POST && http::match_path("/webhooks/stripe", &path).is_some() {
-                return self.webhook(request).await;
+            match *routed.route {
+                STRIPE => self.webhook(routed.request).await,
+                _ => http::unhandled(&routed),
             }
-            http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {path}", request.method()))
         })
     }
-}
-
-fn store_failure(err: &StoreError) -> Response {
-    http::unavailable(err, "the ledger could not be written; nothing was applied, Stripe will retry")
 }

@@ -13,19 +13,18 @@ use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::gate::{self, Gate};
 use conveyor_shared::domain::intake::{self, BuildOrder, MAX_BODY_BYTES, Outcome, PlanContext};
-use conveyor_shared::http::{self, BoxFuture, HttpFunction, Method, Request, Response, Route, StatusCode};
+use conveyor_shared::http::{self, BoxFuture, HttpFunction, Request, Response, Route, Routed, StatusCode};
 use conveyor_shared::registration::{Auth, Function, Registration};
-use conveyor_shared::secrets::{Secrets, SecretsError};
+use conveyor_shared::secrets::{KeyRing, SecretsError};
 use conveyor_shared::signature;
 use conveyor_shared::store::{Claimed, DELIVERY_TTL_SECONDS, Handled, Key, Put, StoreError, Table, Transition};
 use serde_json::json;
 
-pub const REGISTRATION: Registration = Registration {
-    name: "webhook-intake",
-    routes: &[Route::new("POST", "/webhooks/github", Auth::Function)],
-    stream_filters: &[],
-    schedule: None,
-};
+/// GitHub's webhook deliveries.
+const GITHUB: Route = Route::new("POST", "/webhooks/github", Auth::Function);
+
+pub const REGISTRATION: Registration =
+    Registration { name: "webhook-intake", routes: &[GITHUB], stream_filters: &[], schedule: None };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -41,7 +40,7 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct Intake {
     table: Table,
-    secrets: Secrets,
+    secrets: KeyRing,
     config: Arc<Config>,
     artifacts_bucket: String,
 }
@@ -49,7 +48,7 @@ pub struct Intake {
 impl Intake {
     pub fn new(
         table: Table,
-        secrets: impl Into<Secrets>,
+        secrets: impl Into<KeyRing>,
         config: Arc<Config>,
         artifacts_bucket: impl Into<String>,
     ) -> Self {
@@ -63,7 +62,7 @@ impl Intake {
         sdk: &SdkConfig,
     ) -> Result<Self, StartupError> {
         let config = Config::load(&settings.config_path)?;
-        let secrets = Secrets::load(secret, sdk).await?;
+        let secrets = KeyRing::load(secret, sdk).await?;
         let table = Table::from_sdk(sdk, settings.table.clone());
         Ok(Self::new(table, secrets, Arc::new(config), settings.artifacts_bucket.clone()))
     }
@@ -79,26 +78,26 @@ impl Intake {
         }
         let signature = http::header(&request, "x-hub-signature-256");
         if let Err(err) = self.secrets.verify(|secrets| signature::verify_github(secrets, signature, body)).await {
-            return http::error(StatusCode::UNAUTHORIZED, "invalid_signature", err);
+            return http::problem(&err);
         }
         let (Some(event), Some(guid)) =
             (http::header(&request, "x-github-event"), http::header(&request, "x-github-delivery"))
         else {
             let missing =
                 if http::header(&request, "x-github-event").is_none() { "X-GitHub-Event" } else { "X-GitHub-Delivery" };
-            return rejected(&intake::IntakeError::MissingHeader(missing));
+            return http::problem(&intake::IntakeError::MissingHeader(missing));
         };
         // Redeliveries keep their GUID and every hook on an event shares it: dedupe on both.
         let hook_id = http::header(&request, "x-github-hook-id").unwrap_or("none");
         let payload = match intake::payload_json(http::header(&request, "content-type"), body) {
             Ok(payload) => payload,
-            Err(err) => return rejected(&err),
+            Err(err) => return http::problem(&err),
         };
         let now = conveyor_shared::unix_now();
         let ctx = PlanContext { config: &self.config, artifacts_bucket: &self.artifacts_bucket, now };
         let plan = match intake::plan(event, guid, &payload, &ctx) {
             Ok(plan) => plan,
-            Err(err) => return rejected(&err),
+            Err(err) => return http::problem(&err),
         };
         if let Outcome::Ping { zen } = &plan.outcome {
             return http::json(StatusCode::OK, &json!({"ok": true, "event": "ping", "zen": zen}));
@@ -128,7 +127,7 @@ impl Intake {
                     return http::in_flight(retry_after);
                 }
                 // Given back: a redelivery is processed in full.
-                Claimed::Failed(err) => return store_failure(&err),
+                Claimed::Failed(err) => return http::problem(&err),
             };
         let status = if outcome == "ignored" { StatusCode::ACCEPTED } else { StatusCode::OK };
         tracing::info!(event, delivery = guid, outcome, deployments = created.len(), "delivery handled");
@@ -249,23 +248,12 @@ impl Function for Intake {
 }
 
 impl HttpFunction for Intake {
-    fn handle(&self, request: Request) -> BoxFuture<'_, Response> {
+    fn handle(&self, routed: Routed) -> BoxFuture<'_, Response> {
         Box::pin(async move {
-            match (request.method(), request.uri().path().trim_end_matches('/')) {
-                (&Method::POST, "/webhooks/github") => self.github(request).await,
-                (method, path) => {
-                    http::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))
-                }
+            match *routed.route {
+                GITHUB => self.github(routed.request).await,
+                _ => http::unhandled(&routed),
             }
         })
     }
-}
-
-fn rejected(err: &intake::IntakeError) -> Response {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    http::error(status, err.code(), err)
-}
-
-fn store_failure(err: &StoreError) -> Response {
-    http::unavailable(err, "the ledger could not be written; nothing was recorded, retry the delivery")
 }

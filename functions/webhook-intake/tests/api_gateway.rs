@@ -82,7 +82,7 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn send(event: &str) -> (u16, serde_json::Value) {
     let request = lambda_http::request::from_str(event).expect("a valid API Gateway event");
-    let response = intake().handle(into_request(request)).await;
+    let response = intake().respond(into_request(request)).await;
     let status = response.status().as_u16();
     (status, serde_json::from_slice(response.body()).unwrap_or_default())
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use crate::secret::SecretSet;
+use crate::secret::Secret;
 
 mod settings;
 mod values;

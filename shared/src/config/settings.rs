@@ -6,13 +6,14 @@ use std::time::Duration;
 use super::*;
 use crate::domain::instance_proof::AgentRole;
 
-/// Where a set of webhook secrets comes from.
+/// Where a secret comes from (webhook keys, a chat webhook URL, an API key): read with
+/// [`crate::secrets::resolve`], or kept fresh for signing keys with
+/// [`crate::secrets::KeyRing`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
-    /// `<NAME>`: comma-separated secrets in the environment (local runs).
-    Inline(SecretSet),
-    /// `<NAME>_ID`: a Secrets Manager secret (name or ARN) whose string is the
-    /// comma-separated list, resolved once at cold start.
+    /// `<NAME>`: the value itself, in the environment (local runs).
+    Inline(Secret),
+    /// `<NAME>_ID`: a Secrets Manager secret (name or ARN), read at cold start.
     SecretsManager(String),
 }
 
@@ -27,10 +28,7 @@ impl SecretSource {
         if let Some(id) = non_empty(&format!("{name}_ID")) {
             return Ok(SecretSource::SecretsManager(id));
         }
-        non_empty(name)
-            .and_then(|list| SecretSet::from_comma_separated(&list))
-            .map(SecretSource::Inline)
-            .ok_or(SettingsError::MissingSecret(name))
+        non_empty(name).map(|value| SecretSource::Inline(Secret::new(value))).ok_or(SettingsError::MissingSecret(name))
     }
 
     pub fn from_env(name: &'static str) -> Result<Self, SettingsError> {
@@ -48,7 +46,7 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("no {0}: set {0} (comma-separated secrets) or {0}_ID (a Secrets Manager secret holding them)")]
+    #[error("no {0}: set {0} (the secret) or {0}_ID (a Secrets Manager secret holding it)")]
     MissingSecret(&'static str),
     #[error("{name} must be {expected}, not `{value}`")]
     Invalid { name: &'static str, expected: &'static str, value: String },

@@ -32,24 +32,6 @@ pub enum IntakeError {
     InvalidPayload { event: String, detail: String },
 }
 
-impl IntakeError {
-    pub fn status(&self) -> u16 {
-        match self {
-            IntakeError::UnsupportedContentType(_) => 415,
-            _ => 400,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            IntakeError::MissingHeader(_) => "missing_header",
-            IntakeError::UnsupportedContentType(_) => "unsupported_content_type",
-            IntakeError::MissingPayloadField => "missing_payload",
-            IntakeError::InvalidPayload { .. } => "invalid_payload",
-        }
-    }
-}
-
 /// The JSON document inside the body: the body itself, or the `payload` form field.
 pub fn payload_json<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, IntakeError> {
     let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -379,6 +361,7 @@ fn deployments_for(run: &RunRecord, ctx: &PlanContext<'_>) -> Vec<DeploymentReco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Problem;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/github");
 

@@ -56,25 +56,6 @@ pub enum ManifestError {
     RegionConflict { region: String, first: String, second: String },
 }
 
-impl ManifestError {
-    pub fn status(&self) -> u16 {
-        match self {
-            ManifestError::Invalid(_) => 400,
-            _ => 422,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ManifestError::Invalid(_) => "invalid_manifest",
-            ManifestError::NoBuilds => "no_builds",
-            ManifestError::UnknownBuilder { .. } => "unknown_builder",
-            ManifestError::Malformed { .. } => "malformed_artifact",
-            ManifestError::RegionConflict { .. } => "region_conflict",
-        }
-    }
-}
-
 /// What the last run of a manifest publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunImages {
@@ -266,6 +247,7 @@ pub struct ImageChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Problem;
 
     #[test]
     fn a_rollback_may_not_drop_a_region_a_launch_template_follows() {
@@ -340,7 +322,7 @@ mod tests {
     fn rejections_name_the_build() {
         let check = |b: serde_json::Value| last_run(&manifest(json!([b]), "r")).unwrap_err();
         let err = check(build("vbox", "virtualbox-iso", "x", "r"));
-        assert_eq!((err.status(), err.code()), (422, "unknown_builder"));
+        assert_eq!((err.status().as_u16(), err.code()), (422, "unknown_builder"));
         assert!(err.to_string().contains("vbox"));
         assert_eq!(check(build("u", "amazon-ebs", "us-east-1:ami-xyz", "r")).code(), "malformed_artifact");
         let err = check(build("u", "amazon-ebs", "moon-base:ami-11111111", "r"));

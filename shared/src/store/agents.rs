@@ -14,50 +14,9 @@
 //! once, needs no environment token, and a new proof of the same instance replaces it (a
 //! rebuilt host enrols again by itself).
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use serde::{Deserialize, Serialize};
-
 use super::{Key, Put, StoreError, Table, Transition, decode, n, s};
-
-/// What an agent last said its instance runs (written by reports, read by `conveyor status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceRecord {
-    pub environment: String,
-    pub instance: String,
-    pub current: Option<String>,
-    pub healthy: Option<bool>,
-    pub reported_at: Option<i64>,
-}
-
-/// An instance's enrolment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enrollment {
-    pub environment: String,
-    pub instance: String,
-    /// SHA-256 of the credential, hex.
-    pub credential_hash: String,
-    /// Whether the agent has used the credential: from then on only it speaks for the instance.
-    pub confirmed: bool,
-    pub issued_at: i64,
-    /// How the agent showed it runs on the instance.
-    #[serde(default)]
-    pub proof: EnrollmentProof,
-    /// When the instance proof behind it was signed: an older or the same proof cannot
-    /// enrol again.
-    #[serde(default)]
-    pub proven_at: Option<i64>,
-}
-
-/// How an agent showed it runs on its instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EnrollmentProof {
-    /// It held the environment's token and spoke first; it keeps sending the token.
-    #[default]
-    FirstContact,
-    /// AWS said so (the instance profile's role session is the instance); no token needed.
-    InstanceProfile,
-}
+use crate::domain::fleet::{Enrollment, InstanceRecord};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 impl Key {
     pub fn agent(environment: &str, instance: &str) -> Self {

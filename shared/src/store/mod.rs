@@ -71,14 +71,13 @@ use crate::domain::stripe::SubscriptionChange;
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 use crate::token::TokenGrant;
 
-pub use agents::{Enrollment, EnrollmentProof, InstanceRecord};
 pub use billing::Ordered;
 pub use claims::{Claim, Claimed, Handled, claim_token};
 pub use conditional::{Conditional, StoredState};
 pub use images::ImageWrite;
 use retry::is_condition_failure;
 pub use retry::{Backoff, retry_conflicts, write_until_processed};
-pub use rollout::{DeploymentEnd, DeploymentStart, Lock, LockPhase};
+pub use rollout::{DeploymentEnd, DeploymentStart};
 pub use targets::Counter;
 
 pub type Item = HashMap<String, AttributeValue>;

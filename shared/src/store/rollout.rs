@@ -20,45 +20,12 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put as TxPut, TransactWriteItem};
-use serde::{Deserialize, Serialize};
 
 use super::{Backoff, Conditional, Key, StoreError, Table, Transition, decode, encode, n, retry_conflicts, s};
 use crate::domain::alert::Alert;
+use crate::domain::fleet::{Lock, LockPhase};
 use crate::domain::rollout::Release;
 use crate::domain::{DeploymentRecord, DeploymentState};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LockPhase {
-    Planning,
-    Running,
-}
-
-impl LockPhase {
-    fn as_str(self) -> &'static str {
-        match self {
-            LockPhase::Planning => "planning",
-            LockPhase::Running => "running",
-        }
-    }
-}
-
-/// The environment's lock, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lock {
-    /// The deployment's id.
-    pub holder: String,
-    /// Absent on locks written by versions before phases: those expire like a planning one.
-    pub phase: Option<LockPhase>,
-    pub expires_at: Option<i64>,
-}
-
-impl Lock {
-    /// Whether the lock still holds at `now`: a running one always does.
-    pub fn live(&self, now: i64) -> bool {
-        self.phase == Some(LockPhase::Running) || self.expires_at.is_some_and(|at| at >= now)
-    }
-}
 
 /// What starting a planned deployment records on it.
 #[derive(Debug, Clone)]
