@@ -51,6 +51,7 @@ deploy: package
 bench:
 	env -u RUSTC_WORKSPACE_WRAPPER cargo bench -p conveyor-shared --bench intake
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p deploy-fanout --bench fanout
+	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p conveyor-cli --bench publish
 
 clean:
 	cargo clean

@@ -129,6 +129,21 @@ echo "(the same manifest again changes nothing)"
 upload
 
 echo
+echo "== publishing a site: a first publish, the same build again, then one file changed"
+"$root/.venv/moto/bin/python" -c "import boto3; boto3.client('s3').create_bucket(Bucket='acme-frontend')"
+site="$work/site"
+mkdir -p "$site/assets" "$site/docs"
+echo '<h1>Acme shop</h1>' > "$site/index.html"
+echo '<h1>Docs</h1>' > "$site/docs/index.html"
+echo 'console.log("shop")' > "$site/assets/app.3f2a9c.js"
+echo 'body { margin: 0 }' > "$site/style.css"
+publish() { "$conveyor" publish "$site" --site frontend --config events/conveyor.dev.toml; }
+publish
+publish
+echo '<h1>Docs, revised</h1>' > "$site/docs/index.html"
+publish
+
+echo
 echo "== GET /api/v1/builds"
 show /api/v1/builds
 echo "== GET /api/v1/customers/cus_QdemoShop"

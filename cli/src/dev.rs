@@ -269,7 +269,7 @@ async fn route(functions: &Functions, request: hyper::Request<Incoming>) -> hype
         }
         Ok(collected) => {
             let request = http::Request::from_parts(parts, collected.to_bytes());
-            match api::owner(functions.iter().map(|f| f.as_ref()), &path) {
+            match api::owner(functions.iter().map(|f| f.as_ref()), &method, &path) {
                 Some(function) => function.respond(request).await,
                 None => api::error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
             }

@@ -6,6 +6,7 @@ pub mod context;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod ops;
+pub mod publish;
 #[cfg(feature = "dev")]
 pub mod replay;
 #[cfg(feature = "dev")]

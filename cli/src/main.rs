@@ -63,6 +63,9 @@ enum Command {
         #[command(subcommand)]
         command: commands::images::ImagesCommand,
     },
+    /// Upload a site's build to its bucket: only files whose content or headers changed, then
+    /// deletions (at most --max-delete); the changed paths are invalidated afterwards.
+    Publish(commands::publish::PublishArgs),
 }
 
 #[tokio::main]
@@ -94,5 +97,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Alerts(args) => args.run(aws).await,
         Command::Agent { command } => command.run(aws).await,
         Command::Images { command } => command.run(aws).await,
+        Command::Publish(args) => args.run(aws).await,
     }
 }

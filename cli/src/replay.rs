@@ -145,8 +145,8 @@ pub async fn record_github(
     // Signed and verified in this process: a throwaway secret proves nothing but keeps the
     // intake's path exactly as in AWS.
     let secret = conveyor_shared::token::generate().map_err(|e| e.to_string())?;
-    let secrets = conveyor_shared::secret::SecretSet::from_comma_separated(&String::from_utf8_lossy(secret.expose()))
-        .ok_or("cannot make a throwaway signing secret")?;
+    let secrets =
+        conveyor_shared::secret::SecretSet::from_secret(&secret).ok_or("cannot make a throwaway signing secret")?;
     let intake = webhook_intake::Intake::new(table, secrets, config, artifacts_bucket);
     let signature = sign_github(secret.expose(), &body);
     let request = http::Request::post("/webhooks/github")

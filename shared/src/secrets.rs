@@ -141,7 +141,8 @@ async fn fetch(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Resu
     })?;
     output
         .secret_string()
-        .filter(|value| !value.trim().is_empty())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
         .map(Secret::new)
         .ok_or_else(|| SecretsError::Empty { secret_id: secret_id.to_owned() })
 }

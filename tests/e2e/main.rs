@@ -5,6 +5,7 @@ mod api;
 mod intake;
 mod local_aws;
 mod manifests;
+mod publish;
 mod recording_faults;
 mod rollout_races;
 mod stripe;

@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod images;
+pub mod publish;
 #[cfg(feature = "dev")]
 pub mod replay;
 #[cfg(feature = "dev")]

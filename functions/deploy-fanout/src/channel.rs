@@ -202,7 +202,7 @@ impl Fanout {
                     ),
                 ))
             }
-            Err(err) => Err(http::problem(&err)),
+            Err(err) => Err(http::problem(&FanoutError::Ec2(err))),
         }
     }
 

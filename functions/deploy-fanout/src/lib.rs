@@ -55,12 +55,13 @@ pub const NEW_DEPLOYMENTS: &str =
 /// once instead of at the next tick.
 pub const ENDED_DEPLOYMENTS: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}, "state": {"S": ["succeeded", "rolled_back", "failed"]}}, "OldImage": {"state": {"S": ["pending", "in_progress", "rolling_back"]}}}}"#;
 
-/// The agent channel (a function URL; every message carries an agent credential, a token or
-/// an instance proof), the stream of new and ended deployments, and a one-minute tick.
-/// The agents' channel, on the paths the agent calls.
+/// An agent asks what to run.
 const POLL: Route = Route::new("POST", conveyor_protocol::POLL_PATH, Auth::Function);
+/// An agent says what it ran and how it went.
 const REPORT: Route = Route::new("POST", conveyor_protocol::REPORT_PATH, Auth::Function);
 
+/// The agent channel (a function URL; every message carries an agent credential, a token or
+/// an instance proof), the stream of new and ended deployments, and a one-minute tick.
 pub const REGISTRATION: Registration = Registration {
     name: "deploy-fanout",
     routes: &[POLL, REPORT],
@@ -82,16 +83,11 @@ pub enum FanoutError {
     Environments(BTreeMap<String, String>),
 }
 
-/// What an agent is told when its request could not be served: the cause's own answer, and
-/// 503 (try again) for a tick's errors, which never reach a request.
+/// What an agent is told when its request could not be served: always 503, so the agent
+/// polls again, with the cause's own code and message.
 impl Problem for FanoutError {
     fn status(&self) -> StatusCode {
-        match self {
-            FanoutError::Store(err) => err.status(),
-            FanoutError::Ec2(err) => err.status(),
-            FanoutError::S3(err) => err.status(),
-            FanoutError::ClaimExpired(_) | FanoutError::Environments(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        StatusCode::SERVICE_UNAVAILABLE
     }
     fn code(&self) -> &'static str {
         match self {

@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer};
 use crate::secret::Secret;
 
 mod settings;
+mod site;
 mod values;
 
 pub use settings::{
@@ -21,6 +22,7 @@ pub use settings::{
     Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,
     stripe_tolerance_from_env,
 };
+pub use site::{CacheRule, Site};
 pub use values::{Seconds, WaveSize};
 
 /// The parsed `conveyor.toml`.
@@ -28,6 +30,7 @@ pub use values::{Seconds, WaveSize};
 pub struct Config {
     pub environments: Vec<Environment>,
     pub providers: Vec<Provider>,
+    pub sites: Vec<Site>,
 }
 
 /// A machine-image provider: the per-region image ids that Packer builds publish to it.
@@ -421,6 +424,8 @@ struct RawConfig {
     environment: Vec<toml::Spanned<Environment>>,
     #[serde(default)]
     provider: Vec<toml::Spanned<Provider>>,
+    #[serde(default)]
+    site: Vec<toml::Spanned<Site>>,
 }
 
 /// A configuration error with its position in the file.
@@ -499,9 +504,22 @@ impl Config {
                 targets.push((&target.name, &target.region));
             }
         }
+        let mut seen: Vec<&str> = Vec::new();
+        for site in &raw.site {
+            let problem = if seen.contains(&site.get_ref().name.as_str()) {
+                Some(format!("site `{}` is defined twice", site.get_ref().name))
+            } else {
+                site.get_ref().check().err()
+            };
+            if let Some(problem) = problem {
+                return Err(ConfigError::at(text, origin, site.span().start, &problem));
+            }
+            seen.push(&site.get_ref().name);
+        }
         Ok(Config {
             environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect(),
             providers: raw.provider.into_iter().map(toml::Spanned::into_inner).collect(),
+            sites: raw.site.into_iter().map(toml::Spanned::into_inner).collect(),
         })
     }
 
@@ -516,6 +534,10 @@ impl Config {
 
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
     }
 }
 

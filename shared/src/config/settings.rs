@@ -28,7 +28,12 @@ impl SecretSource {
         if let Some(id) = non_empty(&format!("{name}_ID")) {
             return Ok(SecretSource::SecretsManager(id));
         }
-        non_empty(name).map(|value| SecretSource::Inline(Secret::new(value))).ok_or(SettingsError::MissingSecret(name))
+        // Blank, or only separators (`" , "`): as good as unset.
+        let blank = |value: &String| value.split(',').all(|part| part.trim().is_empty());
+        non_empty(name)
+            .filter(|value| !blank(value))
+            .map(|value| SecretSource::Inline(Secret::new(value.trim())))
+            .ok_or(SettingsError::MissingSecret(name))
     }
 
     pub fn from_env(name: &'static str) -> Result<Self, SettingsError> {

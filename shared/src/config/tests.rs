@@ -188,8 +188,11 @@ fn secrets_are_required_and_secrets_manager_is_preferred() {
     let missing = SecretSource::from_vars(vars(&[]), GITHUB_WEBHOOK_SECRET).unwrap_err();
     assert_eq!(missing, SettingsError::MissingSecret(GITHUB_WEBHOOK_SECRET));
     assert!(missing.to_string().contains("GITHUB_WEBHOOK_SECRET_ID"));
-    let blank = SecretSource::from_vars(vars(&[("GITHUB_WEBHOOK_SECRET", "  ")]), GITHUB_WEBHOOK_SECRET);
-    assert!(blank.is_err());
+    for blank in ["  ", " , ", ","] {
+        let only = |key: &str| (key == GITHUB_WEBHOOK_SECRET).then(|| blank.to_string());
+        let source = SecretSource::from_vars(only, GITHUB_WEBHOOK_SECRET);
+        assert_eq!(source, Err(SettingsError::MissingSecret(GITHUB_WEBHOOK_SECRET)), "{blank:?}");
+    }
     let inline = SecretSource::from_vars(vars(&[("STRIPE_WEBHOOK_SECRET", "a,b")]), STRIPE_WEBHOOK_SECRET).unwrap();
     assert!(matches!(inline, SecretSource::Inline(ref secret) if secret.expose_str() == "a,b"));
     let both = vars(&[("GITHUB_WEBHOOK_SECRET", "a"), ("GITHUB_WEBHOOK_SECRET_ID", "arn:x")]);
@@ -207,4 +210,31 @@ fn settings_have_defaults_and_find_the_config_in_lambda() {
     assert_eq!(s.config_path, PathBuf::from("conveyor.toml"));
     let lambda = |name: &str| (name == "LAMBDA_TASK_ROOT").then(|| "/var/task".to_string());
     assert_eq!(Settings::from_vars(lambda).config_path, PathBuf::from("/var/task/conveyor.toml"));
+}
+
+#[test]
+fn sites_are_checked_where_they_are_written() {
+    let site = |extra: &str| {
+        parse(&format!("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}"))
+    };
+    let ok = site("").unwrap();
+    assert_eq!((ok.sites[0].invalidation_budget, ok.sites[0].max_delete), (10, 256));
+    assert_eq!(ok.site("web").map(|s| s.prefix.as_str()), Some(""));
+    let problem = |text: Result<Config, ConfigError>| text.unwrap_err().to_string();
+    let bad_bucket =
+        problem(parse("[[site]]\nname = \"web\"\nbucket = \"Acme_Web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n"));
+    assert!(bad_bucket.contains("not an S3 bucket name") && bad_bucket.contains(":3:"), "{bad_bucket}");
+    let bad_id =
+        problem(parse("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"d111.cloudfront.net\"\n"));
+    assert!(bad_id.contains("not a CloudFront distribution id"), "{bad_id}");
+    let bad_glob = problem(site("[[site.cache]]\nglob = \"assets/[\"\ncache_control = \"no-cache\"\n"));
+    assert!(bad_glob.contains("glob `assets/[`"), "{bad_glob}");
+    assert!(problem(site("prefix = \"/www\"\n")).contains("not a key prefix"));
+    assert!(problem(site("invalidation_budget = 0\n")).contains("invalidation_budget must be from 1 to 3000"));
+    assert!(problem(site("origin_path = \"a/\"\nprefix = \"b/\"\n")).contains("must be the start of prefix"));
+    assert!(problem(site("[site.content_types]\n\".js\" = \"text/javascript\"\n")).contains("without its dot"));
+    let twice = problem(parse(
+        "[[site]]\nname = \"web\"\nbucket = \"a-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n[[site]]\nname = \"web\"\nbucket = \"b-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n",
+    ));
+    assert!(twice.contains("site `web` is defined twice"), "{twice}");
 }

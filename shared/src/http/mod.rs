@@ -48,6 +48,7 @@ impl Routed {
     /// The value of the route's `{name}` parameter (never empty: an empty segment does not
     /// match); "" for a name the route does not declare.
     pub fn param(&self, name: &str) -> &str {
+        debug_assert!(self.route.path.contains(&format!("{{{name}}}")), "{} has no {{{name}}}", self.route.path);
         self.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).unwrap_or_default()
     }
 }
@@ -81,7 +82,9 @@ pub fn route(routes: &'static [Route], request: Request) -> Result<Routed, Box<R
         if route.method == request.method().as_str() {
             return Ok(Routed { route, params, request });
         }
-        allowed.push(route.method);
+        if !allowed.contains(&route.method) {
+            allowed.push(route.method);
+        }
     }
     let method = request.method();
     if allowed.is_empty() {
@@ -98,8 +101,8 @@ pub fn route(routes: &'static [Route], request: Request) -> Result<Routed, Box<R
     Err(Box::new(response))
 }
 
-/// The answer to a route a function declares but does not handle: a defect, caught by each
-/// function's test that every route it declares is answered.
+/// The answer to a route a function declares but does not handle: a defect, caught by the
+/// test in `cli/src/dev.rs` that sends a request to every declared route.
 pub fn unhandled(routed: &Routed) -> Response {
     tracing::error!(method = routed.route.method, path = routed.route.path, "a declared route has no handler");
     error(StatusCode::INTERNAL_SERVER_ERROR, "unhandled_route", "this route is declared but not served")
@@ -111,9 +114,14 @@ pub trait Problem: std::fmt::Display {
     fn status(&self) -> StatusCode;
     fn code(&self) -> &'static str;
     /// What the caller may read. For a 5xx the full error is logged and only this is
-    /// answered, so internals (table names, AWS messages) never reach the caller.
+    /// answered, so internals (table names, AWS messages) never reach the caller unless an
+    /// error's mapping says its text is safe.
     fn public_message(&self) -> String {
-        self.to_string()
+        if self.status().is_server_error() {
+            "the request could not be served now; send it again".into()
+        } else {
+            self.to_string()
+        }
     }
 }
 
@@ -184,10 +192,21 @@ pub fn match_path(template: &str, path: &str) -> Option<Vec<(String, String)>> {
     }
 }
 
-/// The function among `functions` that serves `path` (with any method): the dev server's
-/// router, as API Gateway's is in AWS.
-pub fn owner<'f, F: HttpFunction + ?Sized>(functions: impl IntoIterator<Item = &'f F>, path: &str) -> Option<&'f F> {
-    functions.into_iter().find(|function| function.routes().iter().any(|route| match_path(route.path, path).is_some()))
+/// The function among `functions` that serves `method` on `path`, or else one that serves
+/// `path` with another method (it answers 405): the dev server's router, as API Gateway's
+/// is in AWS.
+pub fn owner<'f, F: HttpFunction + ?Sized>(
+    functions: impl IntoIterator<Item = &'f F> + Clone,
+    method: &Method,
+    path: &str,
+) -> Option<&'f F> {
+    let serves = |function: &&F, any_method: bool| {
+        function
+            .routes()
+            .iter()
+            .any(|route| (any_method || route.method == method.as_str()) && match_path(route.path, path).is_some())
+    };
+    functions.clone().into_iter().find(|f| serves(f, false)).or_else(|| functions.into_iter().find(|f| serves(f, true)))
 }
 
 #[cfg(test)]
@@ -271,9 +290,9 @@ mod tests {
     #[test]
     fn the_owner_of_a_path_serves_every_method_of_it() {
         let functions = [Fixed];
-        assert!(owner(&functions, "/items/7").is_some());
-        assert!(owner(&functions, "/a").is_some());
-        assert!(owner(&functions, "/b").is_none());
+        assert!(owner(&functions, &Method::GET, "/items/7").is_some());
+        assert!(owner(&functions, &Method::DELETE, "/a").is_some(), "it answers 405");
+        assert!(owner(&functions, &Method::GET, "/b").is_none());
     }
 
     #[test]

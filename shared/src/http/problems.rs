@@ -179,6 +179,7 @@ mod ec2 {
         fn public_message(&self) -> String {
             match self {
                 ImagesError::Store(err) => err.public_message(),
+                // The provider's name and versions: the caller's own configuration.
                 other => other.to_string(),
             }
         }

@@ -44,6 +44,7 @@ mod claims;
 mod conditional;
 mod images;
 mod ledger;
+mod publishes;
 mod retry;
 mod rollout;
 mod runs;

@@ -1,6 +1,8 @@
-//! S3 adapter: build artifacts. One artifact per build at `<repository>/<sha>.tar.gz` in the
-//! artifacts bucket, with its SHA-256 and version as object metadata, so the same bytes go
-//! to every host and each host can check them.
+//! S3 adapter.
+//!
+//! Build artifacts: one per build at `<repository>/<sha>.tar.gz` in the artifacts bucket,
+//! with its SHA-256 and version as object metadata, so the same bytes go to every host and
+//! each host can check them. Sites ([`SiteBucket`]): the objects of a published site.
 
 use std::time::Duration;
 
@@ -281,3 +283,6 @@ mod tests {
         assert!(parse_url("s3://bucket/").is_err());
     }
 }
+
+mod site;
+pub use site::{SiteBucket, Written};

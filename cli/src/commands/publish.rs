@@ -1,0 +1,126 @@
+//! `conveyor publish DIR --site NAME`: a build to its site's bucket, only what changed.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use conveyor_cli::context::AwsFlags;
+use conveyor_cli::publish::{self, Publish, Summary};
+use conveyor_shared::config::Config;
+use conveyor_shared::s3::SiteBucket;
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The build's output directory (like ./dist).
+    pub dir: PathBuf,
+    /// The `[[site]]` of conveyor.toml to publish to.
+    #[arg(long)]
+    pub site: String,
+    /// The configuration that defines the site.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop, deleting nothing, when the publish would delete more objects than this (the
+    /// site's max_delete, 256 by default).
+    #[arg(long)]
+    pub max_delete: Option<usize>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PublishArgs {
+    pub async fn run(self, aws: &AwsFlags) -> Result<ExitCode, String> {
+        let settings = aws.settings(self.config.as_deref());
+        let config = Config::load(&settings.config_path).map_err(|e| e.to_string())?;
+        let site = config.site(&self.site).ok_or_else(|| {
+            let known: Vec<_> = config.sites.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "no site `{}` in {} (known: {}); add a [[site]] with name, bucket and distribution",
+                self.site,
+                settings.config_path.display(),
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })?;
+        let (_, table) = aws.table().await;
+        let bucket = SiteBucket::new(&aws.sdk().await, &site.bucket);
+        let request = Publish {
+            site,
+            dir: &self.dir,
+            dry_run: self.dry_run,
+            max_delete: self.max_delete,
+            triggered_by: triggered_by(),
+        };
+        let on_terminal = std::io::stderr().is_terminal() && !self.json;
+        let progress = |done: usize, total: usize| {
+            if on_terminal {
+                eprint!("\r  writing {done}/{total}");
+                if done == total {
+                    eprintln!();
+                }
+            }
+        };
+        let summary = publish::publish(&table, &bucket, &request, conveyor_shared::unix_now(), progress)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.json {
+            println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", text(&summary));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Who published: the CI job when there is one, else the user.
+fn triggered_by() -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    match (var("GITHUB_REPOSITORY"), var("GITHUB_RUN_ID"), var("GITHUB_ACTOR")) {
+        (Some(repository), Some(run), actor) => {
+            format!("github:{repository}/actions/runs/{run}{}", actor.map(|a| format!(" ({a})")).unwrap_or_default())
+        }
+        _ => var("USER").map_or_else(|| "unknown".into(), |user| format!("user:{user}")),
+    }
+}
+
+/// The one-screen summary.
+fn text(summary: &Summary) -> String {
+    let mut out = String::new();
+    let head = if summary.dry_run { "would publish" } else { "published" };
+    if !summary.dry_run && summary.publish.is_none() {
+        out.push_str(&format!("site {}: nothing changed ({} files as they are)\n", summary.site, summary.unchanged));
+        return out;
+    }
+    out.push_str(&format!(
+        "site {}: {head} {} uploaded ({} bytes), {} headers updated, {} deleted, {} unchanged{}\n",
+        summary.site,
+        summary.uploaded.len(),
+        summary.bytes,
+        summary.headers_updated.len(),
+        summary.deleted.len(),
+        summary.unchanged,
+        if summary.resumed { " (resumed an interrupted publish)" } else { "" }
+    ));
+    for (label, keys) in
+        [("upload", &summary.uploaded), ("headers", &summary.headers_updated), ("delete", &summary.deleted)]
+    {
+        for key in keys.iter().take(20) {
+            out.push_str(&format!("  {label:<8} {key}\n"));
+        }
+        if keys.len() > 20 {
+            out.push_str(&format!("  {label:<8} ... and {} more\n", keys.len() - 20));
+        }
+    }
+    if summary.invalidation.is_empty() {
+        out.push_str("  nothing to invalidate (only new files)\n");
+    } else {
+        out.push_str(&format!("  invalidate: {}\n", summary.invalidation.join(" ")));
+    }
+    if let Some(id) = &summary.publish {
+        out.push_str(&format!("  publish {id}\n"));
+    }
+    out
+}

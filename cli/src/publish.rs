@@ -1,0 +1,260 @@
+//! `conveyor publish DIR --site NAME`: the build in DIR into the site's bucket, sending only
+//! what changed. The decisions are `conveyor_shared::domain::publish`'s; this reads the
+//! files, asks the bucket and the table, and writes in the safe order:
+//!
+//! 1. the publish is recorded (`pending`) before the first write, keyed by the build and
+//!    the state it is published over, so a run that dies part-way and is run again resumes
+//!    the same publish (and ends in one invalidation);
+//! 2. new and changed files, and header changes (copies in place, no bytes sent);
+//! 3. deletions, last, so no page links to an asset that is already gone;
+//! 4. the publish is marked `uploaded`, which hands its stale keys to `cdn-invalidate`;
+//! 5. Conveyor's manifest, which makes the next comparison cheap.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use conveyor_shared::config::Site;
+use conveyor_shared::domain::invalidation;
+use conveyor_shared::domain::publish::{
+    self, Desired, MANIFEST_KEY, Plan, PublishError, PublishRecord, PublishState, Reason,
+};
+use conveyor_shared::s3::{S3Error, SiteBucket};
+use conveyor_shared::store::{Put, StoreError, Table};
+use serde::Serialize;
+use sha2::Digest;
+
+/// Files sent at once.
+pub const CONCURRENCY: usize = 8;
+
+/// What to publish, and how.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    pub site: &'a Site,
+    pub dir: &'a Path,
+    pub dry_run: bool,
+    /// Overrides the site's `max_delete`.
+    pub max_delete: Option<usize>,
+    pub triggered_by: String,
+}
+
+/// What a publish did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub site: String,
+    /// The publish's id; none when nothing changed or for a dry run.
+    pub publish: Option<String>,
+    pub dry_run: bool,
+    /// This run finished a publish an earlier run had started.
+    pub resumed: bool,
+    pub uploaded: Vec<String>,
+    pub headers_updated: Vec<String>,
+    pub deleted: Vec<String>,
+    pub unchanged: usize,
+    pub bytes: u64,
+    /// The invalidation `cdn-invalidate` will submit.
+    pub invalidation: Vec<String>,
+    /// Pages of the bucket's listing read.
+    pub listing_pages: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    #[error("{0} is not a directory: name the build's output directory (like ./dist)")]
+    NotADirectory(PathBuf),
+    #[error("cannot read {path}: {source}; nothing was published")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}: the file name is not UTF-8, which S3 keys must be; rename it")]
+    NotUtf8(PathBuf),
+    #[error(
+        "{0} has a `.conveyor/` directory, where Conveyor keeps the site's manifest in the bucket; remove it from the build"
+    )]
+    Reserved(PathBuf),
+    #[error(transparent)]
+    Plan(#[from] PublishError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Every file under `dir` as the site should hold it, sorted by path. Any file that cannot
+/// be read fails the scan, before anything is written.
+pub fn scan(site: &Site, dir: &Path) -> Result<Vec<(Desired, PathBuf)>, PublishFailure> {
+    if !dir.is_dir() {
+        return Err(PublishFailure::NotADirectory(dir.to_owned()));
+    }
+    if dir.join(".conveyor").exists() {
+        return Err(PublishFailure::Reserved(dir.to_owned()));
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let read = |source| PublishFailure::Read { path: current.clone(), source };
+        for entry in std::fs::read_dir(&current).map_err(read)? {
+            let entry = entry.map_err(read)?;
+            let path = entry.path();
+            // Follows links to files; a link to a directory is not followed (it could loop).
+            let kind = entry.file_type().map_err(|source| PublishFailure::Read { path: path.clone(), source })?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_symlink() && !path.exists() {
+                let source = std::io::Error::new(std::io::ErrorKind::NotFound, "a link to nothing");
+                return Err(PublishFailure::Read { path, source });
+            } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
+                let relative = path.strip_prefix(dir).unwrap_or(&path);
+                let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
+                let site_path = parts.ok_or_else(|| PublishFailure::NotUtf8(path.clone()))?.join("/");
+                files.push((site_path, path));
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|(site_path, path)| {
+            let (sha256, md5, size) =
+                digests(&path).map_err(|source| PublishFailure::Read { path: path.clone(), source })?;
+            let desired = Desired {
+                key: publish::key_of(site, &site_path),
+                headers: publish::headers_for(site, &site_path),
+                path: site_path,
+                sha256,
+                md5,
+                size,
+            };
+            Ok((desired, path))
+        })
+        .collect()
+}
+
+/// SHA-256 and MD5 (hex) and size of a file, in one read.
+pub fn digests(path: &Path) -> std::io::Result<(String, String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let (mut sha256, mut md5) = (sha2::Sha256::new(), md5::Md5::new());
+    let mut buffer = vec![0; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok((hex::encode(sha256.finalize()), hex::encode(md5.finalize()), size));
+        }
+        sha256.update(&buffer[..read]);
+        md5.update(&buffer[..read]);
+        size += read as u64;
+    }
+}
+
+/// Publishes (see the module's documentation). `progress` is told (done, total) as writes end.
+pub async fn publish(
+    table: &Table,
+    bucket: &SiteBucket,
+    request: &Publish<'_>,
+    now: i64,
+    progress: impl Fn(usize, usize),
+) -> Result<Summary, PublishFailure> {
+    let site = request.site;
+    let files = scan(site, request.dir)?;
+    let desired: Vec<Desired> = files.iter().map(|(d, _)| d.clone()).collect();
+    let (remote, listing_pages) = bucket.list(&site.prefix).await?;
+    let manifest_key = publish::key_of(site, MANIFEST_KEY);
+    let manifest = bucket.manifest(&manifest_key).await?;
+    let max_delete = request.max_delete.unwrap_or(site.max_delete);
+    let plan = publish::plan(site, &desired, &remote, &manifest, max_delete, &request.dir.display().to_string())?;
+    let mut summary = summarize(site, &plan, listing_pages, request.dry_run);
+    if request.dry_run || plan.is_empty() {
+        return Ok(summary);
+    }
+
+    let id = publish::publish_id(site, &manifest, &desired);
+    let mut record = PublishRecord::new(site, &id, &plan, &request.triggered_by, now);
+    let mut finished = false;
+    if table.open_publish(&record).await? == Put::AlreadyExists {
+        // Run before: resume it (its record keeps the first run's stale keys), or, when it
+        // got as far as `uploaded`, only put the objects right again.
+        if let Some(mut earlier) = table.publish(&site.name, &id).await? {
+            finished = earlier.state != PublishState::Pending;
+            earlier.add_stale(plan.stale_keys());
+            record = earlier;
+        }
+        summary.resumed = true;
+    }
+    summary.publish = Some(id);
+
+    let paths: BTreeMap<&str, &Path> = files.iter().map(|(d, path)| (d.key.as_str(), path.as_path())).collect();
+    let etags = write(bucket, &plan, &paths, &progress).await?;
+    bucket.delete(&plan.deletes).await?;
+    if !finished {
+        // Rejected: another run of the same publish marked it first; that is the same end.
+        table.finish_upload(&record, now).await?;
+    }
+    summary.invalidation = if record.whole_site {
+        vec!["/*".into()]
+    } else {
+        invalidation::plan(site, &record.stale_keys).map(|i| i.paths).unwrap_or_default()
+    };
+    bucket.put_manifest(&manifest_key, &publish::next_manifest(&desired, &remote, &etags)).await?;
+    Ok(summary)
+}
+
+fn summarize(site: &Site, plan: &Plan, listing_pages: usize, dry_run: bool) -> Summary {
+    let keys = |want: fn(Reason) -> bool| -> Vec<String> {
+        plan.uploads.iter().filter(|(_, r)| want(*r)).map(|(d, _)| d.key.clone()).collect()
+    };
+    Summary {
+        site: site.name.clone(),
+        publish: None,
+        dry_run,
+        resumed: false,
+        uploaded: keys(|r| r != Reason::Headers),
+        headers_updated: keys(|r| r == Reason::Headers),
+        deleted: plan.deletes.clone(),
+        unchanged: plan.unchanged,
+        bytes: plan.bytes(),
+        invalidation: invalidation::plan(site, &plan.stale_keys()).map(|i| i.paths).unwrap_or_default(),
+        listing_pages,
+    }
+}
+
+/// Sends the plan's uploads and header changes, [`CONCURRENCY`] at a time; answers each
+/// key's new ETag. The first failure stops the publish (what was written stays: a new run
+/// finds it in place).
+async fn write(
+    bucket: &SiteBucket,
+    plan: &Plan,
+    paths: &BTreeMap<&str, &Path>,
+    progress: &impl Fn(usize, usize),
+) -> Result<BTreeMap<String, String>, PublishFailure> {
+    let total = plan.uploads.len();
+    let mut etags = BTreeMap::new();
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = plan.uploads.iter();
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some((file, reason)) = queue.next() else { break };
+            let (bucket, file, reason) = (bucket.clone(), file.clone(), *reason);
+            let path = paths.get(file.key.as_str()).map(|p| p.to_path_buf()).unwrap_or_default();
+            running.spawn(async move {
+                let etag = match reason {
+                    Reason::Headers => bucket.rewrite_headers(&file.key, &file.headers, &file.sha256).await,
+                    Reason::New | Reason::Content => bucket.upload(&file.key, &path, &file.headers, &file.sha256).await,
+                };
+                etag.map(|etag| (file.key, etag))
+            });
+        }
+        let Some(done) = running.join_next().await else { return Ok(etags) };
+        match done {
+            Ok(Ok((key, etag))) => {
+                etags.insert(key, etag);
+                progress(etags.len(), total);
+            }
+            Ok(Err(err)) => return Err(err.into()),
+            Err(join) => {
+                return Err(PublishFailure::Read {
+                    path: PathBuf::from("(upload task)"),
+                    source: std::io::Error::other(join),
+                });
+            }
+        }
+    }
+}

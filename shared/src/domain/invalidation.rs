@@ -1,0 +1,224 @@
+//! From the keys a publish changed to the cheapest correct CloudFront invalidation.
+//!
+//! Every changed key becomes its URL path (`/` and the key, percent-encoded where CloudFront
+//! needs it); an index document also stands for its directory (`/docs/` and `/docs`). Within
+//! the site's budget the paths are sent as they are. Over it, the directories that save the
+//! most paths become wildcards (`/docs/*`) until the budget is met, with at most
+//! [`MAX_WILDCARDS`] of them; when even that cannot meet it, the whole site (`/*`) is
+//! invalidated. CloudFront bills per path, and `/*` counts as one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::config::Site;
+
+/// CloudFront's limits on invalidations in progress, per distribution.
+pub const MAX_FILE_PATHS_IN_PROGRESS: usize = 3000;
+pub const MAX_WILDCARDS_IN_PROGRESS: usize = 15;
+/// Wildcards one invalidation may use before the whole site is cheaper to reason about.
+pub const MAX_WILDCARDS: usize = 5;
+/// CloudFront's limit on one path.
+pub const MAX_PATH_CHARS: usize = 4000;
+
+/// RFC 1738's unsafe characters, and `?` (it would start a query) and `*` (a wildcard
+/// anywhere else): what a browser sends percent-encoded, so what the invalidation must
+/// name that way. Non-ASCII is always encoded. `+`, `&`, `=`, `~` and the like travel as
+/// they are in a path.
+const UNSAFE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}')
+    .add(b'*');
+
+/// The paths of one invalidation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub paths: Vec<String>,
+}
+
+impl Invalidation {
+    pub fn whole_site() -> Self {
+        Self { paths: vec!["/*".into()] }
+    }
+
+    pub fn wildcards(&self) -> usize {
+        self.paths.iter().filter(|p| p.ends_with('*')).count()
+    }
+
+    pub fn file_paths(&self) -> usize {
+        self.paths.len() - self.wildcards()
+    }
+
+    /// Whether CloudFront takes it now, given what is in progress on the distribution; if
+    /// not, it waits for a later run instead of failing.
+    pub fn fits(&self, in_progress_files: usize, in_progress_wildcards: usize) -> bool {
+        in_progress_files + self.file_paths() <= MAX_FILE_PATHS_IN_PROGRESS
+            && in_progress_wildcards + self.wildcards() <= MAX_WILDCARDS_IN_PROGRESS
+    }
+}
+
+/// The URL path of a key, as CloudFront matches it.
+pub fn url_path(key: &str) -> String {
+    format!("/{}", utf8_percent_encode(key, UNSAFE))
+}
+
+/// The invalidation for `keys` (object keys the publish changed or deleted); `None` when
+/// none of them is served through the distribution.
+pub fn plan(site: &Site, keys: &[String]) -> Option<Invalidation> {
+    let mut paths = BTreeSet::new();
+    for key in keys {
+        // Keys outside the origin path are not served by this distribution.
+        let Some(served) = key.strip_prefix(&site.origin_path) else { continue };
+        paths.insert(url_path(served));
+        let (dir, file) = served.rsplit_once('/').map_or(("", served), |(dir, file)| (dir, file));
+        if !site.index_document.is_empty() && file == site.index_document {
+            if dir.is_empty() {
+                paths.insert("/".into());
+            } else {
+                paths.insert(format!("{}/", url_path(dir)));
+                paths.insert(url_path(dir));
+            }
+        }
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    if paths.iter().any(|p| p.len() > MAX_PATH_CHARS) {
+        return Some(Invalidation::whole_site());
+    }
+    Some(collapse(paths, site.invalidation_budget))
+}
+
+/// Replaces the directories that save the most paths by wildcards until `budget` is met.
+fn collapse(mut paths: BTreeSet<String>, budget: usize) -> Invalidation {
+    let mut wildcards = 0;
+    while paths.len() > budget {
+        if wildcards == MAX_WILDCARDS {
+            return Invalidation::whole_site();
+        }
+        // Every directory (not the root) with the number of paths a wildcard on it replaces.
+        let mut under: BTreeMap<String, usize> = BTreeMap::new();
+        for path in &paths {
+            let trimmed = path.trim_end_matches('*');
+            let mut end = 0;
+            while let Some(next) = trimmed[end + 1..].find('/') {
+                end += 1 + next;
+                let dir = &trimmed[..=end];
+                // A wildcard on its own directory replaces nothing.
+                if dir != trimmed || !path.ends_with('*') {
+                    *under.entry(dir.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        // The most paths saved; between equals, the deepest (it flushes the least).
+        let best = under.into_iter().filter(|(_, n)| *n >= 2).max_by_key(|(dir, n)| (*n, dir.len()));
+        let Some((dir, _)) = best else { return Invalidation::whole_site() };
+        paths.retain(|p| !p.starts_with(&dir));
+        paths.insert(format!("{dir}*"));
+        wildcards += 1;
+    }
+    Invalidation { paths: paths.into_iter().collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn site(extra: &str) -> Site {
+        let text =
+            format!("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}");
+        Config::parse(&text, "conveyor.toml").unwrap().sites.remove(0)
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn paths(site: &Site, list: &[&str]) -> Vec<String> {
+        plan(site, &keys(list)).map(|i| i.paths).unwrap_or_default()
+    }
+
+    #[test]
+    fn unsafe_characters_are_encoded_and_the_rest_left_alone() {
+        assert_eq!(url_path("a b.html"), "/a%20b.html");
+        assert_eq!(url_path("notes#1.txt"), "/notes%231.txt");
+        assert_eq!(url_path("what?.txt"), "/what%3F.txt");
+        assert_eq!(url_path("100%.txt"), "/100%25.txt");
+        assert_eq!(url_path("café/menü.html"), "/caf%C3%A9/men%C3%BC.html");
+        assert_eq!(url_path("c++/a+b.txt"), "/c++/a+b.txt");
+        assert_eq!(url_path("star*.txt"), "/star%2A.txt", "a literal star is no wildcard");
+        assert_eq!(url_path("assets/app.3f2a.js"), "/assets/app.3f2a.js");
+    }
+
+    #[test]
+    fn an_index_document_also_stands_for_its_directory() {
+        let site = site("");
+        assert_eq!(paths(&site, &["docs/index.html"]), ["/docs", "/docs/", "/docs/index.html"]);
+        assert_eq!(paths(&site, &["index.html"]), ["/", "/index.html"]);
+        let none = self::site("index_document = \"\"\n");
+        assert_eq!(paths(&none, &["docs/index.html"]), ["/docs/index.html"]);
+    }
+
+    #[test]
+    fn a_few_changes_are_invalidated_exactly() {
+        let site = site("");
+        assert_eq!(paths(&site, &["a.css", "b/c.js", "d e.txt"]), ["/a.css", "/b/c.js", "/d%20e.txt"]);
+        assert_eq!(plan(&site, &[]), None);
+    }
+
+    #[test]
+    fn many_changes_in_one_directory_become_its_wildcard() {
+        let site = site("");
+        let mut changed: Vec<String> = (0..30).map(|i| format!("assets/chunk-{i}.js")).collect();
+        changed.push("index.html".into());
+        let invalidation = plan(&site, &changed).unwrap();
+        assert_eq!(invalidation.paths, ["/", "/assets/*", "/index.html"]);
+        assert_eq!(invalidation.wildcards(), 1);
+    }
+
+    #[test]
+    fn the_deepest_directory_that_saves_as_much_is_chosen() {
+        let site = site("invalidation_budget = 3\n");
+        let changed = keys(&["a/b/1.js", "a/b/2.js", "a/b/3.js", "x.html"]);
+        assert_eq!(plan(&site, &changed).unwrap().paths, ["/a/b/*", "/x.html"]);
+    }
+
+    #[test]
+    fn over_the_budget_with_no_directory_to_share_the_whole_site_goes() {
+        let site = site("");
+        let changed: Vec<String> = (0..11).map(|i| format!("page-{i}.html")).collect();
+        assert_eq!(plan(&site, &changed).unwrap(), Invalidation::whole_site());
+        let roomy = self::site("invalidation_budget = 20\n");
+        assert_eq!(plan(&roomy, &changed).unwrap().paths.len(), 11);
+    }
+
+    #[test]
+    fn keys_outside_the_origin_path_are_not_served_and_the_rest_lose_it() {
+        let site = site("prefix = \"www/\"\norigin_path = \"www/\"\n");
+        assert_eq!(paths(&site, &["www/a.html", "other/b.html"]), ["/a.html"]);
+        assert_eq!(plan(&site, &keys(&["other/b.html"])), None);
+    }
+
+    #[test]
+    fn in_progress_limits_make_a_batch_wait() {
+        let one = Invalidation { paths: vec!["/a".into(), "/b/*".into()] };
+        assert!(one.fits(0, 0));
+        assert!(!one.fits(3000, 0), "3,000 file paths in progress at most");
+        assert!(!one.fits(0, 15), "15 wildcards in progress at most");
+        assert!(one.fits(2999, 14));
+    }
+}
