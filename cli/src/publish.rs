@@ -4,11 +4,16 @@
 //!
 //! 1. the publish is recorded (`pending`) before the first write, keyed by the build and
 //!    the state it is published over, so a run that dies part-way and is run again resumes
-//!    the same publish (and ends in one invalidation);
-//! 2. new and changed files, and header changes (copies in place, no bytes sent);
+//!    the same publish (and ends in one invalidation); the stale keys of other runs that
+//!    died part-way are folded into it;
+//! 2. new and changed files, and header changes (copies in place, no bytes sent): assets
+//!    first, HTML last, so no page goes out before what it loads;
 //! 3. deletions, last, so no page links to an asset that is already gone;
 //! 4. the publish is marked `uploaded`, which hands its stale keys to `cdn-invalidate`;
 //! 5. Conveyor's manifest, which makes the next comparison cheap.
+//!
+//! Two different builds published to one site at the same time both end `uploaded`, but the
+//! bucket holds a mix of them: serialise a site's publishes in CI (a concurrency group).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -26,6 +31,8 @@ use sha2::Digest;
 
 /// Files sent at once.
 pub const CONCURRENCY: usize = 8;
+/// S3's limit on one PutObject.
+pub const MAX_FILE_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// What to publish, and how.
 #[derive(Debug, Clone)]
@@ -70,6 +77,20 @@ pub enum PublishFailure {
         "{0} has a `.conveyor/` directory, where Conveyor keeps the site's manifest in the bucket; remove it from the build"
     )]
     Reserved(PathBuf),
+    #[error(
+        "{0} is a link to a directory, which is not followed (its files would be deleted from the site); copy them into the build"
+    )]
+    LinkedDirectory(PathBuf),
+    #[error("{0} holds no file: build the site first (publishing an empty build would delete the whole site)")]
+    Empty(PathBuf),
+    #[error("{path} is {size} bytes, over S3's 5 GB for one upload; nothing was published")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error(
+        "{0} changed while it was being published (S3 received other bytes than were hashed); run the publish again"
+    )]
+    ChangedMeanwhile(String),
+    #[error("an upload stopped unexpectedly: {0}")]
+    Task(String),
     #[error(transparent)]
     Plan(#[from] PublishError),
     #[error(transparent)]
@@ -101,6 +122,8 @@ pub fn scan(site: &Site, dir: &Path) -> Result<Vec<(Desired, PathBuf)>, PublishF
             } else if kind.is_symlink() && !path.exists() {
                 let source = std::io::Error::new(std::io::ErrorKind::NotFound, "a link to nothing");
                 return Err(PublishFailure::Read { path, source });
+            } else if kind.is_symlink() && path.is_dir() {
+                return Err(PublishFailure::LinkedDirectory(path));
             } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
                 let relative = path.strip_prefix(dir).unwrap_or(&path);
                 let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
@@ -109,12 +132,18 @@ pub fn scan(site: &Site, dir: &Path) -> Result<Vec<(Desired, PathBuf)>, PublishF
             }
         }
     }
+    if files.is_empty() {
+        return Err(PublishFailure::Empty(dir.to_owned()));
+    }
     files.sort();
     files
         .into_iter()
         .map(|(site_path, path)| {
             let (sha256, md5, size) =
                 digests(&path).map_err(|source| PublishFailure::Read { path: path.clone(), source })?;
+            if size > MAX_FILE_BYTES {
+                return Err(PublishFailure::TooLarge { path, size });
+            }
             let desired = Desired {
                 key: publish::key_of(site, &site_path),
                 headers: publish::headers_for(site, &site_path),
@@ -158,43 +187,88 @@ pub async fn publish(
     let desired: Vec<Desired> = files.iter().map(|(d, _)| d.clone()).collect();
     let (remote, listing_pages) = bucket.list(&site.prefix).await?;
     let manifest_key = publish::key_of(site, MANIFEST_KEY);
-    let manifest = bucket.manifest(&manifest_key).await?;
+    let mut manifest = bucket.manifest(&manifest_key).await?;
+    manifest.written_at = remote.iter().find(|r| r.key == manifest_key).map(|r| r.last_modified);
     let max_delete = request.max_delete.unwrap_or(site.max_delete);
     let plan = publish::plan(site, &desired, &remote, &manifest, max_delete, &request.dir.display().to_string())?;
     let mut summary = summarize(site, &plan, listing_pages, request.dry_run);
-    if request.dry_run || plan.is_empty() {
+    if request.dry_run {
         return Ok(summary);
     }
-
     let id = publish::publish_id(site, &manifest, &desired);
+    if plan.is_empty() {
+        // Nothing to write, but a run of this publish may have died after its last write and
+        // before marking it: mark it now, or its stale keys are never invalidated.
+        return match table.publish(&site.name, &id).await? {
+            Some(record) if record.state == PublishState::Pending => {
+                let invalidation = finish(table, bucket, site, record, &desired, &remote, &BTreeMap::new()).await?;
+                Ok(Summary { publish: Some(id), resumed: true, invalidation, ..summary })
+            }
+            _ => Ok(summary),
+        };
+    }
+
     let mut record = PublishRecord::new(site, &id, &plan, &request.triggered_by, now);
-    let mut finished = false;
+    let paths: BTreeMap<&str, &Path> = files.iter().map(|(d, path)| (d.key.as_str(), path.as_path())).collect();
     if table.open_publish(&record).await? == Put::AlreadyExists {
-        // Run before: resume it (its record keeps the first run's stale keys), or, when it
-        // got as far as `uploaded`, only put the objects right again.
-        if let Some(mut earlier) = table.publish(&site.name, &id).await? {
-            finished = earlier.state != PublishState::Pending;
-            earlier.add_stale(plan.stale_keys());
-            record = earlier;
-        }
         summary.resumed = true;
+        match table.publish(&site.name, &id).await? {
+            // It got as far as `uploaded`: only put the objects right again.
+            Some(earlier) if earlier.state != PublishState::Pending => {
+                let etags = write(bucket, &plan, &paths, &progress).await?;
+                bucket.delete(&plan.deletes).await?;
+                let next = publish::next_manifest(&desired, &remote, &etags, Some(&id));
+                bucket.put_manifest(&manifest_key, &next).await?;
+                return Ok(Summary { publish: Some(id), invalidation: invalidation_of(site, &earlier), ..summary });
+            }
+            // Resumed: its record keeps the first run's stale keys.
+            Some(mut earlier) => {
+                earlier.add_stale(plan.stale_keys());
+                record = earlier;
+            }
+            None => {}
+        }
     }
     summary.publish = Some(id);
-
-    let paths: BTreeMap<&str, &Path> = files.iter().map(|(d, path)| (d.key.as_str(), path.as_path())).collect();
     let etags = write(bucket, &plan, &paths, &progress).await?;
     bucket.delete(&plan.deletes).await?;
-    if !finished {
-        // Rejected: another run of the same publish marked it first; that is the same end.
-        table.finish_upload(&record, now).await?;
-    }
-    summary.invalidation = if record.whole_site {
-        vec!["/*".into()]
-    } else {
-        invalidation::plan(site, &record.stale_keys).map(|i| i.paths).unwrap_or_default()
-    };
-    bucket.put_manifest(&manifest_key, &publish::next_manifest(&desired, &remote, &etags)).await?;
+    summary.invalidation = finish(table, bucket, site, record, &desired, &remote, &etags).await?;
     Ok(summary)
+}
+
+/// Marks `record` uploaded, with the stale keys of the site's other publishes that died
+/// part-way folded in, then writes the manifest. Answers the invalidation's paths.
+async fn finish(
+    table: &Table,
+    bucket: &SiteBucket,
+    site: &Site,
+    mut record: PublishRecord,
+    desired: &[Desired],
+    remote: &[publish::Remote],
+    etags: &BTreeMap<String, String>,
+) -> Result<Vec<String>, PublishFailure> {
+    let now = conveyor_shared::unix_now();
+    let pending = table.pending_publishes(&site.name).await?;
+    let others: Vec<PublishRecord> = pending.into_iter().filter(|other| other.id != record.id).collect();
+    for other in &others {
+        record.whole_site |= other.whole_site;
+        record.add_stale(other.stale_keys.iter().cloned());
+    }
+    // Rejected: another run of the same publish marked it first; that is the same end.
+    table.finish_upload(&record, now).await?;
+    for other in &others {
+        table.supersede_publish(other, &record.id, now).await?;
+    }
+    let next = publish::next_manifest(desired, remote, etags, Some(&record.id));
+    bucket.put_manifest(&publish::key_of(site, MANIFEST_KEY), &next).await?;
+    Ok(invalidation_of(site, &record))
+}
+
+fn invalidation_of(site: &Site, record: &PublishRecord) -> Vec<String> {
+    if record.whole_site {
+        return vec!["/*".into()];
+    }
+    invalidation::plan(site, &record.stale_keys).map(|i| i.paths).unwrap_or_default()
 }
 
 fn summarize(site: &Site, plan: &Plan, listing_pages: usize, dry_run: bool) -> Summary {
@@ -216,45 +290,53 @@ fn summarize(site: &Site, plan: &Plan, listing_pages: usize, dry_run: bool) -> S
     }
 }
 
-/// Sends the plan's uploads and header changes, [`CONCURRENCY`] at a time; answers each
-/// key's new ETag. The first failure stops the publish (what was written stays: a new run
-/// finds it in place).
+/// Sends the plan's uploads and header changes, [`CONCURRENCY`] at a time, HTML after
+/// everything else; answers each key's new ETag. The first failure stops the publish (what
+/// was written stays: a new run finds it in place).
 async fn write(
     bucket: &SiteBucket,
     plan: &Plan,
     paths: &BTreeMap<&str, &Path>,
     progress: &impl Fn(usize, usize),
 ) -> Result<BTreeMap<String, String>, PublishFailure> {
+    let is_page = |file: &Desired| file.headers.content_type.starts_with("text/html");
+    let (pages, assets): (Vec<_>, Vec<_>) = plan.uploads.iter().partition(|(file, _)| is_page(file));
     let total = plan.uploads.len();
     let mut etags = BTreeMap::new();
-    let mut running = tokio::task::JoinSet::new();
-    let mut queue = plan.uploads.iter();
-    loop {
-        while running.len() < CONCURRENCY {
-            let Some((file, reason)) = queue.next() else { break };
-            let (bucket, file, reason) = (bucket.clone(), file.clone(), *reason);
-            let path = paths.get(file.key.as_str()).map(|p| p.to_path_buf()).unwrap_or_default();
-            running.spawn(async move {
-                let etag = match reason {
-                    Reason::Headers => bucket.rewrite_headers(&file.key, &file.headers, &file.sha256).await,
-                    Reason::New | Reason::Content => bucket.upload(&file.key, &path, &file.headers, &file.sha256).await,
-                };
-                etag.map(|etag| (file.key, etag))
-            });
-        }
-        let Some(done) = running.join_next().await else { return Ok(etags) };
-        match done {
-            Ok(Ok((key, etag))) => {
-                etags.insert(key, etag);
-                progress(etags.len(), total);
+    for phase in [assets, pages] {
+        let mut running = tokio::task::JoinSet::new();
+        let mut queue = phase.into_iter();
+        loop {
+            while running.len() < CONCURRENCY {
+                let Some((file, reason)) = queue.next() else { break };
+                let (bucket, file, reason) = (bucket.clone(), file.clone(), *reason);
+                let path = paths.get(file.key.as_str()).map(|p| p.to_path_buf()).unwrap_or_default();
+                running.spawn(async move { send(&bucket, file, reason, &path).await });
             }
-            Ok(Err(err)) => return Err(err.into()),
-            Err(join) => {
-                return Err(PublishFailure::Read {
-                    path: PathBuf::from("(upload task)"),
-                    source: std::io::Error::other(join),
-                });
-            }
+            let Some(done) = running.join_next().await else { break };
+            let (key, etag) = done.map_err(|join| PublishFailure::Task(join.to_string()))??;
+            etags.insert(key, etag);
+            progress(etags.len(), total);
         }
     }
+    Ok(etags)
+}
+
+async fn send(
+    bucket: &SiteBucket,
+    file: Desired,
+    reason: Reason,
+    path: &Path,
+) -> Result<(String, String), PublishFailure> {
+    let etag = match reason {
+        Reason::Headers => bucket.rewrite_headers(&file.key, &file.headers, &file.sha256).await?,
+        Reason::New | Reason::Content => bucket.upload(&file.key, path, &file.headers, &file.sha256).await?,
+    };
+    // A one-part upload without KMS answers the MD5 of what S3 received: other bytes than
+    // were hashed mean the file changed meanwhile, and the manifest must not record them.
+    let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
+    if reason != Reason::Headers && plain_md5 && etag != file.md5 {
+        return Err(PublishFailure::ChangedMeanwhile(file.key));
+    }
+    Ok((file.key, etag))
 }

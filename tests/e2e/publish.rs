@@ -55,13 +55,14 @@ impl Fixture {
         dry_run: bool,
         max_delete: Option<usize>,
     ) -> Result<Summary, PublishFailure> {
+        // Through `endpoint` (a fault proxy), S3 and the table both.
         let sdk = match endpoint {
             Some(endpoint) => sdk_at(endpoint).await,
             None => sdk().await,
         };
-        let bucket = SiteBucket::new(&sdk, &site.bucket);
+        let (bucket, table) = (SiteBucket::new(&sdk, &site.bucket), Table::from_sdk(&sdk, self.table.name()));
         let request = Publish { site, dir: self.dir.path(), dry_run, max_delete, triggered_by: "test".into() };
-        publish::publish(&self.table, &bucket, &request, 1_700_000_000, |_, _| {}).await
+        publish::publish(&table, &bucket, &request, 1_700_000_000, |_, _| {}).await
     }
 
     async fn publish(&self) -> Summary {
@@ -285,6 +286,103 @@ async fn the_same_publish_run_twice_at_once_is_one_publish() {
     assert_eq!(fixture.keys().await.len(), 6);
 }
 
+#[tokio::test]
+async fn a_build_published_again_after_another_is_a_new_publish_with_its_stale_keys() {
+    let fixture = Fixture::new().await;
+    let mut ids = Vec::new();
+    for content in ["a", "b", "a", "b"] {
+        fixture.write("index.html", content);
+        ids.push(fixture.publish().await.publish.expect("a publish"));
+    }
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "{ids:?}");
+    let records = fixture.publishes().await;
+    assert!(records.iter().all(|r| r.state == PublishState::Uploaded), "{records:?}");
+    let last = fixture.table.publish("web", &ids[3]).await.unwrap().unwrap();
+    assert_eq!(last.stale_keys, ["index.html"]);
+}
+
+#[tokio::test]
+async fn a_publish_that_dies_after_its_deletions_is_marked_by_the_next_run() {
+    let fixture = Fixture::new().await;
+    small_site(&fixture);
+    fixture.publish().await;
+    fixture.remove("notes.txt");
+    // The table refuses the mark (`uploaded`): the run dies after its deletions.
+    let marks = |seen: &conveyor_e2e::Seen<'_>| seen.dynamodb_operation() == Some("UpdateItem");
+    let proxy = FaultProxy::start(marks, u32::MAX, Fault::dynamodb("AccessDeniedException", "not allowed")).await;
+    let died = fixture.publish_with(&fixture.site(), Some(&proxy.url()), false, None).await.unwrap_err();
+    assert!(matches!(died, PublishFailure::Store(_)), "{died}");
+    assert!(!fixture.keys().await.contains(&"notes.txt".to_string()), "deleted before the run died");
+
+    // Nothing is left to write, but the publish is still pending: the next run marks it.
+    let next = fixture.publish().await;
+    assert!(next.resumed && next.uploaded.is_empty() && next.deleted.is_empty(), "{next:?}");
+    assert_eq!(next.invalidation, ["/notes.txt"]);
+    let record = fixture.table.publish("web", next.publish.as_deref().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.stale_keys.as_slice()),
+        (PublishState::Uploaded, ["notes.txt".to_string()].as_slice())
+    );
+    assert!(fixture.publish().await.publish.is_none(), "and then nothing is left");
+}
+
+#[tokio::test]
+async fn a_publish_abandoned_part_way_is_folded_into_the_next_build() {
+    let fixture = Fixture::new().await;
+    small_site(&fixture);
+    fixture.publish().await;
+    fixture.write("notes.txt", "v2");
+    fixture.write("favicon.ico", "v2");
+    let puts = |seen: &conveyor_e2e::Seen<'_>| seen.method == hyper::Method::PUT && !seen.path.contains(".conveyor");
+    let proxy = FaultProxy::start(puts, u32::MAX, Fault::s3_forbidden()).await;
+    fixture.publish_with(&fixture.site(), Some(&proxy.url()), false, None).await.unwrap_err();
+    let abandoned = fixture.publishes().await.into_iter().find(|r| r.state == PublishState::Pending).unwrap();
+    assert_eq!(abandoned.stale_keys, ["favicon.ico", "notes.txt"]);
+
+    // Another build is published instead (notes.txt back as it was): a new publish, which
+    // carries the abandoned one's stale keys, since a viewer may hold either.
+    fixture.write("notes.txt", "notes");
+    fixture.write("favicon.ico", "v3");
+    let next = fixture.publish().await;
+    assert_ne!(next.publish.as_deref(), Some(abandoned.id.as_str()));
+    let record = fixture.table.publish("web", next.publish.as_deref().unwrap()).await.unwrap().unwrap();
+    assert_eq!(record.stale_keys, ["favicon.ico", "notes.txt"]);
+    let folded = fixture.table.publish("web", &abandoned.id).await.unwrap().unwrap();
+    assert_eq!(folded.state, PublishState::Superseded);
+}
+
+#[tokio::test]
+async fn headers_changed_behind_conveyors_back_are_put_right() {
+    let fixture = Fixture::new().await;
+    small_site(&fixture);
+    fixture.publish().await;
+    // S3 keeps times to the second: the hand-made change must come after the manifest's.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let etag = |fixture: &Fixture| {
+        let request = fixture.s3.head_object().bucket(&fixture.bucket).key("index.html").send();
+        async move { request.await.unwrap().e_tag().map(str::to_owned) }
+    };
+    let before = etag(&fixture).await;
+    fixture
+        .s3
+        .copy_object()
+        .bucket(&fixture.bucket)
+        .key("index.html")
+        .copy_source(format!("{}/index.html", fixture.bucket))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .content_type("text/html")
+        .cache_control("public, max-age=86400")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&fixture).await, before, "same bytes, same ETag: only the time tells");
+    let fixed = fixture.publish().await;
+    assert_eq!(fixed.headers_updated, ["index.html"], "{fixed:?}");
+    let (content_type, cache_control, _, _) = fixture.object("index.html").await;
+    assert_eq!((content_type.as_str(), cache_control.as_str()), ("text/html; charset=utf-8", "no-cache"));
+}
+
 #[test]
 fn a_file_that_cannot_be_read_stops_the_publish_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,4 +393,13 @@ fn a_file_that_cannot_be_read_stops_the_publish_before_anything_is_written() {
     assert!(err.to_string().contains("style.css") && err.to_string().contains("nothing was published"), "{err}");
     let missing = publish::scan(&site, Path::new("/nonexistent/dist")).unwrap_err();
     assert!(missing.to_string().contains("is not a directory"), "{missing}");
+
+    let linked = tempfile::tempdir().unwrap();
+    std::fs::write(linked.path().join("index.html"), "x").unwrap();
+    std::os::unix::fs::symlink(dir.path(), linked.path().join("docs")).unwrap();
+    let err = publish::scan(&site, linked.path()).unwrap_err();
+    assert!(err.to_string().contains("link to a directory"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let err = publish::scan(&site, empty.path()).unwrap_err();
+    assert!(err.to_string().contains("holds no file"), "{err}");
 }

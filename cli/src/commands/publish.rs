@@ -46,7 +46,7 @@ impl PublishArgs {
             )
         })?;
         let (_, table) = aws.table().await;
-        let bucket = SiteBucket::new(&aws.sdk().await, &site.bucket);
+        let bucket = SiteBucket::for_site(&aws.sdk().await, site);
         let request = Publish {
             site,
             dir: &self.dir,

@@ -504,17 +504,28 @@ impl Config {
                 targets.push((&target.name, &target.region));
             }
         }
-        let mut seen: Vec<&str> = Vec::new();
-        for site in &raw.site {
-            let problem = if seen.contains(&site.get_ref().name.as_str()) {
-                Some(format!("site `{}` is defined twice", site.get_ref().name))
+        let mut seen: Vec<&Site> = Vec::new();
+        for spanned in &raw.site {
+            let site = spanned.get_ref();
+            // One site's deletions must never reach another's objects.
+            let overlapping = seen.iter().find(|other| {
+                other.bucket == site.bucket
+                    && (other.prefix.starts_with(&site.prefix) || site.prefix.starts_with(&other.prefix))
+            });
+            let problem = if seen.iter().any(|other| other.name == site.name) {
+                Some(format!("site `{}` is defined twice", site.name))
+            } else if let Some(other) = overlapping {
+                Some(format!(
+                    "sites `{}` and `{}` share bucket {} with overlapping prefixes (`{}`, `{}`): a publish of one would delete the other's files; give each its own prefix",
+                    other.name, site.name, site.bucket, other.prefix, site.prefix
+                ))
             } else {
-                site.get_ref().check().err()
+                site.check().err()
             };
             if let Some(problem) = problem {
-                return Err(ConfigError::at(text, origin, site.span().start, &problem));
+                return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
             }
-            seen.push(&site.get_ref().name);
+            seen.push(site);
         }
         Ok(Config {
             environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect(),

@@ -13,6 +13,9 @@ pub struct Site {
     pub bucket: String,
     #[serde(deserialize_with = "distribution_id")]
     pub distribution: String,
+    /// The bucket's region, when it is not the one Conveyor runs in.
+    #[serde(default)]
+    pub region: Option<String>,
     /// Where in the bucket the site lives (`""`: the bucket's root; else ends with `/`).
     #[serde(default, deserialize_with = "key_prefix")]
     pub prefix: String,
@@ -167,12 +170,17 @@ impl Site {
         if let Err(problem) = check_header_value(&self.default_cache_control) {
             return Err(format!("site `{}`: default_cache_control: {problem}", self.name));
         }
+        if let Some(region) = &self.region
+            && !valid_region(region)
+        {
+            return Err(format!("site `{}`: `{region}` is not an AWS region (like us-east-1)", self.name));
+        }
         for (extension, content_type) in &self.content_types {
-            if extension.starts_with('.') || content_type.trim().is_empty() || !content_type.contains('/') {
+            let lower = extension.trim_start_matches('.').to_ascii_lowercase();
+            if *extension != lower || check_header_value(content_type).is_err() || !content_type.contains('/') {
                 return Err(format!(
-                    "site `{}`: content_types: write `{}` = \"type/subtype\" (the extension without its dot)",
+                    "site `{}`: content_types: write `{lower}` = \"type/subtype\" (the extension in lower case, without its dot)",
                     self.name,
-                    extension.trim_start_matches('.')
                 ));
             }
         }

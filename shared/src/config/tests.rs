@@ -233,6 +233,16 @@ fn sites_are_checked_where_they_are_written() {
     assert!(problem(site("invalidation_budget = 0\n")).contains("invalidation_budget must be from 1 to 3000"));
     assert!(problem(site("origin_path = \"a/\"\nprefix = \"b/\"\n")).contains("must be the start of prefix"));
     assert!(problem(site("[site.content_types]\n\".js\" = \"text/javascript\"\n")).contains("without its dot"));
+    assert!(problem(site("[site.content_types]\nSVG = \"image/svg+xml\"\n")).contains("in lower case"));
+    assert!(problem(site("region = \"europe\"\n")).contains("not an AWS region"));
+    let shared = |a: &str, b: &str| {
+        parse(&format!(
+            "[[site]]\nname = \"a\"\nbucket = \"one\"\ndistribution = \"E2QWRUHEXAMPLE\"\nprefix = \"{a}\"\n[[site]]\nname = \"b\"\nbucket = \"one\"\ndistribution = \"E2QWRUHEXAMPLF\"\nprefix = \"{b}\"\n"
+        ))
+    };
+    assert!(problem(shared("", "docs/")).contains("overlapping prefixes"));
+    assert!(problem(shared("app/", "app/v2/")).contains("overlapping prefixes"));
+    assert_eq!(shared("app/", "docs/").unwrap().sites.len(), 2);
     let twice = problem(parse(
         "[[site]]\nname = \"web\"\nbucket = \"a-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n[[site]]\nname = \"web\"\nbucket = \"b-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n",
     ));

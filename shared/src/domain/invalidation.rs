@@ -21,10 +21,10 @@ pub const MAX_WILDCARDS: usize = 5;
 /// CloudFront's limit on one path.
 pub const MAX_PATH_CHARS: usize = 4000;
 
-/// RFC 1738's unsafe characters, and `?` (it would start a query) and `*` (a wildcard
-/// anywhere else): what a browser sends percent-encoded, so what the invalidation must
-/// name that way. Non-ASCII is always encoded. `+`, `&`, `=`, `~` and the like travel as
-/// they are in a path.
+/// What a browser sends percent-encoded in a path, so what the invalidation must name that
+/// way: RFC 1738's unsafe characters except `~` (RFC 3986 made it unreserved, and browsers
+/// send it as it is), and `?`, which would start a query. Non-ASCII is always encoded; `+`,
+/// `&`, `=` and the like travel as they are. (`*` never reaches it: see [`plan`].)
 const UNSAFE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
@@ -40,8 +40,7 @@ const UNSAFE: &AsciiSet = &CONTROLS
     .add(b'`')
     .add(b'{')
     .add(b'|')
-    .add(b'}')
-    .add(b'*');
+    .add(b'}');
 
 /// The paths of one invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +81,12 @@ pub fn plan(site: &Site, keys: &[String]) -> Option<Invalidation> {
     for key in keys {
         // Keys outside the origin path are not served by this distribution.
         let Some(served) = key.strip_prefix(&site.origin_path) else { continue };
+        // CloudFront takes `*` only as a wildcard at the end: a key with a star is covered
+        // by the wildcard cut there.
+        if let Some((before, _)) = served.split_once('*') {
+            paths.insert(format!("{}*", url_path(before)));
+            continue;
+        }
         paths.insert(url_path(served));
         let (dir, file) = served.rsplit_once('/').map_or(("", served), |(dir, file)| (dir, file));
         if !site.index_document.is_empty() && file == site.index_document {
@@ -160,8 +165,16 @@ mod tests {
         assert_eq!(url_path("100%.txt"), "/100%25.txt");
         assert_eq!(url_path("café/menü.html"), "/caf%C3%A9/men%C3%BC.html");
         assert_eq!(url_path("c++/a+b.txt"), "/c++/a+b.txt");
-        assert_eq!(url_path("star*.txt"), "/star%2A.txt", "a literal star is no wildcard");
+        assert_eq!(url_path("~user/a.txt"), "/~user/a.txt");
         assert_eq!(url_path("assets/app.3f2a.js"), "/assets/app.3f2a.js");
+    }
+
+    #[test]
+    fn a_key_with_a_star_is_covered_by_a_wildcard_cut_there() {
+        let site = site("");
+        let invalidation = plan(&site, &keys(&["a b/star*.txt"])).unwrap();
+        assert_eq!(invalidation.paths, ["/a%20b/star*"]);
+        assert_eq!(invalidation.wildcards(), 1);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Content is compared by SHA-256. The bucket's listing gives each object's ETag, which is
 //! an MD5 of the content only for single-part objects without KMS; so Conveyor keeps a
 //! manifest of what it wrote (SHA-256, headers and the ETag S3 answered) and trusts an entry
-//! only while the object's ETag is still the one recorded. An object changed behind
+//! only while the object still has the ETag recorded and was not written after the manifest
+//! (a header change out of band keeps the ETag, not the time). An object changed behind
 //! Conveyor's back, or never written by it, falls back to its ETag as MD5; when that matches,
 //! its headers are unknown, so they are written again in place (a copy, no bytes sent).
 
@@ -47,6 +48,8 @@ pub struct Remote {
     /// Without its quotes.
     pub etag: String,
     pub size: u64,
+    /// When S3 last wrote it, in milliseconds since the epoch (S3's clock).
+    pub last_modified: i64,
 }
 
 /// What Conveyor wrote for one key.
@@ -60,7 +63,15 @@ pub struct Recorded {
 /// Every object of the site Conveyor wrote, as of its last publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The publish that wrote it: each publish's id chains to the one before, so publishing a
+    /// build that was published before (a roll back, then forward again) is a new publish.
+    #[serde(default)]
+    pub publish: Option<String>,
     pub objects: BTreeMap<String, Recorded>,
+    /// When S3 wrote the manifest (its listing's time): an object written after it was
+    /// changed behind Conveyor's back. `None` trusts no entry.
+    #[serde(skip)]
+    pub written_at: Option<i64>,
 }
 
 /// Why a file is sent.
@@ -120,6 +131,9 @@ pub enum PublishState {
     Pending,
     /// Every object is in place; the stale keys wait for their invalidation.
     Uploaded,
+    /// Given up part-way (the run died) and folded into a later publish, which carries its
+    /// stale keys.
+    Superseded,
 }
 
 impl PublishState {
@@ -127,13 +141,16 @@ impl PublishState {
         match self {
             PublishState::Pending => "pending",
             PublishState::Uploaded => "uploaded",
+            PublishState::Superseded => "superseded",
         }
     }
 }
 
-/// Above this many stale keys a publish records `whole_site` instead of the keys: the list
-/// would crowd the item (400 KB at most), and no budget keeps that many paths anyway.
+/// Above this many stale keys, or this many bytes of them, a publish records `whole_site`
+/// instead of the keys: the list would crowd the item (400 KB at most), and no budget keeps
+/// that many paths anyway.
 pub const MAX_RECORDED_KEYS: usize = 2000;
+pub const MAX_RECORDED_KEY_BYTES: usize = 200 * 1024;
 
 /// A publish as the table records it (`SITE#<site>` / `PUBLISH#<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +203,7 @@ impl PublishRecord {
             return;
         }
         let all: BTreeSet<String> = self.stale_keys.drain(..).chain(keys).collect();
-        if all.len() > MAX_RECORDED_KEYS {
+        if all.len() > MAX_RECORDED_KEYS || all.iter().map(String::len).sum::<usize>() > MAX_RECORDED_KEY_BYTES {
             self.whole_site = true;
         } else {
             self.stale_keys = all.into_iter().collect();
@@ -202,7 +219,8 @@ pub fn key_of(site: &Site, path: &str) -> String {
 /// The headers a path is served with: its content type by extension (the site's own types
 /// first) and the first cache rule that matches it.
 pub fn headers_for(site: &Site, path: &str) -> Headers {
-    let extension = path.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).unwrap_or_default();
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let extension = name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).unwrap_or_default();
     let content_type =
         site.content_types.get(&extension).cloned().unwrap_or_else(|| content_type_of(&extension).to_owned());
     Headers { content_type, cache_control: site.cache_control(path).to_owned(), content_encoding: None }
@@ -257,7 +275,10 @@ pub fn plan(
     for file in desired {
         let reason = match remote.get(file.key.as_str()) {
             None => Some(Reason::New),
-            Some(object) => compare(file, object, manifest.objects.get(&file.key)),
+            Some(object) => {
+                let written_since = manifest.written_at.is_none_or(|at| object.last_modified > at);
+                compare(file, object, manifest.objects.get(&file.key).filter(|_| !written_since))
+            }
         };
         match reason {
             Some(reason) => plan.uploads.push((file.clone(), reason)),
@@ -280,7 +301,7 @@ pub fn plan(
 fn compare(file: &Desired, object: &Remote, recorded: Option<&Recorded>) -> Option<Reason> {
     match recorded {
         // The object is as Conveyor wrote it: the manifest knows its content and headers.
-        Some(recorded) if recorded.etag == object.etag => {
+        Some(recorded) if !object.etag.is_empty() && recorded.etag == object.etag => {
             if recorded.sha256 != file.sha256 {
                 Some(Reason::Content)
             } else if recorded.headers != file.headers {
@@ -303,7 +324,12 @@ fn is_plain_md5(etag: &str) -> bool {
 /// The manifest after a publish: each desired key with the ETag the bucket now holds.
 /// `etags` are those S3 answered to this publish's writes; an object left as it was keeps
 /// its listed ETag.
-pub fn next_manifest(desired: &[Desired], remote: &[Remote], etags: &BTreeMap<String, String>) -> Manifest {
+pub fn next_manifest(
+    desired: &[Desired],
+    remote: &[Remote],
+    etags: &BTreeMap<String, String>,
+    publish: Option<&str>,
+) -> Manifest {
     let listed: BTreeMap<&str, &str> = remote.iter().map(|r| (r.key.as_str(), r.etag.as_str())).collect();
     let objects = desired
         .iter()
@@ -315,15 +341,17 @@ pub fn next_manifest(desired: &[Desired], remote: &[Remote], etags: &BTreeMap<St
             ))
         })
         .collect();
-    Manifest { objects }
+    Manifest { publish: publish.map(str::to_owned), objects, written_at: None }
 }
 
 /// A publish's id: the same build published over the same recorded state is the same
 /// publish, so running it again (after a crash, say) resumes it instead of starting another.
 pub fn publish_id(site: &Site, manifest: &Manifest, desired: &[Desired]) -> String {
     let mut hash = Sha256::new();
-    hash.update(site.name.as_bytes());
-    hash.update([0]);
+    for part in [site.name.as_str(), manifest.publish.as_deref().unwrap_or("")] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
     for (key, recorded) in &manifest.objects {
         for part in [key.as_str(), &recorded.sha256, &recorded.etag, &headers_line(&recorded.headers)] {
             hash.update(part.as_bytes());
@@ -377,9 +405,15 @@ mod tests {
     fn published(files: &[Desired]) -> (Vec<Remote>, Manifest) {
         let remote: Vec<Remote> = files
             .iter()
-            .map(|f| Remote { key: f.key.clone(), etag: format!("etag-{}", &f.sha256[..8]), size: f.size })
+            .map(|f| Remote {
+                key: f.key.clone(),
+                etag: format!("etag-{}", &f.sha256[..8]),
+                size: f.size,
+                last_modified: 1_000,
+            })
             .collect();
-        let manifest = next_manifest(files, &remote, &BTreeMap::new());
+        let mut manifest = next_manifest(files, &remote, &BTreeMap::new(), Some("earlier"));
+        manifest.written_at = Some(2_000);
         (remote, manifest)
     }
 
@@ -393,6 +427,7 @@ mod tests {
         assert_eq!(headers_for(&site, "favicon.ico").cache_control, "public, max-age=300");
         assert_eq!(headers_for(&site, "index.html").content_type, "text/html; charset=utf-8");
         assert_eq!(headers_for(&site, "LICENSE").content_type, "application/octet-stream");
+        assert_eq!(headers_for(&site, "v1.2/LICENSE").content_type, "application/octet-stream", "the name's extension");
     }
 
     #[test]
@@ -472,12 +507,65 @@ mod tests {
         let site = site("prefix = \"www/\"\n");
         let before: Vec<Desired> = (0..5).map(|i| file(&site, &format!("p{i}.html"), "x")).collect();
         let (mut remote, manifest) = published(&before);
-        remote.push(Remote { key: "www/.conveyor/manifest.json".into(), etag: "m".into(), size: 1 });
+        remote.push(Remote {
+            key: "www/.conveyor/manifest.json".into(),
+            etag: "m".into(),
+            size: 1,
+            last_modified: 2_000,
+        });
         let after = vec![file(&site, "p0.html", "x")];
         let err = plan(&site, &after, &remote, &manifest, 3, "dist").unwrap_err();
         assert_eq!(err, PublishError::TooManyDeletes { count: 4, limit: 3, dir: "dist".into() });
         assert!(err.to_string().contains("--max-delete 4"), "{err}");
         let allowed = plan(&site, &after, &remote, &manifest, 4, "dist").unwrap();
         assert_eq!(allowed.deletes, ["www/p1.html", "www/p2.html", "www/p3.html", "www/p4.html"]);
+    }
+
+    #[test]
+    fn an_object_rewritten_after_the_manifest_is_not_trusted_to_it() {
+        let site = site("");
+        let md5 = "0123456789abcdef0123456789abcdef";
+        let files = vec![Desired { md5: md5.into(), ..file(&site, "a.txt", "same") }];
+        let (mut remote, manifest) = published(&files);
+        remote[0].etag = md5.into();
+        let mut recorded = manifest.clone();
+        recorded.objects.get_mut("a.txt").unwrap().etag = md5.into();
+        assert!(plan(&site, &files, &remote, &recorded, 256, "dist").unwrap().is_empty());
+        // Its headers were changed by hand after the manifest: same bytes, same ETag, later.
+        remote[0].last_modified = 3_000;
+        let plan = plan(&site, &files, &remote, &recorded, 256, "dist").unwrap();
+        assert_eq!(plan.uploads.iter().map(|(_, r)| *r).collect::<Vec<_>>(), [Reason::Headers]);
+        // An empty ETag is never a match.
+        let blank = Remote { etag: String::new(), ..remote[0].clone() };
+        let blank_record = Recorded { etag: String::new(), ..recorded.objects["a.txt"].clone() };
+        assert_eq!(compare(&files[0], &blank, Some(&blank_record)), Some(Reason::Content));
+    }
+
+    #[test]
+    fn publishing_a_build_again_after_another_is_a_new_publish() {
+        let site = site("");
+        let a = vec![file(&site, "index.html", "a")];
+        let b = vec![file(&site, "index.html", "b")];
+        let mut ids = Vec::new();
+        let mut manifest = Manifest::default();
+        for build in [&a, &b, &a, &b] {
+            let id = publish_id(&site, &manifest, build);
+            let (remote, _) = published(build);
+            manifest = next_manifest(build, &remote, &BTreeMap::new(), Some(&id));
+            ids.push(id);
+        }
+        let distinct: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 4, "A, B, A, B: four publishes: {ids:?}");
+    }
+
+    #[test]
+    fn too_many_or_too_long_stale_keys_make_the_whole_site_stale() {
+        let site = site("");
+        let plan = Plan::default();
+        let mut record = PublishRecord::new(&site, "id", &plan, "test", 0);
+        record.add_stale((0..10).map(|i| format!("k{i}")));
+        assert_eq!((record.stale_keys.len(), record.whole_site), (10, false));
+        record.add_stale((0..300).map(|i| format!("{i}-{}", "x".repeat(1000))));
+        assert!(record.whole_site && record.stale_keys.is_empty(), "300 keys of 1 KB are over 200 KB");
     }
 }

@@ -29,6 +29,15 @@ impl SiteBucket {
         Self::from_conf(aws_sdk_s3::config::Builder::from(sdk).build(), bucket)
     }
 
+    /// The bucket of `site`, in the site's region when it names one.
+    pub fn for_site(sdk: &SdkConfig, site: &crate::config::Site) -> Self {
+        let mut config = aws_sdk_s3::config::Builder::from(sdk);
+        if let Some(region) = &site.region {
+            config = config.region(aws_sdk_s3::config::Region::new(region.clone()));
+        }
+        Self::from_conf(config.build(), &site.bucket)
+    }
+
     pub fn from_conf(config: aws_sdk_s3::Config, bucket: &str) -> Self {
         // Path-style addressing works with every endpoint, the local emulator's included.
         let config = config.to_builder().force_path_style(true).build();
@@ -65,6 +74,7 @@ impl SiteBucket {
                     key: key.to_owned(),
                     etag: object.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
                     size: object.size().unwrap_or_default().max(0) as u64,
+                    last_modified: object.last_modified().and_then(|at| at.to_millis().ok()).unwrap_or(i64::MAX),
                 });
             }
             match page.next_continuation_token() {

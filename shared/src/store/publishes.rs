@@ -44,4 +44,30 @@ impl Table {
         .set("uploaded_at", n(now));
         self.apply(change).await
     }
+
+    /// The site's publishes still `pending`: runs that died part-way, or that run right now.
+    pub async fn pending_publishes(&self, site: &str) -> Result<Vec<PublishRecord>, StoreError> {
+        let items = self.partition(&format!("SITE#{site}"), "PUBLISH#", None, false).await?;
+        let records: Vec<PublishRecord> =
+            items.into_iter().map(|item| decode("publish", item)).collect::<Result<_, _>>()?;
+        Ok(records.into_iter().filter(|r| r.state == PublishState::Pending).collect())
+    }
+
+    /// Marks a pending publish as folded into publish `by`, which carries its stale keys.
+    pub async fn supersede_publish(
+        &self,
+        earlier: &PublishRecord,
+        by: &str,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        let change = Conditional::transition(
+            Key::publish(&earlier.site, &earlier.id),
+            PublishState::Pending,
+            PublishState::Superseded,
+            &format!("folded into publish {by}"),
+            now,
+        )
+        .set("superseded_by", s(by));
+        self.apply(change).await
+    }
 }
