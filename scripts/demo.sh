@@ -25,7 +25,28 @@ fleet_py="$root/.venv/moto/bin/python $root/scripts/demo_fleet.py"
 work=$(mktemp -d)
 pids=()
 
-"$conveyor" dev --listen "127.0.0.1:$port" --config events/conveyor.dev.toml &
+# The site `make run` publishes: a bucket and a distribution in the emulator, named in a copy
+# of the dev configuration (the emulator picks the distribution's id).
+distribution=$("$root/.venv/moto/bin/python" - <<'PY'
+import uuid
+import boto3
+boto3.client("s3").create_bucket(Bucket="acme-frontend")
+origin = {"Id": "site", "DomainName": "acme-frontend.s3.amazonaws.com", "S3OriginConfig": {"OriginAccessIdentity": ""}}
+created = boto3.client("cloudfront").create_distribution(DistributionConfig={
+    "CallerReference": str(uuid.uuid4()),
+    "Origins": {"Quantity": 1, "Items": [origin]},
+    "DefaultCacheBehavior": {"TargetOriginId": "site", "ViewerProtocolPolicy": "allow-all"},
+    "Comment": "make run",
+    "Enabled": True,
+})
+print(created["Distribution"]["Id"])
+PY
+)
+config="$work/conveyor.toml"
+cp events/conveyor.dev.toml "$config"
+printf '\n[[site]]\nname = "frontend"\nbucket = "acme-frontend"\ndistribution = "%s"\n' "$distribution" >> "$config"
+
+"$conveyor" dev --listen "127.0.0.1:$port" --config "$config" &
 server=$!
 cleanup() {
   for pid in "${pids[@]}" "$server"; do kill "$pid" 2>/dev/null || true; done
@@ -49,7 +70,7 @@ echo "== four agents play four EC2 instances (tagged app=shop-demo in the emulat
 mapfile -t instances < <($fleet_py instances 4 shop-demo)
 health_port=$(free_port)
 $fleet_py health "$health_port" "$work/apps" & pids+=($!)
-"$conveyor" token create --environment production --config events/conveyor.dev.toml > "$work/agent-token"
+"$conveyor" token create --environment production --config "$config" > "$work/agent-token"
 for id in "${instances[@]}"; do
   RUST_LOG=warn "$agent" --server "$base" --token-file "$work/agent-token" --environment production \
     --instance-id "$id" --app-dir "$work/apps/$id" --health-url "http://127.0.0.1:$health_port/$id/health" &
@@ -61,7 +82,7 @@ broken_sha=9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d
 $fleet_py artifact "$work/good.tar.gz" ok
 $fleet_py artifact "$work/broken.tar.gz" broken
 echo "CI uploads the build's artifact:"
-"$conveyor" artifact push "$work/good.tar.gz" --sha "$good_sha" --repository acme/shop --environment production --config events/conveyor.dev.toml
+"$conveyor" artifact push "$work/good.tar.gz" --sha "$good_sha" --repository acme/shop --environment production --config "$config"
 
 echo
 echo "== replaying sample GitHub deliveries (signed with this run's secret)"
@@ -77,7 +98,7 @@ echo "== the canary gets the release first, then half, then the rest"
 
 echo
 echo "== a broken release: its canary fails health and the fleet goes back"
-"$conveyor" artifact push "$work/broken.tar.gz" --sha "$broken_sha" --repository acme/shop --environment production --config events/conveyor.dev.toml
+"$conveyor" artifact push "$work/broken.tar.gz" --sha "$broken_sha" --repository acme/shop --environment production --config "$config"
 python3 -c "import json; d = json.load(open('events/github/workflow_run/ci-success-main.json')); d['workflow_run']['head_sha'] = '$broken_sha'; d['workflow_run']['id'] += 100; print(json.dumps(d))" > "$work/broken-ci.json"
 mkdir -p "$work/github/workflow_run" && mv "$work/broken-ci.json" "$work/github/workflow_run/"
 "$conveyor" replay "$work/github/workflow_run/broken-ci.json" --url "$base/webhooks/github"
@@ -110,7 +131,7 @@ done
 
 echo
 echo "== a Packer manifest uploaded with a provider token"
-token=$("$conveyor" token create --provider aws-images --config events/conveyor.dev.toml)
+token=$("$conveyor" token create --provider aws-images --config "$config")
 upload() {
   python3 - "$base/providers/aws-images/manifests" "$token" events/packer/manifest.json <<'PY'
 import json, sys, urllib.error, urllib.request
@@ -130,18 +151,18 @@ upload
 
 echo
 echo "== publishing a site: a first publish, the same build again, then one file changed"
-"$root/.venv/moto/bin/python" -c "import boto3; boto3.client('s3').create_bucket(Bucket='acme-frontend')"
 site="$work/site"
 mkdir -p "$site/assets" "$site/docs"
 echo '<h1>Acme shop</h1>' > "$site/index.html"
 echo '<h1>Docs</h1>' > "$site/docs/index.html"
 echo 'console.log("shop")' > "$site/assets/app.3f2a9c.js"
 echo 'body { margin: 0 }' > "$site/style.css"
-publish() { "$conveyor" publish "$site" --site frontend --config events/conveyor.dev.toml; }
+publish() { "$conveyor" publish "$site" --site frontend --config "$config" "$@"; }
 publish
 publish
 echo '<h1>Docs, revised</h1>' > "$site/docs/index.html"
-publish
+echo "(cdn-invalidate submits the invalidation and follows it; --wait returns when it completed)"
+publish --wait --timeout 60s
 
 echo
 echo "== GET /api/v1/builds"

@@ -114,6 +114,7 @@ pub async fn functions(
         config.clone(),
         conveyor_shared::config::entitlement_grace_from_env().map_err(DevError::Settings)?,
     )));
+    let tick = timing.tick;
     let fanout = Arc::new(
         deploy_fanout::Fanout::new(
             table.clone(),
@@ -125,8 +126,12 @@ pub async fn functions(
         .trusting_instance_profiles(conveyor_shared::sts::Sts::new(sdk)?, local_agent_roles()?),
     );
     http.push(fanout.clone());
-    let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone()];
-    let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout];
+    let cdn = Arc::new(
+        cdn_invalidate::CdnInvalidate::new(table.clone(), conveyor_shared::cloudfront::Cdn::new(sdk), config.clone())
+            .every(tick),
+    );
+    let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone(), cdn.clone()];
+    let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout, cdn];
     Ok(Catalog { http: Arc::new(http), streams, schedules })
 }
 
@@ -289,6 +294,7 @@ pub const REGISTRATIONS: &[&Registration] = &[
     &manifest_ingest::REGISTRATION,
     &ledger_api::REGISTRATION,
     &deploy_fanout::REGISTRATION,
+    &cdn_invalidate::REGISTRATION,
 ];
 
 /// Every route, stream filter and schedule, as JSON: what `conveyor routes` prints.

@@ -340,3 +340,58 @@ async fn send(
     }
     Ok((file.key, etag))
 }
+
+/// How waiting for a publish to go live ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// Its invalidation completed (or it needed none): the new version is what viewers get.
+    Completed(Box<PublishRecord>),
+    /// Its invalidation failed; an alert says what to do.
+    Failed(Box<PublishRecord>),
+    TimedOut(Option<Box<PublishRecord>>),
+}
+
+impl Live {
+    /// As `conveyor wait`: 0 live, 1 failed, 3 out of time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Live::Completed(_) => 0,
+            Live::Failed(_) => 1,
+            Live::TimedOut(_) => 3,
+        }
+    }
+}
+
+/// Follows publish `id` of `site` until it is live or failed, reading the table every
+/// `poll`; a read that fails is tried again until `timeout`.
+pub async fn wait_live(
+    table: &Table,
+    site: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+    mut progress: impl FnMut(&PublishRecord),
+) -> Live {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last: Option<Box<PublishRecord>> = None;
+    loop {
+        match table.publish(site, id).await {
+            Ok(Some(record)) => {
+                if last.as_ref().is_none_or(|l| l.state != record.state) {
+                    progress(&record);
+                }
+                match record.state {
+                    PublishState::Completed => return Live::Completed(Box::new(record)),
+                    PublishState::Failed => return Live::Failed(Box::new(record)),
+                    _ => last = Some(Box::new(record)),
+                }
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read the publish; trying again"),
+        }
+        if tokio::time::Instant::now() + poll > deadline {
+            return Live::TimedOut(last);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

@@ -18,6 +18,8 @@ pub mod telemetry;
 pub mod token;
 pub mod triggers;
 
+#[cfg(feature = "cloudfront")]
+pub mod cloudfront;
 #[cfg(feature = "ec2")]
 pub mod ec2;
 #[cfg(feature = "lambda")]

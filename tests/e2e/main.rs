@@ -2,6 +2,7 @@
 
 mod agent_channel;
 mod api;
+mod cdn;
 mod intake;
 mod local_aws;
 mod manifests;

@@ -11,20 +11,20 @@ use conveyor_shared::domain::publish::{PublishError, PublishState};
 use conveyor_shared::s3::SiteBucket;
 use conveyor_shared::store::Table;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    table: Table,
-    s3: aws_sdk_s3::Client,
-    bucket: String,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) table: Table,
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) bucket: String,
 }
 
-fn site_of(bucket: &str, extra: &str) -> Site {
+pub(crate) fn site_of(bucket: &str, extra: &str) -> Site {
     let text = format!("[[site]]\nname = \"web\"\nbucket = \"{bucket}\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}");
     Config::parse(&text, "conveyor.toml").unwrap().sites.remove(0)
 }
 
 impl Fixture {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let sdk = sdk().await;
         let table = Table::from_sdk(&sdk, unique_name("conveyor-publish"));
         table.create_if_missing().await.unwrap();
@@ -38,7 +38,7 @@ impl Fixture {
         site_of(&self.bucket, "")
     }
 
-    fn write(&self, path: &str, content: &str) {
+    pub(crate) fn write(&self, path: &str, content: &str) {
         let file = self.dir.path().join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, content).unwrap();
@@ -48,7 +48,7 @@ impl Fixture {
         std::fs::remove_file(self.dir.path().join(path)).unwrap();
     }
 
-    async fn publish_with(
+    pub(crate) async fn publish_with(
         &self,
         site: &Site,
         endpoint: Option<&str>,

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use conveyor_cli::context::AwsFlags;
-use conveyor_cli::publish::{self, Publish, Summary};
+use conveyor_cli::publish::{self, Live, Publish, Summary};
+
+/// Between reads of the publish while --wait waits.
+const POLL: std::time::Duration = std::time::Duration::from_secs(5);
 use conveyor_shared::config::Config;
 use conveyor_shared::s3::SiteBucket;
 
@@ -27,9 +30,20 @@ pub struct PublishArgs {
     /// site's max_delete, 256 by default).
     #[arg(long)]
     pub max_delete: Option<usize>,
+    /// Then wait until the new version is live: its invalidation completed (exit 0), failed
+    /// (1), or --timeout passed first (3).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (90s, 10m, 1h).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    conveyor_shared::config::Seconds::parse(text).map(|s| std::time::Duration::from_secs(s.0))
 }
 
 impl PublishArgs {
@@ -66,12 +80,32 @@ impl PublishArgs {
         let summary = publish::publish(&table, &bucket, &request, conveyor_shared::unix_now(), progress)
             .await
             .map_err(|e| e.to_string())?;
-        if self.json {
-            println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
-        } else {
+        if !self.json {
             print!("{}", text(&summary));
         }
-        Ok(ExitCode::SUCCESS)
+        let (Some(id), true) = (&summary.publish, self.wait) else {
+            if self.json {
+                println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
+        let progress = |record: &conveyor_shared::domain::publish::PublishRecord| {
+            eprintln!("  publish {id}: {}", record.state.as_str());
+        };
+        let live = publish::wait_live(&table, &site.name, id, self.timeout, POLL, progress).await;
+        if self.json {
+            let record = match &live {
+                Live::Completed(r) | Live::Failed(r) => Some(r.as_ref()),
+                Live::TimedOut(r) => r.as_deref(),
+            };
+            println!("{}", serde_json::json!({"summary": summary, "record": record}));
+        }
+        match &live {
+            Live::Completed(_) => eprintln!("  live: the invalidation completed"),
+            Live::Failed(record) => eprintln!("  the invalidation failed: see `conveyor alerts` ({})", record.id),
+            Live::TimedOut(_) => eprintln!("  still not live after {:?}", self.timeout),
+        }
+        Ok(ExitCode::from(live.exit_code()))
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Site {
     /// (`--max-delete` overrides it).
     #[serde(default = "default_max_delete")]
     pub max_delete: usize,
+    /// An invalidation still in progress this long after it was submitted raises an alert.
+    #[serde(default = "default_invalidation_alert_after")]
+    pub invalidation_alert_after: Seconds,
 }
 
 /// One `[[site.cache]]` rule.
@@ -83,6 +86,10 @@ fn default_invalidation_budget() -> usize {
 
 fn default_max_delete() -> usize {
     256
+}
+
+fn default_invalidation_alert_after() -> Seconds {
+    Seconds(15 * 60)
 }
 
 /// S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens, starting

@@ -40,6 +40,11 @@ pub enum AlertKind {
     DeploymentRolledBack,
     RollbackIncomplete,
     RollbackFailed,
+    /// A CloudFront invalidation that failed, or is still running after the allowed time.
+    InvalidationFailed,
+    InvalidationSlow,
+    /// This month's invalidation paths passed CloudFront's free 1,000.
+    InvalidationPathsOverFree,
     /// A kind a newer version of Conveyor raised: listed, never misread.
     #[serde(other)]
     Other,
@@ -52,6 +57,9 @@ impl AlertKind {
             Self::DeploymentRolledBack => "deployment_rolled_back",
             Self::RollbackIncomplete => "rollback_incomplete",
             Self::RollbackFailed => "rollback_failed",
+            Self::InvalidationFailed => "invalidation_failed",
+            Self::InvalidationSlow => "invalidation_slow",
+            Self::InvalidationPathsOverFree => "invalidation_paths_over_free",
             Self::Other => "other",
         }
     }

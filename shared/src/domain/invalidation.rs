@@ -138,6 +138,77 @@ fn collapse(mut paths: BTreeSet<String>, budget: usize) -> Invalidation {
     Invalidation { paths: paths.into_iter().collect() }
 }
 
+/// CloudFront's free invalidation paths per account and calendar month.
+pub const FREE_PATHS_PER_MONTH: i64 = 1000;
+
+/// What `cdn-invalidate` does next with a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing the distribution serves is stale: done without an invalidation.
+    NothingToInvalidate,
+    /// Submit this invalidation.
+    Submit(Invalidation),
+    /// Over CloudFront's in-progress limits: wait for a later run.
+    Wait(Invalidation),
+    /// Ask CloudFront how the submitted invalidation is going; `overdue` when it has run
+    /// longer than the site allows.
+    Follow { id: String, overdue: bool },
+    /// Nothing more to do.
+    Done,
+}
+
+/// The invalidations of one distribution in progress, as Conveyor submitted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InProgress {
+    pub files: usize,
+    pub wildcards: usize,
+}
+
+impl InProgress {
+    pub fn add(&mut self, paths: &[String]) {
+        let wildcards = paths.iter().filter(|p| p.ends_with('*')).count();
+        self.wildcards += wildcards;
+        self.files += paths.len() - wildcards;
+    }
+}
+
+/// The next step for `record` at `now`, given what is in progress on its distribution.
+pub fn step(
+    site: &Site,
+    record: &crate::domain::publish::PublishRecord,
+    in_progress: InProgress,
+    alert_after: i64,
+    now: i64,
+) -> Step {
+    use crate::domain::publish::PublishState;
+    match record.state {
+        PublishState::Uploaded => {
+            let wanted =
+                if record.whole_site { Some(Invalidation::whole_site()) } else { plan(site, &record.stale_keys) };
+            match wanted {
+                None => Step::NothingToInvalidate,
+                Some(invalidation) if invalidation.fits(in_progress.files, in_progress.wildcards) => {
+                    Step::Submit(invalidation)
+                }
+                Some(invalidation) => Step::Wait(invalidation),
+            }
+        }
+        PublishState::Invalidating => match &record.invalidation_id {
+            Some(id) => {
+                Step::Follow { id: id.clone(), overdue: record.submitted_at.is_some_and(|at| now - at > alert_after) }
+            }
+            None => Step::Done,
+        },
+        _ => Step::Done,
+    }
+}
+
+/// The calendar month (`2026-11`) of `at`, which CloudFront's free paths count by.
+pub fn month_of(at: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(at).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}-{:02}", date.year(), u8::from(date.month()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +304,54 @@ mod tests {
         assert!(!one.fits(3000, 0), "3,000 file paths in progress at most");
         assert!(!one.fits(0, 15), "15 wildcards in progress at most");
         assert!(one.fits(2999, 14));
+    }
+
+    fn record(state: crate::domain::publish::PublishState, keys: &[&str]) -> crate::domain::publish::PublishRecord {
+        let site = site("");
+        let mut record = crate::domain::publish::PublishRecord::new(&site, "p1", &Default::default(), "test", 1_000);
+        record.state = state;
+        record.stale_keys = keys.iter().map(|k| k.to_string()).collect();
+        record
+    }
+
+    #[test]
+    fn an_uploaded_publish_is_submitted_when_it_fits_and_waits_when_it_does_not() {
+        use crate::domain::publish::PublishState;
+        let site = site("");
+        let uploaded = record(PublishState::Uploaded, &["a.css", "b.css"]);
+        let submit = step(&site, &uploaded, InProgress::default(), 900, 2_000);
+        assert_eq!(submit, Step::Submit(Invalidation { paths: vec!["/a.css".into(), "/b.css".into()] }));
+        let busy = InProgress { files: 2_999, wildcards: 0 };
+        assert!(matches!(step(&site, &uploaded, busy, 900, 2_000), Step::Wait(_)), "3,000 file paths at most");
+        let mut whole = record(PublishState::Uploaded, &[]);
+        whole.whole_site = true;
+        let wildcards = InProgress { files: 0, wildcards: 15 };
+        assert!(matches!(step(&site, &whole, wildcards, 900, 2_000), Step::Wait(_)), "15 wildcards at most");
+        let outside = self::site("origin_path = \"www/\"\nprefix = \"www/\"\n");
+        let nothing = record(PublishState::Uploaded, &["other/a.css"]);
+        assert_eq!(step(&outside, &nothing, InProgress::default(), 900, 2_000), Step::NothingToInvalidate);
+    }
+
+    #[test]
+    fn a_submitted_invalidation_is_followed_and_overdue_after_the_allowed_time() {
+        use crate::domain::publish::PublishState;
+        let site = site("");
+        let mut running = record(PublishState::Invalidating, &["a.css"]);
+        running.invalidation_id = Some("I1".into());
+        running.submitted_at = Some(1_000);
+        assert_eq!(
+            step(&site, &running, InProgress::default(), 900, 1_900),
+            Step::Follow { id: "I1".into(), overdue: false }
+        );
+        assert_eq!(
+            step(&site, &running, InProgress::default(), 900, 1_901),
+            Step::Follow { id: "I1".into(), overdue: true }
+        );
+        let done = record(PublishState::Completed, &["a.css"]);
+        assert_eq!(step(&site, &done, InProgress::default(), 900, 5_000), Step::Done);
+        let mut counted = InProgress::default();
+        counted.add(&["/a".into(), "/b/*".into()]);
+        assert_eq!(counted, InProgress { files: 1, wildcards: 1 });
+        assert_eq!(month_of(1_795_000_000), "2026-11");
     }
 }

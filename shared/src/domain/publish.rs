@@ -131,6 +131,12 @@ pub enum PublishState {
     Pending,
     /// Every object is in place; the stale keys wait for their invalidation.
     Uploaded,
+    /// Its invalidation was submitted (`invalidation_id`); followed until it completes.
+    Invalidating,
+    /// Live everywhere: the invalidation completed (or nothing served had changed).
+    Completed,
+    /// CloudFront lost or refused the invalidation; an alert says what to do.
+    Failed,
     /// Given up part-way (the run died) and folded into a later publish, which carries its
     /// stale keys.
     Superseded,
@@ -141,6 +147,9 @@ impl PublishState {
         match self {
             PublishState::Pending => "pending",
             PublishState::Uploaded => "uploaded",
+            PublishState::Invalidating => "invalidating",
+            PublishState::Completed => "completed",
+            PublishState::Failed => "failed",
             PublishState::Superseded => "superseded",
         }
     }
@@ -174,6 +183,15 @@ pub struct PublishRecord {
     pub created_at: i64,
     #[serde(default)]
     pub uploaded_at: Option<i64>,
+    /// The CloudFront invalidation, once submitted.
+    #[serde(default)]
+    pub invalidation_id: Option<String>,
+    #[serde(default)]
+    pub invalidation_paths: Vec<String>,
+    #[serde(default)]
+    pub submitted_at: Option<i64>,
+    #[serde(default)]
+    pub completed_at: Option<i64>,
 }
 
 impl PublishRecord {
@@ -192,6 +210,10 @@ impl PublishRecord {
             triggered_by: triggered_by.to_owned(),
             created_at: now,
             uploaded_at: None,
+            invalidation_id: None,
+            invalidation_paths: Vec::new(),
+            submitted_at: None,
+            completed_at: None,
         };
         record.add_stale(plan.stale_keys());
         record

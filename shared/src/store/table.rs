@@ -153,7 +153,10 @@ impl Table {
         if condition.contains("#state") || set.iter().any(|part| part.contains("#state")) {
             update = update.expression_attribute_names("#state", "state");
         }
-        let mut update = update.condition_expression(condition);
+        // An unconditional item (a counter beside a conditional change) has no condition.
+        if !condition.is_empty() {
+            update = update.condition_expression(condition);
+        }
         for (name, attribute) in names {
             update = update.expression_attribute_names(name, attribute);
         }
