@@ -83,7 +83,9 @@ pub enum PublishFailure {
     LinkedDirectory(PathBuf),
     #[error("{0} holds no file: build the site first (publishing an empty build would delete the whole site)")]
     Empty(PathBuf),
-    #[error("{path} is {size} bytes, over S3's 5 GB for one upload; nothing was published")]
+    #[error(
+        "{path} is {size} bytes, over the 5 GB Conveyor publishes (S3 copies at most 5 GB in one request, which a header change needs); nothing was published"
+    )]
     TooLarge { path: PathBuf, size: u64 },
     #[error(
         "{0} changed while it was being published (S3 received other bytes than were hashed); run the publish again"
@@ -136,6 +138,9 @@ pub fn scan(site: &Site, dir: &Path) -> Result<Vec<(Desired, PathBuf)>, PublishF
         return Err(PublishFailure::Empty(dir.to_owned()));
     }
     files.sort();
+    if site.precompressed.is_some() {
+        files = serve_precompressed(files);
+    }
     files
         .into_iter()
         .map(|(site_path, path)| {
@@ -144,17 +149,32 @@ pub fn scan(site: &Site, dir: &Path) -> Result<Vec<(Desired, PathBuf)>, PublishF
             if size > MAX_FILE_BYTES {
                 return Err(PublishFailure::TooLarge { path, size });
             }
-            let desired = Desired {
-                key: publish::key_of(site, &site_path),
-                headers: publish::headers_for(site, &site_path),
-                path: site_path,
-                sha256,
-                md5,
-                size,
-            };
+            let mut headers = publish::headers_for(site, &site_path);
+            if site.precompressed.is_some() && path.extension().is_some_and(|ext| ext == "gz") {
+                headers.content_encoding = Some("gzip".into());
+            }
+            let desired =
+                Desired { key: publish::key_of(site, &site_path), headers, path: site_path, sha256, md5, size };
             Ok((desired, path))
         })
         .collect()
+}
+
+/// With pre-compressed files served: each `NAME.gz` stands for `NAME` (its bytes are
+/// published under NAME's key, gzip-encoded), and NAME's own bytes are left out.
+fn serve_precompressed(files: Vec<(String, PathBuf)>) -> Vec<(String, PathBuf)> {
+    let compressed: std::collections::BTreeSet<String> =
+        files.iter().filter_map(|(site_path, _)| site_path.strip_suffix(".gz").map(str::to_owned)).collect();
+    let mut served: Vec<(String, PathBuf)> = files
+        .into_iter()
+        .filter(|(site_path, _)| !compressed.contains(site_path))
+        .map(|(site_path, path)| match site_path.strip_suffix(".gz") {
+            Some(original) => (original.to_owned(), path),
+            None => (site_path, path),
+        })
+        .collect();
+    served.sort();
+    served
 }
 
 /// SHA-256 and MD5 (hex) and size of a file, in one read.

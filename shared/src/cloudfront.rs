@@ -11,6 +11,12 @@ pub enum CdnError {
     /// Over CloudFront's limits on invalidations in progress: try again later.
     #[error("distribution {distribution} has too many invalidations in progress")]
     Busy { distribution: String },
+    /// The function may not touch the distribution (it is not in the stack's
+    /// `SiteDistributionArns`).
+    #[error(
+        "CloudFront refused access to distribution {distribution}: add its ARN to the stack's SiteDistributionArns parameter"
+    )]
+    Denied { distribution: String },
     /// The invalidation (or the distribution) is not known to CloudFront.
     #[error("CloudFront knows no {what} {id}")]
     NotFound { what: &'static str, id: String },
@@ -61,6 +67,7 @@ impl Cdn {
             Err(err) if err.code() == Some("NoSuchDistribution") => {
                 Err(CdnError::NotFound { what: "distribution", id: distribution.to_owned() })
             }
+            Err(err) if is_denied(err.code()) => Err(CdnError::Denied { distribution: distribution.to_owned() }),
             Err(err) => Err(aws("CreateInvalidation", distribution, err)),
         }
     }
@@ -79,9 +86,14 @@ impl Cdn {
             Err(err) if err.code() == Some("NoSuchDistribution") => {
                 Err(CdnError::NotFound { what: "distribution", id: distribution.to_owned() })
             }
+            Err(err) if is_denied(err.code()) => Err(CdnError::Denied { distribution: distribution.to_owned() }),
             Err(err) => Err(aws("GetInvalidation", distribution, err)),
         }
     }
+}
+
+fn is_denied(code: Option<&str>) -> bool {
+    matches!(code, Some("AccessDenied" | "AccessDeniedException"))
 }
 
 fn aws(operation: &'static str, distribution: &str, err: impl std::error::Error + 'static) -> CdnError {

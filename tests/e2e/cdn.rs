@@ -94,6 +94,20 @@ impl Cdns {
         CdnInvalidate::new(table, Cdn::new(&sdk), Arc::new(config))
     }
 
+    /// Sets this month's path count, as earlier publishes (of any site) would have.
+    async fn set_month_paths(&self, month: &str, paths: i64) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        aws_sdk_dynamodb::Client::new(&sdk().await)
+            .put_item()
+            .table_name(self.fixture.table.name())
+            .item("pk", AttributeValue::S("CDN#usage".into()))
+            .item("sk", AttributeValue::S(format!("MONTH#{month}")))
+            .item("paths", AttributeValue::N(paths.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+
     async fn record(&self, id: &str) -> conveyor_shared::domain::publish::PublishRecord {
         self.fixture.table.publish("web", id).await.unwrap().unwrap()
     }
@@ -200,22 +214,25 @@ async fn passing_the_free_paths_of_the_month_raises_one_warning() {
     function.tick(NOW).await.unwrap();
     // 999 paths this month already (the count is the account's, across every site).
     let month = month_of(NOW);
-    aws_sdk_dynamodb::Client::new(&sdk().await)
-        .put_item()
-        .table_name(cdns.fixture.table.name())
-        .item("pk", aws_sdk_dynamodb::types::AttributeValue::S("CDN#usage".into()))
-        .item("sk", aws_sdk_dynamodb::types::AttributeValue::S(format!("MONTH#{month}")))
-        .item("paths", aws_sdk_dynamodb::types::AttributeValue::N("999".into()))
-        .send()
-        .await
-        .unwrap();
+    cdns.set_month_paths(&month, 999).await;
     cdns.change(&["app.js", "style.css"], "2").await;
     function.tick(NOW).await.unwrap();
     assert_eq!(cdns.fixture.table.month_paths(&month).await.unwrap(), 1001);
+    let near = cdns.fixture.table.recent_alerts(50).await.unwrap();
+    assert!(
+        near.iter().all(|a| a.severity != conveyor_shared::domain::alert::Severity::Info),
+        "999 was set by hand: no publish saw the month near 1,000"
+    );
     cdns.change(&["app.js"], "3").await;
     function.tick(NOW + 60).await.unwrap();
     let warnings = cdns.fixture.table.recent_alerts(50).await.unwrap();
-    let over: Vec<_> = warnings.iter().filter(|a| a.kind == AlertKind::InvalidationPathsOverFree).collect();
+    let over: Vec<_> = warnings
+        .iter()
+        .filter(|a| {
+            a.kind == AlertKind::InvalidationPathsOverFree
+                && a.severity == conveyor_shared::domain::alert::Severity::Warning
+        })
+        .collect();
     assert_eq!(over.len(), 1, "told when the month passes 1,000, not at every publish after");
 }
 
@@ -263,4 +280,92 @@ async fn a_site_naming_a_missing_distribution_fails_its_publish_with_an_alert() 
     let failed: Vec<_> = alerts.iter().filter(|a| a.kind == AlertKind::InvalidationFailed).collect();
     assert_eq!(failed.len(), 1, "{alerts:?}");
     assert!(failed[0].action.contains("E0NOSUCHDISTRO"), "{:?}", failed[0]);
+}
+
+fn cloudfront_error(status: u16, code: &str) -> Fault {
+    Fault {
+        status,
+        content_type: "text/xml",
+        body: format!(
+            r#"<?xml version="1.0"?><ErrorResponse xmlns="http://cloudfront.amazonaws.com/doc/2020-05-31/"><Error><Type>Sender</Type><Code>{code}</Code><Message>{code}</Message></Error><RequestId>r</RequestId></ErrorResponse>"#
+        ),
+    }
+}
+
+fn creates(seen: &conveyor_e2e::Seen<'_>) -> bool {
+    seen.method == hyper::Method::POST && seen.path.ends_with("/invalidation")
+}
+
+#[tokio::test]
+async fn a_busy_cloudfront_holds_the_invalidation_back_and_a_refusal_fails_it() {
+    let cdns = Cdns::new().await;
+    cdns.function(None).await.tick(NOW).await.unwrap();
+    let id = cdns.change(&["app.js"], "2").await;
+    let busy = FaultProxy::start(creates, u32::MAX, cloudfront_error(400, "TooManyInvalidationsInProgress")).await;
+    cdns.function(Some(busy.url())).await.tick(NOW).await.unwrap();
+    assert_eq!(cdns.record(&id).await.state, PublishState::Uploaded, "held back, not failed");
+    // A later run, once the claim of the first has run out, submits it.
+    cdns.function(None).await.tick(NOW + 61).await.unwrap();
+    assert_eq!(cdns.record(&id).await.state, PublishState::Invalidating);
+    assert_eq!(invalidations(&cdns.distribution).await, 1);
+
+    // A distribution the stack may not touch: failed at once, with what to fix.
+    let refused = cdns.change(&["style.css"], "3").await;
+    let denied = FaultProxy::start(creates, u32::MAX, cloudfront_error(403, "AccessDenied")).await;
+    cdns.function(Some(denied.url())).await.tick(NOW + 120).await.unwrap();
+    assert_eq!(cdns.record(&refused).await.state, PublishState::Failed);
+    let alerts = cdns.fixture.table.recent_alerts(50).await.unwrap();
+    let failed = alerts.iter().find(|a| a.kind == AlertKind::InvalidationFailed).expect("an alert");
+    assert!(failed.cause.contains("SiteDistributionArns"), "{failed:?}");
+}
+
+#[tokio::test]
+async fn a_stream_record_of_an_uploaded_publish_submits_its_invalidation() {
+    use conveyor_shared::triggers::{StreamFunction, StreamRecord};
+    let cdns = Cdns::new().await;
+    cdns.function(None).await.tick(NOW).await.unwrap();
+    let id = cdns.change(&["app.js"], "2").await;
+    let record: StreamRecord = serde_json::from_value(serde_json::json!({
+        "eventID": "1",
+        "eventName": "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "SITE#web"}, "sk": {"S": format!("PUBLISH#{id}")}},
+            "NewImage": {"site": {"S": "web"}, "id": {"S": id}, "state": {"S": "uploaded"}},
+            "OldImage": {"site": {"S": "web"}, "id": {"S": id}, "state": {"S": "pending"}},
+            "SequenceNumber": "1",
+            "SizeBytes": 1,
+            "StreamViewType": "NEW_AND_OLD_IMAGES"
+        }
+    }))
+    .unwrap();
+    let function = cdns.function(None).await;
+    function.handle_record(&record).await.unwrap();
+    assert_eq!(cdns.record(&id).await.state, PublishState::Invalidating);
+    // The same record again (Lambda retries) and the schedule: still one invalidation.
+    function.handle_record(&record).await.unwrap();
+    function.tick(conveyor_shared::unix_now()).await.unwrap();
+    assert_eq!(invalidations(&cdns.distribution).await, 1);
+}
+
+#[tokio::test]
+async fn nearing_the_free_paths_of_the_month_is_told_once_before_they_pass() {
+    use conveyor_shared::domain::alert::Severity;
+    let cdns = Cdns::new().await;
+    let function = cdns.function(None).await;
+    function.tick(NOW).await.unwrap();
+    let month = month_of(NOW);
+    cdns.set_month_paths(&month, 897).await;
+    cdns.change(&["app.js", "style.css"], "2").await;
+    function.tick(NOW).await.unwrap();
+    cdns.change(&["app.js"], "3").await;
+    function.tick(NOW + 60).await.unwrap();
+    let alerts = cdns.fixture.table.recent_alerts(50).await.unwrap();
+    let near: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.severity == Severity::Info && a.kind == AlertKind::InvalidationPathsOverFree)
+        .collect();
+    assert_eq!(near.len(), 1, "{alerts:?}");
+    assert!(near[0].summary.contains("900 of the free 1000"), "{:?}", near[0]);
 }

@@ -383,6 +383,31 @@ async fn headers_changed_behind_conveyors_back_are_put_right() {
     assert_eq!((content_type.as_str(), cache_control.as_str()), ("text/html; charset=utf-8", "no-cache"));
 }
 
+#[tokio::test]
+async fn precompressed_files_are_served_under_their_own_names_gzip_encoded() {
+    let fixture = Fixture::new().await;
+    fixture.write("index.html", "<h1>x</h1>");
+    fixture.write("assets/app.js", "console.log(1)");
+    fixture.write("assets/app.js.gz", "gzip bytes of app.js");
+    fixture.write("assets/only.css.gz", "gzip bytes of only.css");
+    let site = site_of(&fixture.bucket, "precompressed = \"gzip\"\n");
+    fixture.publish_with(&site, None, false, None).await.unwrap();
+    assert_eq!(fixture.keys().await, [".conveyor/manifest.json", "assets/app.js", "assets/only.css", "index.html"]);
+    let object = fixture.s3.get_object().bucket(&fixture.bucket).key("assets/app.js").send().await.unwrap();
+    assert_eq!(object.content_encoding(), Some("gzip"));
+    assert_eq!(object.content_type(), Some("text/javascript; charset=utf-8"));
+    let body = object.body.collect().await.unwrap().into_bytes();
+    assert_eq!(&body[..], b"gzip bytes of app.js");
+    let (content_type, _, _, _) = fixture.object("assets/only.css").await;
+    assert_eq!(content_type, "text/css; charset=utf-8");
+    let index = fixture.s3.head_object().bucket(&fixture.bucket).key("index.html").send().await.unwrap();
+    assert_eq!(index.content_encoding(), None, "a file with no .gz beside it goes as it is");
+    assert!(
+        fixture.publish_with(&site, None, false, None).await.unwrap().publish.is_none(),
+        "and nothing changes after"
+    );
+}
+
 #[test]
 fn a_file_that_cannot_be_read_stops_the_publish_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use conveyor_cli::publish::{self, Live, Publish, Summary};
 /// Between reads of the publish while --wait waits.
 const POLL: std::time::Duration = std::time::Duration::from_secs(5);
 use conveyor_shared::config::Config;
+use conveyor_shared::domain::publish::PublishState;
 use conveyor_shared::s3::SiteBucket;
 
 #[derive(Args)]
@@ -83,7 +84,17 @@ impl PublishArgs {
         if !self.json {
             print!("{}", text(&summary));
         }
-        let (Some(id), true) = (&summary.publish, self.wait) else {
+        // Nothing changed this time: an earlier publish of the same build may still be on its
+        // way (a CI job run again), so wait on the site's newest open publish, if any.
+        let open = match (&summary.publish, self.wait) {
+            (None, true) => {
+                let states = [PublishState::Pending, PublishState::Uploaded, PublishState::Invalidating];
+                let open = table.publishes_in(&site.name, &states).await.map_err(|e| e.to_string())?;
+                open.into_iter().max_by_key(|r| r.created_at).map(|r| r.id)
+            }
+            _ => None,
+        };
+        let (Some(id), true) = (summary.publish.as_ref().or(open.as_ref()), self.wait) else {
             if self.json {
                 println!("{}", serde_json::to_string(&summary).map_err(|e| e.to_string())?);
             }

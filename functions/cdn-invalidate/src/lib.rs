@@ -146,15 +146,10 @@ impl CdnInvalidate {
         if self.table.claim_submission(record, &token, now, SUBMIT_CLAIM_SECONDS).await? == Transition::Rejected {
             return Ok(false);
         }
-        let month = invalidation::month_of(now);
-        let used = self.table.month_paths(&month).await?;
-        let paths = invalidation.paths.len() as i64;
-        if used <= FREE_PATHS_PER_MONTH && used + paths > FREE_PATHS_PER_MONTH {
-            self.table.record_alert(&over_free_alert(site, &month, used + paths, now)).await?;
-        }
         // The same publish and paths always send the same reference: CloudFront answers a
-        // retry with the invalidation it already made.
-        let reference = format!("conveyor-{}-{}", record.id, invalidation.paths.len());
+        // retry with the invalidation it already made (other paths, after a configuration
+        // change, make another reference, never `InvalidationBatchAlreadyExists`).
+        let reference = format!("conveyor-{}-{}", record.id, invalidation.digest());
         let id = match self.cdn.invalidate(&record.distribution, &reference, &invalidation.paths).await {
             Ok(id) => id,
             Err(CdnError::Busy { .. }) => {
@@ -162,7 +157,7 @@ impl CdnInvalidate {
                 return Ok(false);
             }
             // No such distribution: trying again changes nothing; the alert says what to fix.
-            Err(err @ CdnError::NotFound { .. }) => {
+            Err(err @ (CdnError::NotFound { .. } | CdnError::Denied { .. })) => {
                 self.table.end_publish(record, PublishState::Failed, &err.to_string(), now).await?;
                 self.table.record_alert(&failed_alert(site, record, &err.to_string(), now)).await?;
                 return Ok(false);
@@ -170,7 +165,19 @@ impl CdnInvalidate {
             Err(err) => return Err(err.into()),
         };
         let recorded = self.table.record_submission(record, &token, &id, &invalidation.paths, now).await?;
-        tracing::info!(site = %site.name, publish = %record.id, invalidation = %id, paths = paths, ?recorded, "invalidation submitted");
+        let paths = invalidation.paths.len();
+        tracing::info!(site = %site.name, publish = %record.id, invalidation = %id, paths, ?recorded, "invalidation submitted");
+        if recorded == Transition::Applied {
+            // Read after the count went up: of racing publishes, the one that saw the total
+            // over the free paths raises it; its id makes it one alert a month.
+            let month = invalidation::month_of(now);
+            let total = self.table.month_paths(&month).await?;
+            if total > FREE_PATHS_PER_MONTH {
+                self.table.record_alert(&over_free_alert(site, &month, total, now)).await?;
+            } else if total >= NEAR_FREE_PATHS {
+                self.table.record_alert(&near_free_alert(site, &month, total, now)).await?;
+            }
+        }
         Ok(recorded == Transition::Applied)
     }
 
@@ -208,7 +215,7 @@ impl CdnInvalidate {
                 self.table.record_alert(&slow_alert(site, record, id, now)).await?;
             }
             Ok(Progress::InProgress) => {}
-            Err(err @ CdnError::NotFound { .. }) => {
+            Err(err @ (CdnError::NotFound { .. } | CdnError::Denied { .. })) => {
                 self.table.end_publish(record, PublishState::Failed, &err.to_string(), now).await?;
                 self.table.record_alert(&failed_alert(site, record, &err.to_string(), now)).await?;
             }
@@ -216,6 +223,19 @@ impl CdnInvalidate {
         }
         Ok(())
     }
+}
+
+/// Paths in a month from which Conveyor warns that the free 1,000 are near.
+const NEAR_FREE_PATHS: i64 = FREE_PATHS_PER_MONTH * 9 / 10;
+
+fn near_free_alert(site: &Site, month: &str, total: i64, now: i64) -> Alert {
+    Alert::new(AlertSource::Cdn, format!("near-free-paths-{month}"), AlertKind::InvalidationPathsOverFree, Severity::Info, now)
+        .summary(format!("CloudFront invalidation paths for {month} are at {total} of the free {FREE_PATHS_PER_MONTH}"))
+        .cause(format!("a publish of site {} brought this month's paths to {total}", site.name))
+        .impact("past 1,000 paths this month, CloudFront bills each path (per account)")
+        .action("lower the site's invalidation_budget so large publishes invalidate `/*` (one path), or publish less often this month")
+        .label("site", site.name.clone())
+        .label("month", month)
 }
 
 fn over_free_alert(site: &Site, month: &str, total: i64, now: i64) -> Alert {
@@ -288,9 +308,12 @@ impl StreamFunction for CdnInvalidate {
             let work = async {
                 // Read again: the image may be older than the record (the tick moves it too).
                 let Some(publish) = self.table.publish(&site.name, &id).await? else { return Ok(()) };
+                // What is in progress on the distribution, whichever site it serves.
                 let mut in_progress = InProgress::default();
-                for running in self.table.publishes_in(&site.name, &[PublishState::Invalidating]).await? {
-                    in_progress.add(&running.invalidation_paths);
+                for sharing in self.config.sites.iter().filter(|s| s.distribution == site.distribution) {
+                    for running in self.table.publishes_in(&sharing.name, &[PublishState::Invalidating]).await? {
+                        in_progress.add(&running.invalidation_paths);
+                    }
                 }
                 self.advance(site, publish, &mut in_progress, now).await
             };

@@ -34,6 +34,11 @@ pub struct Site {
     /// `Cache-Control` of a file no rule matches.
     #[serde(default = "default_cache_control")]
     pub default_cache_control: String,
+    /// `"gzip"`: a `NAME.gz` of the build is published as `NAME`, with `Content-Encoding:
+    /// gzip` and NAME's content type (every browser takes gzip; S3 cannot choose an encoding
+    /// per viewer, so only one can be served).
+    #[serde(default, deserialize_with = "precompressed")]
+    pub precompressed: Option<String>,
     /// Extra or different content types by extension (`webmanifest = "application/manifest+json"`).
     #[serde(default)]
     pub content_types: BTreeMap<String, String>,
@@ -132,6 +137,16 @@ fn key_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::E
     Ok(prefix)
 }
 
+fn precompressed<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let encoding = String::deserialize(deserializer)?;
+    if encoding != "gzip" {
+        return Err(de::Error::custom(format!(
+            "precompressed: `{encoding}` cannot be served: S3 and CloudFront cannot pick an encoding per viewer, so only \"gzip\" (which every browser takes) is; for brotli let CloudFront compress"
+        )));
+    }
+    Ok(Some(encoding))
+}
+
 fn glob_pattern<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let pattern = String::deserialize(deserializer)?;
     glob::Pattern::new(&pattern).map_err(|err| de::Error::custom(format!("glob `{pattern}`: {err}")))?;
@@ -192,6 +207,17 @@ impl Site {
             }
         }
         Ok(())
+    }
+
+    /// A site named `web` on bucket `acme-web` with `extra` configuration, for tests.
+    #[cfg(test)]
+    pub(crate) fn sample(extra: &str) -> Site {
+        let text =
+            format!("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}");
+        match Config::parse(&text, "conveyor.toml") {
+            Ok(mut config) => config.sites.remove(0),
+            Err(err) => panic!("{err}"),
+        }
     }
 
     /// The `Cache-Control` for a path in the site.

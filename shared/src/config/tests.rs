@@ -235,6 +235,8 @@ fn sites_are_checked_where_they_are_written() {
     assert!(problem(site("[site.content_types]\n\".js\" = \"text/javascript\"\n")).contains("without its dot"));
     assert!(problem(site("[site.content_types]\nSVG = \"image/svg+xml\"\n")).contains("in lower case"));
     assert!(problem(site("region = \"europe\"\n")).contains("not an AWS region"));
+    assert!(problem(site("precompressed = \"br\"\n")).contains("only \"gzip\""));
+    assert_eq!(site("precompressed = \"gzip\"\n").unwrap().sites[0].precompressed.as_deref(), Some("gzip"));
     let shared = |a: &str, b: &str| {
         parse(&format!(
             "[[site]]\nname = \"a\"\nbucket = \"one\"\ndistribution = \"E2QWRUHEXAMPLE\"\nprefix = \"{a}\"\n[[site]]\nname = \"b\"\nbucket = \"one\"\ndistribution = \"E2QWRUHEXAMPLF\"\nprefix = \"{b}\"\n"

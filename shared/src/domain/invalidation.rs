@@ -57,6 +57,17 @@ impl Invalidation {
         self.paths.iter().filter(|p| p.ends_with('*')).count()
     }
 
+    /// A short digest of the paths: what a caller reference needs to name exactly these.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for path in &self.paths {
+            hash.update(path.as_bytes());
+            hash.update([0]);
+        }
+        hex::encode(&hash.finalize()[..8])
+    }
+
     pub fn file_paths(&self) -> usize {
         self.paths.len() - self.wildcards()
     }
@@ -185,6 +196,8 @@ pub fn step(
         PublishState::Uploaded => {
             let wanted =
                 if record.whole_site { Some(Invalidation::whole_site()) } else { plan(site, &record.stale_keys) };
+            // More wildcards than CloudFront ever takes at once (keys with stars): the whole site.
+            let wanted = wanted.map(|i| if i.fits(0, 0) { i } else { Invalidation::whole_site() });
             match wanted {
                 None => Step::NothingToInvalidate,
                 Some(invalidation) if invalidation.fits(in_progress.files, in_progress.wildcards) => {
@@ -212,12 +225,9 @@ pub fn month_of(at: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn site(extra: &str) -> Site {
-        let text =
-            format!("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}");
-        Config::parse(&text, "conveyor.toml").unwrap().sites.remove(0)
+        Site::sample(extra)
     }
 
     fn keys(list: &[&str]) -> Vec<String> {
@@ -327,6 +337,14 @@ mod tests {
         whole.whole_site = true;
         let wildcards = InProgress { files: 0, wildcards: 15 };
         assert!(matches!(step(&site, &whole, wildcards, 900, 2_000), Step::Wait(_)), "15 wildcards at most");
+        let starry: Vec<String> = (0..16).map(|i| format!("d{i}/star*.txt")).collect();
+        let starry = record(PublishState::Uploaded, &starry.iter().map(String::as_str).collect::<Vec<_>>());
+        let roomy = self::site("invalidation_budget = 3000\n");
+        assert_eq!(
+            step(&roomy, &starry, InProgress::default(), 900, 2_000),
+            Step::Submit(Invalidation::whole_site()),
+            "16 wildcards never fit: the whole site instead of waiting forever"
+        );
         let outside = self::site("origin_path = \"www/\"\nprefix = \"www/\"\n");
         let nothing = record(PublishState::Uploaded, &["other/a.css"]);
         assert_eq!(step(&outside, &nothing, InProgress::default(), 900, 2_000), Step::NothingToInvalidate);

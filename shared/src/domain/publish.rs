@@ -140,6 +140,9 @@ pub enum PublishState {
     /// Given up part-way (the run died) and folded into a later publish, which carries its
     /// stale keys.
     Superseded,
+    /// A state a newer version of Conveyor wrote: listed, never acted on.
+    #[serde(other)]
+    Unknown,
 }
 
 impl PublishState {
@@ -150,6 +153,7 @@ impl PublishState {
             PublishState::Invalidating => "invalidating",
             PublishState::Completed => "completed",
             PublishState::Failed => "failed",
+            PublishState::Unknown => "unknown",
             PublishState::Superseded => "superseded",
         }
     }
@@ -404,12 +408,9 @@ fn headers_line(headers: &Headers) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn site(extra: &str) -> Site {
-        let text =
-            format!("[[site]]\nname = \"web\"\nbucket = \"acme-web\"\ndistribution = \"E2QWRUHEXAMPLE\"\n{extra}");
-        Config::parse(&text, "conveyor.toml").unwrap().sites.remove(0)
+        Site::sample(extra)
     }
 
     fn file(site: &Site, path: &str, content: &str) -> Desired {

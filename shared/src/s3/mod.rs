@@ -144,81 +144,17 @@ impl Artifacts {
         sha256: &str,
         version: &str,
         part_size: u64,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<(), S3Error> {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let (bucket, key) = parse_url(url)?;
-        let aws = |operation, message: String| S3Error::Aws { operation, url: url.to_owned(), message };
-        let read = |e: std::io::Error| aws("read", format!("{}: {e}", path.display()));
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        let part_size = part_size.max(5 * 1024 * 1024);
-        if size <= part_size {
-            let body = ByteStream::from_path(path).await.map_err(|e| aws("read", e.to_string()))?;
-            self.put_object(url, body, sha256, version).await?;
-            progress(size);
-            return Ok(());
-        }
-        let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .content_type("application/gzip")
-            .metadata("sha256", sha256)
-            .metadata("version", version)
-            .send()
-            .await
-            .map_err(|e| aws("CreateMultipartUpload", DisplayErrorContext(e).to_string()))?;
-        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
-        let mut parts = Vec::new();
-        let sent = async {
-            let mut offset = 0;
-            for number in 1.. {
-                if offset >= size {
-                    break;
-                }
-                let length = part_size.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(aws_sdk_s3::primitives::Length::Exact(length))
-                    .build()
-                    .await
-                    .map_err(|e| aws("read", e.to_string()))?;
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| aws("UploadPart", DisplayErrorContext(e).to_string()))?;
-                parts.push(
-                    CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build(),
-                );
-                offset += length;
-                progress(offset);
-            }
-            self.client
-                .complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send()
-                .await
-                .map_err(|e| aws("CompleteMultipartUpload", DisplayErrorContext(e).to_string()))?;
-            Ok(())
-        }
-        .await;
-        if sent.is_err() {
-            // Parts of an abandoned upload are billed until aborted.
-            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
-        }
-        sent
+        let write = ObjectWrite {
+            content_type: "application/gzip",
+            cache_control: None,
+            content_encoding: None,
+            metadata: &[("sha256", sha256), ("version", version)],
+        };
+        write_file(&self.client, bucket, key, path, &write, part_size, progress).await?;
+        Ok(())
     }
 
     /// Creates `bucket`, versioned as the template makes it, unless it exists. For the local
@@ -282,6 +218,110 @@ mod tests {
         assert!(parse_url("https://x/y").is_err());
         assert!(parse_url("s3://bucket/").is_err());
     }
+}
+
+/// How an object is written: its headers and its metadata.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ObjectWrite<'a> {
+    pub content_type: &'a str,
+    pub cache_control: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub metadata: &'a [(&'a str, &'a str)],
+}
+
+/// Writes the file at `path` as `bucket/key`, streamed from disk: one PutObject up to
+/// `part_size` (at least S3's 5 MiB), parts above it, aborted on failure (parts are billed
+/// until then). Answers S3's ETag, without quotes.
+pub(crate) async fn write_file(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    path: &std::path::Path,
+    write: &ObjectWrite<'_>,
+    part_size: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<String, S3Error> {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let url = format!("s3://{bucket}/{key}");
+    let aws = |operation, message: String| S3Error::Aws { operation, url: url.clone(), message };
+    let read = |e: std::io::Error| aws("read", format!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(read)?.len();
+    let part_size = part_size.max(5 * 1024 * 1024);
+    let metadata = || Some(write.metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    if size <= part_size {
+        let body = ByteStream::from_path(path).await.map_err(|e| aws("read", e.to_string()))?;
+        let written = client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(write.content_type)
+            .set_cache_control(write.cache_control.map(str::to_owned))
+            .set_content_encoding(write.content_encoding.map(str::to_owned))
+            .set_metadata(metadata())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| aws("PutObject", DisplayErrorContext(e).to_string()))?;
+        progress(size);
+        return Ok(written.e_tag().unwrap_or_default().trim_matches('"').to_owned());
+    }
+    let upload = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type(write.content_type)
+        .set_cache_control(write.cache_control.map(str::to_owned))
+        .set_content_encoding(write.content_encoding.map(str::to_owned))
+        .set_metadata(metadata())
+        .send()
+        .await
+        .map_err(|e| aws("CreateMultipartUpload", DisplayErrorContext(e).to_string()))?;
+    let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+    let mut parts = Vec::new();
+    let sent = async {
+        let mut offset = 0;
+        for number in 1.. {
+            if offset >= size {
+                break;
+            }
+            let length = part_size.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(length))
+                .build()
+                .await
+                .map_err(|e| aws("read", e.to_string()))?;
+            let part = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| aws("UploadPart", DisplayErrorContext(e).to_string()))?;
+            parts.push(CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build());
+            offset += length;
+            progress(offset);
+        }
+        let done = client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| aws("CompleteMultipartUpload", DisplayErrorContext(e).to_string()))?;
+        Ok(done.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+    }
+    .await;
+    if sent.is_err() {
+        let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+    }
+    sent
 }
 
 mod site;

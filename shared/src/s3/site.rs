@@ -8,10 +8,12 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, MetadataDirective, ObjectIdentifier};
 
-use super::S3Error;
+use super::{ObjectWrite, S3Error, write_file};
 use crate::SdkConfig;
 use crate::domain::publish::{Headers, Manifest, Remote};
 
+/// Files above this go up in parts of this size.
+pub const PART_SIZE: u64 = 64 * 1024 * 1024;
 /// DeleteObjects takes at most this many keys.
 const DELETE_BATCH: usize = 1000;
 
@@ -84,27 +86,16 @@ impl SiteBucket {
         }
     }
 
-    /// Writes the file at `path` as `key`, with its headers and its SHA-256 as metadata.
+    /// Writes the file at `path` as `key`, with its headers and its SHA-256 as metadata; in
+    /// parts above [`PART_SIZE`].
     pub async fn upload(&self, key: &str, path: &Path, headers: &Headers, sha256: &str) -> Result<Written, S3Error> {
-        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Aws {
-            operation: "read",
-            url: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let written = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(&headers.content_type)
-            .cache_control(&headers.cache_control)
-            .set_content_encoding(headers.content_encoding.clone())
-            .metadata("sha256", sha256)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.error("PutObject", key, e))?;
-        Ok(written.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+        let write = ObjectWrite {
+            content_type: &headers.content_type,
+            cache_control: Some(&headers.cache_control),
+            content_encoding: headers.content_encoding.as_deref(),
+            metadata: &[("sha256", sha256)],
+        };
+        write_file(&self.client, &self.bucket, key, path, &write, PART_SIZE, |_| {}).await
     }
 
     /// Gives `key` new headers without sending its bytes again (a copy onto itself).
