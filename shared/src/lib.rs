@@ -24,6 +24,8 @@ pub mod cloudfront;
 pub mod ec2;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "probe")]
+pub mod probe;
 #[cfg(feature = "ec2")]
 pub mod provider_images;
 #[cfg(feature = "s3")]

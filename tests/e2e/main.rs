@@ -3,6 +3,7 @@
 mod agent_channel;
 mod api;
 mod cdn;
+mod checks;
 mod intake;
 mod local_aws;
 mod manifests;

@@ -13,10 +13,12 @@ use serde::de::{self, Deserializer};
 
 use crate::secret::Secret;
 
+mod checks;
 mod settings;
 mod site;
 mod values;
 
+pub use checks::{Channel, ChannelKind, Check};
 pub use settings::{
     DEFAULT_ENTITLEMENT_GRACE, DEFAULT_STRIPE_TOLERANCE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource,
     Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,
@@ -31,6 +33,8 @@ pub struct Config {
     pub environments: Vec<Environment>,
     pub providers: Vec<Provider>,
     pub sites: Vec<Site>,
+    pub channels: Vec<Channel>,
+    pub checks: Vec<Check>,
 }
 
 /// A machine-image provider: the per-region image ids that Packer builds publish to it.
@@ -426,6 +430,10 @@ struct RawConfig {
     provider: Vec<toml::Spanned<Provider>>,
     #[serde(default)]
     site: Vec<toml::Spanned<Site>>,
+    #[serde(default)]
+    channel: Vec<toml::Spanned<Channel>>,
+    #[serde(default)]
+    check: Vec<toml::Spanned<Check>>,
 }
 
 /// A configuration error with its position in the file.
@@ -527,10 +535,24 @@ impl Config {
             }
             seen.push(site);
         }
+        let channels: Vec<&Channel> = raw.channel.iter().map(toml::Spanned::get_ref).collect();
+        for (i, spanned) in raw.channel.iter().enumerate() {
+            if let Some(problem) = checks::channel_problem(&channels, i) {
+                return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
+            }
+        }
+        let all_checks: Vec<&Check> = raw.check.iter().map(toml::Spanned::get_ref).collect();
+        for (i, spanned) in raw.check.iter().enumerate() {
+            if let Some(problem) = checks::check_problem(&all_checks, &channels, i) {
+                return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
+            }
+        }
         Ok(Config {
             environments: raw.environment.into_iter().map(toml::Spanned::into_inner).collect(),
             providers: raw.provider.into_iter().map(toml::Spanned::into_inner).collect(),
             sites: raw.site.into_iter().map(toml::Spanned::into_inner).collect(),
+            channels: raw.channel.into_iter().map(toml::Spanned::into_inner).collect(),
+            checks: raw.check.into_iter().map(toml::Spanned::into_inner).collect(),
         })
     }
 

@@ -250,3 +250,55 @@ fn sites_are_checked_where_they_are_written() {
     ));
     assert!(twice.contains("site `web` is defined twice"), "{twice}");
 }
+
+#[test]
+fn checks_and_channels_are_read_as_the_issue_writes_them() {
+    let text = r#"
+[[channel]]
+name = "team"
+type = "slack"
+secret = "conveyor/slack-team"
+
+[[check]]
+name = "edge"
+url = "https://example.com/"
+conditions = ["[STATUS] == 200"]
+
+[[check]]
+name = "api"
+url = "https://api.example.com/health"
+conditions = ["[STATUS] == 200", "[RESPONSE_TIME] < 500", "[BODY].status == UP"]
+failure_threshold = 3
+success_threshold = 2
+repeat = "4h"
+depends_on = ["edge"]
+action = "Look at the API's logs; restart the service if it is stuck"
+channels = ["team"]
+"#;
+    let config = parse(text).unwrap();
+    let api = &config.checks[1];
+    assert_eq!((api.conditions.len(), api.repeat, api.timeout), (3, Some(Seconds(4 * 3600)), Seconds(10)));
+    assert_eq!(api.thresholds().repeat, Some(4 * 3600));
+    assert_eq!(config.channels[0].kind, ChannelKind::Slack);
+}
+
+#[test]
+fn check_mistakes_are_named_where_they_are_written() {
+    let check = |extra: &str| {
+        parse(&format!("[[check]]\nname = \"api\"\nurl = \"https://a/\"\nconditions = [\"[STATUS] == 200\"]\n{extra}"))
+    };
+    let problem = |r: Result<Config, ConfigError>| r.unwrap_err().to_string();
+    let typo = problem(parse("[[check]]\nname = \"api\"\nurl = \"https://a/\"\nconditions = [\"[STATS] == 200\"]\n"));
+    assert!(typo.contains("not a placeholder") && typo.contains(":4:"), "{typo}");
+    assert!(problem(check("channels = [\"team\"]\n")).contains("no [[channel]] named `team`"));
+    assert!(problem(check("depends_on = [\"edge\"]\n")).contains("which is no [[check]]"));
+    assert!(problem(check("failure_threshold = 0\n")).contains("from 1"));
+    let cycle = problem(parse(
+        "[[check]]\nname = \"a\"\nurl = \"https://a/\"\nconditions = [\"[STATUS] == 200\"]\ndepends_on = [\"b\"]\n[[check]]\nname = \"b\"\nurl = \"https://b/\"\nconditions = [\"[STATUS] == 200\"]\ndepends_on = [\"a\"]\n",
+    ));
+    assert!(cycle.contains("depends on itself"), "{cycle}");
+    let slack = problem(parse("[[channel]]\nname = \"team\"\ntype = \"slack\"\n"));
+    assert!(slack.contains("needs `secret`"), "{slack}");
+    let kind = problem(parse("[[channel]]\nname = \"team\"\ntype = \"pager\"\n"));
+    assert!(kind.contains("pager"), "{kind}");
+}

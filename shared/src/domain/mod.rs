@@ -2,6 +2,7 @@
 //! Nothing here performs I/O; the functions decide here and act through [`crate::store`].
 
 pub mod alert;
+pub mod checks;
 pub mod fleet;
 pub mod gate;
 pub mod github;

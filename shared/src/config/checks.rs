@@ -1,0 +1,173 @@
+//! `[[channel]]` and `[[check]]`: where alerts go, and what is checked every scheduled run.
+
+use super::*;
+use crate::domain::checks::{Condition, Thresholds};
+
+/// Where alerts are delivered. The secret (a Slack incoming-webhook URL, a webhook's signing
+/// key) is a reference to Secrets Manager, never the value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    #[serde(deserialize_with = "resource_name")]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ChannelKind,
+    /// A Secrets Manager secret (name or ARN): Slack's webhook URL, or the generic webhook's
+    /// signing key.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Email: who receives it, and the SES identity it is sent from.
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Generic webhook: where it is POSTed.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Slack,
+    Email,
+    Webhook,
+}
+
+/// A check of an HTTP(S) endpoint, run on every scheduled run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    #[serde(deserialize_with = "resource_name")]
+    pub name: String,
+    pub url: String,
+    #[serde(deserialize_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "default_success_threshold")]
+    pub success_threshold: u32,
+    /// Reminder interval while down; none when absent.
+    #[serde(default)]
+    pub repeat: Option<Seconds>,
+    /// Checks whose being down mutes this one.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// What to do when it goes down: runbook text or a link.
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Checks of one group failing in the same run make one message.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Seconds,
+}
+
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+fn default_success_threshold() -> u32 {
+    2
+}
+
+fn default_check_timeout() -> Seconds {
+    Seconds(10)
+}
+
+fn conditions<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Condition>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    if texts.is_empty() {
+        return Err(de::Error::custom("conditions: give at least one, like \"[STATUS] == 200\""));
+    }
+    texts.iter().map(|text| Condition::parse(text).map_err(de::Error::custom)).collect()
+}
+
+impl Check {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            failure: self.failure_threshold,
+            success: self.success_threshold,
+            repeat: self.repeat.map(|r| r.0 as i64),
+        }
+    }
+
+    fn problem(&self, channels: &[Channel], checks: &[&Check]) -> Option<String> {
+        let name = &self.name;
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Some(format!("check `{name}`: url `{}` must start with http:// or https://", self.url));
+        }
+        if self.failure_threshold == 0 || self.success_threshold == 0 {
+            return Some(format!("check `{name}`: thresholds count runs, from 1"));
+        }
+        if self.timeout.0 == 0 || self.timeout.0 > 60 {
+            return Some(format!("check `{name}`: timeout must be from 1s to 60s (a run is one minute)"));
+        }
+        if let Some(missing) = self.channels.iter().find(|c| !channels.iter().any(|channel| channel.name == **c)) {
+            return Some(format!("check `{name}`: no [[channel]] named `{missing}`"));
+        }
+        if let Some(missing) = self.depends_on.iter().find(|d| !checks.iter().any(|check| check.name == **d)) {
+            return Some(format!("check `{name}`: depends_on names `{missing}`, which is no [[check]]"));
+        }
+        None
+    }
+}
+
+impl Channel {
+    fn problem(&self) -> Option<String> {
+        let name = &self.name;
+        match self.kind {
+            ChannelKind::Slack if self.secret.is_none() => Some(format!(
+                "channel `{name}`: a Slack channel needs `secret`, the Secrets Manager secret holding its incoming-webhook URL"
+            )),
+            ChannelKind::Email if self.to.is_empty() || self.from.is_none() => Some(format!(
+                "channel `{name}`: an email channel needs `to` (a list) and `from` (a verified SES identity)"
+            )),
+            ChannelKind::Webhook
+                if self.url.as_deref().is_none_or(|u| !u.starts_with("https://") && !u.starts_with("http://")) =>
+            {
+                Some(format!("channel `{name}`: a webhook channel needs `url` (http:// or https://)"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The problem with channel `i`, if any: a duplicate name or missing settings.
+pub(super) fn channel_problem(channels: &[&Channel], i: usize) -> Option<String> {
+    let channel = channels[i];
+    if channels[..i].iter().any(|c| c.name == channel.name) {
+        return Some(format!("channel `{}` is defined twice", channel.name));
+    }
+    channel.problem()
+}
+
+/// The problem with check `i`, if any: a duplicate name, unknown channels or parents, or a
+/// cycle of `depends_on` (a check that depends on itself would never alert).
+pub(super) fn check_problem(checks: &[&Check], channels: &[&Channel], i: usize) -> Option<String> {
+    let check = checks[i];
+    if checks[..i].iter().any(|c| c.name == check.name) {
+        return Some(format!("check `{}` is defined twice", check.name));
+    }
+    let channels: Vec<Channel> = channels.iter().map(|c| (*c).clone()).collect();
+    if let Some(problem) = check.problem(&channels, checks) {
+        return Some(problem);
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    let mut next: Vec<&str> = check.depends_on.iter().map(String::as_str).collect();
+    while let Some(parent) = next.pop() {
+        if parent == check.name {
+            return Some(format!("check `{}` depends on itself (through {})", check.name, seen.join(", ")));
+        }
+        if seen.contains(&parent) {
+            continue;
+        }
+        seen.push(parent);
+        if let Some(found) = checks.iter().find(|c| c.name == parent) {
+            next.extend(found.depends_on.iter().map(String::as_str));
+        }
+    }
+    None
+}

@@ -1,0 +1,98 @@
+//! The HTTP side of health checks: one GET per check, bounded in time, turned into what the
+//! run observed. A check that cannot run at all (DNS, TLS, a refused connection, the time
+//! running out) is a failure whose cause says so.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Check;
+use crate::domain::checks::Observation;
+
+/// Bodies are read up to this size: enough for any health endpoint's JSON.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for checks: {0}")]
+pub struct ProbeError(String);
+
+#[derive(Clone, Debug)]
+pub struct Prober {
+    client: reqwest::Client,
+}
+
+impl Prober {
+    pub fn new() -> Result<Self, ProbeError> {
+        let client = reqwest::Client::builder()
+            // A redirect is an answer of its own: `[STATUS] == 301` must be checkable.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("conveyor-check")
+            .build()
+            .map_err(|e| ProbeError(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// What one GET of `url` shows within `timeout`; the error text when it could not run.
+    pub async fn observe(&self, url: &str, timeout: Duration) -> (Observation, Option<String>) {
+        let started = Instant::now();
+        let sent = tokio::time::timeout(timeout, async {
+            let response = self.client.get(url).send().await?;
+            let status = response.status().as_u16();
+            let ip = response.remote_addr().map(|addr| addr.ip().to_string());
+            let mut body = Vec::new();
+            let mut response = response;
+            while let Some(chunk) = response.chunk().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() >= MAX_BODY_BYTES {
+                    body.truncate(MAX_BODY_BYTES);
+                    break;
+                }
+            }
+            Ok::<_, reqwest::Error>((status, ip, body))
+        })
+        .await;
+        let response_time = started.elapsed();
+        match sent {
+            Ok(Ok((status, ip, body))) => (
+                Observation {
+                    status: Some(status),
+                    response_time,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    certificate_expiration: None,
+                    connected: true,
+                    ip,
+                },
+                None,
+            ),
+            Ok(Err(err)) => {
+                let connected = !(err.is_connect() || err.is_timeout());
+                (Observation { response_time, connected, ..Observation::default() }, Some(describe(&err)))
+            }
+            Err(_) => (
+                Observation { response_time, ..Observation::default() },
+                Some(format!("no answer within {} ms", timeout.as_millis())),
+            ),
+        }
+    }
+
+    /// One run of `check`: `Ok` when every condition held, else the cause (each failed
+    /// condition with what was seen, or why the check could not run).
+    pub async fn run(&self, check: &Check) -> Result<(), String> {
+        let (seen, error) = self.observe(&check.url, Duration::from_secs(check.timeout.0)).await;
+        if let Some(error) = error {
+            return Err(format!("cannot check {}: {error}", check.url));
+        }
+        let failed: Vec<String> = check.conditions.iter().filter_map(|c| c.evaluate(&seen).err()).collect();
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    }
+}
+
+/// The error and its causes, the way a person reads them ("connection refused").
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
