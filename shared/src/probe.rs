@@ -34,11 +34,10 @@ impl Prober {
     pub async fn observe(&self, url: &str, timeout: Duration) -> (Observation, Option<String>) {
         let started = Instant::now();
         let sent = tokio::time::timeout(timeout, async {
-            let response = self.client.get(url).send().await?;
+            let mut response = self.client.get(url).send().await?;
             let status = response.status().as_u16();
             let ip = response.remote_addr().map(|addr| addr.ip().to_string());
             let mut body = Vec::new();
-            let mut response = response;
             while let Some(chunk) = response.chunk().await? {
                 body.extend_from_slice(&chunk);
                 if body.len() >= MAX_BODY_BYTES {

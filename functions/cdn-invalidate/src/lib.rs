@@ -153,7 +153,9 @@ impl CdnInvalidate {
         let id = match self.cdn.invalidate(&record.distribution, &reference, &invalidation.paths).await {
             Ok(id) => id,
             Err(CdnError::Busy { .. }) => {
-                tracing::info!(site = %site.name, publish = %record.id, "CloudFront is busy with other invalidations: a later run submits it");
+                tracing::info!(site = %site.name, publish = %record.id, "CloudFront is busy with other invalidations: the next run submits it");
+                // Given back, so the next run (a minute on) tries instead of waiting out the claim.
+                self.table.release_submission(record, &token).await?;
                 return Ok(false);
             }
             // No such distribution: trying again changes nothing; the alert says what to fix.
@@ -162,7 +164,10 @@ impl CdnInvalidate {
                 self.table.record_alert(&failed_alert(site, record, &err.to_string(), now)).await?;
                 return Ok(false);
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                self.table.release_submission(record, &token).await?;
+                return Err(err.into());
+            }
         };
         let recorded = self.table.record_submission(record, &token, &id, &invalidation.paths, now).await?;
         let paths = invalidation.paths.len();

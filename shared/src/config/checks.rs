@@ -94,7 +94,7 @@ impl Check {
         }
     }
 
-    fn problem(&self, channels: &[Channel], checks: &[&Check]) -> Option<String> {
+    fn problem(&self, channels: &[&Channel], checks: &[&Check]) -> Option<String> {
         let name = &self.name;
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Some(format!("check `{name}`: url `{}` must start with http:// or https://", self.url));
@@ -151,8 +151,7 @@ pub(super) fn check_problem(checks: &[&Check], channels: &[&Channel], i: usize) 
     if checks[..i].iter().any(|c| c.name == check.name) {
         return Some(format!("check `{}` is defined twice", check.name));
     }
-    let channels: Vec<Channel> = channels.iter().map(|c| (*c).clone()).collect();
-    if let Some(problem) = check.problem(&channels, checks) {
+    if let Some(problem) = check.problem(channels, checks) {
         return Some(problem);
     }
     let mut seen: Vec<&str> = Vec::new();

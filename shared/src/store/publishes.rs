@@ -103,6 +103,18 @@ impl Table {
         .await
     }
 
+    /// Gives a submission claim back (CloudFront was busy or failed), if it is still ours.
+    pub async fn release_submission(&self, record: &PublishRecord, token: &str) -> Result<Transition, StoreError> {
+        self.update_if(
+            Key::publish(&record.site, &record.id),
+            "REMOVE submit_token, submit_until",
+            "submit_token = :token",
+            &[],
+            vec![(":token", s(token))],
+        )
+        .await
+    }
+
     /// Records a submitted invalidation, only by the invocation holding the claim, and counts
     /// its paths in the month's total, in one transaction.
     pub async fn record_submission(
