@@ -20,7 +20,7 @@ help:
 	@echo "make build    debug build of the workspace"
 	@echo "make package  Lambda zips for arm64 (cargo lambda) in target/lambda/"
 	@echo "make deploy   sam deploy (needs AWS credentials; see README)"
-	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll"
+	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll; publish; 200 checks"
 	@echo "make clean    remove build output and tool environments"
 
 # Built as the tests build it: features unify across the packages built together, and with
@@ -52,6 +52,7 @@ bench:
 	env -u RUSTC_WORKSPACE_WRAPPER cargo bench -p conveyor-shared --bench intake
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p deploy-fanout --bench fanout
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p conveyor-cli --bench publish
+	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p conveyor-e2e --bench checks
 
 clean:
 	cargo clean

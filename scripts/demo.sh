@@ -46,6 +46,45 @@ config="$work/conveyor.toml"
 cp events/conveyor.dev.toml "$config"
 printf '\n[[site]]\nname = "frontend"\nbucket = "acme-frontend"\ndistribution = "%s"\n' "$distribution" >> "$config"
 
+# The team's Slack channel: a local stand-in that behaves like Slack's incoming webhooks
+# (one message a second, 429 with Retry-After above that). Its URL goes into the emulator's
+# Secrets Manager as conveyor/slack-team, where alert-dispatch reads it, exactly as in AWS.
+slack_log="$work/slack.jsonl"
+"$root/target/debug/slack-standin" > "$slack_log" & pids+=($!)
+for _ in $(seq 1 50); do [ -s "$slack_log" ] && break; sleep 0.1; done
+"$root/.venv/moto/bin/python" - "$(head -1 "$slack_log")" <<'PY'
+import sys
+import boto3
+secrets = boto3.client("secretsmanager")
+try:
+    secrets.create_secret(Name="conveyor/slack-team", SecretString=sys.argv[1])
+except secrets.exceptions.ResourceExistsException:
+    secrets.put_secret_value(SecretId="conveyor/slack-team", SecretString=sys.argv[1])
+PY
+# The shop's health endpoint, which the check below watches (a file served over HTTP).
+mkdir -p "$work/shop"
+echo '{"status": "UP"}' > "$work/shop/health.json"
+shop_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$shop_port" --bind 127.0.0.1 --directory "$work/shop" >/dev/null 2>&1 & pids+=($!)
+cat >> "$config" <<TOML
+
+[[channel]]
+name = "team"
+type = "slack"
+secret = "conveyor/slack-team"
+
+[[check]]
+name = "shop-api"
+url = "http://127.0.0.1:$shop_port/health.json"
+conditions = ["[STATUS] == 200", "[BODY].status == UP", "[RESPONSE_TIME] < 1000"]
+failure_threshold = 2
+success_threshold = 2
+repeat = "4h"
+impact = "Customers cannot load the shop"
+action = "Restart the shop API (systemctl restart shop) and read its log"
+channels = ["team"]
+TOML
+
 "$conveyor" dev --listen "127.0.0.1:$port" --config "$config" &
 server=$!
 cleanup() {
@@ -163,6 +202,28 @@ publish
 echo '<h1>Docs, revised</h1>' > "$site/docs/index.html"
 echo "(cdn-invalidate submits the invalidation and follows it; --wait returns when it completed)"
 publish --wait --timeout 60s
+
+echo
+echo "== a health check goes down and comes back (checks run every tick; 2 failures to go down)"
+slack_says() {
+  for _ in $(seq 1 150); do grep -q "$1" "$slack_log" && return 0; sleep 0.2; done
+  echo "the Slack stand-in never received a message saying '$1'" >&2
+  return 1
+}
+echo '{"status": "DOWN"}' > "$work/shop/health.json"
+slack_says "Check shop-api is down"
+echo '{"status": "UP"}' > "$work/shop/health.json"
+slack_says "Check shop-api back up"
+echo "what the team's Slack channel received (Block Kit, with this fallback text):"
+python3 - "$slack_log" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()[1:]
+for line in lines:
+    print("  " + json.loads(line)["text"].splitlines()[0])
+down = next(json.loads(l)["text"] for l in lines if "shop-api is down" in l)
+print("the check's down message in full:")
+print("    " + down.strip().replace("\n", "\n    "))
+PY
 
 echo
 echo "== GET /api/v1/builds"

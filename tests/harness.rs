@@ -5,6 +5,8 @@
 //! The emulator is started once per test run by `make test` (scripts/with-moto) and found
 //! through `CONVEYOR_TEST_AWS_ENDPOINT`.
 
+pub mod slack;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,6 +69,20 @@ pub async fn launch_instances(sdk: &SdkConfig, count: i32, app: &str) -> Vec<Str
         .await
         .unwrap();
     launched.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect()
+}
+
+/// Stores `value` in the emulator's Secrets Manager under a new name starting with
+/// `prefix`; answers the name.
+pub async fn store_secret(prefix: &str, value: &str) -> String {
+    let name = unique_name(prefix);
+    aws_sdk_secretsmanager::Client::new(&sdk().await)
+        .create_secret()
+        .name(&name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+    name
 }
 
 /// A name no other test in this or a concurrent run uses.

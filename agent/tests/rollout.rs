@@ -59,6 +59,23 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
     assert!(!status.lines().any(|l| l.contains(" waiting ")), "no wave is shown as waiting: {status}");
     let alerts = rig.app.table.recent_alerts(10).await.unwrap();
     assert!(alerts.iter().any(|a| a.kind.as_str() == "deployment_rolled_back"), "{alerts:?}");
+    // The team's chat heard every step, and why the fleet went back, and where to.
+    let said = |text: &str| rig.slack.texts().into_iter().find(|t| t.contains(text));
+    rig.wait_until("the rollback reaches the team's Slack", || said("rolled back").is_some()).await;
+    let rollback = said("rolled back").unwrap();
+    assert!(
+        rollback.contains(&format!("[critical] Deployment of {} to production rolled back", &broken[..12])),
+        "{rollback}"
+    );
+    assert!(rollback.contains("Cause: ") && rollback.contains("failed in wave 1"), "{rollback}");
+    assert!(rollback.contains(&format!("going back to {}", &better[..12])), "{rollback}");
+    assert!(rollback.contains("Action: Read the failing instance's log tail"), "{rollback}");
+    for event in [
+        format!("Deployment of {} to production started", &good[..12]),
+        format!("Deployment of {} to production succeeded", &better[..12]),
+    ] {
+        rig.wait_until("deployment events reach the team's Slack", || said(&event).is_some()).await;
+    }
     // The same facts as data (`conveyor status --json`).
     let data = conveyor_cli::ops::status_json(&rig.app.table, "production").await.unwrap();
     let states: Vec<&str> =

@@ -49,6 +49,8 @@ pub enum DevError {
     Settings(SettingsError),
     #[error("cannot prepare the artifacts bucket: {0}")]
     Artifacts(String),
+    #[error("cannot build an HTTP client: {0}")]
+    Clients(String),
     #[error(transparent)]
     Sts(#[from] conveyor_shared::sts::StsError),
     #[error(
@@ -130,8 +132,17 @@ pub async fn functions(
         cdn_invalidate::CdnInvalidate::new(table.clone(), conveyor_shared::cloudfront::Cdn::new(sdk), config.clone())
             .every(tick),
     );
-    let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone(), cdn.clone()];
-    let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout, cdn];
+    let alerts = Arc::new(
+        alert_dispatch::AlertDispatch::new(
+            table.clone(),
+            conveyor_shared::probe::Prober::new().map_err(|e| DevError::Clients(e.to_string()))?,
+            alert_dispatch::Channels::new(sdk).map_err(|e| DevError::Clients(e.to_string()))?,
+            config.clone(),
+        )
+        .every(tick),
+    );
+    let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone(), cdn.clone(), alerts.clone()];
+    let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout, cdn, alerts];
     Ok(Catalog { http: Arc::new(http), streams, schedules })
 }
 
@@ -295,6 +306,7 @@ pub const REGISTRATIONS: &[&Registration] = &[
     &ledger_api::REGISTRATION,
     &deploy_fanout::REGISTRATION,
     &cdn_invalidate::REGISTRATION,
+    &alert_dispatch::REGISTRATION,
 ];
 
 /// Every route, stream filter and schedule, as JSON: what `conveyor routes` prints.

@@ -8,7 +8,10 @@ use lambda_http::{Body, service_fn};
 use serde_json::{Value, json};
 
 use crate::http::{HttpFunction, Request};
-use crate::triggers::{ScheduledEvent, ScheduledFunction, StreamEvent, StreamFunction, handle_batch};
+use crate::triggers::{
+    NotificationEvent, NotificationFunction, ScheduledEvent, ScheduledFunction, StreamEvent, StreamFunction,
+    handle_batch,
+};
 
 /// What one function serves; a function with only a schedule, or only a stream, has no HTTP
 /// part.
@@ -17,6 +20,7 @@ pub struct Capabilities<'f> {
     pub http: Option<&'f dyn HttpFunction>,
     pub stream: Option<&'f dyn StreamFunction>,
     pub schedule: Option<&'f dyn ScheduledFunction>,
+    pub notifications: Option<&'f dyn NotificationFunction>,
 }
 
 impl<'f> Capabilities<'f> {
@@ -30,6 +34,10 @@ impl<'f> Capabilities<'f> {
 
     pub fn with_schedule(self, function: &'f dyn ScheduledFunction) -> Self {
         Self { schedule: Some(function), ..self }
+    }
+
+    pub fn with_notifications(self, function: &'f dyn NotificationFunction) -> Self {
+        Self { notifications: Some(function), ..self }
     }
 }
 
@@ -45,17 +53,28 @@ pub enum DispatchError {
     Malformed { kind: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("the scheduled run failed: {0}")]
     Scheduled(String),
+    #[error("an SNS message failed: {0}")]
+    Notification(String),
 }
 
 /// Handles one invocation: an API Gateway HTTP API or function URL request (payload
-/// format 2.0), a DynamoDB stream batch (answered with its `batchItemFailures`), or an
-/// EventBridge scheduled event.
+/// format 2.0), a DynamoDB stream batch (answered with its `batchItemFailures`), an
+/// EventBridge scheduled event, or an SNS delivery.
 pub async fn dispatch(capabilities: Capabilities<'_>, payload: Value) -> Result<Value, DispatchError> {
     if payload.get("requestContext").is_some() {
         let function = capabilities.http.ok_or(DispatchError::NotServed("HTTP"))?;
         let request = lambda_http::request::from_str(&payload.to_string())
             .map_err(|e| DispatchError::Malformed { kind: "HTTP", source: Box::new(e) })?;
         return Ok(http_response(function.respond(into_request(request)).await));
+    }
+    if NotificationEvent::is_notification(&payload) {
+        let function = capabilities.notifications.ok_or(DispatchError::NotServed("SNS"))?;
+        let event: NotificationEvent = serde_json::from_value(payload)
+            .map_err(|e| DispatchError::Malformed { kind: "SNS", source: Box::new(e) })?;
+        for record in &event.records {
+            function.handle_notification(&record.sns).await.map_err(DispatchError::Notification)?;
+        }
+        return Ok(Value::Null);
     }
     if payload.get("Records").is_some() {
         let function = capabilities.stream.ok_or(DispatchError::NotServed("stream"))?;

@@ -30,6 +30,8 @@ pub mod probe;
 pub mod provider_images;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "ses")]
+pub mod ses;
 #[cfg(feature = "sts")]
 pub mod sts;
 

@@ -63,7 +63,7 @@ impl Prober {
             ),
             Ok(Err(err)) => {
                 let connected = !(err.is_connect() || err.is_timeout());
-                (Observation { response_time, connected, ..Observation::default() }, Some(describe(&err)))
+                (Observation { response_time, connected, ..Observation::default() }, Some(describe(&err.without_url())))
             }
             Err(_) => (
                 Observation { response_time, ..Observation::default() },
@@ -85,9 +85,9 @@ impl Prober {
 }
 
 /// The error and its causes, the way a person reads them ("connection refused").
-fn describe(err: &reqwest::Error) -> String {
+pub fn describe(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

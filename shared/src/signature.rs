@@ -165,6 +165,17 @@ pub fn verify_stripe(
 
 /// The `Stripe-Signature` header Stripe would send for `body` at `t` (for tests and replays).
 pub fn sign_stripe(secret: &[u8], t: i64, body: &[u8]) -> String {
+    timestamped_signature(secret, t, body)
+}
+
+/// The `Conveyor-Signature` header of an alert POSTed to a webhook channel: Stripe's scheme
+/// (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`), so receivers can verify it with
+/// code they already have and refuse replays by the timestamp.
+pub fn sign_conveyor(secret: &[u8], t: i64, body: &[u8]) -> String {
+    timestamped_signature(secret, t, body)
+}
+
+fn timestamped_signature(secret: &[u8], t: i64, body: &[u8]) -> String {
     let mut mac = mac_for(secret);
     mac.update(format!("{t}.").as_bytes());
     mac.update(body);

@@ -87,6 +87,50 @@ pub trait ScheduledFunction: Function {
     fn tick<'a>(&'a self, event: &'a ScheduledEvent) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// An SNS delivery to a subscribed function: its records, each one message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NotificationEvent {
+    #[serde(rename = "Records")]
+    pub records: Vec<NotificationRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct NotificationRecord {
+    #[serde(rename = "EventSource")]
+    pub event_source: String,
+    #[serde(rename = "Sns")]
+    pub sns: Notification,
+}
+
+/// One SNS message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Notification {
+    /// Unique per message; SNS redelivers a message with the same id.
+    #[serde(rename = "MessageId")]
+    pub message_id: String,
+    #[serde(rename = "TopicArn", default)]
+    pub topic_arn: String,
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
+impl NotificationEvent {
+    /// The event source of SNS records (DynamoDB's records say `aws:dynamodb`, in camel case).
+    pub const SOURCE: &'static str = "aws:sns";
+
+    /// Whether a payload with `Records` is an SNS delivery.
+    pub fn is_notification(payload: &Value) -> bool {
+        payload["Records"][0]["EventSource"].as_str() == Some(Self::SOURCE)
+    }
+}
+
+/// A function subscribed to an SNS topic.
+pub trait NotificationFunction: Function {
+    /// Handles one message. An error fails the invocation: SNS (through Lambda's async
+    /// retries) delivers the message again, so handling must be idempotent by message id.
+    fn handle_notification<'a>(&'a self, message: &'a Notification) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// The rate expression of a schedule, as the template writes it: `rate(1 minute)`,
 /// `rate(5 minutes)`, `rate(1 hour)`. Rates below a minute (EventBridge's smallest) or not
 /// a whole number of minutes have none.

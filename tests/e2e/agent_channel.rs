@@ -109,6 +109,7 @@ async fn a_release_goes_out_with_the_environments_health_check() {
         sha256: &release.sha256,
         artifact_version: None,
         reason: "rolling",
+        alert: None,
     };
     app.table.start_deployment(&start, now).await.unwrap();
 

@@ -10,14 +10,14 @@ use conveyor_shared::probe::Prober;
 use http_body_util::Full;
 
 /// A local health endpoint answering what the test sets, until it is stopped.
-struct Target {
-    url: String,
+pub(crate) struct Target {
+    pub(crate) url: String,
     answer: Arc<Mutex<(u16, &'static str)>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Target {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/health", listener.local_addr().unwrap());
         let answer = Arc::new(Mutex::new((200, r#"{"status": "UP"}"#)));
@@ -41,7 +41,7 @@ impl Target {
         Self { url, answer, server }
     }
 
-    fn answer(&self, status: u16, body: &'static str) {
+    pub(crate) fn answer(&self, status: u16, body: &'static str) {
         *self.answer.lock().unwrap() = (status, body);
     }
 }

@@ -196,6 +196,7 @@ async fn the_lock_is_taken_and_given_up_with_the_deployments_state() {
         sha256: "00",
         artifact_version: Some("v1"),
         reason: "rolling",
+        alert: None,
     };
     assert_eq!(table.start_deployment(&start("plan-x"), 140).await.unwrap(), Rejected, "only the claim's holder");
     assert_eq!(table.start_deployment(&start("plan-a"), 140).await.unwrap(), Applied);

@@ -1,6 +1,7 @@
 //! End-to-end tests: real HTTP on loopback, real DynamoDB API (moto).
 
 mod agent_channel;
+mod alerts;
 mod api;
 mod cdn;
 mod checks;

@@ -116,6 +116,8 @@ pub fn artifact(kind: &str) -> Vec<u8> {
 
 pub struct Rig {
     pub app: TestApp,
+    /// The team's Slack channel, where alert-dispatch (in the dev server) posts.
+    pub slack: conveyor_e2e::slack::SlackStandIn,
     pub fleet: Fleet,
     pub repository: String,
     pub instances: Vec<String>,
@@ -129,8 +131,10 @@ pub async fn rig(instances: i32) -> Rig {
 /// A rig whose agents prove their instances (no token) when `proven`.
 pub async fn rig_with(instances: i32, proven: bool) -> Rig {
     let tag = conveyor_e2e::unique_name("shop");
+    let slack = conveyor_e2e::slack::SlackStandIn::start().await;
     let config = format!(
-        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n"
+        "{}[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n",
+        slack.channel("team").await
     );
     let app = TestApp::spawn(&config).await;
     let ids = conveyor_e2e::launch_instances(&app.sdk, instances, &tag).await;
@@ -154,7 +158,7 @@ pub async fn rig_with(instances: i32, proven: bool) -> Rig {
     for id in &ids {
         fleet.agents.push((id.clone(), spawn_agent(&fleet, id)));
     }
-    Rig { app, fleet, repository: format!("acme/{tag}"), instances: ids, sick }
+    Rig { app, slack, fleet, repository: format!("acme/{tag}"), instances: ids, sick }
 }
 
 pub fn spawn_agent(fleet: &Fleet, id: &str) -> Child {

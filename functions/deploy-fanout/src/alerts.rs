@@ -130,3 +130,50 @@ impl Fanout {
         Ok(())
     }
 }
+
+/// A deployment event for the team's chat: started, succeeded, or failed before it started.
+/// Its id holds the deployment's creation time, so each deployment (a commit deployed
+/// again is another) is told once.
+pub(crate) fn deployment_event(
+    env: &Environment,
+    deployment: &DeploymentRecord,
+    kind: AlertKind,
+    what: &str,
+    now: i64,
+) -> Alert {
+    let (event, severity, impact, action) = match kind {
+        AlertKind::DeploymentStarted => (
+            "started",
+            Severity::Info,
+            format!("{} moves to {} wave by wave; a failing wave rolls back by itself", env.name, deployment.version),
+            "Nothing to do: follow it with `conveyor wait` or `conveyor status`".to_owned(),
+        ),
+        AlertKind::DeploymentSucceeded => (
+            "succeeded",
+            Severity::Info,
+            format!("{} runs {}", env.name, deployment.version),
+            "Nothing to do".to_owned(),
+        ),
+        _ => (
+            "failed",
+            Severity::Warning,
+            format!("{} stays on the release it had; {} never started", env.name, deployment.version),
+            "Read the reason, fix it (the artifact, the fleet's tags), and push again".to_owned(),
+        ),
+    };
+    Alert::new(
+        AlertSource::Deploy,
+        format!("{}-{}-{}-{event}", env.name, deployment.sha, deployment.created_at),
+        kind,
+        severity,
+        now,
+    )
+    .summary(format!("Deployment of {} to {} {event}", deployment.version, env.name))
+    .cause(what)
+    .impact(impact)
+    .action(action)
+    .label("environment", env.name.clone())
+    .label("release", deployment.version.clone())
+    .label("commit", deployment.sha.clone())
+    .label("repository", deployment.repository.clone())
+}

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use conveyor_shared::SdkConfig;
 use conveyor_shared::auth::Tokens;
 use conveyor_shared::config::{Config, Environment, Settings, Timing, agent_roles_from_env};
+use conveyor_shared::domain::alert::AlertKind;
 use conveyor_shared::domain::fleet::EnrollmentProof;
 use conveyor_shared::domain::instance_proof::AgentRole;
 use conveyor_shared::domain::rollout::{self, DeploymentPlan, Release, Step, TargetRecord, TargetState};
@@ -240,6 +241,7 @@ impl Fanout {
         let id = id.as_str();
         let fail = |reason: String| async move {
             tracing::warn!(environment = %env.name, deployment = %id, %reason, "deployment failed before it started");
+            let event = alerts::deployment_event(env, deployment, AlertKind::DeploymentFailed, &reason, now);
             let end = DeploymentEnd {
                 environment: &env.name,
                 id,
@@ -248,7 +250,7 @@ impl Fanout {
                 reason: &reason,
                 planner: Some(token),
                 last_release: None,
-                alert: None,
+                alert: Some(&event),
             };
             self.table.end_deployment(&end, now).await?;
             Ok::<_, FanoutError>(())
@@ -317,6 +319,7 @@ impl Fanout {
             sha256: &release.sha256,
             artifact_version: release.artifact_version.as_deref(),
             reason: &reason,
+            alert: Some(&alerts::deployment_event(env, deployment, AlertKind::DeploymentStarted, &reason, now)),
         };
         if self.table.start_deployment(&start, now).await? == Transition::Applied {
             tracing::info!(environment = %env.name, deployment = %id, %reason, "deployment started");
@@ -362,6 +365,7 @@ impl Fanout {
                     sha256: deployment.run.sha256.clone().unwrap_or_default(),
                     artifact_version: deployment.run.artifact_version.clone(),
                 };
+                let event = alerts::deployment_event(env, &deployment, AlertKind::DeploymentSucceeded, &reason, now);
                 let end = DeploymentEnd {
                     environment: &env.name,
                     id,
@@ -370,7 +374,7 @@ impl Fanout {
                     reason: &reason,
                     planner: None,
                     last_release: Some(&release),
-                    alert: None,
+                    alert: Some(&event),
                 };
                 if self.table.end_deployment(&end, now).await? == Transition::Applied {
                     tracing::info!(environment = %env.name, deployment = %id, %reason, "deployment succeeded");

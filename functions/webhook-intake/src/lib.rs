@@ -203,7 +203,11 @@ impl Intake {
                 }
                 Gate::Wait(running) if running.is_empty() => "no run that counts here has passed yet".to_owned(),
                 Gate::Wait(running) => format!("waiting for {}", running.join(", ")),
-                Gate::Cancel(reason) => self.cancel(env, &planned.id(), &reason, now).await?,
+                Gate::Cancel(reason) => {
+                    // Told once per run, commit and environment (redeliveries raise nothing).
+                    self.table.record_alert(&intake::ci_failed_alert(&env.name, run, &reason, now)).await?;
+                    self.cancel(env, &planned.id(), &reason, now).await?
+                }
             };
             gates.insert(env.name.clone(), said);
         }

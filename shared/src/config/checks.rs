@@ -1,7 +1,12 @@
-//! `[[channel]]` and `[[check]]`: where alerts go, and what is checked every scheduled run.
+//! `[[channel]]`, `[[route]]` and `[[check]]`: where alerts go, which alerts go where, and
+//! what is checked every scheduled run.
 
 use super::*;
+use crate::domain::alert::{AlertKind, AlertSource, Severity};
 use crate::domain::checks::{Condition, Thresholds};
+
+/// The Secrets Manager name prefix of channel secrets (the template grants exactly these).
+pub const CHANNEL_SECRET_PREFIX: &str = "conveyor/";
 
 /// Where alerts are delivered. The secret (a Slack incoming-webhook URL, a webhook's signing
 /// key) is a reference to Secrets Manager, never the value.
@@ -56,6 +61,9 @@ pub struct Check {
     /// What to do when it goes down: runbook text or a link.
     #[serde(default)]
     pub action: Option<String>,
+    /// Who or what suffers while it is down ("customers cannot sign in").
+    #[serde(default)]
+    pub impact: Option<String>,
     #[serde(default)]
     pub channels: Vec<String>,
     /// Checks of one group failing in the same run make one message.
@@ -118,6 +126,15 @@ impl Check {
 impl Channel {
     fn problem(&self) -> Option<String> {
         let name = &self.name;
+        // The stack lets alert-dispatch read secrets under `conveyor/` only.
+        if let Some(secret) = &self.secret
+            && !(secret.starts_with(CHANNEL_SECRET_PREFIX)
+                || secret.contains(&format!(":secret:{CHANNEL_SECRET_PREFIX}")))
+        {
+            return Some(format!(
+                "channel `{name}`: secret `{secret}` must be named under `{CHANNEL_SECRET_PREFIX}` (like `conveyor/slack-team`): the stack's alert-dispatch may read only those"
+            ));
+        }
         match self.kind {
             ChannelKind::Slack if self.secret.is_none() => Some(format!(
                 "channel `{name}`: a Slack channel needs `secret`, the Secrets Manager secret holding its incoming-webhook URL"
@@ -130,9 +147,57 @@ impl Channel {
             {
                 Some(format!("channel `{name}`: a webhook channel needs `url` (http:// or https://)"))
             }
+            ChannelKind::Webhook if self.secret.is_none() => Some(format!(
+                "channel `{name}`: a webhook channel needs `secret`, the Secrets Manager secret holding its HMAC signing key"
+            )),
             _ => None,
         }
     }
+}
+
+/// Which alerts go to which channels. Every route an alert matches adds its channels; an
+/// alert no route matches goes to every channel (nothing is dropped unseen), and a route with
+/// `channels = []` is how a kind is silenced on purpose.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Alerts from these sources (`deploy`, `check`, `stripe`, `cdn`, `conveyor`); any when empty.
+    #[serde(default)]
+    pub sources: Vec<AlertSource>,
+    /// Alerts of these kinds; any when empty.
+    #[serde(default)]
+    pub kinds: Vec<AlertKind>,
+    /// Alerts at least this severe; any when absent.
+    #[serde(default)]
+    pub min_severity: Option<Severity>,
+    pub channels: Vec<String>,
+}
+
+impl Route {
+    pub fn matches(&self, source: AlertSource, kind: AlertKind, severity: Severity) -> bool {
+        (self.sources.is_empty() || self.sources.contains(&source))
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && self.min_severity.is_none_or(|min| severity.rank() >= min.rank())
+    }
+}
+
+/// The problem with route `i`, if any: channels that do not exist, or a source, kind or
+/// severity this version does not know (it would never match).
+pub(super) fn route_problem(route: &Route, channels: &[&Channel], i: usize) -> Option<String> {
+    let n = i + 1;
+    if let Some(missing) = route.channels.iter().find(|c| !channels.iter().any(|channel| channel.name == **c)) {
+        return Some(format!("route {n}: no [[channel]] named `{missing}`"));
+    }
+    if route.sources.contains(&AlertSource::Other) {
+        return Some(format!("route {n}: sources are deploy, check, stripe, cdn and conveyor"));
+    }
+    if route.kinds.contains(&AlertKind::Other) {
+        return Some(format!("route {n}: unknown kind; the kinds are listed in the README's alerts section"));
+    }
+    if route.min_severity == Some(Severity::Unknown) {
+        return Some(format!("route {n}: min_severity is info, warning or critical"));
+    }
+    None
 }
 
 /// The problem with channel `i`, if any: a duplicate name or missing settings.

@@ -18,7 +18,7 @@ mod settings;
 mod site;
 mod values;
 
-pub use checks::{Channel, ChannelKind, Check};
+pub use checks::{Channel, ChannelKind, Check, Route};
 pub use settings::{
     DEFAULT_ENTITLEMENT_GRACE, DEFAULT_STRIPE_TOLERANCE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource,
     Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,
@@ -34,6 +34,7 @@ pub struct Config {
     pub providers: Vec<Provider>,
     pub sites: Vec<Site>,
     pub channels: Vec<Channel>,
+    pub routes: Vec<Route>,
     pub checks: Vec<Check>,
 }
 
@@ -433,6 +434,8 @@ struct RawConfig {
     #[serde(default)]
     channel: Vec<toml::Spanned<Channel>>,
     #[serde(default)]
+    route: Vec<toml::Spanned<Route>>,
+    #[serde(default)]
     check: Vec<toml::Spanned<Check>>,
 }
 
@@ -541,6 +544,11 @@ impl Config {
                 return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
             }
         }
+        for (i, spanned) in raw.route.iter().enumerate() {
+            if let Some(problem) = checks::route_problem(spanned.get_ref(), &channels, i) {
+                return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
+            }
+        }
         let all_checks: Vec<&Check> = raw.check.iter().map(toml::Spanned::get_ref).collect();
         for (i, spanned) in raw.check.iter().enumerate() {
             if let Some(problem) = checks::check_problem(&all_checks, &channels, i) {
@@ -552,6 +560,7 @@ impl Config {
             providers: raw.provider.into_iter().map(toml::Spanned::into_inner).collect(),
             sites: raw.site.into_iter().map(toml::Spanned::into_inner).collect(),
             channels: raw.channel.into_iter().map(toml::Spanned::into_inner).collect(),
+            routes: raw.route.into_iter().map(toml::Spanned::into_inner).collect(),
             checks: raw.check.into_iter().map(toml::Spanned::into_inner).collect(),
         })
     }

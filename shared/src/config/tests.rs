@@ -301,4 +301,11 @@ fn check_mistakes_are_named_where_they_are_written() {
     assert!(slack.contains("needs `secret`"), "{slack}");
     let kind = problem(parse("[[channel]]\nname = \"team\"\ntype = \"pager\"\n"));
     assert!(kind.contains("pager"), "{kind}");
+    let outside = problem(parse("[[channel]]\nname = \"team\"\ntype = \"slack\"\nsecret = \"slack-url\"\n"));
+    assert!(outside.contains("must be named under `conveyor/`"), "{outside}");
+    let unsigned =
+        problem(parse("[[channel]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"https://h.example.com/\"\n"));
+    assert!(unsigned.contains("HMAC signing key"), "{unsigned}");
+    let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:conveyor/slack-team-AbCdEf";
+    assert!(parse(&format!("[[channel]]\nname = \"team\"\ntype = \"slack\"\nsecret = \"{arn}\"\n")).is_ok());
 }

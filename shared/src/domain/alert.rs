@@ -15,6 +15,8 @@ pub enum AlertSource {
     Deploy,
     Check,
     Cdn,
+    /// Conveyor's own alarms (its functions' errors, the stream falling behind, the API's 5xx).
+    Conveyor,
     /// A source a newer version of Conveyor raised alerts from: listed, never misread.
     #[serde(other)]
     Other,
@@ -27,6 +29,7 @@ impl AlertSource {
             Self::Deploy => "deploy",
             Self::Check => "check",
             Self::Cdn => "cdn",
+            Self::Conveyor => "conveyor",
             Self::Other => "other",
         }
     }
@@ -37,6 +40,11 @@ impl AlertSource {
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     PaymentFailed,
+    /// Deployment events, told to the team's chat as they happen.
+    DeploymentStarted,
+    DeploymentSucceeded,
+    /// A deployment that could not start (its artifact never came, no instances, ...).
+    DeploymentFailed,
     DeploymentRolledBack,
     RollbackIncomplete,
     RollbackFailed,
@@ -45,6 +53,14 @@ pub enum AlertKind {
     InvalidationSlow,
     /// This month's invalidation paths passed CloudFront's free 1,000.
     InvalidationPathsOverFree,
+    /// A CI run failed on a branch an environment deploys from.
+    CiFailed,
+    /// A health check went down, is still down (a reminder), or came back up.
+    CheckDown,
+    CheckStillDown,
+    CheckRecovered,
+    /// One of Conveyor's own CloudWatch alarms changed state.
+    Alarm,
     /// A kind a newer version of Conveyor raised: listed, never misread.
     #[serde(other)]
     Other,
@@ -54,12 +70,20 @@ impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PaymentFailed => "payment_failed",
+            Self::DeploymentStarted => "deployment_started",
+            Self::DeploymentSucceeded => "deployment_succeeded",
+            Self::DeploymentFailed => "deployment_failed",
             Self::DeploymentRolledBack => "deployment_rolled_back",
             Self::RollbackIncomplete => "rollback_incomplete",
             Self::RollbackFailed => "rollback_failed",
             Self::InvalidationFailed => "invalidation_failed",
             Self::InvalidationSlow => "invalidation_slow",
             Self::InvalidationPathsOverFree => "invalidation_paths_over_free",
+            Self::CiFailed => "ci_failed",
+            Self::CheckDown => "check_down",
+            Self::CheckStillDown => "check_still_down",
+            Self::CheckRecovered => "check_recovered",
+            Self::Alarm => "alarm",
             Self::Other => "other",
         }
     }
@@ -75,6 +99,25 @@ pub enum Severity {
     /// A severity a newer version of Conveyor wrote: listed, routed as a warning.
     #[serde(other)]
     Unknown,
+}
+
+impl Severity {
+    /// Orders severities for routing; one this version does not know counts as a warning.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Info => 0,
+            Self::Warning | Self::Unknown => 1,
+            Self::Critical => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning | Self::Unknown => "warning",
+            Self::Critical => "critical",
+        }
+    }
 }
 
 /// Where an alert's delivery stands. Alert dispatch moves it on with conditional updates;
@@ -120,6 +163,9 @@ pub struct Alert {
     pub resolved_at: Option<i64>,
     #[serde(default)]
     pub delivery: DeliveryState,
+    /// The channels its raiser chose (a check's own `channels`); `[[route]]`s decide when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 impl Alert {
@@ -144,6 +190,7 @@ impl Alert {
             created_at,
             resolved_at: None,
             delivery: DeliveryState::Pending,
+            channels: Vec::new(),
         }
     }
 
@@ -210,7 +257,7 @@ mod tests {
             (AlertKind::PaymentFailed, Severity::Warning, DeliveryState::Pending)
         );
         let newer: Alert = serde_json::from_value(json!({
-            "id": "x", "source": "check", "kind": "check_down", "summary": "s", "action": "a", "created_at": 1
+            "id": "x", "source": "check", "kind": "check_flapping", "summary": "s", "action": "a", "created_at": 1
         }))
         .unwrap();
         assert_eq!(newer.kind, AlertKind::Other, "a kind from a newer version is listed, not refused");

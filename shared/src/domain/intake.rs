@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::alert::{Alert, AlertKind, AlertSource, Severity};
 use super::gate::{RunKind, RunRecord, RunStatus};
 use super::github::{CheckSuiteEvent, PingEvent, PushCommit, PushEvent, WorkflowRunEvent};
 use super::records::{
@@ -358,6 +359,28 @@ fn deployments_for(run: &RunRecord, ctx: &PlanContext<'_>) -> Vec<DeploymentReco
         .collect()
 }
 
+/// The alert for a CI run that failed on a branch `environment` deploys from: the commit
+/// will not deploy there. One per run, commit and environment.
+pub fn ci_failed_alert(environment: &str, run: &RunRecord, reason: &str, now: i64) -> Alert {
+    let short: String = run.sha.chars().take(7).collect();
+    let branch = run.branch.as_deref().unwrap_or("its branch");
+    Alert::new(
+        AlertSource::Deploy,
+        format!("{environment}-{}-{}-{}-ci-failed", run.repository, run.sha, run.key),
+        AlertKind::CiFailed,
+        Severity::Warning,
+        now,
+    )
+    .summary(format!("CI failed on {branch} of {}: {}", run.repository, run.name))
+    .cause(reason)
+    .impact(format!("{short} will not deploy to {environment}"))
+    .action(format!("Open the {} run of {short} on GitHub, fix what failed and push again", run.name))
+    .label("environment", environment)
+    .label("repository", run.repository.clone())
+    .label("commit", run.sha.clone())
+    .label("branch", branch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,8 +441,14 @@ mod tests {
         // A failure on a tracked branch: the gate cancels.
         let failed = plan("workflow_run", "d", &workflow_run("develop", "failure", "CI"), &ctx(&config)).unwrap();
         assert_eq!(failed.deployments.len(), 1, "a candidate, for the gate to cancel");
-        let gate = super::super::gate::decide(&config.environments[1], &[failed.run.unwrap()]);
-        assert!(matches!(gate, super::super::gate::Gate::Cancel(_)), "{gate:?}");
+        let run = failed.run.unwrap();
+        let gate = super::super::gate::decide(&config.environments[1], std::slice::from_ref(&run));
+        let super::super::gate::Gate::Cancel(reason) = gate else { panic!("{gate:?}") };
+        let alert = ci_failed_alert("dev", &run, &reason, 1);
+        assert_eq!(alert.summary, "CI failed on develop of o/r: CI");
+        assert_eq!(alert.kind, AlertKind::CiFailed);
+        assert!(alert.impact.ends_with("will not deploy to dev"), "{}", alert.impact);
+        assert_eq!(alert.cause, reason);
     }
 
     #[test]

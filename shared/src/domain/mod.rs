@@ -1,8 +1,10 @@
 //! Pure domain code: what an outside event means and what Conveyor records for it.
 //! Nothing here performs I/O; the functions decide here and act through [`crate::store`].
 
+pub mod alarm;
 pub mod alert;
 pub mod checks;
+pub mod dispatch;
 pub mod fleet;
 pub mod gate;
 pub mod github;

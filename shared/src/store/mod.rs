@@ -14,6 +14,10 @@
 //! | deployment  | `ENV#<environment>`         | `DEPLOYMENT#<owner/name>#<sha>` | `DEPLOYMENTS#<env>` | `<created at>#<sha>`      |       |
 //! | subscription| `CUSTOMER#<customer id>`    | `SUBSCRIPTION#<sub id>`  |                       |                                  |       |
 //! | alert       | `ALERT#<source>#<id>`       | `ALERT`                  | `ALERTS`              | `<created at>#<source>#<id>`     |       |
+//! | delivery of an alert | `ALERT#<source>#<id>` | `DELIVERY#<channel>` |                |                                  |       |
+//! | undelivered alert | `OUTBOX`              | `ALERT#<source>#<id>`    |                       |                                  |       |
+//! | check state | `CHECKS`                    | `STATE#<check>`          |                       |                                  |       |
+//! | incident    | `CHECKS`                    | `INCIDENT#<check>#<down since>` |                |                                  |       |
 //! | deploy lock | `ENV#<environment>`         | `LOCK`                   |                       |                                  |       |
 //! | tick error  | `ENV#<environment>`         | `TICK`                   |                       |                                  | 1 day |
 //! | target      | `ENV#<environment>`         | `TARGET#<instance id>`   |                       |                                  |       |
@@ -40,6 +44,7 @@
 mod agents;
 mod alerts;
 mod billing;
+mod checks;
 mod claims;
 mod conditional;
 mod images;
@@ -72,7 +77,9 @@ use crate::domain::stripe::SubscriptionChange;
 use crate::domain::{BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord};
 use crate::token::TokenGrant;
 
+pub use alerts::{ChannelDelivery, DeliveryRecord, OutboxEntry, Tried};
 pub use billing::Ordered;
+pub use checks::{IncidentRecord, RunWritten};
 pub use claims::{Claim, Claimed, Handled, claim_token};
 pub use conditional::{Conditional, StoredState};
 pub use images::ImageWrite;

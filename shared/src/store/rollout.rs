@@ -38,6 +38,8 @@ pub struct DeploymentStart<'a> {
     pub sha256: &'a str,
     pub artifact_version: Option<&'a str>,
     pub reason: &'a str,
+    /// The "deployment started" message, raised with the start.
+    pub alert: Option<&'a Alert>,
 }
 
 /// A deployment's last transition and everything that goes with it, written in one
@@ -158,7 +160,10 @@ impl Table {
                 (":planner".into(), s(start.planner)),
             ],
         };
-        let items = vec![self.transaction_item(change)?, self.transaction_item(lock)?];
+        let mut items = vec![self.transaction_item(change)?, self.transaction_item(lock)?];
+        if let Some(alert) = start.alert {
+            items.extend(self.alert_writes(alert)?);
+        }
         retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
     }
 
@@ -188,12 +193,7 @@ impl Table {
             items.push(TransactWriteItem::builder().put(put).build());
         }
         if let Some(alert) = end.alert {
-            let put = TxPut::builder()
-                .table_name(self.name())
-                .set_item(Some(super::alerts::alert_item(alert)?))
-                .build()
-                .map_err(|e| self.build_error("TransactWriteItems", e))?;
-            items.push(TransactWriteItem::builder().put(put).build());
+            items.extend(self.alert_writes(alert)?);
         }
         retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
     }

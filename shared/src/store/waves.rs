@@ -1,6 +1,6 @@
 //! A deployment's run through its waves: reading it, moving its wave on, and rolling back.
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put as TxPut, TransactWriteItem};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{Backoff, Conditional, Key, StoreError, Table, Transition, decode, n, retry_conflicts, s};
 use crate::domain::alert::Alert;
@@ -41,12 +41,8 @@ impl Table {
         .set("rollback_wave", n(wave as i64))
         .set("rollback_wave_started_at", n(now))
         .set("restored", zeros);
-        let put = TxPut::builder()
-            .table_name(self.name())
-            .set_item(Some(super::alerts::alert_item(alert)?))
-            .build()
-            .map_err(|e| self.build_error("TransactWriteItems", e))?;
-        let items = vec![self.transaction_item(change)?, TransactWriteItem::builder().put(put).build()];
+        let mut items = vec![self.transaction_item(change)?];
+        items.extend(self.alert_writes(alert)?);
         retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
     }
 

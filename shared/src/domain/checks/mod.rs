@@ -2,7 +2,9 @@
 //! across runs (thresholds, reminders, one notice per transition).
 
 pub mod condition;
+pub mod run;
 pub mod state;
 
 pub use condition::{Condition, Observation};
+pub use run::{CheckAlert, CheckWrite, Incident, RunPlan, StoredCheck, plan_run};
 pub use state::{CheckState, Health, Notice, Thresholds, observe};

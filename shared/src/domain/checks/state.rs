@@ -40,6 +40,10 @@ pub struct CheckState {
     pub last_notice_at: Option<i64>,
     /// What the latest failed run saw.
     pub cause: Option<String>,
+    /// Whether the team was told it is down (not while a parent check was down): a resolved
+    /// message follows only a down message.
+    #[serde(default)]
+    pub announced: bool,
 }
 
 /// What a run tells the team, if anything.
@@ -99,6 +103,7 @@ pub fn observe(
                     next.health = Health::Up;
                     next.down_since = None;
                     next.cause = None;
+                    next.announced = false;
                     next.last_notice_at = Some(now);
                     (next, Some(Notice::Recovered { since, down_for: now - since }))
                 }

@@ -1,0 +1,421 @@
+//! `alert-dispatch`: runs the health checks in `conveyor.toml` every minute and sends every
+//! alert (a check going down or up, a rollback, a failed payment, a failed invalidation) to
+//! its channels, once.
+//!
+//! Triggers: the schedule (run the checks; send what is in the outbox: new alerts, and
+//! messages a channel asked to have later) and new alert items (the table's stream, so an
+//! alert raised by another function goes out at once). Both may reach one alert at the same
+//! time: each channel's try is claimed first, so a message goes to a channel once; the
+//! outbox entry goes only when every channel has it or refused it for good.
+
+mod channels;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conveyor_shared::SdkConfig;
+use conveyor_shared::config::{Config, LoadError, Settings};
+use conveyor_shared::domain::alarm::{AlarmChange, alarm_alert};
+use conveyor_shared::domain::alert::{Alert, DeliveryState};
+use conveyor_shared::domain::checks::plan_run;
+use conveyor_shared::domain::dispatch::{self, Answer};
+use conveyor_shared::http::BoxFuture;
+use conveyor_shared::probe::{ProbeError, Prober};
+use conveyor_shared::registration::{Function, Registration};
+use conveyor_shared::store::{
+    ChannelDelivery, DeliveryRecord, RunWritten, StoreError, Table, Transition, Tried, claim_token,
+};
+use conveyor_shared::triggers::{
+    Notification, NotificationFunction, ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord,
+};
+
+pub use channels::Channels;
+
+/// New alerts, whichever function raised them.
+pub const NEW_ALERTS: &str = r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": ["ALERT"]}}}}"#;
+
+pub const REGISTRATION: Registration = Registration {
+    name: "alert-dispatch",
+    routes: &[],
+    stream_filters: &[NEW_ALERTS],
+    schedule: Some(Duration::from_secs(60)),
+};
+
+/// How long an invocation holds the right to send one message to one channel: longer than
+/// a try with its waits, so a live invocation never loses it; one that died is replaced
+/// after this (and its message sent again: the receiver may have it, see the README).
+pub const DELIVERY_LEASE_SECONDS: i64 = 60;
+/// Checks probed at once.
+const CONCURRENT_CHECKS: usize = 64;
+/// After this long in one invocation, a channel's "later" is left to the next run instead
+/// of being waited out.
+const WAITING_BUDGET: Duration = Duration::from_secs(30);
+/// After this long in one invocation, no further alert is started: the rest wait in the
+/// outbox for the next run (a run must end well within the function's 120 s).
+const DELIVERY_BUDGET: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot build the HTTP client for channels: {0}")]
+    Channels(#[from] reqwest::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchFailure {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the run failed for {}", .0.join("; "))]
+    Parts(Vec<String>),
+}
+
+/// What one scheduled run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub checks: RunWritten,
+    /// Alerts in the outbox that this run finished (every channel has them).
+    pub settled: usize,
+}
+
+#[derive(Clone)]
+pub struct AlertDispatch {
+    table: Table,
+    prober: Prober,
+    channels: Channels,
+    config: Arc<Config>,
+    every: Duration,
+}
+
+impl AlertDispatch {
+    pub fn new(table: Table, prober: Prober, channels: Channels, config: Arc<Config>) -> Self {
+        Self { table, prober, channels, config, every: REGISTRATION.schedule.unwrap_or(Duration::from_secs(60)) }
+    }
+
+    /// Runs the schedule at another rate (`conveyor dev`'s `CONVEYOR_TICK_SECONDS`).
+    pub fn every(self, every: Duration) -> Self {
+        Self { every, ..self }
+    }
+
+    pub fn from_settings(settings: &Settings, sdk: &SdkConfig) -> Result<Self, StartupError> {
+        let config = Config::load(&settings.config_path)?;
+        Ok(Self::new(
+            Table::from_sdk(sdk, settings.table.clone()),
+            Prober::new()?,
+            Channels::new(sdk)?,
+            Arc::new(config),
+        ))
+    }
+
+    /// One scheduled run: every check, then every alert waiting in the outbox.
+    pub async fn run(&self, now: i64) -> Result<RunReport, DispatchFailure> {
+        let mut failures = Vec::new();
+        let mut report = RunReport::default();
+        match self.run_checks(now).await {
+            Ok(written) => report.checks = written,
+            Err(err) => failures.push(format!("checks: {err}")),
+        }
+        match self.deliver_outbox(now).await {
+            Ok(settled) => report.settled = settled,
+            Err(err) => failures.push(format!("outbox: {err}")),
+        }
+        if failures.is_empty() { Ok(report) } else { Err(DispatchFailure::Parts(failures)) }
+    }
+
+    /// Probes every check at once (bounded), decides, and stores the decision with its
+    /// messages. Nothing is written for a check whose state did not change.
+    pub async fn run_checks(&self, now: i64) -> Result<RunWritten, StoreError> {
+        if self.config.checks.is_empty() {
+            return Ok(RunWritten::default());
+        }
+        let stored = self.table.check_states().await?;
+        let outcomes = self.probe_all().await;
+        let plan = plan_run(&self.config.checks, &stored, &outcomes, now);
+        let written = self.table.write_check_run(&plan, now).await?;
+        if written.lost > 0 {
+            tracing::info!(lost = written.lost, "an overlapping run stored some checks first; its decision stands");
+        }
+        Ok(written)
+    }
+
+    async fn probe_all(&self) -> BTreeMap<String, Result<(), String>> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS));
+        let mut running = tokio::task::JoinSet::new();
+        for check in self.config.checks.iter().cloned() {
+            let (prober, limit) = (self.prober.clone(), limit.clone());
+            running.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let outcome = prober.run(&check).await;
+                (check.name, outcome)
+            });
+        }
+        let mut outcomes = BTreeMap::new();
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok((name, outcome)) => {
+                    outcomes.insert(name, outcome);
+                }
+                // A probe that panicked is no observation: the check keeps its state.
+                Err(err) => tracing::error!(error = %err, "a check's probe stopped"),
+            }
+        }
+        outcomes
+    }
+
+    /// Sends every due alert in the outbox; answers how many it finished.
+    pub async fn deliver_outbox(&self, now: i64) -> Result<usize, DispatchFailure> {
+        let started = Instant::now();
+        let mut settled = 0;
+        let mut failures = Vec::new();
+        for entry in self.table.outbox().await?.into_iter().filter(|e| e.due_at <= now) {
+            if started.elapsed() > DELIVERY_BUDGET {
+                tracing::warn!("alerts are left in the outbox for the next run: this one is out of time");
+                break;
+            }
+            let Some(alert) = self.find(&entry.source, &entry.id).await? else {
+                tracing::warn!(source = %entry.source, id = %entry.id, "an outbox entry whose alert is gone");
+                continue;
+            };
+            match self.deliver(&alert, now, started).await {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                Err(err) => failures.push(format!("alert {}/{}: {err}", entry.source, entry.id)),
+            }
+        }
+        if failures.is_empty() { Ok(settled) } else { Err(DispatchFailure::Parts(failures)) }
+    }
+
+    async fn find(&self, source: &str, id: &str) -> Result<Option<Alert>, StoreError> {
+        self.table.alert(source, id).await
+    }
+
+    /// Sends `alert` to each of its channels that does not have it yet and may be tried now;
+    /// answers whether the alert is finished (every channel has it or refused it for good).
+    pub async fn deliver(&self, alert: &Alert, now: i64, started: Instant) -> Result<bool, StoreError> {
+        let routed = dispatch::channels_for(alert, &self.config.channels, &self.config.routes);
+        if routed.len() < alert.channels.len() {
+            tracing::warn!(alert = %alert.id, chosen = ?alert.channels, "some of the alert's channels are no longer configured");
+        }
+        let before = self.table.deliveries(alert).await?;
+        for name in &routed {
+            let record = before.iter().find(|r| r.channel == *name);
+            if !may_try(record, now) {
+                continue;
+            }
+            let token = claim_token(&format!("{}/{}", alert.id, name), now);
+            if self.table.claim_delivery(alert, name, &token, now, DELIVERY_LEASE_SECONDS).await?
+                == Transition::Rejected
+            {
+                continue;
+            }
+            let Some(channel) = self.config.channels.iter().find(|c| c.name == *name) else { continue };
+            let delivery = format!("{}/{}/{}", alert.source.as_str(), alert.id, name);
+            let mut answer = self.channels.send(channel, alert, &delivery).await;
+            // A short wait the channel asks for (Slack's 429 Retry-After), or a 5xx, is
+            // waited out here a couple of times; longer ones go to a later run.
+            for pause in [1, 2] {
+                let wait = match &answer {
+                    Answer::Later { after: Some(after), .. } if *after <= channels::WAIT_IN_RUN => *after,
+                    Answer::Later { after: None, .. } => pause,
+                    _ => break,
+                };
+                if started.elapsed() > WAITING_BUDGET {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+                answer = self.channels.send(channel, alert, &delivery).await;
+            }
+            let attempts = record.map_or(0, |r| r.attempts) + 1;
+            let tried = match answer {
+                Answer::Delivered => Tried::Delivered,
+                Answer::Later { after, reason } => {
+                    Tried::Later { retry_at: dispatch::next_try(now, attempts, after), reason }
+                }
+                Answer::Refused(reason) => Tried::Refused(reason),
+            };
+            match &tried {
+                Tried::Delivered => tracing::info!(alert = %alert.id, channel = %name, "alert delivered"),
+                Tried::Later { retry_at, reason } => {
+                    tracing::warn!(alert = %alert.id, channel = %name, retry_at, %reason, "the channel cannot take the alert now")
+                }
+                Tried::Refused(reason) => {
+                    tracing::error!(alert = %alert.id, channel = %name, %reason, "the channel refused the alert; fix the channel")
+                }
+            }
+            self.table.finish_delivery(alert, name, &token, &tried, now).await?;
+        }
+        let after = self.table.deliveries(alert).await?;
+        match outcome(&routed, &after, now) {
+            Outcome::Settled(state) => {
+                self.table.settle_alert(alert, state, now).await?;
+                Ok(true)
+            }
+            Outcome::WaitUntil(due) => {
+                self.table.postpone_alert(alert, due).await?;
+                Ok(false)
+            }
+            Outcome::InFlight => Ok(false),
+        }
+    }
+}
+
+/// Whether a channel may be tried now: never tried, waiting and due, or held by an
+/// invocation whose lease ran out.
+fn may_try(record: Option<&DeliveryRecord>, now: i64) -> bool {
+    match record {
+        None => true,
+        Some(record) => match record.state {
+            ChannelDelivery::Delivered | ChannelDelivery::Refused | ChannelDelivery::Unknown => false,
+            ChannelDelivery::Waiting => record.retry_at.is_none_or(|at| at <= now),
+            ChannelDelivery::Sending => record.lease_until.is_none_or(|until| until < now),
+        },
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Settled(DeliveryState),
+    /// Some channel waits: the outbox entry is due again then.
+    WaitUntil(i64),
+    /// Another invocation is sending to some channel: it settles the alert.
+    InFlight,
+}
+
+/// Where an alert stands once this invocation tried its channels.
+fn outcome(routed: &[&str], records: &[DeliveryRecord], now: i64) -> Outcome {
+    let state = |name: &str| records.iter().find(|r| r.channel == name);
+    let mut refused = false;
+    let mut due: Option<i64> = None;
+    let mut in_flight = false;
+    for name in routed {
+        match state(name) {
+            Some(r) if r.state == ChannelDelivery::Delivered => {}
+            Some(r) if r.state == ChannelDelivery::Refused => refused = true,
+            Some(r) if r.state == ChannelDelivery::Waiting => {
+                let at = r.retry_at.unwrap_or(now);
+                due = Some(due.map_or(at, |d: i64| d.min(at)));
+            }
+            Some(r) if r.state == ChannelDelivery::Sending => {
+                in_flight = true;
+                let at = r.lease_until.unwrap_or(now);
+                due = Some(due.map_or(at, |d: i64| d.min(at)));
+            }
+            // Not tried (this invocation lost the claim race and the winner has not written).
+            _ => in_flight = true,
+        }
+    }
+    match (in_flight, due) {
+        (false, None) => {
+            Outcome::Settled(if refused { DeliveryState::Undeliverable } else { DeliveryState::Delivered })
+        }
+        (false, Some(due)) => Outcome::WaitUntil(due),
+        (true, _) => Outcome::InFlight,
+    }
+}
+
+impl Function for AlertDispatch {
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
+    }
+}
+
+impl StreamFunction for AlertDispatch {
+    fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            use serde_dynamo::AttributeValue;
+            let text = |name: &str| match record.change.new_image.get(name) {
+                Some(AttributeValue::S(value)) => Some(value.clone()),
+                _ => None,
+            };
+            let (Some(source), Some(id)) = (text("source"), text("id")) else { return Ok(()) };
+            let now = conveyor_shared::unix_now();
+            let work = async {
+                // Read again: the schedule may have sent it already.
+                let Some(alert) = self.find(&source, &id).await? else { return Ok(()) };
+                if alert.delivery != DeliveryState::Pending {
+                    return Ok(());
+                }
+                self.deliver(&alert, now, Instant::now()).await.map(|_| ())
+            };
+            work.await.map_err(|err: StoreError| err.to_string())
+        })
+    }
+}
+
+impl NotificationFunction for AlertDispatch {
+    /// A CloudWatch alarm of Conveyor's own, through the stack's alarm topic: raised as an
+    /// alert (once per alarm change), which the stream then delivers like any other.
+    fn handle_notification<'a>(&'a self, message: &'a Notification) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let change = match AlarmChange::parse(&message.message) {
+                Ok(change) => change,
+                Err(err) => {
+                    // Not an alarm (a test message from the console, say): nothing to raise,
+                    // and retrying would not make it one.
+                    tracing::warn!(message_id = %message.message_id, error = %err, "an SNS message that is not a CloudWatch alarm change");
+                    return Ok(());
+                }
+            };
+            let Some(alert) = alarm_alert(&change, conveyor_shared::unix_now()) else { return Ok(()) };
+            self.table.record_alert(&alert).await.map(|_| ()).map_err(|err| err.to_string())
+        })
+    }
+}
+
+impl ScheduledFunction for AlertDispatch {
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn tick<'a>(&'a self, _event: &'a ScheduledEvent) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.run(conveyor_shared::unix_now()).await.map(|_| ()).map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(
+        channel: &str,
+        state: ChannelDelivery,
+        retry_at: Option<i64>,
+        lease_until: Option<i64>,
+    ) -> DeliveryRecord {
+        DeliveryRecord { channel: channel.into(), state, attempts: 1, retry_at, lease_until, error: None }
+    }
+
+    #[test]
+    fn an_alert_is_finished_only_when_every_channel_has_it_or_refused_it() {
+        let delivered = record("team", ChannelDelivery::Delivered, None, None);
+        let refused = record("ops", ChannelDelivery::Refused, None, None);
+        let waiting = record("pager", ChannelDelivery::Waiting, Some(130), None);
+        let sending = record("pager", ChannelDelivery::Sending, None, Some(160));
+        assert_eq!(
+            outcome(&["team"], std::slice::from_ref(&delivered), 100),
+            Outcome::Settled(DeliveryState::Delivered)
+        );
+        assert_eq!(
+            outcome(&["team", "ops"], &[delivered.clone(), refused.clone()], 100),
+            Outcome::Settled(DeliveryState::Undeliverable)
+        );
+        assert_eq!(outcome(&["team", "pager"], &[delivered.clone(), waiting], 100), Outcome::WaitUntil(130));
+        assert_eq!(outcome(&["team", "pager"], &[delivered.clone(), sending], 100), Outcome::InFlight);
+        assert_eq!(outcome(&["team", "pager"], &[delivered], 100), Outcome::InFlight, "not tried yet");
+        assert_eq!(outcome(&[], &[], 100), Outcome::Settled(DeliveryState::Delivered), "routed nowhere on purpose");
+    }
+
+    #[test]
+    fn a_channel_is_tried_again_only_when_due_or_abandoned() {
+        assert!(may_try(None, 100));
+        assert!(!may_try(Some(&record("t", ChannelDelivery::Delivered, None, None)), 100));
+        assert!(!may_try(Some(&record("t", ChannelDelivery::Refused, None, None)), 100));
+        assert!(!may_try(Some(&record("t", ChannelDelivery::Waiting, Some(130), None)), 100));
+        assert!(may_try(Some(&record("t", ChannelDelivery::Waiting, Some(130), None)), 130));
+        assert!(!may_try(Some(&record("t", ChannelDelivery::Sending, None, Some(160))), 100));
+        assert!(may_try(Some(&record("t", ChannelDelivery::Sending, None, Some(160))), 161), "its holder died");
+    }
+}
