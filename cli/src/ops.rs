@@ -1,7 +1,7 @@
 //! Operator commands that change the ledger: tokens and image rollbacks.
 
 use conveyor_shared::config::{ArtifactFields, ArtifactTemplate, Config, Environment};
-use conveyor_shared::domain::alert::Alert;
+use conveyor_shared::domain::alert::{Alert, DeliveryState};
 use conveyor_shared::domain::packer::ImageChange;
 use conveyor_shared::domain::rollout::{self, Instruction, TargetState};
 use conveyor_shared::domain::{DeploymentRecord, DeploymentState};
@@ -320,6 +320,13 @@ pub fn alert_text(alert: &Alert) -> String {
         let labels: Vec<String> = alert.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "    {:<7} {}", "about", labels.join(" "));
     }
+    let delivery = match alert.delivery {
+        DeliveryState::Pending => "pending (alert-dispatch sends it)",
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Undeliverable => "undeliverable: a channel refused it for good (see alert-dispatch's log)",
+        DeliveryState::Unknown => "unknown",
+    };
+    let _ = writeln!(out, "    {:<7} {delivery}", "sent");
     out
 }
 

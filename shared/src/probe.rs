@@ -77,11 +77,24 @@ impl Prober {
     pub async fn run(&self, check: &Check) -> Result<(), String> {
         let (seen, error) = self.observe(&check.url, Duration::from_secs(check.timeout.0)).await;
         if let Some(error) = error {
-            return Err(format!("cannot check {}: {error}", check.url));
+            return Err(bounded(format!("cannot check {}: {error}", crate::domain::checks::shown_url(&check.url))));
         }
         let failed: Vec<String> = check.conditions.iter().filter_map(|c| c.evaluate(&seen).err()).collect();
-        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+        if failed.is_empty() { Ok(()) } else { Err(bounded(failed.join("; "))) }
     }
+}
+
+/// A cause is stored with the check's state and sent in messages: a condition on a large
+/// body must not make either too big.
+const MAX_CAUSE_CHARS: usize = 1000;
+
+fn bounded(cause: String) -> String {
+    if cause.chars().count() <= MAX_CAUSE_CHARS {
+        return cause;
+    }
+    let mut cut: String = cause.chars().take(MAX_CAUSE_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// The error and its causes, the way a person reads them ("connection refused").

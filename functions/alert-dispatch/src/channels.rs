@@ -50,8 +50,15 @@ impl Channels {
                     Ok(url) => url,
                     Err(answer) => return answer,
                 };
+                let url = url.expose_str().trim();
+                if !url.starts_with("https://") && !url.starts_with("http://") {
+                    return Answer::Refused(format!(
+                        "secret {} does not hold an incoming-webhook URL (https://hooks.slack.com/services/...)",
+                        channel.secret.as_deref().unwrap_or_default()
+                    ));
+                }
                 let body = dispatch::slack_payload(alert).to_string();
-                self.post(url.expose_str(), body, Vec::new()).await
+                self.post(url, body, Vec::new()).await
             }
             ChannelKind::Webhook => {
                 let key = match self.secret(channel).await {
@@ -101,7 +108,11 @@ impl Channels {
                 dispatch::read_answer(status, retry_after.as_deref(), &text)
             }
             // The URL (a Slack webhook URL is a credential) stays out of the reason.
-            Err(err) => Answer::Later { after: None, reason: conveyor_shared::probe::describe(&err.without_url()) },
+            Err(err) if err.is_builder() => Answer::Refused(format!(
+                "the request cannot be made: {}",
+                conveyor_shared::probe::describe(&err.without_url())
+            )),
+            Err(err) => Answer::NoAnswer(conveyor_shared::probe::describe(&err.without_url())),
         }
     }
 

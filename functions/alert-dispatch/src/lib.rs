@@ -46,14 +46,50 @@ pub const REGISTRATION: Registration = Registration {
 /// a try with its waits, so a live invocation never loses it; one that died is replaced
 /// after this (and its message sent again: the receiver may have it, see the README).
 pub const DELIVERY_LEASE_SECONDS: i64 = 60;
-/// Checks probed at once.
-const CONCURRENT_CHECKS: usize = 64;
-/// After this long in one invocation, a channel's "later" is left to the next run instead
-/// of being waited out.
-const WAITING_BUDGET: Duration = Duration::from_secs(30);
-/// After this long in one invocation, no further alert is started: the rest wait in the
-/// outbox for the next run (a run must end well within the function's 120 s).
-const DELIVERY_BUDGET: Duration = Duration::from_secs(60);
+/// Checks probed at once: with each check's timeout at most 60 s, up to this many checks
+/// are all probed within a minute.
+const CONCURRENT_CHECKS: usize = 256;
+/// Probes still running this long after the run started are given up (their checks keep
+/// their state), so the states are written whatever else the run has to do.
+const PROBE_BUDGET: Duration = Duration::from_secs(70);
+/// After this long since the run started, a channel's "later" is left to the next run
+/// instead of being waited out.
+const WAITING_BUDGET: Duration = Duration::from_secs(80);
+/// After this long since the run started, no further alert is started: the rest wait in the
+/// outbox for the next run (a run must end within the function's 120 s, and one alert's
+/// tries take at most about 15 s per channel).
+const DELIVERY_BUDGET: Duration = Duration::from_secs(90);
+
+/// One invocation's clock: the time it started at as the records see it (`now`), and how
+/// long it has really been running. Leases and retry times are taken from [`Clock::at`], so
+/// they stay true however long the run took before it got there.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    now: i64,
+    started: Instant,
+    /// The schedule waits out short "later"s; a stream record leaves them to the schedule
+    /// (a batch of records must not wait for each).
+    may_wait: bool,
+}
+
+impl Clock {
+    pub fn scheduled(now: i64) -> Self {
+        Self { now, started: Instant::now(), may_wait: true }
+    }
+
+    pub fn streamed(now: i64) -> Self {
+        Self { now, started: Instant::now(), may_wait: false }
+    }
+
+    /// `now`, moved on by the time the invocation has spent.
+    pub fn at(&self) -> i64 {
+        self.now + self.started.elapsed().as_secs() as i64
+    }
+
+    fn past(&self, budget: Duration) -> bool {
+        self.started.elapsed() > budget
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -112,13 +148,19 @@ impl AlertDispatch {
 
     /// One scheduled run: every check, then every alert waiting in the outbox.
     pub async fn run(&self, now: i64) -> Result<RunReport, DispatchFailure> {
+        let clock = Clock::scheduled(now);
         let mut failures = Vec::new();
         let mut report = RunReport::default();
-        match self.run_checks(now).await {
-            Ok(written) => report.checks = written,
+        match self.run_checks(clock).await {
+            Ok(written) => {
+                if written.failed > 0 {
+                    failures.push(format!("{} check messages could not be stored (logged above)", written.failed));
+                }
+                report.checks = written;
+            }
             Err(err) => failures.push(format!("checks: {err}")),
         }
-        match self.deliver_outbox(now).await {
+        match self.deliver_outbox(clock).await {
             Ok(settled) => report.settled = settled,
             Err(err) => failures.push(format!("outbox: {err}")),
         }
@@ -127,21 +169,21 @@ impl AlertDispatch {
 
     /// Probes every check at once (bounded), decides, and stores the decision with its
     /// messages. Nothing is written for a check whose state did not change.
-    pub async fn run_checks(&self, now: i64) -> Result<RunWritten, StoreError> {
+    pub async fn run_checks(&self, clock: Clock) -> Result<RunWritten, StoreError> {
         if self.config.checks.is_empty() {
             return Ok(RunWritten::default());
         }
         let stored = self.table.check_states().await?;
-        let outcomes = self.probe_all().await;
-        let plan = plan_run(&self.config.checks, &stored, &outcomes, now);
-        let written = self.table.write_check_run(&plan, now).await?;
+        let outcomes = self.probe_all(clock).await;
+        let plan = plan_run(&self.config.checks, &stored, &outcomes, clock.now);
+        let written = self.table.write_check_run(&plan, clock.now).await?;
         if written.lost > 0 {
             tracing::info!(lost = written.lost, "an overlapping run stored some checks first; its decision stands");
         }
         Ok(written)
     }
 
-    async fn probe_all(&self) -> BTreeMap<String, Result<(), String>> {
+    async fn probe_all(&self, clock: Clock) -> BTreeMap<String, Result<(), String>> {
         let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS));
         let mut running = tokio::task::JoinSet::new();
         for check in self.config.checks.iter().cloned() {
@@ -153,33 +195,53 @@ impl AlertDispatch {
             });
         }
         let mut outcomes = BTreeMap::new();
-        while let Some(joined) = running.join_next().await {
-            match joined {
-                Ok((name, outcome)) => {
+        let deadline = tokio::time::Instant::from_std(clock.started + PROBE_BUDGET);
+        loop {
+            match tokio::time::timeout_at(deadline, running.join_next()).await {
+                Ok(Some(Ok((name, outcome)))) => {
                     outcomes.insert(name, outcome);
                 }
                 // A probe that panicked is no observation: the check keeps its state.
-                Err(err) => tracing::error!(error = %err, "a check's probe stopped"),
+                Ok(Some(Err(err))) => tracing::error!(error = %err, "a check's probe stopped"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        unfinished = running.len(),
+                        "checks still running when the run's time for probing ran out keep their state; fewer or faster checks"
+                    );
+                    running.abort_all();
+                    break;
+                }
             }
         }
         outcomes
     }
 
-    /// Sends every due alert in the outbox; answers how many it finished.
-    pub async fn deliver_outbox(&self, now: i64) -> Result<usize, DispatchFailure> {
-        let started = Instant::now();
+    /// Sends every due alert in the outbox; answers how many it finished. One alert that
+    /// cannot be read or sent does not hold up the others.
+    pub async fn deliver_outbox(&self, clock: Clock) -> Result<usize, DispatchFailure> {
         let mut settled = 0;
         let mut failures = Vec::new();
-        for entry in self.table.outbox().await?.into_iter().filter(|e| e.due_at <= now) {
-            if started.elapsed() > DELIVERY_BUDGET {
+        for entry in self.table.outbox().await?.into_iter().filter(|e| e.due_at <= clock.at()) {
+            if clock.past(DELIVERY_BUDGET) {
                 tracing::warn!("alerts are left in the outbox for the next run: this one is out of time");
                 break;
             }
-            let Some(alert) = self.find(&entry.source, &entry.id).await? else {
-                tracing::warn!(source = %entry.source, id = %entry.id, "an outbox entry whose alert is gone");
-                continue;
+            let alert = match self.find(&entry.source, &entry.id).await {
+                Ok(Some(alert)) => alert,
+                Ok(None) => {
+                    tracing::warn!(source = %entry.source, id = %entry.id, "an outbox entry whose alert is gone: dropped");
+                    if let Err(err) = self.table.drop_outbox_entry(&entry.source, &entry.id).await {
+                        failures.push(format!("alert {}/{}: {err}", entry.source, entry.id));
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    failures.push(format!("alert {}/{}: {err}", entry.source, entry.id));
+                    continue;
+                }
             };
-            match self.deliver(&alert, now, started).await {
+            match self.deliver(&alert, clock).await {
                 Ok(true) => settled += 1,
                 Ok(false) => {}
                 Err(err) => failures.push(format!("alert {}/{}: {err}", entry.source, entry.id)),
@@ -194,17 +256,30 @@ impl AlertDispatch {
 
     /// Sends `alert` to each of its channels that does not have it yet and may be tried now;
     /// answers whether the alert is finished (every channel has it or refused it for good).
-    pub async fn deliver(&self, alert: &Alert, now: i64, started: Instant) -> Result<bool, StoreError> {
+    pub async fn deliver(&self, alert: &Alert, clock: Clock) -> Result<bool, StoreError> {
         let routed = dispatch::channels_for(alert, &self.config.channels, &self.config.routes);
         if routed.len() < alert.channels.len() {
             tracing::warn!(alert = %alert.id, chosen = ?alert.channels, "some of the alert's channels are no longer configured");
         }
+        if routed.is_empty() {
+            // Silenced by a route on purpose: done. Chosen channels that are all gone, or no
+            // channel at all: nobody was told, so it is kept as undeliverable.
+            let state = if self.config.channels.is_empty() || !alert.channels.is_empty() {
+                tracing::error!(alert = %alert.id, "no configured channel to send the alert to");
+                DeliveryState::Undeliverable
+            } else {
+                DeliveryState::Delivered
+            };
+            self.table.settle_alert(alert, state, clock.at()).await?;
+            return Ok(true);
+        }
         let before = self.table.deliveries(alert).await?;
         for name in &routed {
             let record = before.iter().find(|r| r.channel == *name);
-            if !may_try(record, now) {
+            if !may_try(record, clock.at()) {
                 continue;
             }
+            let now = clock.at();
             let token = claim_token(&format!("{}/{}", alert.id, name), now);
             if self.table.claim_delivery(alert, name, &token, now, DELIVERY_LEASE_SECONDS).await?
                 == Transition::Rejected
@@ -215,25 +290,28 @@ impl AlertDispatch {
             let delivery = format!("{}/{}/{}", alert.source.as_str(), alert.id, name);
             let mut answer = self.channels.send(channel, alert, &delivery).await;
             // A short wait the channel asks for (Slack's 429 Retry-After), or a 5xx, is
-            // waited out here a couple of times; longer ones go to a later run.
+            // waited out here a couple of times; longer ones go to a later run. No answer at
+            // all is not tried again here: the channel may have the message.
             for pause in [1, 2] {
                 let wait = match &answer {
                     Answer::Later { after: Some(after), .. } if *after <= channels::WAIT_IN_RUN => *after,
                     Answer::Later { after: None, .. } => pause,
                     _ => break,
                 };
-                if started.elapsed() > WAITING_BUDGET {
+                if !clock.may_wait || clock.past(WAITING_BUDGET) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(wait as u64)).await;
                 answer = self.channels.send(channel, alert, &delivery).await;
             }
             let attempts = record.map_or(0, |r| r.attempts) + 1;
+            let now = clock.at();
             let tried = match answer {
                 Answer::Delivered => Tried::Delivered,
                 Answer::Later { after, reason } => {
                     Tried::Later { retry_at: dispatch::next_try(now, attempts, after), reason }
                 }
+                Answer::NoAnswer(reason) => Tried::Later { retry_at: dispatch::next_try(now, attempts, None), reason },
                 Answer::Refused(reason) => Tried::Refused(reason),
             };
             match &tried {
@@ -248,9 +326,9 @@ impl AlertDispatch {
             self.table.finish_delivery(alert, name, &token, &tried, now).await?;
         }
         let after = self.table.deliveries(alert).await?;
-        match outcome(&routed, &after, now) {
+        match outcome(&routed, &after, clock.at()) {
             Outcome::Settled(state) => {
-                self.table.settle_alert(alert, state, now).await?;
+                self.table.settle_alert(alert, state, clock.at()).await?;
                 Ok(true)
             }
             Outcome::WaitUntil(due) => {
@@ -338,7 +416,7 @@ impl StreamFunction for AlertDispatch {
                 if alert.delivery != DeliveryState::Pending {
                     return Ok(());
                 }
-                self.deliver(&alert, now, Instant::now()).await.map(|_| ())
+                self.deliver(&alert, Clock::streamed(now)).await.map(|_| ())
             };
             work.await.map_err(|err: StoreError| err.to_string())
         })
@@ -405,7 +483,6 @@ mod tests {
         assert_eq!(outcome(&["team", "pager"], &[delivered.clone(), waiting], 100), Outcome::WaitUntil(130));
         assert_eq!(outcome(&["team", "pager"], &[delivered.clone(), sending], 100), Outcome::InFlight);
         assert_eq!(outcome(&["team", "pager"], &[delivered], 100), Outcome::InFlight, "not tried yet");
-        assert_eq!(outcome(&[], &[], 100), Outcome::Settled(DeliveryState::Delivered), "routed nowhere on purpose");
     }
 
     #[test]

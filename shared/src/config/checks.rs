@@ -67,10 +67,14 @@ pub struct Check {
     #[serde(default)]
     pub channels: Vec<String>,
     /// Checks of one group failing in the same run make one message.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_resource_name")]
     pub group: Option<String>,
     #[serde(default = "default_check_timeout")]
     pub timeout: Seconds,
+}
+
+fn optional_resource_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    resource_name(deserializer).map(Some)
 }
 
 fn default_failure_threshold() -> u32 {

@@ -15,6 +15,8 @@ pub struct AlarmChange {
     pub alarm_description: Option<String>,
     pub new_state_value: String,
     #[serde(default)]
+    pub old_state_value: Option<String>,
+    #[serde(default)]
     pub new_state_reason: String,
     #[serde(default)]
     pub state_change_time: String,
@@ -71,9 +73,10 @@ impl AlarmChange {
 /// `INSUFFICIENT_DATA` tells nobody anything. The id comes from the alarm and the change,
 /// so a message SNS delivers twice raises one alert.
 pub fn alarm_alert(change: &AlarmChange, now: i64) -> Option<Alert> {
-    let (severity, verb) = match change.new_state_value.as_str() {
-        "ALARM" => (Severity::Critical, "in alarm"),
-        "OK" => (Severity::Info, "back to OK"),
+    let (severity, verb) = match (change.new_state_value.as_str(), change.old_state_value.as_deref()) {
+        ("ALARM", _) => (Severity::Critical, "in alarm"),
+        // Only out of an alarm: a new or updated alarm goes from INSUFFICIENT_DATA to OK.
+        ("OK", Some("ALARM")) => (Severity::Info, "back to OK"),
         _ => return None,
     };
     let moment: String = change.state_change_time.chars().filter(char::is_ascii_alphanumeric).collect();
@@ -107,7 +110,8 @@ mod tests {
 
     fn change(state: &str, metric: &str, dimensions: &str) -> AlarmChange {
         AlarmChange::parse(&format!(
-            r#"{{"AlarmName": "conveyor-DeployFanoutErrors", "AlarmDescription": "deploy-fanout failed: deployments may stall", "NewStateValue": "{state}", "NewStateReason": "Threshold Crossed: 1 datapoint [2.0] was greater than the threshold (0.0).", "StateChangeTime": "2026-11-23T05:30:00.000+0000", "Trigger": {{"MetricName": "{metric}", "Namespace": "AWS/Lambda", "Dimensions": [{dimensions}]}}}}"#
+            r#"{{"AlarmName": "conveyor-DeployFanoutErrors", "AlarmDescription": "deploy-fanout failed: deployments may stall", "NewStateValue": "{state}", "OldStateValue": "{}", "NewStateReason": "Threshold Crossed: 1 datapoint [2.0] was greater than the threshold (0.0).", "StateChangeTime": "2026-11-23T05:30:00.000+0000", "Trigger": {{"MetricName": "{metric}", "Namespace": "AWS/Lambda", "Dimensions": [{dimensions}]}}}}"#,
+            if state == "ALARM" { "OK" } else { "ALARM" }
         ))
         .unwrap()
     }
@@ -131,6 +135,9 @@ mod tests {
         let ok = alarm_alert(&change("OK", "Errors", ""), 9).unwrap();
         assert_eq!((ok.severity, ok.id.contains("-ok-")), (Severity::Info, true));
         assert!(alarm_alert(&change("INSUFFICIENT_DATA", "Errors", ""), 9).is_none());
+        let mut created = change("OK", "Errors", "");
+        created.old_state_value = Some("INSUFFICIENT_DATA".into());
+        assert!(alarm_alert(&created, 9).is_none(), "a new alarm settling is no news");
     }
 
     #[test]

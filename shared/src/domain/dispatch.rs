@@ -116,7 +116,7 @@ pub fn slack_payload(alert: &Alert) -> Value {
         "type": "context",
         "elements": [{"type": "mrkdwn", "text": cut(&format!("{} · {} · {}", alert.severity.as_str(), alert.kind.as_str(), escape_mrkdwn(&alert.id)), SLACK_FIELD_CHARS)}]
     }));
-    json!({"text": cut(&text(alert), SLACK_SECTION_CHARS), "blocks": blocks})
+    json!({"text": cut(&escape_mrkdwn(&text(alert)), SLACK_SECTION_CHARS), "blocks": blocks})
 }
 
 /// Slack reads `&`, `<` and `>` as markup: escaped, as Slack documents.
@@ -152,6 +152,9 @@ pub enum Answer {
     /// Refused for good (a bad payload, an archived channel, a revoked URL): sending it again
     /// changes nothing until someone fixes the channel.
     Refused(String),
+    /// No answer (a timeout, a dropped connection): the channel may have the message, so it
+    /// is tried again only from a later run.
+    NoAnswer(String),
 }
 
 /// Reads an HTTP channel's answer (Slack's incoming webhook, a generic webhook).

@@ -206,10 +206,15 @@ impl Table {
             vec![(":to", s(to)), (":pending", s("pending")), (":now", n(now))],
         )
         .await?;
+        self.drop_outbox_entry(alert.source.as_str(), &alert.id).await
+    }
+
+    /// Forgets an outbox entry whose alert is gone.
+    pub async fn drop_outbox_entry(&self, source: &str, id: &str) -> Result<(), StoreError> {
         self.client
             .delete_item()
             .table_name(self.name())
-            .set_key(Some(Key::outbox(alert.source.as_str(), &alert.id).into_item()))
+            .set_key(Some(Key::outbox(source, id).into_item()))
             .send()
             .await
             .map_err(|err| self.aws_error("DeleteItem", err))?;

@@ -47,6 +47,8 @@ pub struct RunWritten {
     pub applied: usize,
     /// Writes another run had made first: this run's decision about them was dropped whole.
     pub lost: usize,
+    /// Writes DynamoDB refused (logged): the next run decides them again.
+    pub failed: usize,
 }
 
 #[derive(Deserialize)]
@@ -92,19 +94,32 @@ impl Table {
                 reported.push(&write.check);
             }
             items.extend(self.alert_writes(alert)?);
-            Self::count(&mut written, retry_conflicts(Backoff::default(), || self.transact(items.clone())).await?);
+            Self::count(
+                &mut written,
+                &alert.id,
+                retry_conflicts(Backoff::default(), || self.transact(items.clone())).await,
+            );
         }
         for write in plan.writes.iter().filter(|w| !reported.contains(&w.check.as_str())) {
             let items = self.check_write_items(write, now)?;
-            Self::count(&mut written, retry_conflicts(Backoff::default(), || self.transact(items.clone())).await?);
+            Self::count(
+                &mut written,
+                &write.check,
+                retry_conflicts(Backoff::default(), || self.transact(items.clone())).await,
+            );
         }
         Ok(written)
     }
 
-    fn count(written: &mut RunWritten, result: Transition) {
+    /// One transaction's result; one that DynamoDB refuses does not stop the others.
+    fn count(written: &mut RunWritten, what: &str, result: Result<Transition, StoreError>) {
         match result {
-            Transition::Applied => written.applied += 1,
-            Transition::Rejected => written.lost += 1,
+            Ok(Transition::Applied) => written.applied += 1,
+            Ok(Transition::Rejected) => written.lost += 1,
+            Err(err) => {
+                tracing::error!(%what, error = %err, "a check's new state (and its message) could not be stored");
+                written.failed += 1;
+            }
         }
     }
 

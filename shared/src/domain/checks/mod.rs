@@ -6,5 +6,5 @@ pub mod run;
 pub mod state;
 
 pub use condition::{Condition, Observation};
-pub use run::{CheckAlert, CheckWrite, Incident, RunPlan, StoredCheck, plan_run};
+pub use run::{CheckAlert, CheckWrite, Incident, RunPlan, StoredCheck, plan_run, shown_url};
 pub use state::{CheckState, Health, Notice, Thresholds, observe};

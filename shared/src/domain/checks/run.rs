@@ -47,9 +47,10 @@ pub struct RunPlan {
     pub alerts: Vec<CheckAlert>,
 }
 
-/// At most this many checks in one message: each check's write goes into the message's one
-/// DynamoDB transaction (100 items, with the alert and its outbox entry).
-pub const MAX_CHECKS_PER_ALERT: usize = 90;
+/// At most this many checks in one message: each check's state and incident go into the
+/// message's one DynamoDB transaction (at most 100 items, with the alert and its outbox
+/// entry: 2 × 45 + 2).
+pub const MAX_CHECKS_PER_ALERT: usize = 45;
 
 /// A check in a message: its new state, and since when it has been down (or was).
 type Member<'c> = (&'c Check, CheckState, i64);
@@ -159,11 +160,32 @@ fn duration(seconds: i64) -> String {
 }
 
 fn impact_of(check: &Check) -> String {
-    check.impact.clone().unwrap_or_else(|| format!("{} fails its checks: whatever relies on it is affected", check.url))
+    check
+        .impact
+        .clone()
+        .unwrap_or_else(|| format!("{} fails its checks: whatever relies on it is affected", shown_url(&check.url)))
 }
 
 fn action_of(check: &Check) -> String {
-    check.action.clone().unwrap_or_else(|| format!("Open {} and read the service's logs", check.url))
+    check.action.clone().unwrap_or_else(|| format!("Open {} and read the service's logs", shown_url(&check.url)))
+}
+
+/// A check's URL as messages show it: without a user part or query, which may hold a
+/// credential (`https://user:pass@host/health?token=...`).
+pub fn shown_url(url: &str) -> String {
+    let (base, had_query) = match url.find(['?', '#']) {
+        Some(at) => (&url[..at], true),
+        None => (url, false),
+    };
+    let shown = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if had_query { format!("{shown}?…") } else { shown }
 }
 
 /// The one message for `members` (one check, or several of one group) at `now`.
@@ -235,7 +257,7 @@ fn alert(message: Message, members: &[Member], now: i64) -> Alert {
         .label("since", since.to_string())
         .label("checks", names.join(","));
     if !grouped {
-        alert = alert.label("url", first.url.clone());
+        alert = alert.label("url", shown_url(&first.url));
     }
     if let Some(group) = &first.group {
         alert = alert.label("group", group.clone());
@@ -383,6 +405,16 @@ failure_threshold = 1
         assert_eq!(group.summary, "2 checks of group web (web-a, web-b) are down");
         assert_eq!(group.cause, "web-a: web-a answered 503\nweb-b: web-b answered 503");
         assert_eq!(group.labels["checks"], "web-a,web-b");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        assert_eq!(
+            shown_url("https://user:pw@api.example.com/health?token=s3cret"),
+            "https://api.example.com/health?…"
+        );
+        assert_eq!(shown_url("https://api.example.com/health"), "https://api.example.com/health");
+        assert_eq!(shown_url("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 
     #[test]
