@@ -137,6 +137,7 @@ pub async fn functions(
             table.clone(),
             conveyor_shared::probe::Prober::new().map_err(|e| DevError::Clients(e.to_string()))?,
             alert_dispatch::Channels::new(sdk).map_err(|e| DevError::Clients(e.to_string()))?,
+            Ec2::new(sdk),
             config.clone(),
         )
         .every(tick),

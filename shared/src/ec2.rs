@@ -19,6 +19,8 @@ pub enum Ec2Error {
     NoDefaultVersion { name: String, region: String },
 }
 
+pub use crate::domain::checks::instances::Host;
+
 impl Ec2Error {
     /// What a caller outside the account may be told: EC2's own text can name account ids
     /// and ARNs, so it stays in the function's log.
@@ -100,6 +102,44 @@ impl Ec2 {
     }
 
     async fn describe_running(&self, region: Option<&str>, filters: Vec<Filter>) -> Result<Vec<Instance>, Ec2Error> {
+        self.describe(region, filters, |i| {
+            Some(Instance {
+                id: i.instance_id()?.to_owned(),
+                availability_zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or("").to_owned(),
+            })
+        })
+        .await
+    }
+
+    /// The running instances that carry every one of `tags`, with their addresses (for
+    /// health checks of each instance).
+    pub async fn running_hosts(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Host>, Ec2Error> {
+        self.describe(None, running_with(tags), |i| {
+            Some(Host {
+                id: i.instance_id()?.to_owned(),
+                private_ip: i.private_ip_address().map(str::to_owned),
+                public_ip: i.public_ip_address().map(str::to_owned),
+            })
+        })
+        .await
+    }
+
+    /// Reboots one instance (self-healing). EC2 answers at once; the reboot follows.
+    pub async fn reboot(&self, id: &str) -> Result<(), Ec2Error> {
+        self.client.reboot_instances().instance_ids(id).send().await.map_err(|err| Ec2Error::Aws {
+            operation: "RebootInstances",
+            region: self.client.config().region().map(|r| r.to_string()).unwrap_or_default(),
+            message: DisplayErrorContext(err).to_string(),
+        })?;
+        Ok(())
+    }
+
+    async fn describe<T>(
+        &self,
+        region: Option<&str>,
+        filters: Vec<Filter>,
+        read: fn(&aws_sdk_ec2::types::Instance) -> Option<T>,
+    ) -> Result<Vec<T>, Ec2Error> {
         let client = match region {
             Some(region) => self.client(region),
             None => self.client.clone(),
@@ -118,22 +158,8 @@ impl Ec2 {
                     region: region_name,
                     message: DisplayErrorContext(err).to_string(),
                 })?;
-                let instances = page
-                    .reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(|i| {
-                        Some(Instance {
-                            id: i.instance_id()?.to_owned(),
-                            availability_zone: i
-                                .placement()
-                                .and_then(|p| p.availability_zone())
-                                .unwrap_or("")
-                                .to_owned(),
-                        })
-                    })
-                    .collect();
-                Ok((instances, page.next_token().map(str::to_owned)))
+                let items = page.reservations().iter().flat_map(|r| r.instances()).filter_map(read).collect();
+                Ok((items, page.next_token().map(str::to_owned)))
             }
         })
         .await

@@ -81,6 +81,7 @@ async fn main() {
         Table::from_sdk(&sdk, name),
         Prober::new().expect("a prober"),
         Channels::new(&sdk).expect("channels"),
+        conveyor_shared::ec2::Ec2::new(&sdk),
         Arc::new(config(&base, count)),
     );
     // Until every check is steady: the silent one goes down on its third failed run.

@@ -43,8 +43,13 @@ impl Scene {
         let table = Table::from_sdk(&sdk, unique_name("conveyor-alerts"));
         table.create_if_missing().await.unwrap();
         let config = Config::parse(config, "conveyor.toml").unwrap();
-        let dispatch =
-            AlertDispatch::new(table.clone(), Prober::new().unwrap(), Channels::new(&sdk).unwrap(), Arc::new(config));
+        let dispatch = AlertDispatch::new(
+            table.clone(),
+            Prober::new().unwrap(),
+            Channels::new(&sdk).unwrap(),
+            conveyor_shared::ec2::Ec2::new(&sdk),
+            Arc::new(config),
+        );
         Self { table, slack, dispatch }
     }
 
@@ -435,4 +440,118 @@ async fn a_failed_payment_reaches_the_team() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(slack.texts().iter().any(|t| t.contains("Payment failed for customer")), "{:?}", slack.texts());
+}
+
+/// A health endpoint for each instance: `/<instance id>/health` answers 200, or 503 for the
+/// sick ones.
+async fn fleet_health(sick: Arc<Mutex<Vec<String>>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sick = sick.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let id = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
+                let down = sick.lock().unwrap().contains(&id);
+                async move {
+                    let (status, body) =
+                        if down { (503, r#"{"status": "DOWN"}"#) } else { (200, r#"{"status": "UP"}"#) };
+                    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn each_instance_is_checked_hosts_in_a_deploying_wave_are_left_to_it_and_one_is_rebooted_once_per_window() {
+    use conveyor_e2e::{Fault, FaultProxy, launch_instances, sdk_at};
+    use conveyor_shared::domain::DeploymentState;
+    use conveyor_shared::domain::rollout::{Release, TargetRecord, TargetState};
+    use conveyor_shared::store::DeploymentStart;
+
+    let sdk = sdk().await;
+    let tag = unique_name("fleet");
+    let ids = launch_instances(&sdk, 3, &tag).await;
+    let sick = Arc::new(Mutex::new(Vec::new()));
+    let base = fleet_health(sick.clone()).await;
+    let slack = SlackStandIn::start().await;
+    let config = format!(
+        "{}[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n\n[[check]]\nname = \"hosts\"\nenvironment = \"production\"\nurl = \"{base}/{{instance_id}}/health\"\nconditions = [\"[STATUS] == 200\"]\nfailure_threshold = 2\nreboot = true\nreboot_every = \"30m\"\nchannels = [\"team\"]\n",
+        slack.channel("team").await
+    );
+    // EC2 calls go through a proxy that counts the reboots.
+    let reboots = FaultProxy::start(|seen| seen.body_has("Action=RebootInstances"), 0, Fault::unavailable()).await;
+    let proxied = sdk_at(&reboots.url()).await;
+    let table = Table::from_sdk(&sdk, unique_name("conveyor-fleet-checks"));
+    table.create_if_missing().await.unwrap();
+    let dispatch = AlertDispatch::new(
+        table.clone(),
+        Prober::new().unwrap(),
+        Channels::new(&sdk).unwrap(),
+        conveyor_shared::ec2::Ec2::new(&proxied),
+        Arc::new(Config::parse(&config, "conveyor.toml").unwrap()),
+    );
+    // A deployment is working on the third instance (wave 0 started, not settled).
+    let record = crate::local_aws::deployment("acme/shop", "ccc", T0, DeploymentState::Pending);
+    table.create_deployment(&record).await.unwrap();
+    let id = record.id();
+    table.claim_planning("production", &id, "plan", T0, 60).await.unwrap();
+    let release = Release {
+        version: "ccc".into(),
+        artifact: "s3://a/ccc.tar.gz".into(),
+        sha256: "00".into(),
+        artifact_version: None,
+    };
+    let target = |instance: &str, wave: usize| TargetRecord {
+        environment: "production".into(),
+        deployment: id.clone(),
+        instance: instance.into(),
+        wave,
+        state: TargetState::Waiting,
+        detail: None,
+        release: release.clone(),
+        previous: None,
+        updated_at: T0,
+    };
+    table.write_targets(&[target(&ids[2], 0), target(&ids[0], 1)]).await.unwrap();
+    let start = DeploymentStart {
+        environment: "production",
+        id: &id,
+        planner: "plan",
+        sizes: &[1, 1],
+        sha256: "00",
+        artifact_version: None,
+        reason: "rolling",
+        alert: None,
+    };
+    table.start_deployment(&start, T0).await.unwrap();
+
+    *sick.lock().unwrap() = vec![ids[1].clone(), ids[2].clone()];
+    let run = |minute: i64| dispatch.run(T0 + minute * 60);
+    run(0).await.unwrap();
+    run(1).await.unwrap();
+    let texts = slack.texts();
+    let down: Vec<&String> = texts.iter().filter(|t| t.contains("] Check ") && t.contains("is down")).collect();
+    assert_eq!(down.len(), 1, "{texts:?}");
+    assert!(down[0].contains(&format!("Check hosts/{} is down", ids[1])), "{}", down[0]);
+    assert!(!texts.iter().any(|t| t.contains(&ids[2])), "the deploying wave's host is the deployment's: {texts:?}");
+    // Self-healing: rebooted once, and said so; not again within the window.
+    assert_eq!(reboots.calls(), 1);
+    let rebooted: Vec<&String> = texts.iter().filter(|t| t.contains("Rebooted")).collect();
+    assert_eq!(rebooted.len(), 1, "{texts:?}");
+    assert!(rebooted[0].contains(&format!("Rebooted {} of production (self-healing)", ids[1])), "{}", rebooted[0]);
+    for minute in 2..=10 {
+        run(minute).await.unwrap();
+    }
+    assert_eq!(reboots.calls(), 1, "at most once per 30 minutes");
+    run(32).await.unwrap();
+    assert_eq!(reboots.calls(), 2, "once more after the window, while still down");
 }

@@ -152,7 +152,7 @@ async fn discovery_waits_out_ec2_throttling_and_names_it_when_it_persists() {
     assert_eq!(proxy.calls(), 8, "gives up after eight attempts");
 }
 
-fn deployment(repository: &str, sha: &str, created_at: i64, state: DeploymentState) -> DeploymentRecord {
+pub(crate) fn deployment(repository: &str, sha: &str, created_at: i64, state: DeploymentState) -> DeploymentRecord {
     DeploymentRecord {
         environment: "production".into(),
         repository: repository.into(),

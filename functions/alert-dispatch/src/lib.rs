@@ -15,16 +15,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conveyor_shared::SdkConfig;
-use conveyor_shared::config::{Config, LoadError, Settings};
+use conveyor_shared::config::{Check, Config, Environment, LoadError, Settings};
+use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::alarm::{AlarmChange, alarm_alert};
-use conveyor_shared::domain::alert::{Alert, DeliveryState};
-use conveyor_shared::domain::checks::plan_run;
+use conveyor_shared::domain::alert::{Alert, AlertKind, AlertSource, DeliveryState, Severity};
+use conveyor_shared::domain::checks::instances::{self, instance_of};
+use conveyor_shared::domain::checks::{StoredCheck, plan_run};
 use conveyor_shared::domain::dispatch::{self, Answer};
+use conveyor_shared::ec2::Ec2;
 use conveyor_shared::http::BoxFuture;
 use conveyor_shared::probe::{ProbeError, Prober};
 use conveyor_shared::registration::{Function, Registration};
 use conveyor_shared::store::{
-    ChannelDelivery, DeliveryRecord, RunWritten, StoreError, Table, Transition, Tried, claim_token,
+    ChannelDelivery, DeliveryRecord, Put, RunWritten, StoreError, Table, Transition, Tried, claim_token,
 };
 use conveyor_shared::triggers::{
     Notification, NotificationFunction, ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord,
@@ -122,13 +125,14 @@ pub struct AlertDispatch {
     table: Table,
     prober: Prober,
     channels: Channels,
+    ec2: Ec2,
     config: Arc<Config>,
     every: Duration,
 }
 
 impl AlertDispatch {
-    pub fn new(table: Table, prober: Prober, channels: Channels, config: Arc<Config>) -> Self {
-        Self { table, prober, channels, config, every: REGISTRATION.schedule.unwrap_or(Duration::from_secs(60)) }
+    pub fn new(table: Table, prober: Prober, channels: Channels, ec2: Ec2, config: Arc<Config>) -> Self {
+        Self { table, prober, channels, ec2, config, every: REGISTRATION.schedule.unwrap_or(Duration::from_secs(60)) }
     }
 
     /// Runs the schedule at another rate (`conveyor dev`'s `CONVEYOR_TICK_SECONDS`).
@@ -142,6 +146,7 @@ impl AlertDispatch {
             Table::from_sdk(sdk, settings.table.clone()),
             Prober::new()?,
             Channels::new(sdk)?,
+            Ec2::new(sdk),
             Arc::new(config),
         ))
     }
@@ -174,19 +179,126 @@ impl AlertDispatch {
             return Ok(RunWritten::default());
         }
         let stored = self.table.check_states().await?;
-        let outcomes = self.probe_all(clock).await;
-        let plan = plan_run(&self.config.checks, &stored, &outcomes, clock.now);
+        let (checks, mut outcomes) = self.checks_of_this_run(clock.now).await;
+        outcomes.extend(self.probe_all(&checks, clock).await);
+        let plan = plan_run(&checks, &stored, &outcomes, clock.now);
         let written = self.table.write_check_run(&plan, clock.now).await?;
         if written.lost > 0 {
             tracing::info!(lost = written.lost, "an overlapping run stored some checks first; its decision stands");
         }
+        let state_of = |name: &str| -> Option<StoredCheck> {
+            match plan.writes.iter().find(|w| w.check == name) {
+                Some(write) => Some(StoredCheck { state: write.state.clone(), version: write.expected_version + 1 }),
+                None => stored.get(name).cloned(),
+            }
+        };
+        for check in instances::reboots_due(&checks, state_of) {
+            if let Err(err) = self.heal(check, state_of(&check.name), clock.at()).await {
+                tracing::error!(check = %check.name, error = %err, "self-healing could not be recorded");
+            }
+        }
         Ok(written)
     }
 
-    async fn probe_all(&self, clock: Clock) -> BTreeMap<String, Result<(), String>> {
+    /// The checks this run probes: the fixed ones, and one per running instance of each
+    /// environment check, except instances a running deployment is working on (its health
+    /// gate judges them). Instances that cannot be checked come with their cause.
+    async fn checks_of_this_run(&self, now: i64) -> (Vec<Check>, BTreeMap<String, Result<(), String>>) {
+        let mut checks: Vec<Check> = Vec::new();
+        let mut outcomes = BTreeMap::new();
+        for check in &self.config.checks {
+            let Some(environment) = check.environment.as_deref().and_then(|name| self.config.environment(name)) else {
+                checks.push(check.clone());
+                continue;
+            };
+            let hosts = match self.ec2.running_hosts(&environment.instances.tags).await {
+                Ok(hosts) => hosts,
+                Err(err) => {
+                    // No observation: each instance keeps its state until EC2 answers again.
+                    tracing::error!(check = %check.name, error = %err, "cannot list the environment's instances");
+                    continue;
+                }
+            };
+            let owned = match self.owned_by_deployment(environment, now).await {
+                Ok(owned) => owned,
+                Err(err) => {
+                    tracing::warn!(environment = %environment.name, error = %err, "cannot read the running deployment; checking every instance");
+                    Default::default()
+                }
+            };
+            let hosts: Vec<_> = hosts.into_iter().filter(|h| !owned.contains(&h.id)).collect();
+            let (expanded, unreachable) = instances::expand(check, &hosts);
+            checks.extend(expanded);
+            for (name, cause) in unreachable {
+                outcomes.insert(name, Err(cause));
+            }
+        }
+        (checks, outcomes)
+    }
+
+    /// The instances of `environment` in the started waves of its running deployment.
+    async fn owned_by_deployment(
+        &self,
+        environment: &Environment,
+        now: i64,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let Some(lock) = self.table.lock(&environment.name).await?.filter(|lock| lock.live(now)) else {
+            return Ok(Default::default());
+        };
+        let Some(deployment) = self.table.deployment(&environment.name, &lock.holder, false).await? else {
+            return Ok(Default::default());
+        };
+        if !matches!(deployment.state, DeploymentState::InProgress | DeploymentState::RollingBack) {
+            return Ok(Default::default());
+        }
+        let targets = self.table.deployment_targets(&environment.name, &lock.holder).await?;
+        Ok(instances::in_active_waves(&targets, deployment.run.wave.unwrap_or(0)))
+    }
+
+    /// Reboots the instance of a down per-instance check, at most once per its window, and
+    /// says so (or why it could not) on the check's channels.
+    async fn heal(&self, check: &Check, state: Option<StoredCheck>, now: i64) -> Result<(), StoreError> {
+        let Some(instance) = instance_of(&check.name) else { return Ok(()) };
+        let window = check.reboot_every.0 as i64;
+        if self.table.claim_reboot(instance, &check.name, now, window).await? == Put::AlreadyExists {
+            return Ok(());
+        }
+        let environment = check.environment.clone().unwrap_or_default();
+        let cause = state.and_then(|s| s.state.cause).unwrap_or_else(|| "its conditions failed".into());
+        let every = conveyor_shared::domain::checks::run::duration(window);
+        let alert = match self.ec2.reboot(instance).await {
+            Ok(()) => {
+                tracing::warn!(%instance, check = %check.name, "self-healing: instance rebooted");
+                Alert::new(AlertSource::Check, format!("{}-reboot-{now}", check.name), AlertKind::InstanceRebooted, Severity::Warning, now)
+                    .summary(format!("Rebooted {instance} of {environment} (self-healing)"))
+                    .cause(format!("check {} is down: {cause}", check.name))
+                    .impact(format!("{instance} is away for the minutes a reboot takes; it is rebooted at most once every {every}"))
+                    .action("Nothing now; if it stays down after the reboot, look at the instance (the check keeps reminding)")
+            }
+            Err(err) => {
+                tracing::error!(%instance, check = %check.name, error = %err, "self-healing: the reboot failed");
+                Alert::new(AlertSource::Check, format!("{}-reboot-{now}", check.name), AlertKind::RebootFailed, Severity::Critical, now)
+                    .summary(format!("Could not reboot {instance} of {environment} (self-healing)"))
+                    .cause(format!("check {} is down ({cause}); the reboot failed: {}", check.name, err.public()))
+                    .impact(format!("{instance} stays down until someone looks"))
+                    .action(format!(
+                        "Reboot {instance} by hand; to let Conveyor do it, deploy the stack with EnableSelfHealing=true (it grants ec2:RebootInstances)"
+                    ))
+            }
+        }
+        .label("instance", instance)
+        .label("environment", environment)
+        .label("checks", check.name.clone());
+        let mut alert = alert;
+        alert.channels = check.channels.clone();
+        self.table.record_alert(&alert).await?;
+        Ok(())
+    }
+
+    async fn probe_all(&self, checks: &[Check], clock: Clock) -> BTreeMap<String, Result<(), String>> {
         let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS));
         let mut running = tokio::task::JoinSet::new();
-        for check in self.config.checks.iter().cloned() {
+        for check in checks.iter().cloned() {
             let (prober, limit) = (self.prober.clone(), limit.clone());
             running.spawn(async move {
                 let _permit = limit.acquire_owned().await;

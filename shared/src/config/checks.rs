@@ -71,7 +71,20 @@ pub struct Check {
     pub group: Option<String>,
     #[serde(default = "default_check_timeout")]
     pub timeout: Seconds,
+    /// Check every running instance of this environment (found through EC2 by its tags):
+    /// `url` then names the host with `{private_ip}`, `{public_ip}` or `{instance_id}`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Self-healing, off by default: an instance whose check goes down is rebooted, at most
+    /// once per `reboot_every` (the stack's `EnableSelfHealing` grants the permission).
+    #[serde(default)]
+    pub reboot: bool,
+    #[serde(default = "default_reboot_every")]
+    pub reboot_every: Seconds,
 }
+
+/// What a check's `url` may name an instance by.
+pub const HOST_PLACEHOLDERS: [&str; 3] = ["{private_ip}", "{public_ip}", "{instance_id}"];
 
 fn optional_resource_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     resource_name(deserializer).map(Some)
@@ -87,6 +100,10 @@ fn default_success_threshold() -> u32 {
 
 fn default_check_timeout() -> Seconds {
     Seconds(10)
+}
+
+fn default_reboot_every() -> Seconds {
+    Seconds(3600)
 }
 
 fn conditions<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Condition>, D::Error> {
@@ -106,8 +123,34 @@ impl Check {
         }
     }
 
-    fn problem(&self, channels: &[&Channel], checks: &[&Check]) -> Option<String> {
+    fn problem(&self, channels: &[&Channel], checks: &[&Check], environments: &[&str]) -> Option<String> {
         let name = &self.name;
+        let placeholders = HOST_PLACEHOLDERS.iter().any(|p| self.url.contains(p));
+        match &self.environment {
+            Some(environment) if !environments.contains(&environment.as_str()) => {
+                return Some(format!("check `{name}`: environment `{environment}` is no [[environment]]"));
+            }
+            Some(_) if !placeholders => {
+                return Some(format!(
+                    "check `{name}`: a check of an environment's instances names the host in `url` with {{private_ip}}, {{public_ip}} or {{instance_id}}"
+                ));
+            }
+            None if placeholders => {
+                return Some(format!(
+                    "check `{name}`: `url` names an instance ({}); add `environment` to check each of its instances",
+                    HOST_PLACEHOLDERS.join(", ")
+                ));
+            }
+            None if self.reboot => {
+                return Some(format!(
+                    "check `{name}`: `reboot` needs `environment` (it reboots that environment's instances)"
+                ));
+            }
+            _ => {}
+        }
+        if self.reboot_every.0 < 300 {
+            return Some(format!("check `{name}`: reboot_every must be at least 5m (a reboot takes minutes)"));
+        }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Some(format!("check `{name}`: url `{}` must start with http:// or https://", self.url));
         }
@@ -215,12 +258,17 @@ pub(super) fn channel_problem(channels: &[&Channel], i: usize) -> Option<String>
 
 /// The problem with check `i`, if any: a duplicate name, unknown channels or parents, or a
 /// cycle of `depends_on` (a check that depends on itself would never alert).
-pub(super) fn check_problem(checks: &[&Check], channels: &[&Channel], i: usize) -> Option<String> {
+pub(super) fn check_problem(
+    checks: &[&Check],
+    channels: &[&Channel],
+    environments: &[&str],
+    i: usize,
+) -> Option<String> {
     let check = checks[i];
     if checks[..i].iter().any(|c| c.name == check.name) {
         return Some(format!("check `{}` is defined twice", check.name));
     }
-    if let Some(problem) = check.problem(channels, checks) {
+    if let Some(problem) = check.problem(channels, checks, environments) {
         return Some(problem);
     }
     let mut seen: Vec<&str> = Vec::new();

@@ -18,7 +18,7 @@ mod settings;
 mod site;
 mod values;
 
-pub use checks::{Channel, ChannelKind, Check, Route};
+pub use checks::{Channel, ChannelKind, Check, HOST_PLACEHOLDERS, Route};
 pub use settings::{
     DEFAULT_ENTITLEMENT_GRACE, DEFAULT_STRIPE_TOLERANCE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource,
     Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,
@@ -550,8 +550,9 @@ impl Config {
             }
         }
         let all_checks: Vec<&Check> = raw.check.iter().map(toml::Spanned::get_ref).collect();
+        let environments: Vec<&str> = raw.environment.iter().map(|e| e.get_ref().name.as_str()).collect();
         for (i, spanned) in raw.check.iter().enumerate() {
-            if let Some(problem) = checks::check_problem(&all_checks, &channels, i) {
+            if let Some(problem) = checks::check_problem(&all_checks, &channels, &environments, i) {
                 return Err(ConfigError::at(text, origin, spanned.span().start, &problem));
             }
         }

@@ -59,6 +59,9 @@ pub enum AlertKind {
     CheckDown,
     CheckStillDown,
     CheckRecovered,
+    /// Self-healing rebooted an instance whose check went down, or could not.
+    InstanceRebooted,
+    RebootFailed,
     /// One of Conveyor's own CloudWatch alarms changed state.
     Alarm,
     /// A kind a newer version of Conveyor raised: listed, never misread.
@@ -83,6 +86,8 @@ impl AlertKind {
             Self::CheckDown => "check_down",
             Self::CheckStillDown => "check_still_down",
             Self::CheckRecovered => "check_recovered",
+            Self::InstanceRebooted => "instance_rebooted",
+            Self::RebootFailed => "reboot_failed",
             Self::Alarm => "alarm",
             Self::Other => "other",
         }

@@ -4,6 +4,7 @@
 //! |-----------|----------|-----------------------------------|
 //! | state     | `CHECKS` | `STATE#<check>`                   |
 //! | incident  | `CHECKS` | `INCIDENT#<check>#<down since>`   |
+//! | reboot    | `CHECKS` | `REBOOT#<instance>`               |
 //!
 //! A state is written only when it changes, conditional on the version that was read, and
 //! together with the incident it opens or resolves and the message it gives (one
@@ -23,6 +24,9 @@ const CHECKS: &str = "CHECKS";
 impl Key {
     pub fn check_state(check: &str) -> Self {
         Self { pk: CHECKS.into(), sk: format!("STATE#{check}") }
+    }
+    pub fn reboot(instance: &str) -> Self {
+        Self { pk: CHECKS.into(), sk: format!("REBOOT#{instance}") }
     }
     pub fn incident(check: &str, since: i64) -> Self {
         Self { pk: CHECKS.into(), sk: format!("INCIDENT#{check}#{}", time_key(since)) }
@@ -70,6 +74,21 @@ impl Table {
                 Ok((stored.check, StoredCheck { state: stored.state, version: stored.version }))
             })
             .collect()
+    }
+
+    /// Takes the right to reboot `instance` now, unless it was rebooted within the last
+    /// `window` seconds: self-healing reboots an instance at most once per window, however
+    /// many runs find it down.
+    pub async fn claim_reboot(&self, instance: &str, check: &str, now: i64, window: i64) -> Result<Put, StoreError> {
+        let mut item = Key::reboot(instance).into_item();
+        item.extend([("check".into(), s(check)), ("at".into(), n(now))]);
+        self.put_if(
+            item,
+            "attribute_not_exists(pk) OR #at <= :window_start",
+            HashMap::from([("#at".to_owned(), "at".to_owned())]),
+            HashMap::from([(":window_start".to_owned(), n(now - window))]),
+        )
+        .await
     }
 
     /// A check's incidents, newest first.

@@ -2,6 +2,7 @@
 //! across runs (thresholds, reminders, one notice per transition).
 
 pub mod condition;
+pub mod instances;
 pub mod run;
 pub mod state;
 

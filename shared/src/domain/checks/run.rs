@@ -155,7 +155,8 @@ fn ancestors<'c>(checks: &'c [Check], check: &'c Check) -> BTreeSet<&'c str> {
     seen
 }
 
-fn duration(seconds: i64) -> String {
+/// Seconds as people read them: `4h 2m`.
+pub fn duration(seconds: i64) -> String {
     humantime::format_duration(Duration::from_secs(seconds.max(0) as u64)).to_string()
 }
 
