@@ -119,6 +119,7 @@ impl Ec2 {
                 id: i.instance_id()?.to_owned(),
                 private_ip: i.private_ip_address().map(str::to_owned),
                 public_ip: i.public_ip_address().map(str::to_owned),
+                launched_at: i.launch_time().map(|t| t.secs()),
             })
         })
         .await

@@ -57,6 +57,13 @@ async fn an_instance_outside_every_deployment_gets_nothing() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body["action"], "none");
     assert_eq!(answer.body["poll_after"], 2, "the idle interval, not the busy one");
+    // The poll is recorded for heartbeat checks, but not every poll: idle polls stay reads.
+    let seen = app.table.instance("production", "i-00000000000000001").await.unwrap().unwrap().seen_at;
+    assert!(seen.is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(post(&app, "/agent/v1/poll", &production, &poll).await.status, 200);
+    let again = app.table.instance("production", "i-00000000000000001").await.unwrap().unwrap().seen_at;
+    assert_eq!(again, seen, "recorded at most every few minutes");
 }
 
 #[tokio::test]

@@ -555,3 +555,28 @@ async fn each_instance_is_checked_hosts_in_a_deploying_wave_are_left_to_it_and_o
     run(32).await.unwrap();
     assert_eq!(reboots.calls(), 2, "once more after the window, while still down");
 }
+
+#[tokio::test]
+async fn an_instance_whose_agent_fell_silent_is_told_once() {
+    let sdk = sdk().await;
+    let tag = unique_name("quiet-fleet");
+    let ids = conveyor_e2e::launch_instances(&sdk, 2, &tag).await;
+    let slack = SlackStandIn::start().await;
+    let scene = Scene::with(
+        &format!(
+            "{}[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n\n[[check]]\nname = \"agents\"\nenvironment = \"production\"\nagent_silent_for = \"15m\"\nfailure_threshold = 1\nchannels = [\"team\"]\n",
+            slack.channel("team").await
+        ),
+        slack,
+    )
+    .await;
+    scene.table.record_agent_seen("production", &ids[0], T0 - 60).await.unwrap();
+    scene.table.record_agent_seen("production", &ids[1], T0 - 3600).await.unwrap();
+    scene.run(T0).await;
+    scene.run(T0 + 60).await;
+    let texts = scene.slack.texts();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0].contains(&format!("Check agents/{} is down", ids[1])), "{}", texts[0]);
+    assert!(texts[0].contains("has not polled for 1h"), "{}", texts[0]);
+    assert!(texts[0].contains("journalctl -u conveyor-agent"), "{}", texts[0]);
+}

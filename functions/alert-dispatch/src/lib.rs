@@ -180,7 +180,9 @@ impl AlertDispatch {
         }
         let stored = self.table.check_states().await?;
         let (checks, mut outcomes) = self.checks_of_this_run(clock.now).await;
-        outcomes.extend(self.probe_all(&checks, clock).await);
+        // Heartbeats and unreachable hosts are decided already; the rest are fetched.
+        let to_probe: Vec<Check> = checks.iter().filter(|c| !outcomes.contains_key(&c.name)).cloned().collect();
+        outcomes.extend(self.probe_all(&to_probe, clock).await);
         let plan = plan_run(&checks, &stored, &outcomes, clock.now);
         let written = self.table.write_check_run(&plan, clock.now).await?;
         if written.lost > 0 {
@@ -200,9 +202,9 @@ impl AlertDispatch {
         Ok(written)
     }
 
-    /// The checks this run probes: the fixed ones, and one per running instance of each
+    /// The checks of this run: the fixed ones, and one per running instance of each
     /// environment check, except instances a running deployment is working on (its health
-    /// gate judges them). Instances that cannot be checked come with their cause.
+    /// gate judges them). Heartbeats, and instances that cannot be checked, come decided.
     async fn checks_of_this_run(&self, now: i64) -> (Vec<Check>, BTreeMap<String, Result<(), String>>) {
         let mut checks: Vec<Check> = Vec::new();
         let mut outcomes = BTreeMap::new();
@@ -227,6 +229,22 @@ impl AlertDispatch {
                 }
             };
             let hosts: Vec<_> = hosts.into_iter().filter(|h| !owned.contains(&h.id)).collect();
+            if check.agent_silent_for.is_some() {
+                let seen = match self.table.environment_instances(&environment.name).await {
+                    Ok(records) => records
+                        .into_iter()
+                        .filter_map(|r| r.seen_at.max(r.reported_at).map(|at| (r.instance, at)))
+                        .collect(),
+                    Err(err) => {
+                        tracing::error!(check = %check.name, error = %err, "cannot read when the agents were last heard of");
+                        continue;
+                    }
+                };
+                let (heartbeats, decided) = instances::heartbeats(check, &hosts, &seen, now);
+                checks.extend(heartbeats);
+                outcomes.extend(decided);
+                continue;
+            }
             let (expanded, unreachable) = instances::expand(check, &hosts);
             checks.extend(expanded);
             for (name, cause) in unreachable {

@@ -7,6 +7,7 @@
 //! the next deployment: the stream and the tick do.
 
 use conveyor_protocol::{self as wire, Action, Outcome, Poll, PollAnswer, Report};
+use conveyor_shared::config::AGENT_SEEN_EVERY_SECONDS;
 use conveyor_shared::domain::DeploymentState;
 use conveyor_shared::domain::fleet::EnrollmentProof;
 use conveyor_shared::domain::instance_proof::{self, InstanceProof, ProofError};
@@ -298,6 +299,7 @@ impl Fanout {
             Ok(accepted) => accepted,
             Err(response) => return *response,
         };
+        self.note_seen(&env.name, &poll.instance_id).await;
         let mut answer = match self.answer_poll(env, &poll).await {
             Ok(answer) => answer,
             Err(response) => return response,
@@ -307,6 +309,27 @@ impl Fanout {
             answer.credential = Some(String::from_utf8_lossy(credential.expose()).into_owned());
         }
         http::json(StatusCode::OK, &answer)
+    }
+
+    /// Records that the instance's agent polled, for heartbeat checks: at most once per
+    /// [`AGENT_SEEN_EVERY_SECONDS`] per instance and container, so idle polls stay reads. A
+    /// failed write is only logged: the poll is answered all the same.
+    async fn note_seen(&self, environment: &str, instance: &str) {
+        let now = conveyor_shared::unix_now();
+        let key = (environment.to_owned(), instance.to_owned());
+        let due = match self.seen.lock() {
+            Ok(mut seen) => {
+                let due = seen.get(&key).is_none_or(|at| now - at >= AGENT_SEEN_EVERY_SECONDS);
+                if due {
+                    seen.insert(key, now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due && let Err(err) = self.table.record_agent_seen(environment, instance, now).await {
+            tracing::warn!(%environment, %instance, error = %err, "cannot record the agent's poll");
+        }
     }
 
     /// The answer to a poll.

@@ -144,12 +144,24 @@ pub struct Fanout {
     credentials: Arc<Mutex<HashMap<(String, String), CachedCredential>>>,
     /// Set when agents may prove their instance instead of presenting a token.
     proofs: Option<InstanceProofs>,
+    /// (environment, instance) to when this container last recorded its agent's poll.
+    seen: Arc<Mutex<HashMap<(String, String), i64>>>,
 }
 
 impl Fanout {
     pub fn new(table: Table, ec2: Ec2, artifacts: Artifacts, config: Arc<Config>, timing: Timing) -> Self {
         let tokens = Tokens::cached(table.clone(), TOKEN_CACHE, TOKEN_CACHE_ENTRIES);
-        Self { table, ec2, artifacts, config, timing, tokens, credentials: Arc::default(), proofs: None }
+        Self {
+            table,
+            ec2,
+            artifacts,
+            config,
+            timing,
+            tokens,
+            credentials: Arc::default(),
+            proofs: None,
+            seen: Arc::default(),
+        }
     }
 
     /// Lets agents whose instance profile has one of `roles` prove their instance through

@@ -45,8 +45,10 @@ pub enum ChannelKind {
 pub struct Check {
     #[serde(deserialize_with = "resource_name")]
     pub name: String,
+    /// What is fetched; not for agent heartbeats (`agent_silent_for`).
+    #[serde(default)]
     pub url: String,
-    #[serde(deserialize_with = "conditions")]
+    #[serde(default, deserialize_with = "conditions")]
     pub conditions: Vec<Condition>,
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
@@ -81,7 +83,15 @@ pub struct Check {
     pub reboot: bool,
     #[serde(default = "default_reboot_every")]
     pub reboot_every: Seconds,
+    /// Agent heartbeat: an instance of `environment` whose agent has not polled for this long
+    /// fails (instead of fetching a URL).
+    #[serde(default)]
+    pub agent_silent_for: Option<Seconds>,
 }
+
+/// How often the agent channel records that an instance's agent polled (not on every poll:
+/// that would be a write per poll).
+pub const AGENT_SEEN_EVERY_SECONDS: i64 = 300;
 
 /// What a check's `url` may name an instance by.
 pub const HOST_PLACEHOLDERS: [&str; 3] = ["{private_ip}", "{public_ip}", "{instance_id}"];
@@ -108,9 +118,6 @@ fn default_reboot_every() -> Seconds {
 
 fn conditions<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Condition>, D::Error> {
     let texts = Vec::<String>::deserialize(deserializer)?;
-    if texts.is_empty() {
-        return Err(de::Error::custom("conditions: give at least one, like \"[STATUS] == 200\""));
-    }
     texts.iter().map(|text| Condition::parse(text).map_err(de::Error::custom)).collect()
 }
 
@@ -125,12 +132,33 @@ impl Check {
 
     fn problem(&self, channels: &[&Channel], checks: &[&Check], environments: &[&str]) -> Option<String> {
         let name = &self.name;
+        if let Some(silent) = self.agent_silent_for {
+            if self.environment.is_none() {
+                return Some(format!(
+                    "check `{name}`: agent_silent_for watches an environment's agents: add `environment`"
+                ));
+            }
+            if !self.url.is_empty() || !self.conditions.is_empty() {
+                return Some(format!(
+                    "check `{name}`: a heartbeat check (agent_silent_for) fetches nothing: drop `url` and `conditions`, or make it a check of its own"
+                ));
+            }
+            if silent.0 < AGENT_SEEN_EVERY_SECONDS as u64 * 2 {
+                return Some(format!(
+                    "check `{name}`: agent_silent_for must be at least {}m (an agent's polls are recorded every {}m)",
+                    AGENT_SEEN_EVERY_SECONDS * 2 / 60,
+                    AGENT_SEEN_EVERY_SECONDS / 60
+                ));
+            }
+        } else if self.conditions.is_empty() {
+            return Some(format!("check `{name}`: conditions: give at least one, like \"[STATUS] == 200\""));
+        }
         let placeholders = HOST_PLACEHOLDERS.iter().any(|p| self.url.contains(p));
         match &self.environment {
             Some(environment) if !environments.contains(&environment.as_str()) => {
                 return Some(format!("check `{name}`: environment `{environment}` is no [[environment]]"));
             }
-            Some(_) if !placeholders => {
+            Some(_) if !placeholders && self.agent_silent_for.is_none() => {
                 return Some(format!(
                     "check `{name}`: a check of an environment's instances names the host in `url` with {{private_ip}}, {{public_ip}} or {{instance_id}}"
                 ));
@@ -151,7 +179,7 @@ impl Check {
         if self.reboot_every.0 < 300 {
             return Some(format!("check `{name}`: reboot_every must be at least 5m (a reboot takes minutes)"));
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        if self.agent_silent_for.is_none() && !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Some(format!("check `{name}`: url `{}` must start with http:// or https://", self.url));
         }
         if self.failure_threshold == 0 || self.success_threshold == 0 {

@@ -18,7 +18,7 @@ mod settings;
 mod site;
 mod values;
 
-pub use checks::{Channel, ChannelKind, Check, HOST_PLACEHOLDERS, Route};
+pub use checks::{AGENT_SEEN_EVERY_SECONDS, Channel, ChannelKind, Check, HOST_PLACEHOLDERS, Route};
 pub use settings::{
     DEFAULT_ENTITLEMENT_GRACE, DEFAULT_STRIPE_TOLERANCE, GITHUB_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET, SecretSource,
     Settings, SettingsError, StripeMode, Timing, agent_roles_from_env, entitlement_grace_from_env,

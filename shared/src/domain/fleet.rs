@@ -11,6 +11,9 @@ pub struct InstanceRecord {
     pub current: Option<String>,
     pub healthy: Option<bool>,
     pub reported_at: Option<i64>,
+    /// When its agent last polled, as recorded (every few minutes, not every poll).
+    #[serde(default)]
+    pub seen_at: Option<i64>,
 }
 
 /// An instance's enrolment.

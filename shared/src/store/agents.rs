@@ -58,6 +58,22 @@ impl Table {
         Ok(())
     }
 
+    /// Records that the instance's agent polled at `now` (for heartbeat checks).
+    pub async fn record_agent_seen(&self, environment: &str, instance: &str, now: i64) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(self.name())
+            .set_key(Some(Key::instance(environment, instance).into_item()))
+            .update_expression("SET environment = :env, instance = :id, seen_at = :now")
+            .expression_attribute_values(":env", s(environment))
+            .expression_attribute_values(":id", s(instance))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await
+            .map_err(|err| self.aws_error("UpdateItem", err))?;
+        Ok(())
+    }
+
     pub async fn environment_instances(&self, environment: &str) -> Result<Vec<InstanceRecord>, StoreError> {
         let items = self.partition(&format!("ENV#{environment}"), "INSTANCE#", None, false).await?;
         items.into_iter().map(|item| decode("instance", item)).collect()

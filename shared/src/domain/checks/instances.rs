@@ -2,7 +2,7 @@
 //! messages, grouped per check so a fleet-wide failure is one message), hosts a deployment
 //! is working on left to the deployment, and which instances self-healing reboots.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::run::StoredCheck;
 use super::state::Health;
@@ -15,6 +15,8 @@ pub struct Host {
     pub id: String,
     pub private_ip: Option<String>,
     pub public_ip: Option<String>,
+    /// Unix seconds.
+    pub launched_at: Option<i64>,
 }
 
 /// The per-instance checks of `check` (an environment's): named `<check>/<instance id>`,
@@ -54,6 +56,58 @@ pub fn expand(check: &Check, hosts: &[Host]) -> (Vec<Check>, Vec<(String, String
         });
     }
     (checks, unreachable)
+}
+
+/// A check decided without fetching anything: its name and outcome.
+pub type Decided = (String, Result<(), String>);
+
+/// The heartbeat checks of `check` (one with `agent_silent_for`): one per running instance,
+/// failing when its agent has not polled for that long (counted from the instance's launch
+/// when it never has). `seen` holds when each instance's agent was last heard of.
+pub fn heartbeats(check: &Check, hosts: &[Host], seen: &BTreeMap<String, i64>, now: i64) -> (Vec<Check>, Vec<Decided>) {
+    let Some(silent_for) = check.agent_silent_for else { return (Vec::new(), Vec::new()) };
+    let limit = silent_for.0 as i64;
+    let environment = check.environment.clone().unwrap_or_default();
+    let mut checks = Vec::new();
+    let mut outcomes = Vec::new();
+    for host in hosts {
+        let name = instance_check_name(&check.name, &host.id);
+        let heard = seen.get(&host.id).copied();
+        let since = heard.or(host.launched_at).unwrap_or(now);
+        let outcome = if now - since >= limit {
+            Err(match heard {
+                Some(at) => format!(
+                    "the agent on {} has not polled for {} (last heard of at {})",
+                    host.id,
+                    super::run::duration(now - at),
+                    crate::domain::dispatch::rfc3339(at)
+                ),
+                None => format!(
+                    "no agent has polled for {} since it was launched {} ago",
+                    host.id,
+                    super::run::duration(now - since)
+                ),
+            })
+        } else {
+            Ok(())
+        };
+        outcomes.push((name.clone(), outcome));
+        checks.push(Check {
+            name,
+            group: Some(check.group.clone().unwrap_or_else(|| check.name.clone())),
+            impact: Some(check.impact.clone().unwrap_or_else(|| {
+                format!("deployments to {environment} cannot reach {}: it keeps the release it has", host.id)
+            })),
+            action: Some(check.action.clone().unwrap_or_else(|| {
+                format!(
+                    "Look at the agent on {} (systemctl status conveyor-agent; journalctl -u conveyor-agent)",
+                    host.id
+                )
+            })),
+            ..check.clone()
+        });
+    }
+    (checks, outcomes)
 }
 
 pub fn instance_check_name(check: &str, instance: &str) -> String {
@@ -98,7 +152,30 @@ mod tests {
     }
 
     fn host(id: &str, ip: Option<&str>) -> Host {
-        Host { id: id.into(), private_ip: ip.map(str::to_owned), public_ip: None }
+        Host { id: id.into(), private_ip: ip.map(str::to_owned), public_ip: None, launched_at: Some(0) }
+    }
+
+    #[test]
+    fn an_agent_silent_past_the_limit_fails_and_a_new_instance_has_its_grace() {
+        let check = Config::parse(
+            "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n\n[[check]]\nname = \"agents\"\nenvironment = \"production\"\nagent_silent_for = \"10m\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .checks
+        .remove(0);
+        let mut new = host("i-new", None);
+        new.launched_at = Some(1000);
+        let hosts = [host("i-quiet", None), host("i-busy", None), new, host("i-never", None)];
+        let seen = BTreeMap::from([("i-quiet".to_string(), 100), ("i-busy".to_string(), 1100)]);
+        let (checks, outcomes) = heartbeats(&check, &hosts, &seen, 1200);
+        assert_eq!(checks.len(), 4);
+        assert_eq!(checks[0].name, "agents/i-quiet");
+        let failing: Vec<&str> = outcomes.iter().filter(|(_, o)| o.is_err()).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(failing, ["agents/i-quiet", "agents/i-never"]);
+        let quiet = outcomes[0].1.as_ref().unwrap_err();
+        assert!(quiet.contains("has not polled for 18m 20s"), "{quiet}");
+        assert!(outcomes[3].1.as_ref().unwrap_err().contains("no agent has polled"));
     }
 
     #[test]
