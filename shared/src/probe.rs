@@ -21,12 +21,26 @@ pub struct Prober {
 
 impl Prober {
     pub fn new() -> Result<Self, ProbeError> {
-        let client = reqwest::Client::builder()
+        Self::build(None)
+    }
+
+    /// A prober that also trusts the certificate authority `root_der` (a private CA's, in
+    /// DER), beside the usual roots.
+    pub fn trusting(root_der: &[u8]) -> Result<Self, ProbeError> {
+        Self::build(Some(reqwest::Certificate::from_der(root_der).map_err(|e| ProbeError(e.to_string()))?))
+    }
+
+    fn build(root: Option<reqwest::Certificate>) -> Result<Self, ProbeError> {
+        let mut builder = reqwest::Client::builder()
             // A redirect is an answer of its own: `[STATUS] == 301` must be checkable.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("conveyor-check")
-            .build()
-            .map_err(|e| ProbeError(e.to_string()))?;
+            // The server's certificate, for `[CERTIFICATE_EXPIRATION]`.
+            .tls_info(true);
+        if let Some(root) = root {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder.build().map_err(|e| ProbeError(e.to_string()))?;
         Ok(Self { client })
     }
 
@@ -37,6 +51,11 @@ impl Prober {
             let mut response = self.client.get(url).send().await?;
             let status = response.status().as_u16();
             let ip = response.remote_addr().map(|addr| addr.ip().to_string());
+            let expires_at = response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|info| info.peer_certificate())
+                .and_then(crate::domain::checks::certificate::not_after);
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 body.extend_from_slice(&chunk);
@@ -45,17 +64,18 @@ impl Prober {
                     break;
                 }
             }
-            Ok::<_, reqwest::Error>((status, ip, body))
+            Ok::<_, reqwest::Error>((status, ip, body, expires_at))
         })
         .await;
         let response_time = started.elapsed();
         match sent {
-            Ok(Ok((status, ip, body))) => (
+            Ok(Ok((status, ip, body, expires_at))) => (
                 Observation {
                     status: Some(status),
                     response_time,
                     body: String::from_utf8_lossy(&body).into_owned(),
-                    certificate_expiration: None,
+                    certificate_expiration: expires_at
+                        .map(|at| Duration::from_secs(u64::try_from(at - crate::unix_now()).unwrap_or(0))),
                     connected: true,
                     ip,
                 },

@@ -117,3 +117,67 @@ async fn a_target_slower_than_the_timeout_fails_in_time() {
     let cause = Prober::new().unwrap().run(&slow).await.unwrap_err();
     assert!(cause.contains("no answer within 1000 ms"), "{cause}");
 }
+
+/// A TLS health endpoint on loopback whose certificate (for 127.0.0.1, from a CA of the
+/// test's own) expires in `days`; answers the CA's certificate to trust.
+async fn tls_target(days: i64) -> (String, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]))];
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        r#"{"status": "UP"}"#,
+                    ))))
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (url, ca.der().to_vec())
+}
+
+#[tokio::test]
+async fn a_certificate_near_its_end_fails_the_expiration_condition() {
+    let check_of = |url: &str| {
+        let text = format!(
+            "[[check]]\nname = \"tls\"\nurl = \"{url}\"\nconditions = [\"[STATUS] == 200\", \"[CERTIFICATE_EXPIRATION] > 240h\"]\ntimeout = \"5s\"\n"
+        );
+        Config::parse(&text, "test.toml").unwrap().checks.remove(0)
+    };
+    let (soon, ca) = tls_target(5).await;
+    let prober = Prober::trusting(&ca).unwrap();
+    let cause = prober.run(&check_of(&soon)).await.unwrap_err();
+    // Five days, less the moments since the certificate was made: a duration, not milliseconds.
+    assert!(
+        cause == "[CERTIFICATE_EXPIRATION] > 240h (was 5days)"
+            || cause == "[CERTIFICATE_EXPIRATION] > 240h (was 4days 23h 59m)",
+        "{cause}"
+    );
+    let (later, ca) = tls_target(30).await;
+    assert_eq!(Prober::trusting(&ca).unwrap().run(&check_of(&later)).await, Ok(()));
+    // Without the private CA the certificate is refused: the cause says so.
+    let refused = Prober::new().unwrap().run(&check_of(&later)).await.unwrap_err();
+    assert!(refused.starts_with("cannot check https://127.0.0.1"), "{refused}");
+}

@@ -115,7 +115,18 @@ impl Condition {
                 compare(&left, &right, op)
             }
         };
-        if holds { Ok(()) } else { Err(format!("{} (was {})", self.text, left.shown())) }
+        if holds {
+            return Ok(());
+        }
+        let was = match (&self.left, &left) {
+            // Time left on a certificate reads as a duration ("4days 23h 59m"), not milliseconds.
+            (Operand::CertificateExpiration, Resolved::Number(ms)) => {
+                humantime::format_duration(std::time::Duration::from_secs((*ms / 1000.0 / 60.0) as u64 * 60))
+                    .to_string()
+            }
+            _ => left.shown(),
+        };
+        Err(format!("{} (was {was})", self.text))
     }
 }
 

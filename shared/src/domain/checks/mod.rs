@@ -1,6 +1,7 @@
 //! Health checks: the conditions a run is judged by (Gatus's syntax) and a check's state
 //! across runs (thresholds, reminders, one notice per transition).
 
+pub mod certificate;
 pub mod condition;
 pub mod instances;
 pub mod run;
