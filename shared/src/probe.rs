@@ -36,7 +36,11 @@ impl Prober {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("conveyor-check")
             // The server's certificate, for `[CERTIFICATE_EXPIRATION]`.
-            .tls_info(true);
+            .tls_info(true)
+            // A fresh connection per run: a run a minute apart would otherwise keep one
+            // open per host (a fleet of them runs out of file descriptors), and a renewed
+            // certificate would not be seen while the old connection lives.
+            .pool_max_idle_per_host(0);
         if let Some(root) = root {
             builder = builder.add_root_certificate(root);
         }

@@ -554,6 +554,14 @@ async fn each_instance_is_checked_hosts_in_a_deploying_wave_are_left_to_it_and_o
     assert_eq!(reboots.calls(), 1, "at most once per 30 minutes");
     run(32).await.unwrap();
     assert_eq!(reboots.calls(), 2, "once more after the window, while still down");
+    // The sick instance is terminated: its check ends, and the outage is closed.
+    aws_sdk_ec2::Client::new(&sdk).terminate_instances().instance_ids(&ids[1]).send().await.unwrap();
+    run(33).await.unwrap();
+    let name = format!("hosts/{}", ids[1]);
+    assert!(!table.check_states().await.unwrap().contains_key(&name), "its state is forgotten");
+    let incident = &table.incidents(&name, 1).await.unwrap()[0];
+    assert_eq!(incident.resolved_at, Some(T0 + 33 * 60));
+    assert!(slack.texts().iter().any(|t| t.contains(&format!("Check {name} ends: {} left the fleet", ids[1]))));
 }
 
 #[tokio::test]
@@ -577,6 +585,6 @@ async fn an_instance_whose_agent_fell_silent_is_told_once() {
     let texts = scene.slack.texts();
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(texts[0].contains(&format!("Check agents/{} is down", ids[1])), "{}", texts[0]);
-    assert!(texts[0].contains("has not polled for 1h"), "{}", texts[0]);
+    assert!(texts[0].contains("has not polled for over 15m (last heard of at 2027-01-15T07:00:00Z)"), "{}", texts[0]);
     assert!(texts[0].contains("journalctl -u conveyor-agent"), "{}", texts[0]);
 }

@@ -120,6 +120,19 @@ pub struct RunReport {
     pub settled: usize,
 }
 
+/// What one run checks.
+#[derive(Default)]
+struct RunChecks {
+    checks: Vec<Check>,
+    /// Outcomes known without fetching (heartbeats, hosts without the address).
+    outcomes: BTreeMap<String, Result<(), String>>,
+    /// Per environment check whose instances EC2 listed: the instances that run.
+    present: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Environment checks whose instances must not be rebooted this run (what a deployment
+    /// is doing is unknown).
+    unhealable: std::collections::BTreeSet<String>,
+}
+
 #[derive(Clone)]
 pub struct AlertDispatch {
     table: Table,
@@ -179,22 +192,50 @@ impl AlertDispatch {
             return Ok(RunWritten::default());
         }
         let stored = self.table.check_states().await?;
-        let (checks, mut outcomes) = self.checks_of_this_run(clock.now).await;
-        // Heartbeats and unreachable hosts are decided already; the rest are fetched.
-        let to_probe: Vec<Check> = checks.iter().filter(|c| !outcomes.contains_key(&c.name)).cloned().collect();
+        let RunChecks { checks, mut outcomes, present, unhealable } = self.checks_of_this_run(clock.now).await;
+        // Heartbeats and unreachable hosts are decided already; the rest are fetched, from a
+        // place that moves each run, so a run out of time never starves the same checks.
+        let mut to_probe: Vec<Check> = checks.iter().filter(|c| !outcomes.contains_key(&c.name)).cloned().collect();
+        if !to_probe.is_empty() {
+            let shift = (clock.now / 60).rem_euclid(to_probe.len() as i64) as usize;
+            to_probe.rotate_left(shift);
+        }
         outcomes.extend(self.probe_all(&to_probe, clock).await);
         let plan = plan_run(&checks, &stored, &outcomes, clock.now);
         let written = self.table.write_check_run(&plan, clock.now).await?;
         if written.lost > 0 {
             tracing::info!(lost = written.lost, "an overlapping run stored some checks first; its decision stands");
         }
+        // Instances that left the fleet: their state goes, an announced outage is closed.
+        for (parent, instances) in &present {
+            for (name, gone, closing) in instances::gone(parent, &stored, instances, clock.now) {
+                if let Err(err) = self.table.forget_check(name, gone, closing.as_ref(), clock.now).await {
+                    tracing::error!(check = %name, error = %err, "cannot forget the check of an instance that left");
+                }
+            }
+        }
+        // Self-healing acts only on states this run stored, or found stored.
+        let writes: BTreeMap<&str, &conveyor_shared::domain::checks::CheckWrite> =
+            plan.writes.iter().map(|w| (w.check.as_str(), w)).collect();
         let state_of = |name: &str| -> Option<StoredCheck> {
-            match plan.writes.iter().find(|w| w.check == name) {
-                Some(write) => Some(StoredCheck { state: write.state.clone(), version: write.expected_version + 1 }),
+            match writes.get(name) {
+                Some(write) if written.stored.contains(name) => {
+                    Some(StoredCheck { state: write.state.clone(), version: write.expected_version + 1 })
+                }
+                Some(_) => None,
                 None => stored.get(name).cloned(),
             }
         };
-        for check in instances::reboots_due(&checks, state_of) {
+        let healable: Vec<Check> = checks
+            .iter()
+            .filter(|c| c.name.rsplit_once('/').is_some_and(|(parent, _)| !unhealable.contains(parent)))
+            .cloned()
+            .collect();
+        for check in instances::reboots_due(&healable, state_of) {
+            if clock.past(PROBE_BUDGET) {
+                tracing::warn!("self-healing waits for the next run: this one is out of time");
+                break;
+            }
             if let Err(err) = self.heal(check, state_of(&check.name), clock.at()).await {
                 tracing::error!(check = %check.name, error = %err, "self-healing could not be recorded");
             }
@@ -204,13 +245,13 @@ impl AlertDispatch {
 
     /// The checks of this run: the fixed ones, and one per running instance of each
     /// environment check, except instances a running deployment is working on (its health
-    /// gate judges them). Heartbeats, and instances that cannot be checked, come decided.
-    async fn checks_of_this_run(&self, now: i64) -> (Vec<Check>, BTreeMap<String, Result<(), String>>) {
-        let mut checks: Vec<Check> = Vec::new();
-        let mut outcomes = BTreeMap::new();
+    /// gate judges them) and instances launched within the last minutes. Heartbeats, and
+    /// instances that cannot be checked, come decided.
+    async fn checks_of_this_run(&self, now: i64) -> RunChecks {
+        let mut run = RunChecks::default();
         for check in &self.config.checks {
             let Some(environment) = check.environment.as_deref().and_then(|name| self.config.environment(name)) else {
-                checks.push(check.clone());
+                run.checks.push(check.clone());
                 continue;
             };
             let hosts = match self.ec2.running_hosts(&environment.instances.tags).await {
@@ -218,17 +259,22 @@ impl AlertDispatch {
                 Err(err) => {
                     // No observation: each instance keeps its state until EC2 answers again.
                     tracing::error!(check = %check.name, error = %err, "cannot list the environment's instances");
+                    run.unhealable.insert(check.name.clone());
                     continue;
                 }
             };
+            run.present.insert(check.name.clone(), hosts.iter().map(|h| h.id.clone()).collect());
             let owned = match self.owned_by_deployment(environment, now).await {
                 Ok(owned) => owned,
                 Err(err) => {
-                    tracing::warn!(environment = %environment.name, error = %err, "cannot read the running deployment; checking every instance");
+                    // Checked all the same, but nothing is rebooted: a deployment may be at work.
+                    tracing::warn!(environment = %environment.name, error = %err, "cannot read the running deployment; checking every instance, rebooting none");
+                    run.unhealable.insert(check.name.clone());
                     Default::default()
                 }
             };
             let hosts: Vec<_> = hosts.into_iter().filter(|h| !owned.contains(&h.id)).collect();
+            let hosts = instances::past_grace(hosts, now);
             if check.agent_silent_for.is_some() {
                 let seen = match self.table.environment_instances(&environment.name).await {
                     Ok(records) => records
@@ -237,21 +283,20 @@ impl AlertDispatch {
                         .collect(),
                     Err(err) => {
                         tracing::error!(check = %check.name, error = %err, "cannot read when the agents were last heard of");
+                        run.present.remove(&check.name);
                         continue;
                     }
                 };
                 let (heartbeats, decided) = instances::heartbeats(check, &hosts, &seen, now);
-                checks.extend(heartbeats);
-                outcomes.extend(decided);
+                run.checks.extend(heartbeats);
+                run.outcomes.extend(decided);
                 continue;
             }
-            let (expanded, unreachable) = instances::expand(check, &hosts);
-            checks.extend(expanded);
-            for (name, cause) in unreachable {
-                outcomes.insert(name, Err(cause));
-            }
+            let (expanded, decided) = instances::expand(check, &hosts);
+            run.checks.extend(expanded);
+            run.outcomes.extend(decided);
         }
-        (checks, outcomes)
+        run
     }
 
     /// The instances of `environment` in the started waves of its running deployment.

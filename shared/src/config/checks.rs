@@ -138,6 +138,11 @@ impl Check {
                     "check `{name}`: agent_silent_for watches an environment's agents: add `environment`"
                 ));
             }
+            if self.reboot {
+                return Some(format!(
+                    "check `{name}`: a heartbeat check does not reboot (a silent agent is no reason to restart its instance)"
+                ));
+            }
             if !self.url.is_empty() || !self.conditions.is_empty() {
                 return Some(format!(
                     "check `{name}`: a heartbeat check (agent_silent_for) fetches nothing: drop `url` and `conditions`, or make it a check of its own"
@@ -193,6 +198,13 @@ impl Check {
         }
         if let Some(missing) = self.depends_on.iter().find(|d| !checks.iter().any(|check| check.name == **d)) {
             return Some(format!("check `{name}`: depends_on names `{missing}`, which is no [[check]]"));
+        }
+        if let Some(fleet) =
+            self.depends_on.iter().find(|d| checks.iter().any(|c| c.name == **d && c.environment.is_some()))
+        {
+            return Some(format!(
+                "check `{name}`: depends_on names `{fleet}`, a check of each instance of an environment: depend on a check of one URL (a load balancer's, say)"
+            ));
         }
         None
     }

@@ -20,6 +20,8 @@ use super::*;
 use crate::domain::checks::{CheckAlert, CheckState, CheckWrite, Incident, RunPlan, StoredCheck};
 
 const CHECKS: &str = "CHECKS";
+/// Transactions of one run in flight at once.
+const WRITES_AT_ONCE: usize = 16;
 
 impl Key {
     pub fn check_state(check: &str) -> Self {
@@ -45,8 +47,10 @@ pub struct IncidentRecord {
 }
 
 /// What a run's writes came to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunWritten {
+    /// The checks whose new state this run stored.
+    pub stored: std::collections::BTreeSet<String>,
     /// Writes (and the messages that went with them) stored.
     pub applied: usize,
     /// Writes another run had made first: this run's decision about them was dropped whole.
@@ -104,42 +108,87 @@ impl Table {
     /// then the writes no message goes with. A write whose version moved (an overlapping run
     /// stored it first) is dropped with its message.
     pub async fn write_check_run(&self, plan: &RunPlan, now: i64) -> Result<RunWritten, StoreError> {
-        let mut written = RunWritten::default();
-        let mut reported: Vec<&str> = Vec::new();
+        let mut transactions: Vec<(String, Vec<String>, Vec<TransactWriteItem>)> = Vec::new();
+        let mut reported: std::collections::BTreeSet<&str> = Default::default();
+        let writes: BTreeMap<&str, &CheckWrite> = plan.writes.iter().map(|w| (w.check.as_str(), w)).collect();
         for CheckAlert { alert, checks } in &plan.alerts {
             let mut items = Vec::new();
-            for write in plan.writes.iter().filter(|w| checks.contains(&w.check)) {
+            for write in checks.iter().filter_map(|name| writes.get(name.as_str())) {
                 items.extend(self.check_write_items(write, now)?);
-                reported.push(&write.check);
+                reported.insert(&write.check);
             }
-            items.extend(self.alert_writes(alert)?);
-            Self::count(
-                &mut written,
-                &alert.id,
-                retry_conflicts(Backoff::default(), || self.transact(items.clone())).await,
-            );
+            let mut alert_items = self.alert_writes(alert)?;
+            if let Some(TransactWriteItem { put: Some(put), .. }) = alert_items.first_mut() {
+                put.condition_expression = Some("attribute_not_exists(pk)".into());
+            }
+            items.extend(alert_items);
+            transactions.push((alert.id.clone(), checks.clone(), items));
         }
-        for write in plan.writes.iter().filter(|w| !reported.contains(&w.check.as_str())) {
-            let items = self.check_write_items(write, now)?;
-            Self::count(
-                &mut written,
-                &write.check,
-                retry_conflicts(Backoff::default(), || self.transact(items.clone())).await,
-            );
+        for write in plan.writes.iter().filter(|w| !reported.contains(w.check.as_str())) {
+            transactions.push((write.check.clone(), vec![write.check.clone()], self.check_write_items(write, now)?));
+        }
+        // Many at once (a fleet's first run writes every check), a bounded number at a time.
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE));
+        let mut running = tokio::task::JoinSet::new();
+        for (what, checks, items) in transactions {
+            let (table, limit) = (self.clone(), limit.clone());
+            running.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let result = retry_conflicts(Backoff::default(), || table.transact(items.clone())).await;
+                (what, checks, result)
+            });
+        }
+        let mut written = RunWritten::default();
+        while let Some(joined) = running.join_next().await {
+            let Ok((what, checks, result)) = joined else { continue };
+            match result {
+                Ok(Transition::Applied) => {
+                    written.applied += 1;
+                    written.stored.extend(checks);
+                }
+                Ok(Transition::Rejected) => written.lost += 1,
+                Err(err) => {
+                    tracing::error!(%what, error = %err, "a check's new state (and its message) could not be stored");
+                    written.failed += 1;
+                }
+            }
         }
         Ok(written)
     }
 
-    /// One transaction's result; one that DynamoDB refuses does not stop the others.
-    fn count(written: &mut RunWritten, what: &str, result: Result<Transition, StoreError>) {
-        match result {
-            Ok(Transition::Applied) => written.applied += 1,
-            Ok(Transition::Rejected) => written.lost += 1,
-            Err(err) => {
-                tracing::error!(%what, error = %err, "a check's new state (and its message) could not be stored");
-                written.failed += 1;
-            }
+    /// Forgets the state of a check whose instance left the fleet (if it is still at
+    /// `stored.version`), resolves its open incident, and raises `closing` with it.
+    pub async fn forget_check(
+        &self,
+        check: &str,
+        stored: &StoredCheck,
+        closing: Option<&crate::domain::alert::Alert>,
+        now: i64,
+    ) -> Result<Transition, StoreError> {
+        use aws_sdk_dynamodb::types::Delete;
+        let build = |e| self.build_error("TransactWriteItems", e);
+        let delete = Delete::builder()
+            .table_name(self.name())
+            .set_key(Some(Key::check_state(check).into_item()))
+            .condition_expression("version = :version")
+            .expression_attribute_values(":version", n(stored.version as i64))
+            .build()
+            .map_err(build)?;
+        let mut items = vec![TransactWriteItem::builder().delete(delete).build()];
+        if let Some(since) = stored.state.down_since {
+            let resolve = CheckWrite {
+                check: check.to_owned(),
+                expected_version: stored.version,
+                state: stored.state.clone(),
+                incident: Some(Incident::Resolve { since, at: now }),
+            };
+            // Only the incident's item: the state is deleted above.
+            items.extend(self.check_write_items(&resolve, now)?.into_iter().skip(1));
         }
+        if let Some(alert) = closing {
+            items.extend(self.alert_writes(alert)?);
+        }
+        retry_conflicts(Backoff::default(), || self.transact(items.clone())).await
     }
 
     fn check_write_items(&self, write: &CheckWrite, now: i64) -> Result<Vec<TransactWriteItem>, StoreError> {

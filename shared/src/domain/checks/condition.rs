@@ -119,10 +119,13 @@ impl Condition {
             return Ok(());
         }
         let was = match (&self.left, &left) {
-            // Time left on a certificate reads as a duration ("4days 23h 59m"), not milliseconds.
+            // Time left on a certificate reads as a duration ("4days 23h"), not milliseconds.
+            // Whole hours past a day, whole minutes below: the cause is stored with the
+            // check's state, and a cause that changed every run would be a write every run.
             (Operand::CertificateExpiration, Resolved::Number(ms)) => {
-                humantime::format_duration(std::time::Duration::from_secs((*ms / 1000.0 / 60.0) as u64 * 60))
-                    .to_string()
+                let seconds = (*ms / 1000.0) as u64;
+                let unit = if seconds >= 86_400 { 3600 } else { 60 };
+                humantime::format_duration(std::time::Duration::from_secs(seconds / unit * unit)).to_string()
             }
             _ => left.shown(),
         };

@@ -130,9 +130,10 @@ pub fn plan_run(
         }
     }
     for ((_, message), members) in messages {
-        for chunk in members.chunks(MAX_CHECKS_PER_ALERT) {
+        let parts = members.len().div_ceil(MAX_CHECKS_PER_ALERT);
+        for (part, chunk) in members.chunks(MAX_CHECKS_PER_ALERT).enumerate() {
             plan.alerts.push(CheckAlert {
-                alert: alert(message, chunk, now),
+                alert: alert(message, chunk, now, (part + 1, parts)),
                 checks: chunk.iter().map(|(c, _, _)| c.name.clone()).collect(),
             });
         }
@@ -189,17 +190,23 @@ pub fn shown_url(url: &str) -> String {
     if had_query { format!("{shown}?…") } else { shown }
 }
 
-/// The one message for `members` (one check, or several of one group) at `now`.
-fn alert(message: Message, members: &[Member], now: i64) -> Alert {
+/// The one message for `members` (one check, or several of one group) at `now`; a group
+/// too large for one message is sent in `part.1` parts, each with an id of its own.
+fn alert(message: Message, members: &[Member], now: i64, part: (usize, usize)) -> Alert {
     let (first, first_state, _) = &members[0];
     let since = members.iter().map(|(_, _, since)| *since).min().unwrap_or(now);
     let names: Vec<&str> = members.iter().map(|(c, _, _)| c.name.as_str()).collect();
     let grouped = members.len() > 1;
+    let (of, parts) = part;
     let subject = match (&first.group, grouped) {
+        (Some(group), true) if parts > 1 => {
+            format!("{} checks of group {group} (part {of} of {parts}: {})", members.len(), names.join(", "))
+        }
         (Some(group), true) => format!("{} checks of group {group} ({})", members.len(), names.join(", ")),
         _ => format!("Check {}", first.name),
     };
     let key = match (&first.group, grouped) {
+        (Some(group), true) if parts > 1 => format!("group-{group}-{now}-{of}of{parts}"),
         (Some(group), true) => format!("group-{group}-{now}"),
         _ => format!("{}-{since}", first.name),
     };
@@ -406,6 +413,23 @@ failure_threshold = 1
         assert_eq!(group.summary, "2 checks of group web (web-a, web-b) are down");
         assert_eq!(group.cause, "web-a: web-a answered 503\nweb-b: web-b answered 503");
         assert_eq!(group.labels["checks"], "web-a,web-b");
+    }
+
+    #[test]
+    fn a_group_too_large_for_one_message_is_sent_in_parts_each_its_own_alert() {
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!(
+                "[[check]]\nname = \"c{i}\"\nurl = \"https://h{i}.example.com/\"\nconditions = [\"[STATUS] == 200\"]\nfailure_threshold = 1\ngroup = \"fleet\"\n"
+            ));
+        }
+        let checks = checks(&text);
+        let outcomes = checks.iter().map(|c| (c.name.clone(), Err("503".to_string()))).collect();
+        let plan = plan_run(&checks, &BTreeMap::new(), &outcomes, 60);
+        let ids: Vec<&str> = plan.alerts.iter().map(|a| a.alert.id.as_str()).collect();
+        assert_eq!(ids, ["group-fleet-60-1of3-down", "group-fleet-60-2of3-down", "group-fleet-60-3of3-down"]);
+        assert_eq!(plan.alerts.iter().map(|a| a.checks.len()).sum::<usize>(), 100, "every check in one of them");
+        assert!(plan.alerts[1].alert.summary.starts_with("45 checks of group fleet (part 2 of 3: c45, "));
     }
 
     #[test]
