@@ -377,7 +377,8 @@ mod tests {
             [
                 "    cause   wave 1: i-1 failed health",
                 "    action  Read the log tail in `conveyor status`",
-                "    about   environment=production"
+                "    about   environment=production",
+                "    sent    pending (alert-dispatch sends it)"
             ]
         );
     }
