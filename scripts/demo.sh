@@ -214,6 +214,8 @@ echo '{"status": "DOWN"}' > "$work/shop/health.json"
 slack_says "Check shop-api is down"
 echo '{"status": "UP"}' > "$work/shop/health.json"
 slack_says "Check shop-api back up"
+echo "conveyor checks:"
+"$conveyor" checks
 echo "what the team's Slack channel received (Block Kit, with this fallback text):"
 python3 - "$slack_log" <<'PY'
 import json, sys

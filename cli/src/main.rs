@@ -53,6 +53,8 @@ enum Command {
     Wait(commands::wait::WaitArgs),
     /// List the newest alerts (payments that failed, rollbacks, hosts that did not come back).
     Alerts(commands::alerts::AlertsArgs),
+    /// Show every health check's state (down ones first), with since when and why.
+    Checks(commands::checks::ChecksArgs),
     /// Manage the agents bound to instances.
     Agent {
         #[command(subcommand)]
@@ -95,6 +97,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Status(args) => args.run(aws).await,
         Command::Wait(args) => args.run(aws).await,
         Command::Alerts(args) => args.run(aws).await,
+        Command::Checks(args) => args.run(aws).await,
         Command::Agent { command } => command.run(aws).await,
         Command::Images { command } => command.run(aws).await,
         Command::Publish(args) => args.run(aws).await,

@@ -330,6 +330,34 @@ pub fn alert_text(alert: &Alert) -> String {
     out
 }
 
+/// Health checks' states, down ones first: a line each, and the cause under a down one.
+pub fn checks_text(
+    states: &std::collections::BTreeMap<String, conveyor_shared::domain::checks::StoredCheck>,
+) -> String {
+    use conveyor_shared::domain::checks::Health;
+    use std::fmt::Write;
+    let mut ordered: Vec<_> = states.iter().collect();
+    ordered.sort_by_key(|(name, stored)| (stored.state.health != Health::Down, name.as_str()));
+    let width = ordered.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (name, stored) in ordered {
+        let state = &stored.state;
+        let line = match (state.health, state.down_since, state.failing_since) {
+            (Health::Down, since, _) => {
+                let muted = if state.announced { "" } else { " (muted: a check it depends on is down)" };
+                format!("down since {}{muted}", since.map_or_else(|| "?".into(), when))
+            }
+            (Health::Up, _, Some(since)) => format!("up, failing since {} ({} in a row)", when(since), state.failures),
+            (Health::Up, _, None) => "up".to_owned(),
+        };
+        let _ = writeln!(out, "{name:<width$}  {line}");
+        if let Some(cause) = state.cause.as_deref().filter(|_| state.health == Health::Down || state.failures > 0) {
+            let _ = writeln!(out, "{:<width$}    cause {cause}", "");
+        }
+    }
+    out
+}
+
 /// Seconds as people say them: `90s`, `30m`, `2h`.
 pub fn duration(seconds: u64) -> String {
     match seconds {
@@ -380,6 +408,31 @@ mod tests {
                 "    about   environment=production",
                 "    sent    pending (alert-dispatch sends it)"
             ]
+        );
+    }
+
+    #[test]
+    fn checks_read_down_first_with_since_and_cause() {
+        use conveyor_shared::domain::checks::{CheckState, Health, StoredCheck};
+        let states = std::collections::BTreeMap::from([
+            ("api".to_string(), StoredCheck { state: CheckState::default(), version: 3 }),
+            (
+                "edge".to_string(),
+                StoredCheck {
+                    state: CheckState {
+                        health: Health::Down,
+                        down_since: Some(1_795_381_200),
+                        cause: Some("[STATUS] == 200 (was 503)".into()),
+                        announced: true,
+                        ..CheckState::default()
+                    },
+                    version: 7,
+                },
+            ),
+        ]);
+        assert_eq!(
+            checks_text(&states),
+            "edge  down since 2026-11-22 21:00 UTC\n        cause [STATUS] == 200 (was 503)\napi   up\n"
         );
     }
 

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod artifact;
+pub mod checks;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;

@@ -249,12 +249,21 @@ impl AlertDispatch {
     /// instances that cannot be checked, come decided.
     async fn checks_of_this_run(&self, now: i64) -> RunChecks {
         let mut run = RunChecks::default();
+        // Per environment, once per run however many checks it has.
+        let mut listed: BTreeMap<&str, Result<Vec<instances::Host>, String>> = BTreeMap::new();
+        let mut owned_of: BTreeMap<&str, Result<std::collections::BTreeSet<String>, String>> = BTreeMap::new();
         for check in &self.config.checks {
             let Some(environment) = check.environment.as_deref().and_then(|name| self.config.environment(name)) else {
                 run.checks.push(check.clone());
                 continue;
             };
-            let hosts = match self.ec2.running_hosts(&environment.instances.tags).await {
+            if !listed.contains_key(environment.name.as_str()) {
+                let hosts = self.ec2.running_hosts(&environment.instances.tags).await.map_err(|e| e.to_string());
+                listed.insert(&environment.name, hosts);
+                let owned = self.owned_by_deployment(environment, now).await.map_err(|e| e.to_string());
+                owned_of.insert(&environment.name, owned);
+            }
+            let hosts = match listed[environment.name.as_str()].clone() {
                 Ok(hosts) => hosts,
                 Err(err) => {
                     // No observation: each instance keeps its state until EC2 answers again.
@@ -264,7 +273,7 @@ impl AlertDispatch {
                 }
             };
             run.present.insert(check.name.clone(), hosts.iter().map(|h| h.id.clone()).collect());
-            let owned = match self.owned_by_deployment(environment, now).await {
+            let owned = match owned_of[environment.name.as_str()].clone() {
                 Ok(owned) => owned,
                 Err(err) => {
                     // Checked all the same, but nothing is rebooted: a deployment may be at work.
