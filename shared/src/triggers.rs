@@ -36,6 +36,14 @@ pub trait StreamFunction: Function {
     fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// A string attribute of the record's new image (absent, or not a string: none).
+pub fn new_text<'r>(record: &'r StreamRecord, name: &str) -> Option<&'r str> {
+    match record.change.new_image.get(name) {
+        Some(serde_dynamo::AttributeValue::S(value)) => Some(value),
+        _ => None,
+    }
+}
+
 /// Handles a batch in order and answers as Lambda's `ReportBatchItemFailures` reads it: the
 /// sequence number of the first record that failed, so that the records before it count as
 /// done and the ones from it are retried, still in order. A failed record without a

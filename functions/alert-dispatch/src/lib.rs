@@ -30,7 +30,7 @@ use conveyor_shared::store::{
     ChannelDelivery, DeliveryRecord, Put, RunWritten, StoreError, Table, Transition, Tried, claim_token,
 };
 use conveyor_shared::triggers::{
-    Notification, NotificationFunction, ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord,
+    Notification, NotificationFunction, ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord, new_text,
 };
 
 pub use channels::Channels;
@@ -587,16 +587,11 @@ impl Function for AlertDispatch {
 impl StreamFunction for AlertDispatch {
     fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            use serde_dynamo::AttributeValue;
-            let text = |name: &str| match record.change.new_image.get(name) {
-                Some(AttributeValue::S(value)) => Some(value.clone()),
-                _ => None,
-            };
-            let (Some(source), Some(id)) = (text("source"), text("id")) else { return Ok(()) };
+            let (Some(source), Some(id)) = (new_text(record, "source"), new_text(record, "id")) else { return Ok(()) };
             let now = conveyor_shared::unix_now();
             let work = async {
                 // Read again: the schedule may have sent it already.
-                let Some(alert) = self.find(&source, &id).await? else { return Ok(()) };
+                let Some(alert) = self.find(source, id).await? else { return Ok(()) };
                 if alert.delivery != DeliveryState::Pending {
                     return Ok(());
                 }

@@ -21,7 +21,7 @@ use conveyor_shared::domain::publish::{PublishRecord, PublishState};
 use conveyor_shared::http::BoxFuture;
 use conveyor_shared::registration::{Function, Registration};
 use conveyor_shared::store::{StoreError, Table, Transition, claim_token};
-use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord};
+use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord, new_text};
 
 /// Publishes that just became `uploaded`.
 pub const UPLOADED_PUBLISHES: &str = r#"{"eventName": ["MODIFY"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "PUBLISH#"}]}, "state": {"S": ["uploaded"]}}, "OldImage": {"state": {"S": ["pending"]}}}}"#;
@@ -299,20 +299,15 @@ impl Function for CdnInvalidate {
 impl StreamFunction for CdnInvalidate {
     fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            use serde_dynamo::AttributeValue;
-            let text = |name: &str| match record.change.new_image.get(name) {
-                Some(AttributeValue::S(value)) => Some(value.clone()),
-                _ => None,
-            };
-            let (Some(site_name), Some(id)) = (text("site"), text("id")) else { return Ok(()) };
-            let Some(site) = self.config.site(&site_name) else {
+            let (Some(site_name), Some(id)) = (new_text(record, "site"), new_text(record, "id")) else { return Ok(()) };
+            let Some(site) = self.config.site(site_name) else {
                 tracing::warn!(site = %site_name, "a publish of a site not in conveyor.toml");
                 return Ok(());
             };
             let now = conveyor_shared::unix_now();
             let work = async {
                 // Read again: the image may be older than the record (the tick moves it too).
-                let Some(publish) = self.table.publish(&site.name, &id).await? else { return Ok(()) };
+                let Some(publish) = self.table.publish(&site.name, id).await? else { return Ok(()) };
                 // What is in progress on the distribution, whichever site it serves.
                 let mut in_progress = InProgress::default();
                 for sharing in self.config.sites.iter().filter(|s| s.distribution == site.distribution) {

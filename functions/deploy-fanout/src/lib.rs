@@ -45,8 +45,7 @@ use conveyor_shared::registration::{Auth, Function, Registration};
 use conveyor_shared::s3::{Artifacts, S3Error};
 use conveyor_shared::store::{Counter, DeploymentEnd, DeploymentStart, StoreError, Table, Transition};
 use conveyor_shared::sts::Sts;
-use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord};
-use serde_dynamo::AttributeValue;
+use conveyor_shared::triggers::{ScheduledEvent, ScheduledFunction, StreamFunction, StreamRecord, new_text};
 
 /// New deployments, as the template's stream mapping filters them.
 pub const NEW_DEPLOYMENTS: &str =
@@ -531,7 +530,7 @@ impl HttpFunction for Fanout {
 impl StreamFunction for Fanout {
     fn handle_record<'a>(&'a self, record: &'a StreamRecord) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let Some(AttributeValue::S(name)) = record.change.new_image.get("environment") else { return Ok(()) };
+            let Some(name) = new_text(record, "environment") else { return Ok(()) };
             let Some(env) = self.config.environment(name) else {
                 tracing::warn!(environment = %name, "a deployment for an environment not in conveyor.toml");
                 return Ok(());
