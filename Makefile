@@ -10,6 +10,7 @@ TEST_RUNNER := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo ne
 # any). Only these targets use it: it builds with MIR optimisations off, which is no way to
 # build what ships (`make package`, `make bench` build without it).
 LINTED_BUILD := RUSTC_WORKSPACE_WRAPPER=clippy-driver
+EXPANDED := target/lint/expanded.json
 
 .PHONY: help run test unit lint build package deploy bench clean
 
@@ -26,14 +27,20 @@ help:
 # Built as the tests build it: features unify across the packages built together, and with
 # dev-dependencies only when tests are built, so any other build would compile the shared
 # crates a second time with another feature set.
-run:
+run: $(EXPANDED)
 	$(LINTED_BUILD) cargo test --workspace --no-run --quiet
 	$(LINTED_BUILD) scripts/with-moto scripts/demo.sh
 
 test: lint unit
 
-unit:
+unit: $(EXPANDED)
 	$(LINTED_BUILD) scripts/with-moto $(TEST_RUNNER) --workspace
+
+# The SAM-expanded template: each function's role in the emulator (tests, `make run`) holds
+# its policy from here, so a permission the template lacks fails locally as in AWS.
+$(EXPANDED): infra/template.yaml scripts/check_template.py
+	scripts/venvs.sh lint
+	.venv/lint/bin/python scripts/check_template.py --expand infra/template.yaml $@
 
 lint:
 	$(LINTED_BUILD) scripts/lint.sh

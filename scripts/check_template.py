@@ -3,12 +3,15 @@
 1. Expands the SAM template with samtranslator (no AWS calls) into target/expanded.json,
    for checkov, which misses policies written inside SAM `Policies` otherwise.
 2. Compares what the template wires with each function's registration (`conveyor routes`):
+   the IAM actions its policy allows against the permissions its code declares (both ways),
    HTTP routes and who authorises them (API events with or without the IAM authorizer, or a
    function URL, which serves all of its function's routes), stream filters, and schedules.
    Every stream mapping must take partial batch failures (the functions report them) and
    name an on-failure destination, so the dev server and AWS can never disagree.
 
 Usage: python check_template.py TEMPLATE ROUTES_JSON OUT_JSON
+       python check_template.py --expand TEMPLATE OUT_JSON   (only step 1: what the local
+       roles of tests and `make run` are made from)
 """
 
 import json
@@ -27,17 +30,46 @@ class OfflinePolicies:
         return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
 
 
+def policy_actions(policies):
+    """Every action the SAM `Policies` of a function allow, whichever way a condition goes."""
+    actions = set()
+
+    def statements(value):
+        if isinstance(value, dict) and "Fn::If" in value:
+            for branch in value["Fn::If"][1:]:
+                yield from statements(branch)
+        elif isinstance(value, dict) and "Effect" in value:
+            yield value
+
+    for policy in policies:
+        if not isinstance(policy, dict):
+            continue  # a SAM policy template or a managed policy by name: none are used
+        for statement in policy.get("Statement", []):
+            for allowed in statements(statement):
+                if allowed.get("Effect") != "Allow":
+                    continue
+                listed = allowed.get("Action", [])
+                actions.update([listed] if isinstance(listed, str) else listed)
+    return actions
+
+
 def main(template_path, routes_path, out_path):
     with open(template_path) as f:
         template = yaml_parse(f.read())
-    with open(routes_path) as f:
-        table = json.load(f)
+    table = []
+    if routes_path:
+        with open(routes_path) as f:
+            table = json.load(f)
     served = {(r["function"], r["method"], r["path"], r["auth"]) for r in table if "path" in r}
     schedules = {(r["function"], r["schedule"]) for r in table if "schedule" in r}
     declared_schedules = set()
     # Filters are compared as JSON values, so spacing does not matter.
     filters = {(r["function"], json.dumps(json.loads(r["stream_filter"]), sort_keys=True)) for r in table if "stream_filter" in r}
     declared_filters = set()
+
+    # What each function's code needs, against what its policy allows (least privilege
+    # both ways).
+    needed = {r["function"]: set(r["permissions"]) for r in table if "permissions" in r}
 
     wired = set()
     problems = []
@@ -52,6 +84,14 @@ def main(template_path, routes_path, out_path):
         name = parts[parts.index("lambda") + 1]
         if not os.path.isdir(os.path.join(os.path.dirname(template_path), "..", "functions", name)):
             problems.append(f"{logical_id}: functions/{name} does not exist")
+        if name in needed:
+            allowed = policy_actions(resource["Properties"].get("Policies", []))
+            for action in sorted(needed[name] - allowed):
+                problems.append(f"{logical_id}: {name} calls {action}, which its policy does not allow")
+            for action in sorted(allowed - needed[name]):
+                problems.append(f"{logical_id}: its policy allows {action}, which {name} never calls (least privilege: remove it, or add it to the registration's permissions)")
+        elif table:
+            problems.append(f"{logical_id}: {name} declares no permissions in its registration")
         url = resource["Properties"].get("FunctionUrlConfig")
         if url:
             # A function URL hands every path to the function.
@@ -71,9 +111,13 @@ def main(template_path, routes_path, out_path):
                     problems.append(f"{logical_id}.{event_id}: no DestinationConfig.OnFailure, so records dropped after the last retry leave no trace")
             if event.get("Type") == "Schedule":
                 declared_schedules.add((name, props.get("Schedule")))
-        # samtranslator needs an S3 location; the real one comes from `sam deploy`.
-        resource["Properties"]["CodeUri"] = "s3://conveyor-placeholder/code.zip"
+        # samtranslator needs an S3 location; the real one comes from `sam deploy`. The key
+        # names the function, so the local roles (cli/src/local_iam.rs) find its policy.
+        resource["Properties"]["CodeUri"] = f"s3://conveyor-placeholder/{name}.zip"
 
+    if routes_path is None:
+        # --expand: the wiring is compared by the full check only.
+        served, wired, schedules, declared_schedules, filters, declared_filters = (set(),) * 6
     for route in sorted(served - wired):
         problems.append("served by %s but not in the template (or with other auth): %s %s, auth %s" % route)
     for route in sorted(wired - served):
@@ -114,8 +158,10 @@ def main(template_path, routes_path, out_path):
                 metadata = template["Resources"].get(owner, {}).get("Metadata")
                 if metadata:
                     resource["Metadata"] = metadata
-        with open(out_path, "w") as f:
+        os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+        with open(out_path + ".tmp", "w") as f:
             json.dump(expanded, f, indent=1, default=str)
+        os.replace(out_path + ".tmp", out_path)
 
     if problems:
         for problem in problems:
@@ -126,4 +172,6 @@ def main(template_path, routes_path, out_path):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--expand":
+        sys.exit(main(sys.argv[2], None, sys.argv[3]))
     sys.exit(main(*sys.argv[1:4]))

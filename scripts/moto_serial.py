@@ -5,6 +5,10 @@ calls can both pass their conditions and both write, which DynamoDB never allows
 one at a time, every API call is atomic, as in AWS; concurrency between Conveyor's own
 requests (read, decide, conditional write) is unchanged.
 
+With CONVEYOR_IAM=<file>, IAM is enforced as in AWS (see moto_iam.py): every request must
+be signed by a known identity whose policies allow it, and the administrator's keys are
+written to <file> for the set-up (tables, buckets, roles) of tests and `conveyor dev`.
+
 Usage: python moto_serial.py HOST PORT
 """
 
@@ -16,5 +20,12 @@ from werkzeug.serving import run_simple
 
 host, port = sys.argv[1], int(sys.argv[2])
 os.environ.setdefault("MOTO_PORT", str(port))
+keys = os.environ.get("CONVEYOR_IAM")
+if keys:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import moto_iam
+
+    moto_iam.install()
+    moto_iam.enforce(keys)
 app = DomainDispatcherApplication(create_backend_app)
 run_simple(host, port, app, threaded=False, use_reloader=False, request_handler=MotoRequestHandler)

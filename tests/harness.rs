@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use bytes::Bytes;
 use conveyor_cli::dev;
+use conveyor_cli::local_iam::{FunctionSdks, LocalIam, Resources, Template};
 use conveyor_shared::SdkConfig;
 use conveyor_shared::config::{Config, SecretSource, Settings};
 use conveyor_shared::secret::Secret;
@@ -41,15 +42,80 @@ pub async fn sdk() -> SdkConfig {
     sdk_at(&endpoint()).await
 }
 
-/// Like [`sdk`], through another endpoint (a [`FaultProxy`] in front of the emulator).
+/// Like [`sdk`], through another endpoint (a [`FaultProxy`] in front of the emulator). The
+/// emulator enforces IAM: these are its administrator's keys (scripts/with-moto sets them),
+/// for set-up and inspection; the functions call AWS with their own roles ([`function_sdk`]).
 pub async fn sdk_at(endpoint: &str) -> SdkConfig {
+    let key = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+    };
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "e2e"))
+        .credentials_provider(Credentials::new(
+            key("AWS_ACCESS_KEY_ID"),
+            key("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "e2e",
+        ))
         .load()
         .await
 }
+
+/// The SAM-expanded template the functions' roles are made from (`make test` writes it
+/// before the tests run; `CONVEYOR_TEMPLATE` names another).
+pub fn template() -> &'static Template {
+    static TEMPLATE: std::sync::OnceLock<Template> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let path = std::env::var_os("CONVEYOR_TEMPLATE").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(conveyor_cli::local_iam::EXPANDED_TEMPLATE)
+        });
+        Template::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// The resources of a test's table as the template's references name them (webhook secrets
+/// given inline, so the secret parameters name nothing).
+pub fn resources(table: &str, config: &Config) -> Resources {
+    Resources::new("us-east-1", table, ARTIFACTS_BUCKET)
+        .for_config(config)
+        .with("GitHubWebhookSecretArn", "arn:aws:secretsmanager:us-east-1:123456789012:secret:inline-github")
+        .with("StripeWebhookSecretArn", "arn:aws:secretsmanager:us-east-1:123456789012:secret:inline-stripe")
+}
+
+/// The AWS configuration `function` runs with against `table`: a session of a role whose
+/// policy is the function's policy in the template, calling `endpoint` (the emulator, or a
+/// [`FaultProxy`] in front of it).
+pub async fn function_sdk(function: &str, table: &str, config: &Config, endpoint: &str) -> SdkConfig {
+    function_sdk_with(function, &resources(table, config), endpoint).await
+}
+
+/// Like [`function_sdk`], with the template's references resolved against `resources`.
+pub async fn function_sdk_with(function: &str, resources: &Resources, endpoint: &str) -> SdkConfig {
+    let admin = sdk_at(endpoint).await;
+    let policy = template().function_policy(function, resources).unwrap();
+    let iam = LocalIam::new(&admin).await.unwrap();
+    iam.session(&conveyor_cli::local_iam::role_name(function, &resources.table), &policy, function).await.unwrap()
+}
+
+/// The AWS configuration of an operator or CI job that runs `conveyor <command>` with the
+/// policy the documentation publishes for it (`infra/policies/<policy>.json`), against
+/// `table` (and `site_bucket`, for a publish), calling `endpoint`.
+pub async fn operator_sdk(policy: &str, table: &str, site_bucket: &str, endpoint: &str) -> SdkConfig {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../infra/policies/{policy}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let document: Value = serde_json::from_str(&text).unwrap();
+    let resources = Resources::new("us-east-1", table, ARTIFACTS_BUCKET).with("SiteBucket", site_bucket);
+    let resolved = template().operator_policy(&document, &resources).unwrap();
+    let admin = sdk_at(endpoint).await;
+    let iam = LocalIam::new(&admin).await.unwrap();
+    let role = conveyor_cli::local_iam::role_name(&format!("cli-{policy}"), &format!("{table}/{site_bucket}"));
+    iam.session(&role, &resolved, policy).await.unwrap()
+}
+
+/// The artifacts bucket every test shares (each test's keys are its own).
+pub const ARTIFACTS_BUCKET: &str = "conveyor-artifacts";
 
 /// Launches `count` running instances in the emulator tagged `app = <app>`; answers their ids.
 pub async fn launch_instances(sdk: &SdkConfig, count: i32, app: &str) -> Vec<String> {
@@ -108,7 +174,10 @@ pub fn events_dir() -> PathBuf {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub table: Table,
+    /// The administrator's: for set-up and for looking at what the functions did.
     pub sdk: SdkConfig,
+    /// Each function's own (its role's session).
+    pub sdks: FunctionSdks,
     pub config: Config,
     pub artifacts: conveyor_shared::s3::Artifacts,
     pub artifacts_bucket: String,
@@ -138,7 +207,7 @@ impl TestApp {
         let settings = Settings {
             table: unique_name("conveyor-test"),
             config_path: "unused.toml".into(),
-            artifacts_bucket: "conveyor-artifacts".into(),
+            artifacts_bucket: ARTIFACTS_BUCKET.into(),
         };
         let inline = |list: String| Some(SecretSource::Inline(Secret::new(list)));
         let secrets = dev::WebhookSecrets {
@@ -157,16 +226,27 @@ impl TestApp {
             idle_poll: 2,
             tick: std::time::Duration::from_secs(1),
         };
-        let mut catalog = dev::functions(config.clone(), &settings, &secrets, timing, &sdk).await.unwrap();
+        // Every function calls the emulator with its own role, as in AWS.
+        let sdks = dev::local_roles(template(), &config, &settings, &secrets, &sdk).await.unwrap();
+        let mut catalog = dev::functions(config.clone(), &settings, &secrets, timing, &sdks).await.unwrap();
         extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (table_name, run_sdk) = (settings.table.clone(), sdk.clone());
+        let (table_name, run_sdk) = (settings.table.clone(), sdks.caller().clone());
         tokio::spawn(async move {
             dev::run(listener, catalog, &table_name, &run_sdk, std::future::pending()).await.unwrap();
         });
         let client = Client::builder(TokioExecutor::new()).build_http();
-        TestApp { addr, table, sdk, config, artifacts, artifacts_bucket: settings.artifacts_bucket.clone(), client }
+        TestApp {
+            addr,
+            table,
+            sdk,
+            sdks,
+            config,
+            artifacts,
+            artifacts_bucket: settings.artifacts_bucket.clone(),
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -220,7 +300,9 @@ impl TestApp {
 
     /// A fresh token for `provider`, made as `conveyor token create` makes it.
     pub async fn provider_token(&self, provider: &str) -> String {
-        let secret = conveyor_cli::ops::create_provider_token(&self.table, &self.config, provider, None).await.unwrap();
+        let sdk = operator_sdk("token", self.table.name(), "", &endpoint()).await;
+        let table = Table::from_sdk(&sdk, self.table.name());
+        let secret = conveyor_cli::ops::create_provider_token(&table, &self.config, provider, None).await.unwrap();
         String::from_utf8(secret.expose().to_vec()).unwrap()
     }
 
@@ -415,11 +497,10 @@ impl FaultProxy {
                             injected.fetch_sub(1, Ordering::SeqCst);
                         }
                         let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+                        // Every header goes on as sent, Host included: the caller signed it.
                         let mut forward = hyper::Request::builder().method(parts.method).uri(uri);
                         for (name, value) in &parts.headers {
-                            if name != hyper::header::HOST {
-                                forward = forward.header(name, value);
-                            }
+                            forward = forward.header(name, value);
                         }
                         let answer = client.request(forward.body(Full::new(body)).unwrap()).await.unwrap();
                         let (parts, body) = answer.into_parts();
@@ -478,7 +559,7 @@ impl Quiet {
         let table = Table::from_sdk(&sdk, unique_name("conveyor-quiet"));
         table.create_if_missing().await.unwrap();
         let artifacts = conveyor_shared::s3::Artifacts::new(&sdk);
-        let bucket = "conveyor-artifacts".to_string();
+        let bucket = ARTIFACTS_BUCKET.to_string();
         artifacts.create_bucket_if_missing(&bucket).await.unwrap();
         Self { sdk, table, artifacts, bucket, config: Config::parse(config, "test.toml").unwrap() }
     }
@@ -486,7 +567,7 @@ impl Quiet {
     /// A fan-out on this table whose AWS calls go to `endpoint` (the emulator, or a
     /// [`FaultProxy`] in front of it).
     pub async fn fanout(&self, endpoint: &str) -> deploy_fanout::Fanout {
-        let sdk = sdk_at(endpoint).await;
+        let sdk = function_sdk(deploy_fanout::REGISTRATION.name, self.table.name(), &self.config, endpoint).await;
         deploy_fanout::Fanout::new(
             Table::from_sdk(&sdk, self.table.name()),
             conveyor_shared::ec2::Ec2::new(&sdk),
@@ -510,7 +591,7 @@ impl Quiet {
         use conveyor_shared::domain::{DeploymentRecord, DeploymentState, RunState};
         let url = format!("s3://{}/{repository}/{sha}.tar.gz", self.bucket);
         if let Some(bytes) = artifact {
-            push_artifact(&self.artifacts, &self.bucket, repository, sha, bytes.to_vec()).await;
+            push_artifact(&self.bucket, repository, sha, bytes.to_vec()).await;
         }
         let deployment = DeploymentRecord {
             environment: environment.into(),
@@ -539,14 +620,10 @@ impl Quiet {
 }
 
 /// Uploads `bytes` as the artifact of `sha` in `repository`, as `conveyor artifact push` does
-/// (default template). Answers the URL.
-pub async fn push_artifact(
-    artifacts: &conveyor_shared::s3::Artifacts,
-    bucket: &str,
-    repository: &str,
-    sha: &str,
-    bytes: Vec<u8>,
-) -> String {
+/// (default template) from a CI job holding its published policy. Answers the URL.
+pub async fn push_artifact(bucket: &str, repository: &str, sha: &str, bytes: Vec<u8>) -> String {
+    assert_eq!(bucket, ARTIFACTS_BUCKET, "the published policy names the stack's artifacts bucket");
+    let ci = conveyor_shared::s3::Artifacts::new(&operator_sdk("artifact-push", "", "", &endpoint()).await);
     let target = conveyor_cli::ops::ArtifactTarget { bucket, repository, sha, environment: None };
-    conveyor_cli::ops::push_artifact(artifacts, &target, bytes).await.unwrap().0
+    conveyor_cli::ops::push_artifact(&ci, &target, bytes).await.unwrap().0
 }

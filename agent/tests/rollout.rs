@@ -221,14 +221,7 @@ async fn a_re_upload_during_a_rollout_changes_nothing_the_later_waves_get() {
     rig.running(&release).await;
     // The same key gets other bytes while the canary validates: later waves still get the
     // pinned version (their checksum would not match otherwise).
-    conveyor_e2e::push_artifact(
-        &rig.app.artifacts,
-        &rig.app.artifacts_bucket,
-        &rig.repository,
-        &release,
-        artifact("broken"),
-    )
-    .await;
+    conveyor_e2e::push_artifact(&rig.app.artifacts_bucket, &rig.repository, &release, artifact("broken")).await;
     let deployment = rig.finished(&release).await;
     assert_eq!(deployment["state"], "succeeded", "{deployment}");
     assert!(rig.fleet.all_run(&release[..12]));

@@ -17,6 +17,9 @@ use conveyor_shared::secret::SecretSet;
 use conveyor_shared::secrets::{KeyRing, SecretsError};
 use conveyor_shared::store::{StoreError, Table};
 use conveyor_shared::triggers::{ScheduledFunction, StreamFunction};
+
+pub use crate::local_iam::FunctionSdks;
+use crate::local_iam::{ACCOUNT, Resources, Template};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -57,6 +60,10 @@ pub enum DevError {
         "the AWS endpoint is not a local emulator ({0}): `conveyor dev` creates tables and must never touch a real AWS account; point AWS_ENDPOINT_URL (and any AWS_ENDPOINT_URL_<SERVICE>) at a loopback address"
     )]
     NotLocal(String),
+    #[error(transparent)]
+    Iam(#[from] crate::local_iam::IamError),
+    #[error("cannot find secret {id} in the local emulator: {message}")]
+    LocalSecret { id: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -84,15 +91,18 @@ pub async fn functions(
     settings: &Settings,
     webhook_secrets: &WebhookSecrets,
     timing: conveyor_shared::config::Timing,
-    sdk: &SdkConfig,
+    sdks: &FunctionSdks,
 ) -> Result<Catalog, DevError> {
-    let table = Table::from_sdk(sdk, settings.table.clone());
+    // Each function calls AWS as itself: locally, with its template role's session.
+    let name = |registration: &Registration| registration.name;
+    let sdk_of = |registration: &Registration| sdks.of(name(registration));
+    let table_of = |registration: &Registration| Table::from_sdk(sdk_of(registration), settings.table.clone());
     let config = Arc::new(config);
     let mut http: Vec<Arc<dyn HttpFunction>> = Vec::new();
     match &webhook_secrets.github {
         Some(source) => http.push(Arc::new(webhook_intake::Intake::new(
-            table.clone(),
-            KeyRing::load(source, sdk).await?,
+            table_of(&webhook_intake::REGISTRATION),
+            KeyRing::load(source, sdk_of(&webhook_intake::REGISTRATION)).await?,
             config.clone(),
             settings.artifacts_bucket.clone(),
         ))),
@@ -101,8 +111,8 @@ pub async fn functions(
     match &webhook_secrets.stripe {
         Some(source) => http.push(Arc::new(
             stripe_webhook::StripeWebhook::new(
-                table.clone(),
-                KeyRing::load(source, sdk).await?,
+                table_of(&stripe_webhook::REGISTRATION),
+                KeyRing::load(source, sdk_of(&stripe_webhook::REGISTRATION)).await?,
                 conveyor_shared::config::stripe_tolerance_from_env().map_err(DevError::Settings)?,
             )
             // The local emulator takes test-mode events unless told otherwise.
@@ -110,34 +120,45 @@ pub async fn functions(
         )),
         None => tracing::warn!("stripe-webhook is off: set {STRIPE_WEBHOOK_SECRET} to serve it"),
     }
-    http.push(Arc::new(manifest_ingest::ManifestIngest::new(table.clone(), Ec2::new(sdk), config.clone())));
+    let manifests = &manifest_ingest::REGISTRATION;
+    http.push(Arc::new(manifest_ingest::ManifestIngest::new(
+        table_of(manifests),
+        Ec2::new(sdk_of(manifests)),
+        config.clone(),
+    )));
     http.push(Arc::new(ledger_api::LedgerApi::new(
-        table.clone(),
+        table_of(&ledger_api::REGISTRATION),
         config.clone(),
         conveyor_shared::config::entitlement_grace_from_env().map_err(DevError::Settings)?,
     )));
     let tick = timing.tick;
+    let fanout_sdk = sdk_of(&deploy_fanout::REGISTRATION);
     let fanout = Arc::new(
         deploy_fanout::Fanout::new(
-            table.clone(),
-            Ec2::new(sdk),
-            conveyor_shared::s3::Artifacts::new(sdk),
+            table_of(&deploy_fanout::REGISTRATION),
+            Ec2::new(fanout_sdk),
+            conveyor_shared::s3::Artifacts::new(fanout_sdk),
             config.clone(),
             timing,
         )
-        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(sdk)?, local_agent_roles()?),
+        .trusting_instance_profiles(conveyor_shared::sts::Sts::new(fanout_sdk)?, local_agent_roles()?),
     );
     http.push(fanout.clone());
     let cdn = Arc::new(
-        cdn_invalidate::CdnInvalidate::new(table.clone(), conveyor_shared::cloudfront::Cdn::new(sdk), config.clone())
-            .every(tick),
+        cdn_invalidate::CdnInvalidate::new(
+            table_of(&cdn_invalidate::REGISTRATION),
+            conveyor_shared::cloudfront::Cdn::new(sdk_of(&cdn_invalidate::REGISTRATION)),
+            config.clone(),
+        )
+        .every(tick),
     );
+    let alerts_sdk = sdk_of(&alert_dispatch::REGISTRATION);
     let alerts = Arc::new(
         alert_dispatch::AlertDispatch::new(
-            table.clone(),
+            table_of(&alert_dispatch::REGISTRATION),
             conveyor_shared::probe::Prober::new().map_err(|e| DevError::Clients(e.to_string()))?,
-            alert_dispatch::Channels::new(sdk).map_err(|e| DevError::Clients(e.to_string()))?,
-            Ec2::new(sdk),
+            alert_dispatch::Channels::new(alerts_sdk).map_err(|e| DevError::Clients(e.to_string()))?,
+            Ec2::new(alerts_sdk),
             config.clone(),
         )
         .every(tick),
@@ -145,6 +166,42 @@ pub async fn functions(
     let streams: Vec<Arc<dyn StreamFunction>> = vec![fanout.clone(), cdn.clone(), alerts.clone()];
     let schedules: Vec<Arc<dyn ScheduledFunction>> = vec![fanout, cdn, alerts];
     Ok(Catalog { http: Arc::new(http), streams, schedules })
+}
+
+/// Each function's session of a role made in the emulator from its policy in `template` (the
+/// expanded SAM template), with the references resolved to this run's table, bucket, secrets
+/// and `config`'s sites, launch templates and email sender; `sdk` is the administrator's.
+pub async fn local_roles(
+    template: &Template,
+    config: &Config,
+    settings: &Settings,
+    webhook_secrets: &WebhookSecrets,
+    sdk: &SdkConfig,
+) -> Result<FunctionSdks, DevError> {
+    let region = sdk.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string());
+    let mut resources = Resources::new(&region, &settings.table, &settings.artifacts_bucket).for_config(config);
+    for (parameter, source) in
+        [("GitHubWebhookSecretArn", &webhook_secrets.github), ("StripeWebhookSecretArn", &webhook_secrets.stripe)]
+    {
+        let arn = match source {
+            Some(SecretSource::SecretsManager(id)) => secret_arn(id, sdk).await?,
+            // A secret given inline is read from no service: an ARN that names nothing.
+            _ => format!("arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{parameter}-unused"),
+        };
+        resources = resources.with(parameter, arn);
+    }
+    Ok(crate::local_iam::function_roles(template, &resources, sdk).await?)
+}
+
+/// The full ARN (with Secrets Manager's suffix) of the secret named `id`.
+async fn secret_arn(id: &str, sdk: &SdkConfig) -> Result<String, DevError> {
+    let described = aws_sdk_secretsmanager::Client::new(sdk).describe_secret().secret_id(id).send().await;
+    let failed = |message: String| DevError::LocalSecret { id: id.to_owned(), message };
+    described
+        .map_err(|e| failed(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?
+        .arn()
+        .map(str::to_owned)
+        .ok_or_else(|| failed("described without an ARN".into()))
 }
 
 /// The role whose sessions the emulator's STS issues to local agents proving an instance
@@ -381,7 +438,8 @@ mod tests {
         let all = WebhookSecrets { github: inline(), stripe: inline() };
         // No request is sent: building clients needs no network.
         let sdk = SdkConfig::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build();
-        let catalog = functions(Config::default(), &settings, &all, conveyor_shared::config::Timing::default(), &sdk)
+        let sdks = FunctionSdks::shared(&sdk);
+        let catalog = functions(Config::default(), &settings, &all, conveyor_shared::config::Timing::default(), &sdks)
             .await
             .unwrap();
         let registered = |has: fn(&Registration) -> bool| -> Vec<&'static str> {
@@ -424,7 +482,7 @@ mod tests {
             &settings,
             &WebhookSecrets::default(),
             conveyor_shared::config::Timing::default(),
-            &sdk,
+            &sdks,
         )
         .await
         .unwrap();

@@ -5,6 +5,8 @@
 pub mod context;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+pub mod local_iam;
 pub mod ops;
 pub mod publish;
 #[cfg(feature = "dev")]

@@ -183,6 +183,7 @@ mod tests {
         routes: &[Route::new("POST", "/agent/v1/poll", Auth::Function)],
         stream_filters: &[],
         schedule: Some(Duration::from_secs(60)),
+        permissions: &[],
     };
 
     /// Records what reached it; a stream record whose `id` is "bad" fails.

@@ -33,6 +33,10 @@ pub struct Registration {
     pub stream_filters: &'static [&'static str],
     /// The rate of its EventBridge schedule in AWS; `conveyor dev` may run it faster.
     pub schedule: Option<Duration>,
+    /// Every IAM action its code needs (`dynamodb:GetItem`, ...), and nothing else: `make
+    /// lint` checks that its policy in the template allows exactly these, and the tests run
+    /// it with that policy, so a call it makes that is not here fails a test.
+    pub permissions: &'static [&'static str],
 }
 
 impl Registration {
@@ -46,7 +50,8 @@ impl Registration {
         let schedule = self.schedule.map(|every| {
             json!({"function": name, "schedule": rate_expression(every).unwrap_or_else(|| format!("every {every:?}"))})
         });
-        routes.chain(filters).chain(schedule).collect()
+        let permissions = json!({"function": name, "permissions": self.permissions});
+        routes.chain(filters).chain(schedule).chain([permissions]).collect()
     }
 }
 
@@ -71,6 +76,7 @@ mod tests {
             routes: ROUTES,
             stream_filters: &[r#"{"eventName": ["INSERT"]}"#],
             schedule: Some(Duration::from_secs(300)),
+            permissions: &["dynamodb:GetItem"],
         };
         assert_eq!(
             registration.describe(),
@@ -78,6 +84,7 @@ mod tests {
                 json!({"function": "things", "method": "GET", "path": "/api/v1/things", "auth": "iam"}),
                 json!({"function": "things", "stream_filter": r#"{"eventName": ["INSERT"]}"#}),
                 json!({"function": "things", "schedule": "rate(5 minutes)"}),
+                json!({"function": "things", "permissions": ["dynamodb:GetItem"]}),
             ]
         );
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use alert_dispatch::{AlertDispatch, Channels};
 use bytes::Bytes;
-use conveyor_e2e::{Fault, FaultProxy, sdk, sdk_at, unique_name};
+use conveyor_e2e::{Fault, FaultProxy, sdk, unique_name};
 use conveyor_shared::config::Config;
 use conveyor_shared::probe::Prober;
 use conveyor_shared::store::Table;
@@ -76,13 +76,15 @@ async fn main() {
     .await;
     let name = unique_name("conveyor-bench-checks");
     Table::from_sdk(&sdk().await, name.clone()).create_if_missing().await.expect("a table");
-    let sdk = sdk_at(&proxy.url()).await;
+    let config = config(&base, count);
+    // The function's own role, as in AWS.
+    let sdk = conveyor_e2e::function_sdk(alert_dispatch::REGISTRATION.name, &name, &config, &proxy.url()).await;
     let dispatch = AlertDispatch::new(
         Table::from_sdk(&sdk, name),
         Prober::new().expect("a prober"),
         Channels::new(&sdk).expect("channels"),
         conveyor_shared::ec2::Ec2::new(&sdk),
-        Arc::new(config(&base, count)),
+        Arc::new(config),
     );
     // Until every check is steady: the silent one goes down on its third failed run.
     let now = 1_800_000_000;

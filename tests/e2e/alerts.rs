@@ -39,12 +39,14 @@ impl Scene {
     }
 
     async fn with(config: &str, slack: SlackStandIn) -> Self {
-        let sdk = sdk().await;
-        let table = Table::from_sdk(&sdk, unique_name("conveyor-alerts"));
+        let table = Table::from_sdk(&sdk().await, unique_name("conveyor-alerts"));
         table.create_if_missing().await.unwrap();
         let config = Config::parse(config, "conveyor.toml").unwrap();
+        // The function calls AWS with its own role.
+        let sdk =
+            conveyor_e2e::function_sdk(alert_dispatch::REGISTRATION.name, table.name(), &config, &endpoint()).await;
         let dispatch = AlertDispatch::new(
-            table.clone(),
+            Table::from_sdk(&sdk, table.name()),
             Prober::new().unwrap(),
             Channels::new(&sdk).unwrap(),
             conveyor_shared::ec2::Ec2::new(&sdk),
@@ -472,7 +474,7 @@ async fn fleet_health(sick: Arc<Mutex<Vec<String>>>) -> String {
 
 #[tokio::test]
 async fn each_instance_is_checked_hosts_in_a_deploying_wave_are_left_to_it_and_one_is_rebooted_once_per_window() {
-    use conveyor_e2e::{Fault, FaultProxy, launch_instances, sdk_at};
+    use conveyor_e2e::{Fault, FaultProxy, launch_instances};
     use conveyor_shared::domain::DeploymentState;
     use conveyor_shared::domain::rollout::{Release, TargetRecord, TargetState};
     use conveyor_shared::store::DeploymentStart;
@@ -489,15 +491,18 @@ async fn each_instance_is_checked_hosts_in_a_deploying_wave_are_left_to_it_and_o
     );
     // EC2 calls go through a proxy that counts the reboots.
     let reboots = FaultProxy::start(|seen| seen.body_has("Action=RebootInstances"), 0, Fault::unavailable()).await;
-    let proxied = sdk_at(&reboots.url()).await;
     let table = Table::from_sdk(&sdk, unique_name("conveyor-fleet-checks"));
     table.create_if_missing().await.unwrap();
+    let config = Config::parse(&config, "conveyor.toml").unwrap();
+    let function = alert_dispatch::REGISTRATION.name;
+    let own = conveyor_e2e::function_sdk(function, table.name(), &config, &endpoint()).await;
+    let proxied = conveyor_e2e::function_sdk(function, table.name(), &config, &reboots.url()).await;
     let dispatch = AlertDispatch::new(
-        table.clone(),
+        Table::from_sdk(&own, table.name()),
         Prober::new().unwrap(),
-        Channels::new(&sdk).unwrap(),
+        Channels::new(&own).unwrap(),
         conveyor_shared::ec2::Ec2::new(&proxied),
-        Arc::new(Config::parse(&config, "conveyor.toml").unwrap()),
+        Arc::new(config),
     );
     // A deployment is working on the third instance (wave 0 started, not settled).
     let record = crate::local_aws::deployment("acme/shop", "ccc", T0, DeploymentState::Pending);

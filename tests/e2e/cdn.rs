@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cdn_invalidate::CdnInvalidate;
-use conveyor_e2e::{Fault, FaultProxy, sdk, sdk_at, unique_name};
+use conveyor_e2e::{Fault, FaultProxy, sdk, unique_name};
 use conveyor_shared::cloudfront::Cdn;
 use conveyor_shared::config::{Config, Site};
 use conveyor_shared::domain::alert::AlertKind;
@@ -85,11 +85,15 @@ impl Cdns {
     }
 
     async fn function(&self, endpoint: Option<String>) -> CdnInvalidate {
-        let sdk = match endpoint {
-            Some(endpoint) => sdk_at(&endpoint).await,
-            None => sdk().await,
-        };
         let config = Config { sites: vec![self.site.clone()], ..Config::default() };
+        let endpoint = endpoint.unwrap_or_else(conveyor_e2e::endpoint);
+        let sdk = conveyor_e2e::function_sdk(
+            cdn_invalidate::REGISTRATION.name,
+            self.fixture.table.name(),
+            &config,
+            &endpoint,
+        )
+        .await;
         let table = conveyor_shared::store::Table::from_sdk(&sdk, self.fixture.table.name());
         CdnInvalidate::new(table, Cdn::new(&sdk), Arc::new(config))
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use conveyor_cli::publish::{self, Publish, PublishFailure, Summary};
-use conveyor_e2e::{Fault, FaultProxy, sdk, sdk_at, unique_name};
+use conveyor_e2e::{Fault, FaultProxy, sdk, unique_name};
 use conveyor_shared::config::{Config, Site};
 use conveyor_shared::domain::publish::{PublishError, PublishState};
 use conveyor_shared::s3::SiteBucket;
@@ -55,11 +55,10 @@ impl Fixture {
         dry_run: bool,
         max_delete: Option<usize>,
     ) -> Result<Summary, PublishFailure> {
-        // Through `endpoint` (a fault proxy), S3 and the table both.
-        let sdk = match endpoint {
-            Some(endpoint) => sdk_at(endpoint).await,
-            None => sdk().await,
-        };
+        // As a CI job holding the published policy for `conveyor publish`, through `endpoint`
+        // (a fault proxy), S3 and the table both.
+        let endpoint = endpoint.map_or_else(conveyor_e2e::endpoint, str::to_owned);
+        let sdk = conveyor_e2e::operator_sdk("publish", self.table.name(), &site.bucket, &endpoint).await;
         let (bucket, table) = (SiteBucket::new(&sdk, &site.bucket), Table::from_sdk(&sdk, self.table.name()));
         let request = Publish { site, dir: self.dir.path(), dry_run, max_delete, triggered_by: "test".into() };
         publish::publish(&table, &bucket, &request, 1_700_000_000, |_, _| {}).await

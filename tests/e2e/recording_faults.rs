@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use conveyor_e2e::{Fault, FaultProxy, Quiet, SECRET, STRIPE_SECRET, sample, sdk_at};
+use conveyor_e2e::{Fault, FaultProxy, Quiet, SECRET, STRIPE_SECRET, sample};
 use conveyor_shared::http::HttpFunction;
 use conveyor_shared::secret::SecretSet;
 use conveyor_shared::signature::{sign_github, sign_stripe};
@@ -14,8 +14,10 @@ use serde_json::{Value, json};
 
 const CONFIG: &str = "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"acme/shop\"\n";
 
-async fn table_behind(proxy: &FaultProxy, quiet: &Quiet) -> Table {
-    Table::new(aws_sdk_dynamodb::Client::new(&sdk_at(&proxy.url()).await), quiet.table.name())
+/// The table as `function` reaches it with its own role, through `proxy`.
+async fn table_behind(proxy: &FaultProxy, quiet: &Quiet, function: &str) -> Table {
+    let sdk = conveyor_e2e::function_sdk(function, quiet.table.name(), &quiet.config, &proxy.url()).await;
+    Table::from_sdk(&sdk, quiet.table.name())
 }
 
 async fn send(function: &dyn HttpFunction, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
@@ -36,7 +38,7 @@ async fn a_github_delivery_whose_build_write_fails_is_given_back_and_its_redeliv
         |seen: &conveyor_e2e::Seen<'_>| seen.dynamodb_operation() == Some("PutItem") && seen.body_has("BUILD#");
     let proxy = FaultProxy::start(refused, 1, Fault::dynamodb("AccessDeniedException", "not authorized")).await;
     let intake = webhook_intake::Intake::new(
-        table_behind(&proxy, &quiet).await,
+        table_behind(&proxy, &quiet, webhook_intake::REGISTRATION.name).await,
         SecretSet::from_comma_separated(SECRET).unwrap(),
         Arc::new(quiet.config.clone()),
         quiet.bucket.clone(),
@@ -76,7 +78,7 @@ async fn a_stripe_event_whose_subscription_write_fails_is_given_back_and_its_ret
         |seen: &conveyor_e2e::Seen<'_>| seen.body_has("SUBSCRIPTION#") && seen.dynamodb_operation() != Some("Query");
     let proxy = FaultProxy::start(refused, 1, Fault::dynamodb("AccessDeniedException", "not authorized")).await;
     let stripe = stripe_webhook::StripeWebhook::new(
-        table_behind(&proxy, &quiet).await,
+        table_behind(&proxy, &quiet, stripe_webhook::REGISTRATION.name).await,
         SecretSet::from_comma_separated(STRIPE_SECRET).unwrap(),
         300,
     );
@@ -117,20 +119,26 @@ async fn a_webhook_secret_rotated_in_secrets_manager_loses_no_delivery() {
     let quiet = Quiet::new(CONFIG).await;
     let name = conveyor_e2e::unique_name("github-webhook-secret");
     let manager = aws_sdk_secretsmanager::Client::new(&quiet.sdk);
-    manager.create_secret().name(&name).secret_string("old-secret").send().await.unwrap();
+    let created = manager.create_secret().name(&name).secret_string("old-secret").send().await.unwrap();
+    // The function's role may read exactly this secret, as the template's parameter names it.
+    let resources = conveyor_e2e::resources(quiet.table.name(), &quiet.config)
+        .with("GitHubWebhookSecretArn", created.arn().unwrap());
     // Every read of the secret goes through a proxy that counts them.
     let reads = |seen: &conveyor_e2e::Seen<'_>| {
         seen.headers.get("x-amz-target").is_some_and(|t| t.as_bytes() == b"secretsmanager.GetSecretValue")
     };
     let proxy = FaultProxy::start(reads, 0, Fault::unavailable()).await;
-    let secrets = conveyor_shared::secrets::KeyRing::load(
-        &SecretSource::SecretsManager(name.clone()),
-        &sdk_at(&proxy.url()).await,
-    )
-    .await
-    .unwrap();
-    let intake =
-        webhook_intake::Intake::new(quiet.table.clone(), secrets, Arc::new(quiet.config.clone()), quiet.bucket.clone());
+    let function = webhook_intake::REGISTRATION.name;
+    let proxied = conveyor_e2e::function_sdk_with(function, &resources, &proxy.url()).await;
+    let secrets =
+        conveyor_shared::secrets::KeyRing::load(&SecretSource::SecretsManager(name.clone()), &proxied).await.unwrap();
+    let own = conveyor_e2e::function_sdk_with(function, &resources, &conveyor_e2e::endpoint()).await;
+    let intake = webhook_intake::Intake::new(
+        Table::from_sdk(&own, quiet.table.name()),
+        secrets,
+        Arc::new(quiet.config.clone()),
+        quiet.bucket.clone(),
+    );
     let body = br#"{"zen": "Keep it logically awesome.", "hook_id": 4242}"#;
     let ping = |secret: &'static str| {
         let headers = [

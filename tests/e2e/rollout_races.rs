@@ -240,7 +240,7 @@ async fn polls_while_a_deployment_is_planned_drop_no_instance() {
     let token = conveyor_cli::ops::create_environment_token(&app.table, &app.config, "production", None).await.unwrap();
     let authorization = format!("Bearer {}", String::from_utf8(token.expose().to_vec()).unwrap());
     let (repository, sha) = ("acme/shop", sha(8));
-    conveyor_e2e::push_artifact(&app.artifacts, &app.artifacts_bucket, repository, &sha, b"eight".to_vec()).await;
+    conveyor_e2e::push_artifact(&app.artifacts_bucket, repository, &sha, b"eight".to_vec()).await;
     // Every agent polls in a tight loop while the stream's planner writes 150 targets in
     // batches and starts the deployment.
     let polling = {
@@ -352,7 +352,7 @@ async fn a_deployment_waits_for_its_artifact_then_fails_naming_where_it_looked()
     fanout.tick(built + 60).await.unwrap();
     assert_eq!(quiet.state(&late).await.state, Pending);
     assert!(quiet.table.lock("production").await.unwrap().is_none(), "waiting holds no lock");
-    conveyor_e2e::push_artifact(&quiet.artifacts, &quiet.bucket, "acme/shop", &sha(7), b"seven".to_vec()).await;
+    conveyor_e2e::push_artifact(&quiet.bucket, "acme/shop", &sha(7), b"seven".to_vec()).await;
     fanout.tick(built + 120).await.unwrap();
     assert_eq!(quiet.state(&late).await.state, InProgress, "started once the artifact is there");
 

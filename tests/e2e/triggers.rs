@@ -21,6 +21,7 @@ const NEW_DEPLOYMENTS: Registration = Registration {
         r#"{"eventName": ["INSERT"], "dynamodb": {"NewImage": {"sk": {"S": [{"prefix": "DEPLOYMENT#"}]}}}}"#,
     ],
     schedule: None,
+    permissions: &[],
 };
 
 impl Function for NewDeployments {
@@ -38,7 +39,8 @@ impl StreamFunction for NewDeployments {
 
 struct Ticks(mpsc::UnboundedSender<Value>);
 
-const TICKS: Registration = Registration { name: "ticks", routes: &[], stream_filters: &[], schedule: None };
+const TICKS: Registration =
+    Registration { name: "ticks", routes: &[], stream_filters: &[], schedule: None, permissions: &[] };
 
 impl Function for Ticks {
     fn registration(&self) -> &'static Registration {

@@ -22,8 +22,11 @@ fn follow(quiet: &Quiet, target: Target, timeout: Duration) -> tokio::task::Join
     follow_table(quiet.table.clone(), target, timeout)
 }
 
+/// As a CI job holding the published policy for `conveyor wait`.
 fn follow_table(table: Table, target: Target, timeout: Duration) -> tokio::task::JoinHandle<(Waited, String)> {
     tokio::spawn(async move {
+        let sdk = conveyor_e2e::operator_sdk("wait", table.name(), "", &conveyor_e2e::endpoint()).await;
+        let table = Table::from_sdk(&sdk, table.name());
         let mut out = Vec::new();
         let patience = Patience { timeout, poll: Duration::from_millis(50), since: 0 };
         let waited = wait::follow(&table, "production", &target, patience, &mut out, false).await;

@@ -8,34 +8,19 @@ use conveyor_agent::proof::{AwsCredentials, Signer};
 /// The role the dev server trusts by default (`conveyor dev`'s local agent role).
 pub const AGENT_ROLE: &str = conveyor_cli::dev::LOCAL_AGENT_ROLE;
 
-/// A session of `role` named `session` (an instance id, for an instance profile).
+/// A session of `role` named `session` (an instance id, for an instance profile), as EC2
+/// hands it to the instance; in the emulator the administrator plays EC2. The role holds the
+/// template's AgentRole policy.
 pub async fn assume(role: &str, session: &str) -> AwsCredentials {
-    let endpoint = conveyor_e2e::endpoint();
-    let caller = Signer {
-        endpoint: endpoint.clone(),
-        region: "us-east-1".into(),
-        credentials: AwsCredentials {
-            access_key_id: "test".into(),
-            secret_access_key: "test".into(),
-            session_token: None,
-        },
-    };
-    let body = format!("Action=AssumeRole&RoleArn={role}&RoleSessionName={session}&Version=2011-06-15");
-    let headers = caller.sign(&body, &[], std::time::SystemTime::now()).unwrap();
-    let mut request = reqwest::Client::new().post(format!("{endpoint}/")).body(body);
-    for (name, value) in headers.iter().filter(|(name, _)| *name != "host") {
-        request = request.header(name, value);
-    }
-    let answer = request.send().await.unwrap().text().await.unwrap();
-    let element = |name: &str| {
-        let start =
-            answer.find(&format!("<{name}>")).unwrap_or_else(|| panic!("no {name} in {answer}")) + name.len() + 2;
-        answer[start..start + answer[start..].find('<').unwrap()].to_owned()
-    };
+    let iam = conveyor_cli::local_iam::LocalIam::new(&conveyor_e2e::sdk().await).await.unwrap();
+    let resources = conveyor_cli::local_iam::Resources::new("us-east-1", "unused", "unused");
+    let policy = conveyor_e2e::template().agent_policy(&resources).unwrap();
+    let name = role.rsplit('/').next().unwrap();
+    let credentials = iam.assume(name, &policy, session).await.unwrap();
     AwsCredentials {
-        access_key_id: element("AccessKeyId"),
-        secret_access_key: element("SecretAccessKey"),
-        session_token: Some(element("SessionToken")),
+        access_key_id: credentials.access_key_id().to_owned(),
+        secret_access_key: credentials.secret_access_key().to_owned(),
+        session_token: credentials.session_token().map(str::to_owned),
     }
 }
 

@@ -190,8 +190,7 @@ impl Rig {
     /// Uploads a build and tells Conveyor its CI succeeded on main.
     pub async fn ship(&self, sha: &str, health: &str) {
         let bytes = artifact(health);
-        conveyor_e2e::push_artifact(&self.app.artifacts, &self.app.artifacts_bucket, &self.repository, sha, bytes)
-            .await;
+        conveyor_e2e::push_artifact(&self.app.artifacts_bucket, &self.repository, sha, bytes).await;
         let body = json!({
             "action": "completed",
             "workflow_run": {"id": 1, "name": "CI", "workflow_id": 1, "head_branch": "main", "head_sha": sha,

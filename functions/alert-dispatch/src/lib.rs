@@ -47,6 +47,17 @@ pub const REGISTRATION: Registration = Registration {
     routes: &[],
     stream_filters: &[NEW_ALERTS],
     schedule: Some(Duration::from_secs(60)),
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+        "secretsmanager:GetSecretValue",
+        "ses:SendEmail",
+        "ec2:DescribeInstances",
+        "ec2:RebootInstances",
+    ],
 };
 
 /// How long an invocation holds the right to send one message to one channel: longer than

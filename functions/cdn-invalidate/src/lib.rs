@@ -31,6 +31,14 @@ pub const REGISTRATION: Registration = Registration {
     routes: &[],
     stream_filters: &[UPLOADED_PUBLISHES],
     schedule: Some(Duration::from_secs(60)),
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+        "cloudfront:CreateInvalidation",
+        "cloudfront:GetInvalidation",
+    ],
 };
 
 /// How long an invocation holds the right to submit a publish's invalidation; one that died

@@ -67,6 +67,19 @@ pub const REGISTRATION: Registration = Registration {
     routes: &[POLL, REPORT],
     stream_filters: &[NEW_DEPLOYMENTS, ENDED_DEPLOYMENTS],
     schedule: Some(Duration::from_secs(60)),
+    // s3:ListBucket: so that S3 answers 404, not 403, for an artifact never uploaded.
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:Query",
+        "ec2:DescribeInstances",
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucket",
+    ],
 };
 
 #[derive(Debug, thiserror::Error)]

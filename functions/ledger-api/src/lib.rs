@@ -17,8 +17,13 @@ const BUILDS: Route = Route::new("GET", "/api/v1/builds", Auth::Iam);
 const DEPLOYMENTS: Route = Route::new("GET", "/api/v1/deployments", Auth::Iam);
 const CUSTOMER: Route = Route::new("GET", "/api/v1/customers/{customer}", Auth::Iam);
 
-pub const REGISTRATION: Registration =
-    Registration { name: "ledger-api", routes: &[BUILDS, DEPLOYMENTS, CUSTOMER], stream_filters: &[], schedule: None };
+pub const REGISTRATION: Registration = Registration {
+    name: "ledger-api",
+    routes: &[BUILDS, DEPLOYMENTS, CUSTOMER],
+    stream_filters: &[],
+    schedule: None,
+    permissions: &["dynamodb:Query"],
+};
 
 /// Listings answer at most this many items.
 const MAX_LIMIT: i32 = 200;

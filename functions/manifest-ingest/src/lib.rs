@@ -28,8 +28,21 @@ const UPLOAD: Route = Route::new("POST", "/providers/{provider}/manifests", Auth
 const IMAGES: Route = Route::new("GET", "/providers/{provider}/images", Auth::Function);
 
 /// Both routes take a provider token (`Authorization: Bearer`), checked by the function.
-pub const REGISTRATION: Registration =
-    Registration { name: "manifest-ingest", routes: &[UPLOAD, IMAGES], stream_filters: &[], schedule: None };
+pub const REGISTRATION: Registration = Registration {
+    name: "manifest-ingest",
+    routes: &[UPLOAD, IMAGES],
+    stream_filters: &[],
+    schedule: None,
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+        "ec2:DescribeImages",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ec2:CreateLaunchTemplateVersion",
+        "ec2:ModifyLaunchTemplate",
+    ],
+};
 
 /// Manifests are small (appended runs grow them slowly); anything larger is refused.
 pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;

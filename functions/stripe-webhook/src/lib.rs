@@ -19,8 +19,19 @@ use serde_json::json;
 /// Stripe's webhook events.
 const STRIPE: Route = Route::new("POST", "/webhooks/stripe", Auth::Function);
 
-pub const REGISTRATION: Registration =
-    Registration { name: "stripe-webhook", routes: &[STRIPE], stream_filters: &[], schedule: None };
+pub const REGISTRATION: Registration = Registration {
+    name: "stripe-webhook",
+    routes: &[STRIPE],
+    stream_filters: &[],
+    schedule: None,
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "secretsmanager:GetSecretValue",
+    ],
+};
 
 /// Events are small; anything larger than this is not from Stripe.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -23,8 +23,21 @@ use serde_json::json;
 /// GitHub's webhook deliveries.
 const GITHUB: Route = Route::new("POST", "/webhooks/github", Auth::Function);
 
-pub const REGISTRATION: Registration =
-    Registration { name: "webhook-intake", routes: &[GITHUB], stream_filters: &[], schedule: None };
+pub const REGISTRATION: Registration = Registration {
+    name: "webhook-intake",
+    routes: &[GITHUB],
+    stream_filters: &[],
+    schedule: None,
+    permissions: &[
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:Query",
+        "secretsmanager:GetSecretValue",
+    ],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -234,6 +234,7 @@ mod tests {
         routes: &[POST_A, GET_ITEM, PUT_ITEM],
         stream_filters: &[],
         schedule: None,
+        permissions: &[],
     };
     struct Fixed;
     impl Function for Fixed {
