@@ -5,7 +5,10 @@
 //! The emulator is started once per test run by `make test` (scripts/with-moto) and found
 //! through `CONVEYOR_TEST_AWS_ENDPOINT`.
 
+pub mod faults;
 pub mod slack;
+
+pub use faults::{Call, Effect, Fault, FaultProxy, Rule, Seen};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +53,7 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
         std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
     };
     aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(conveyor_shared::aws_timeouts())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
@@ -345,202 +349,6 @@ impl TestApp {
 /// Reads a sample from the repository's `events/` folder.
 pub fn sample(path: &str) -> Vec<u8> {
     std::fs::read(events_dir().join(path)).unwrap()
-}
-
-/// A request as the fault proxy sees it: method, path, headers and the whole body.
-pub struct Seen<'a> {
-    pub method: &'a hyper::Method,
-    pub path: &'a str,
-    pub headers: &'a hyper::HeaderMap,
-    pub body: &'a [u8],
-}
-
-impl Seen<'_> {
-    /// The DynamoDB operation (`X-Amz-Target: DynamoDB_20120810.<operation>`).
-    pub fn dynamodb_operation(&self) -> Option<&str> {
-        self.headers.get("x-amz-target")?.to_str().ok()?.strip_prefix("DynamoDB_20120810.")
-    }
-
-    /// Whether the body holds `text`.
-    pub fn body_has(&self, text: &str) -> bool {
-        String::from_utf8_lossy(self.body).contains(text)
-    }
-}
-
-/// The answer the fault proxy gives instead of the emulator's.
-#[derive(Clone)]
-pub struct Fault {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: String,
-}
-
-impl Fault {
-    /// EC2 over its request rate: HTTP 503 `RequestLimitExceeded`.
-    pub fn ec2_throttled() -> Self {
-        Self {
-            status: 503,
-            content_type: "text/xml;charset=UTF-8",
-            body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>".into(),
-        }
-    }
-
-    /// A DynamoDB error of `kind` (`AccessDeniedException`, ...), as the service answers it.
-    pub fn dynamodb(kind: &str, message: &str) -> Self {
-        Self {
-            status: 400,
-            content_type: "application/x-amz-json-1.0",
-            body: serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{kind}"), "message": message})
-                .to_string(),
-        }
-    }
-
-    /// A transaction cancelled because other transactions held its items: what DynamoDB
-    /// answers when concurrent transactions update one item (moto never does).
-    pub fn transaction_conflict(items: usize) -> Self {
-        let reasons: Vec<_> = (0..items)
-            .map(|_| serde_json::json!({"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}))
-            .collect();
-        Self {
-            status: 400,
-            content_type: "application/x-amz-json-1.0",
-            body: serde_json::json!({
-                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]",
-                "CancellationReasons": reasons,
-            })
-            .to_string(),
-        }
-    }
-
-    /// A busy server: 503 with a JSON error, as the functions answer when the ledger is busy.
-    pub fn unavailable() -> Self {
-        Self {
-            status: 503,
-            content_type: "application/json",
-            body: r#"{"error": {"code": "store_unavailable", "message": "injected"}}"#.into(),
-        }
-    }
-
-    /// What S3 answers a caller without `s3:ListBucket` for a missing key.
-    pub fn s3_forbidden() -> Self {
-        Self { status: 403, content_type: "application/xml", body: String::new() }
-    }
-}
-
-type Matcher = dyn Fn(&Seen<'_>) -> bool + Send + Sync;
-
-/// A loopback proxy in front of the emulator that answers the first `times` requests that
-/// `matches` with `fault`, and passes everything else through: the AWS behaviour moto does
-/// not show (throttling, IAM refusals, transaction conflicts), played on real HTTP.
-pub struct FaultProxy {
-    addr: SocketAddr,
-    calls: std::sync::Arc<AtomicU32>,
-    faulted: std::sync::Arc<AtomicU32>,
-}
-
-impl FaultProxy {
-    pub async fn start(matches: impl Fn(&Seen<'_>) -> bool + Send + Sync + 'static, times: u32, fault: Fault) -> Self {
-        Self::before(endpoint(), matches, times, fault).await
-    }
-
-    /// Like [`FaultProxy::start`], in front of `upstream` (the dev server, say).
-    pub async fn before(
-        upstream: String,
-        matches: impl Fn(&Seen<'_>) -> bool + Send + Sync + 'static,
-        times: u32,
-        fault: Fault,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (calls, faulted) = (std::sync::Arc::new(AtomicU32::new(0)), std::sync::Arc::new(AtomicU32::new(0)));
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let matches: std::sync::Arc<Matcher> = std::sync::Arc::new(matches);
-        let (counted, injected) = (calls.clone(), faulted.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (client, upstream, counted, injected, matches, fault) = (
-                    client.clone(),
-                    upstream.clone(),
-                    counted.clone(),
-                    injected.clone(),
-                    matches.clone(),
-                    fault.clone(),
-                );
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (client, upstream, counted, injected, matches, fault) = (
-                        client.clone(),
-                        upstream.clone(),
-                        counted.clone(),
-                        injected.clone(),
-                        matches.clone(),
-                        fault.clone(),
-                    );
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body.collect().await?.to_bytes();
-                        let seen = Seen {
-                            method: &parts.method,
-                            path: parts.uri.path(),
-                            headers: &parts.headers,
-                            body: &body,
-                        };
-                        if matches(&seen) {
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            if injected.fetch_add(1, Ordering::SeqCst) < times {
-                                return Ok(hyper::Response::builder()
-                                    .status(fault.status)
-                                    .header("content-type", fault.content_type)
-                                    .body(Full::new(Bytes::from(fault.body)))
-                                    .unwrap());
-                            }
-                            injected.fetch_sub(1, Ordering::SeqCst);
-                        }
-                        let uri = format!("{upstream}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-                        // Every header goes on as sent, Host included: the caller signed it.
-                        let mut forward = hyper::Request::builder().method(parts.method).uri(uri);
-                        for (name, value) in &parts.headers {
-                            forward = forward.header(name, value);
-                        }
-                        let answer = client.request(forward.body(Full::new(body)).unwrap()).await.unwrap();
-                        let (parts, body) = answer.into_parts();
-                        let body = body.collect().await?.to_bytes();
-                        Ok::<_, hyper::Error>(hyper::Response::from_parts(parts, Full::new(body)))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
-            }
-        });
-        Self { addr, calls, faulted }
-    }
-
-    /// Throttles the first `times` calls of one EC2 action.
-    pub async fn throttle_ec2(action: &'static str, times: u32) -> Self {
-        let wanted = format!("Action={action}");
-        Self::start(
-            move |seen| String::from_utf8_lossy(seen.body).split('&').any(|pair| pair == wanted),
-            times,
-            Fault::ec2_throttled(),
-        )
-        .await
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Matching requests seen, faulted or not.
-    pub fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// Matching requests answered with the fault.
-    pub fn faulted(&self) -> u32 {
-        self.faulted.load(Ordering::SeqCst)
-    }
 }
 
 /// A table, a versioned artifacts bucket and a configuration of their own, with no dev server

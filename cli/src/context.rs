@@ -40,7 +40,8 @@ impl AwsFlags {
 
     /// The AWS configuration: the SDK's defaults, with the flags over them.
     pub async fn sdk(&self) -> SdkConfig {
-        let mut loader = aws_config::defaults(conveyor_shared::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(conveyor_shared::BehaviorVersion::latest())
+            .timeout_config(conveyor_shared::aws_timeouts());
         if let Some(region) = self.region.clone().filter(|r| !r.trim().is_empty()) {
             loader = loader.region(aws_config::Region::new(region));
         }

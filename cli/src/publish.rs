@@ -348,17 +348,18 @@ async fn send(
     reason: Reason,
     path: &Path,
 ) -> Result<(String, String), PublishFailure> {
-    let etag = match reason {
-        Reason::Headers => bucket.rewrite_headers(&file.key, &file.headers, &file.sha256).await?,
-        Reason::New | Reason::Content => bucket.upload(&file.key, path, &file.headers, &file.sha256).await?,
+    // An upload carries the SHA-256 that was planned, and S3 refuses other bytes (whatever
+    // the bucket's encryption makes of the ETag): a file that changed meanwhile is never
+    // recorded in the manifest.
+    let written = match reason {
+        Reason::Headers => bucket.rewrite_headers(&file.key, &file.headers, &file.sha256).await,
+        Reason::New | Reason::Content => bucket.upload(&file.key, path, &file.headers, &file.sha256).await,
     };
-    // A one-part upload without KMS answers the MD5 of what S3 received: other bytes than
-    // were hashed mean the file changed meanwhile, and the manifest must not record them.
-    let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
-    if reason != Reason::Headers && plain_md5 && etag != file.md5 {
-        return Err(PublishFailure::ChangedMeanwhile(file.key));
+    match written {
+        Ok(etag) => Ok((file.key, etag)),
+        Err(S3Error::Changed(_)) => Err(PublishFailure::ChangedMeanwhile(file.key)),
+        Err(other) => Err(other.into()),
     }
-    Ok((file.key, etag))
 }
 
 /// How waiting for a publish to go live ended.

@@ -38,9 +38,22 @@ pub mod sts;
 pub use aws_config::{BehaviorVersion, SdkConfig};
 
 /// The AWS configuration every function and the CLI start from: region, credentials and,
-/// when `AWS_ENDPOINT_URL` is set, the local emulator's endpoint.
+/// when `AWS_ENDPOINT_URL` is set, the local emulator's endpoint; calls bounded by
+/// [`aws_timeouts`].
 pub async fn load_aws_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(aws_timeouts()).load().await
+}
+
+/// How long any AWS call may wait: a connection within 3 s, and then never more than 10 s
+/// without a byte of the answer. An answer that never comes, or a connection that stalls
+/// mid-answer, is then given up and retried by the SDK instead of holding the function
+/// until Lambda kills it. Large transfers keep going: the limit is between bytes, not on
+/// the whole call.
+pub fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .read_timeout(std::time::Duration::from_secs(10))
+        .build()
 }
 
 /// The current time in Unix seconds.

@@ -404,3 +404,45 @@ async fn discovery_follows_every_page_of_a_large_fleet() {
     assert_eq!(distinct.len(), 3000);
     assert_eq!(*seen.lock().unwrap(), [None, Some("page-1".to_string()), Some("page-2".to_string())]);
 }
+
+/// `conveyor artifact push` into an SSE-KMS bucket (ETags that are not MD5s, as the proxy
+/// gives them), in one piece and in parts, with the published policy: the deployment finds
+/// the artifact and its checksum.
+#[tokio::test]
+async fn an_artifact_pushed_into_a_kms_bucket_is_found_with_its_checksum() {
+    use conveyor_e2e::faults::Rewrite;
+    let bucket = conveyor_e2e::ARTIFACTS_BUCKET;
+    let kms = conveyor_e2e::FaultProxy::rewriting(vec![Rewrite::KmsEtags { bucket: bucket.into() }]).await;
+    let admin = conveyor_shared::s3::Artifacts::new(&sdk().await);
+    admin.create_bucket_if_missing(bucket).await.unwrap();
+    let ci =
+        conveyor_shared::s3::Artifacts::new(&conveyor_e2e::operator_sdk("artifact-push", "", "", &kms.url()).await);
+    let config = conveyor_shared::config::Config::parse(
+        "[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (size, parts) in [(1024usize, 1usize), (11 * 1024 * 1024, 3)] {
+        let sha = format!("{:040x}", size);
+        let file = dir.path().join(format!("{size}.tar.gz"));
+        std::fs::write(&file, (0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+        let target = conveyor_cli::ops::ArtifactTarget {
+            bucket,
+            repository: &unique_name("acme/kms"),
+            sha: &sha,
+            environment: config.environment("production"),
+        };
+        let mut sent = Vec::new();
+        let (url, sha256) =
+            conveyor_cli::ops::push_artifact_file(&ci, &target, &file, 5 * 1024 * 1024, |n| sent.push(n))
+                .await
+                .unwrap();
+        assert_eq!(sent.len(), parts);
+        // Read as deploy-fanout reads it, with its role.
+        let fanout = conveyor_e2e::function_sdk("deploy-fanout", &unique_name("kms"), &config, &kms.url()).await;
+        let reader = conveyor_shared::s3::Artifacts::new(&fanout);
+        let stored = reader.head(&url).await.unwrap().unwrap();
+        assert_eq!((stored.sha256, stored.size), (sha256, size as i64));
+    }
+}

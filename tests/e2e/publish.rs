@@ -427,3 +427,44 @@ fn a_file_that_cannot_be_read_stops_the_publish_before_anything_is_written() {
     let err = publish::scan(&site, empty.path()).unwrap_err();
     assert!(err.to_string().contains("holds no file"), "{err}");
 }
+
+/// A bucket with SSE-KMS gives objects ETags that are not MD5s (the proxy answers as S3
+/// does; moto gives MD5s): a publish still goes through, and publishing the same build again
+/// changes nothing.
+#[tokio::test]
+async fn a_kms_encrypted_bucket_takes_a_publish_and_the_same_build_again_changes_nothing() {
+    use conveyor_e2e::faults::Rewrite;
+    let fixture = Fixture::new().await;
+    let kms = FaultProxy::rewriting(vec![Rewrite::KmsEtags { bucket: fixture.bucket.clone() }]).await;
+    small_site(&fixture);
+    let site = fixture.site();
+    let first = fixture.publish_with(&site, Some(&kms.url()), false, None).await.unwrap();
+    assert_eq!(first.uploaded.len(), 5, "{first:?}");
+    assert_eq!(fixture.publishes().await[0].state, PublishState::Uploaded);
+    fixture.write("index.html", "<h1>home, again</h1>");
+    let second = fixture.publish_with(&site, Some(&kms.url()), false, None).await.unwrap();
+    assert_eq!(second.uploaded, ["index.html"], "{second:?}");
+    let again = fixture.publish_with(&site, Some(&kms.url()), false, None).await.unwrap();
+    assert_eq!((again.publish.as_deref(), again.uploaded.len()), (None, 0), "{again:?}");
+}
+
+/// Bytes that are not the ones hashed (a file written to while the publish read it) are
+/// refused by S3 through the checksum the upload carries; nothing records them.
+#[tokio::test]
+async fn bytes_that_are_not_the_planned_ones_are_refused_and_never_recorded() {
+    use conveyor_e2e::{Effect, Rule};
+    let fixture = Fixture::new().await;
+    small_site(&fixture);
+    let site = fixture.site();
+    let changing = FaultProxy::chaos(vec![Rule::new("s3", 1.0, Effect::Corrupt).only("PutObject")], vec![], 7).await;
+    let failed = fixture.publish_with(&site, Some(&changing.url()), false, None).await.unwrap_err();
+    assert!(matches!(failed, PublishFailure::ChangedMeanwhile(_)), "{failed}");
+    assert!(
+        fixture.keys().await.iter().all(|k| !k.ends_with(".html")),
+        "no changed page was stored: {:?}",
+        fixture.keys().await
+    );
+    // The next run, with the file at rest, publishes it.
+    let summary = fixture.publish_with(&site, None, false, None).await.unwrap();
+    assert_eq!(summary.uploaded.len(), 5, "{summary:?}");
+}

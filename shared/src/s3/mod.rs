@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 
@@ -21,6 +21,10 @@ pub enum S3Error {
     BadUrl(String),
     #[error("{0} has no sha256 metadata: upload it with `conveyor artifact push`")]
     NoChecksum(String),
+    /// The bytes S3 received are not those whose SHA-256 was planned: the file changed while
+    /// it was read (S3 refused it, or the file hashes otherwise after a multipart upload).
+    #[error("{0}: the file changed while it was being uploaded (its SHA-256 is not the one planned); run again")]
+    Changed(String),
     /// S3 answers 403 for a missing key when the caller may not list the bucket, so this is
     /// "missing or not readable": the caller cannot tell which.
     #[error(
@@ -120,6 +124,7 @@ impl Artifacts {
             .put_object()
             .bucket(bucket)
             .key(key)
+            .checksum_sha256(checksum_sha256(sha256))
             .content_type("application/gzip")
             .metadata("sha256", sha256)
             .metadata("version", version)
@@ -148,6 +153,7 @@ impl Artifacts {
     ) -> Result<(), S3Error> {
         let (bucket, key) = parse_url(url)?;
         let write = ObjectWrite {
+            sha256,
             content_type: "application/gzip",
             cache_control: None,
             content_encoding: None,
@@ -223,6 +229,9 @@ mod tests {
 /// How an object is written: its headers and its metadata.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ObjectWrite<'a> {
+    /// The SHA-256 (hex) the bytes must have: S3 itself refuses others (`ChecksumSHA256`),
+    /// whatever the bucket's encryption does to the ETag.
+    pub sha256: &'a str,
     pub content_type: &'a str,
     pub cache_control: Option<&'a str>,
     pub content_encoding: Option<&'a str>,
@@ -254,6 +263,7 @@ pub(crate) async fn write_file(
             .put_object()
             .bucket(bucket)
             .key(key)
+            .checksum_sha256(checksum_sha256(write.sha256))
             .content_type(write.content_type)
             .set_cache_control(write.cache_control.map(str::to_owned))
             .set_content_encoding(write.content_encoding.map(str::to_owned))
@@ -261,7 +271,10 @@ pub(crate) async fn write_file(
             .body(body)
             .send()
             .await
-            .map_err(|e| aws("PutObject", DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| match e.code() {
+                Some("BadDigest" | "XAmzContentChecksumMismatch") => S3Error::Changed(url.clone()),
+                _ => aws("PutObject", DisplayErrorContext(e).to_string()),
+            })?;
         progress(size);
         return Ok(written.e_tag().unwrap_or_default().trim_matches('"').to_owned());
     }
@@ -315,6 +328,10 @@ pub(crate) async fn write_file(
             .send()
             .await
             .map_err(|e| aws("CompleteMultipartUpload", DisplayErrorContext(e).to_string()))?;
+        // The parts were read one after another: the whole file must still hash as planned.
+        if file_sha256(path).map_err(read)? != write.sha256 {
+            return Err(S3Error::Changed(url.clone()));
+        }
         Ok(done.e_tag().unwrap_or_default().trim_matches('"').to_owned())
     }
     .await;
@@ -322,6 +339,12 @@ pub(crate) async fn write_file(
         let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
     }
     sent
+}
+
+/// `ChecksumSHA256` as S3 takes it: the digest in base64 (`sha256` is hex; a malformed one
+/// gives a checksum S3 refuses, never a skipped check).
+fn checksum_sha256(sha256: &str) -> String {
+    aws_smithy_types::base64::encode(hex::decode(sha256).unwrap_or_else(|_| sha256.as_bytes().to_vec()))
 }
 
 mod site;

@@ -90,6 +90,7 @@ impl SiteBucket {
     /// parts above [`PART_SIZE`].
     pub async fn upload(&self, key: &str, path: &Path, headers: &Headers, sha256: &str) -> Result<Written, S3Error> {
         let write = ObjectWrite {
+            sha256,
             content_type: &headers.content_type,
             cache_control: Some(&headers.cache_control),
             content_encoding: headers.content_encoding.as_deref(),
