@@ -9,6 +9,9 @@ With CONVEYOR_IAM=<file>, IAM is enforced as in AWS (see moto_iam.py): every req
 be signed by a known identity whose policies allow it, and the administrator's keys are
 written to <file> for the set-up (tables, buckets, roles) of tests and `conveyor dev`.
 
+What else DynamoDB does and moto does not (idempotent transaction tokens) is in
+moto_fidelity.py.
+
 Usage: python moto_serial.py HOST PORT
 """
 
@@ -20,9 +23,12 @@ from werkzeug.serving import run_simple
 
 host, port = sys.argv[1], int(sys.argv[2])
 os.environ.setdefault("MOTO_PORT", str(port))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moto_fidelity  # noqa: E402
+
+moto_fidelity.install()
 keys = os.environ.get("CONVEYOR_IAM")
 if keys:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import moto_iam
 
     moto_iam.install()

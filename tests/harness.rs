@@ -203,6 +203,17 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with a chance to add functions to the catalog first.
     pub async fn spawn_with(config: &str, extend: impl FnOnce(&mut dev::Catalog)) -> TestApp {
+        Self::spawn_calling(config, extend, &endpoint()).await
+    }
+
+    /// Like [`TestApp::spawn`], with every function's AWS calls sent to `aws` (a
+    /// [`FaultProxy`] in front of the emulator); set-up, inspection and the stream that
+    /// `conveyor dev` plays (Lambda's part) still go straight to the emulator.
+    pub async fn spawn_through(config: &str, aws: &str) -> TestApp {
+        Self::spawn_calling(config, |_| {}, aws).await
+    }
+
+    async fn spawn_calling(config: &str, extend: impl FnOnce(&mut dev::Catalog), aws: &str) -> TestApp {
         // Warnings and errors of the functions show with a failing test's output.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -231,7 +242,8 @@ impl TestApp {
             tick: std::time::Duration::from_secs(1),
         };
         // Every function calls the emulator with its own role, as in AWS.
-        let sdks = dev::local_roles(template(), &config, &settings, &secrets, &sdk).await.unwrap();
+        let through = sdk_at(aws).await;
+        let sdks = dev::local_roles(template(), &config, &settings, &secrets, &through).await.unwrap().calling_as(&sdk);
         let mut catalog = dev::functions(config.clone(), &settings, &secrets, timing, &sdks).await.unwrap();
         extend(&mut catalog);
         let listener = dev::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -558,6 +558,11 @@ impl FunctionSdks {
     pub fn caller(&self) -> &SdkConfig {
         &self.shared
     }
+
+    /// The same sessions, with `sdk` as [`FunctionSdks::caller`].
+    pub fn calling_as(self, sdk: &SdkConfig) -> Self {
+        Self { shared: sdk.clone(), ..self }
+    }
 }
 
 /// A role name unique to `function` on `table` (roles of concurrent tests never meet),

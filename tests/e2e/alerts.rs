@@ -20,10 +20,10 @@ use crate::checks::Target;
 
 /// A table of its own, a Slack channel `team` (its URL in the emulator's Secrets Manager)
 /// and the configuration's other sections.
-struct Scene {
-    table: Table,
-    slack: SlackStandIn,
-    dispatch: AlertDispatch,
+pub(crate) struct Scene {
+    pub(crate) table: Table,
+    pub(crate) slack: SlackStandIn,
+    pub(crate) dispatch: AlertDispatch,
 }
 
 async fn secret(value: &str) -> String {
@@ -31,20 +31,28 @@ async fn secret(value: &str) -> String {
 }
 
 impl Scene {
-    async fn new(rest: &str) -> Self {
+    pub(crate) async fn new(rest: &str) -> Self {
+        Self::calling(rest, &endpoint()).await
+    }
+
+    /// Like [`Scene::new`], with the function's AWS calls sent to `aws` (a fault proxy).
+    pub(crate) async fn calling(rest: &str, aws: &str) -> Self {
         let slack = SlackStandIn::start().await;
         let secret = secret(&slack.url()).await;
-        Self::with(&format!("[[channel]]\nname = \"team\"\ntype = \"slack\"\nsecret = \"{secret}\"\n\n{rest}"), slack)
-            .await
+        let config = format!("[[channel]]\nname = \"team\"\ntype = \"slack\"\nsecret = \"{secret}\"\n\n{rest}");
+        Self::with_at(&config, slack, aws).await
     }
 
     async fn with(config: &str, slack: SlackStandIn) -> Self {
+        Self::with_at(config, slack, &endpoint()).await
+    }
+
+    async fn with_at(config: &str, slack: SlackStandIn, aws: &str) -> Self {
         let table = Table::from_sdk(&sdk().await, unique_name("conveyor-alerts"));
         table.create_if_missing().await.unwrap();
         let config = Config::parse(config, "conveyor.toml").unwrap();
         // The function calls AWS with its own role.
-        let sdk =
-            conveyor_e2e::function_sdk(alert_dispatch::REGISTRATION.name, table.name(), &config, &endpoint()).await;
+        let sdk = conveyor_e2e::function_sdk(alert_dispatch::REGISTRATION.name, table.name(), &config, aws).await;
         let dispatch = AlertDispatch::new(
             Table::from_sdk(&sdk, table.name()),
             Prober::new().unwrap(),
@@ -60,13 +68,13 @@ impl Scene {
     }
 }
 
-fn check(name: &str, url: &str, extra: &str) -> String {
+pub(crate) fn check(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[check]]\nname = \"{name}\"\nurl = \"{url}\"\nconditions = [\"[STATUS] == 200\", \"[BODY].status == UP\"]\ntimeout = \"2s\"\nchannels = [\"team\"]\n{extra}\n"
     )
 }
 
-const T0: i64 = 1_800_000_000;
+pub(crate) const T0: i64 = 1_800_000_000;
 
 #[tokio::test]
 async fn three_failures_give_one_message_and_recovery_one_resolved_message() {

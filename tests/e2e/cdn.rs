@@ -45,22 +45,22 @@ async fn distribution() -> String {
 }
 
 /// Invalidations CloudFront holds for `distribution`.
-async fn invalidations(distribution: &str) -> usize {
+pub(crate) async fn invalidations(distribution: &str) -> usize {
     let client = aws_sdk_cloudfront::Client::new(&sdk().await);
     let listed = client.list_invalidations().distribution_id(distribution).send().await.unwrap();
     listed.invalidation_list().map_or(0, |l| l.quantity() as usize)
 }
 
-struct Cdns {
-    fixture: Fixture,
-    site: Site,
-    distribution: String,
+pub(crate) struct Cdns {
+    pub(crate) fixture: Fixture,
+    pub(crate) site: Site,
+    pub(crate) distribution: String,
 }
 
 impl Cdns {
     /// A site on a distribution of its own, published once (all new: nothing to invalidate)
     /// and again with two changed files (stale: two paths).
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let fixture = Fixture::new().await;
         let distribution = distribution().await;
         let site = Self::site(&fixture, &distribution);
@@ -84,7 +84,7 @@ impl Cdns {
         self.fixture.publish_with(&self.site, None, false, None).await.unwrap().publish.unwrap()
     }
 
-    async fn function(&self, endpoint: Option<String>) -> CdnInvalidate {
+    pub(crate) async fn function(&self, endpoint: Option<String>) -> CdnInvalidate {
         let config = Config { sites: vec![self.site.clone()], ..Config::default() };
         let endpoint = endpoint.unwrap_or_else(conveyor_e2e::endpoint);
         let sdk = conveyor_e2e::function_sdk(
@@ -112,7 +112,7 @@ impl Cdns {
             .unwrap();
     }
 
-    async fn record(&self, id: &str) -> conveyor_shared::domain::publish::PublishRecord {
+    pub(crate) async fn record(&self, id: &str) -> conveyor_shared::domain::publish::PublishRecord {
         self.fixture.table.publish("web", id).await.unwrap().unwrap()
     }
 }

@@ -3,7 +3,7 @@ use conveyor_e2e::{SECRET, TestApp, fixtures_dir, sample};
 use conveyor_shared::signature::sign_github;
 use conveyor_shared::store::Key;
 
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 [[environment]]
 name = "production"
 branch = "main"
@@ -15,7 +15,7 @@ branch = "develop"
 repository = "*"
 "#;
 
-const MAIN_SHA: &str = "3f4a9c2e7b1d5a6c8e0f2b4d6a8c0e1f3a5b7c9d";
+pub(crate) const MAIN_SHA: &str = "3f4a9c2e7b1d5a6c8e0f2b4d6a8c0e1f3a5b7c9d";
 
 #[tokio::test]
 async fn ci_success_on_a_tracked_branch_creates_one_pending_deployment() {

@@ -4,6 +4,7 @@ mod agent_channel;
 mod alerts;
 mod api;
 mod cdn;
+mod chaos;
 mod checks;
 mod intake;
 mod local_aws;

@@ -9,12 +9,12 @@ name = "aws"
 name = "droplets"
 "#;
 
-fn build(name: &str, builder: &str, artifact: &str, run: &str) -> Value {
+pub(crate) fn build(name: &str, builder: &str, artifact: &str, run: &str) -> Value {
     json!({"name": name, "builder_type": builder, "build_time": 1724274325, "files": null,
            "artifact_id": artifact, "packer_run_uuid": run, "custom_data": null})
 }
 
-fn manifest(builds: Vec<Value>, last: &str) -> Vec<u8> {
+pub(crate) fn manifest(builds: Vec<Value>, last: &str) -> Vec<u8> {
     serde_json::to_vec_pretty(&json!({"builds": builds, "last_run_uuid": last})).unwrap()
 }
 

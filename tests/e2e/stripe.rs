@@ -3,14 +3,14 @@ use conveyor_shared::domain::stripe::HANDLED;
 use conveyor_shared::signature::sign_stripe;
 use serde_json::{Value, json};
 
-fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {
+pub(crate) fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {
     json!({"id": id, "object": "event", "api_version": "2025-03-31.basil", "created": created, "livemode": false,
            "type": kind, "data": {"object": object}})
     .to_string()
     .into_bytes()
 }
 
-fn subscription(status: &str, price: &str) -> Value {
+pub(crate) fn subscription(status: &str, price: &str) -> Value {
     json!({
         "id": "sub_1", "object": "subscription", "customer": "cus_1", "status": status,
         "cancel_at_period_end": false,
@@ -18,7 +18,7 @@ fn subscription(status: &str, price: &str) -> Value {
     })
 }
 
-async fn entitlement(app: &TestApp) -> Value {
+pub(crate) async fn entitlement(app: &TestApp) -> Value {
     let answer = app.get("/api/v1/customers/cus_1").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     answer.body

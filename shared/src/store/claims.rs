@@ -60,6 +60,10 @@ impl Table {
         };
         let text = |name: &str| current.get(name).and_then(|v| v.as_s().ok()).map(String::as_str);
         let lease_until = current.get("lease_until").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok());
+        if text("state") == Some("processing") && text("claim") == Some(token) {
+            // Our own put: it was written, its answer lost, and the SDK's retry found it.
+            return Ok(Claim::Claimed);
+        }
         Ok(match (text("state"), lease_until) {
             (Some("processing"), lease) => {
                 Claim::InFlight { retry_after: lease.map_or(1, |until| until - now).clamp(1, DELIVERY_LEASE_SECONDS) }
