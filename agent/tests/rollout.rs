@@ -394,3 +394,25 @@ async fn agents_on_ec2_prove_their_instance_and_a_rebuilt_host_enrols_again_by_i
     let after = rig.app.table.enrollment("production", &rebuilt).await.unwrap().unwrap().credential_hash;
     assert_ne!(before, after, "the rebuilt host proved its instance and got a new credential");
 }
+
+/// The rollout of real agents on a bad day: 10% of the functions' AWS calls fail as AWS
+/// fails them. A good release still reaches every host, a broken one still rolls back to it,
+/// and no host is deployed twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_and_a_rollback_end_the_same_on_a_bad_day() {
+    use conveyor_e2e::{FaultProxy, Rule};
+    let proxy = FaultProxy::chaos(Rule::bad_day(0.10), Vec::new(), 61).await;
+    let rig = rig_calling(3, false, &proxy.url()).await;
+    let (good, broken) = (sha(1), sha(3));
+    rig.ship(&good, "ok").await;
+    let deployment = rig.finished(&good).await;
+    assert_eq!(deployment["state"], "succeeded", "{deployment}");
+    assert!(rig.fleet.all_run(&good[..12]));
+    let targets = rig.targets(&good).await;
+    assert_eq!(targets.len(), 3, "one target per host: {targets:?}");
+    rig.ship(&broken, "broken").await;
+    let deployment = rig.finished(&broken).await;
+    assert_eq!(deployment["state"], "rolled_back", "{deployment}");
+    rig.wait_until("every host is back on the good release", || rig.fleet.all_run(&good[..12])).await;
+    assert!(proxy.faulted() > 0, "faults were injected: {} of {} calls", proxy.faulted(), proxy.calls());
+}

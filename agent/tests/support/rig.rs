@@ -130,13 +130,18 @@ pub async fn rig(instances: i32) -> Rig {
 
 /// A rig whose agents prove their instances (no token) when `proven`.
 pub async fn rig_with(instances: i32, proven: bool) -> Rig {
+    rig_calling(instances, proven, &conveyor_e2e::endpoint()).await
+}
+
+/// A rig whose functions send their AWS calls to `aws` (a fault proxy).
+pub async fn rig_calling(instances: i32, proven: bool, aws: &str) -> Rig {
     let tag = conveyor_e2e::unique_name("shop");
     let slack = conveyor_e2e::slack::SlackStandIn::start().await;
     let config = format!(
         "{}[[environment]]\nname = \"production\"\nbranch = \"main\"\nrepository = \"*\"\n[environment.instances]\ntags = {{ app = \"{tag}\" }}\n[environment.rollout]\nwaves = [1, \"50%\", \"100%\"]\nwave_timeout = \"20s\"\n",
         slack.channel("team").await
     );
-    let app = TestApp::spawn(&config).await;
+    let app = TestApp::spawn_through(&config, aws).await;
     let ids = conveyor_e2e::launch_instances(&app.sdk, instances, &tag).await;
     let root = tempfile::tempdir().unwrap();
     let sick = Arc::new(Mutex::new(HashSet::new()));
@@ -198,13 +203,29 @@ impl Rig {
                              "head_repository": {"full_name": self.repository}},
             "repository": {"full_name": self.repository}
         });
-        let answer = self.app.deliver("workflow_run", &format!("ship-{sha}"), body.to_string().as_bytes()).await;
-        assert_eq!(answer.status, 200, "{answer:?}");
+        // Delivered again while the answer is a 5xx, as an operator redelivers it.
+        for _ in 0..120 {
+            let answer = self.app.deliver("workflow_run", &format!("ship-{sha}"), body.to_string().as_bytes()).await;
+            if answer.status == 200 {
+                return;
+            }
+            assert!(answer.status >= 500 || answer.status == 409, "{answer:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the CI success of {sha} was never accepted");
     }
 
     pub async fn deployment(&self, sha: &str) -> Value {
-        let all = self.app.deployments("production").await;
-        all.into_iter().find(|d| d["sha"] == sha).unwrap_or(Value::Null)
+        // The ledger API may answer 5xx on a bad day: asked again.
+        for _ in 0..120 {
+            let answer = self.app.get("/api/v1/deployments?environment=production").await;
+            if answer.status == 200 {
+                let all = answer.body["deployments"].as_array().cloned().unwrap_or_default();
+                return all.into_iter().find(|d| d["sha"] == sha).unwrap_or(Value::Null);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the ledger API never answered");
     }
 
     /// Waits until the deployment of `sha` reaches a final state.
