@@ -12,6 +12,7 @@ mod manifests;
 mod publish;
 mod recording_faults;
 mod rollout_races;
+mod secrets_in_logs;
 mod stripe;
 mod triggers;
 mod wait;
