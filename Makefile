@@ -12,7 +12,7 @@ TEST_RUNNER := $(shell cargo nextest --version >/dev/null 2>&1 && echo "cargo ne
 LINTED_BUILD := RUSTC_WORKSPACE_WRAPPER=clippy-driver
 EXPANDED := target/lint/expanded.json
 
-.PHONY: help run test unit lint build package deploy bench clean
+.PHONY: help run test unit lint build package deploy bench fuzz clean
 
 help:
 	@echo "make run      local AWS emulator + conveyor dev + sample deliveries replayed"
@@ -22,6 +22,7 @@ help:
 	@echo "make package  Lambda zips for arm64 (cargo lambda) in target/lambda/"
 	@echo "make deploy   sam deploy (needs AWS credentials; see README)"
 	@echo "make bench    benchmarks: intake CPU; fan-out CPU, AWS requests per deployment, idle poll; publish; 200 checks"
+	@echo "make fuzz     every parser of outside input under libFuzzer, 1,000,000 runs each (FUZZ_RUNS)"
 	@echo "make clean    remove build output and tool environments"
 
 # Built as the tests build it: features unify across the packages built together, and with
@@ -60,6 +61,12 @@ bench:
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p deploy-fanout --bench fanout
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p conveyor-cli --bench publish
 	env -u RUSTC_WORKSPACE_WRAPPER scripts/with-moto cargo bench -p conveyor-e2e --bench checks
+
+# Coverage-guided, with the pinned stable toolchain (see scripts/fuzz.sh); `make test` runs
+# the same targets over the real payloads and their mutations (fuzz/src/lib.rs).
+FUZZ_RUNS ?= 1000000
+fuzz:
+	scripts/fuzz.sh $(FUZZ_RUNS)
 
 clean:
 	cargo clean

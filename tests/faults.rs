@@ -288,7 +288,7 @@ impl Rule {
 
     /// A share of the calls AWS fails on a bad day, for every service Conveyor calls: each
     /// kind of fault each service answers, connections dropped before and during answers,
-    /// and a few answers that never come (the SDK's read timeout ends them).
+    /// and a few answers that never come (the SDK's per-attempt timeout ends them).
     pub fn bad_day(rate: f64) -> Vec<Rule> {
         use Effect::{Answer, Cut, Drop, Hang};
         let share = |n: f64| rate * n;

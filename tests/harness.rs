@@ -314,6 +314,13 @@ impl TestApp {
         .await
     }
 
+    /// This test's table as an operator reaches it with the published policy of a command
+    /// (`infra/policies/<policy>.json`).
+    pub async fn operator_table(&self, policy: &str) -> Table {
+        let sdk = operator_sdk(policy, self.table.name(), "", &endpoint()).await;
+        Table::from_sdk(&sdk, self.table.name())
+    }
+
     /// A fresh token for `provider`, made as `conveyor token create` makes it.
     pub async fn provider_token(&self, provider: &str) -> String {
         let sdk = operator_sdk("token", self.table.name(), "", &endpoint()).await;

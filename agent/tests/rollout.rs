@@ -47,7 +47,7 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
     let mut status = String::new();
     for _ in 0..40 {
         // The canary's report of its rollback may still be on its way.
-        status = conveyor_cli::ops::status(&rig.app.table, "production").await.unwrap();
+        status = conveyor_cli::ops::status(&rig.app.operator_table("status").await, "production").await.unwrap();
         if runs_better(&status) {
             break;
         }
@@ -77,7 +77,7 @@ async fn releases_roll_out_in_waves_and_a_broken_one_rolls_back() {
         rig.wait_until("deployment events reach the team's Slack", || said(&event).is_some()).await;
     }
     // The same facts as data (`conveyor status --json`).
-    let data = conveyor_cli::ops::status_json(&rig.app.table, "production").await.unwrap();
+    let data = conveyor_cli::ops::status_json(&rig.app.operator_table("status").await, "production").await.unwrap();
     let states: Vec<&str> =
         data["deployments"].as_array().unwrap().iter().filter_map(|d| d["state"].as_str()).collect();
     assert!(states.contains(&"rolled_back") && states.contains(&"succeeded"), "{data}");

@@ -190,6 +190,11 @@ pub async fn local_roles(
         };
         resources = resources.with(parameter, arn);
     }
+    // A function the template does not deploy would call with the administrator's keys.
+    let deployed = template.functions();
+    if let Some(missing) = REGISTRATIONS.iter().find(|r| !deployed.iter().any(|name| name == r.name)) {
+        return Err(crate::local_iam::IamError::Missing(format!("function {}", missing.name)).into());
+    }
     Ok(crate::local_iam::function_roles(template, &resources, sdk).await?)
 }
 

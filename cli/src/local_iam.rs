@@ -84,13 +84,14 @@ impl Resources {
         if !templates.is_empty() {
             self.parameters.insert("LaunchTemplateArns".into(), Value::Array(templates));
         }
+        // SES authorises a send against the sender's own identity when the address is
+        // verified (as locally), else against its domain's.
         let sender = config.channels.iter().filter(|c| c.kind == ChannelKind::Email).find_map(|c| c.from.clone());
         if let Some(from) = sender {
             let address = from.rsplit('<').next().unwrap_or(&from).trim_end_matches('>').trim().to_owned();
-            let domain = address.split_once('@').map_or(address.as_str(), |(_, domain)| domain);
             self.parameters.insert(
                 "AlertEmailIdentityArn".into(),
-                json!(format!("arn:aws:ses:{region}:{account}:identity/{domain}")),
+                json!(format!("arn:aws:ses:{region}:{account}:identity/{address}")),
             );
         }
         if config.checks.iter().any(|check| check.reboot) {
@@ -227,6 +228,9 @@ impl Resolver<'_> {
                         &parts[2]
                     };
                     return self.resolve(chosen);
+                }
+                unknown if unknown.starts_with("Fn::") => {
+                    return Err(Self::unresolved(value, "an intrinsic function the local roles do not resolve"));
                 }
                 _ => {}
             }

@@ -44,16 +44,24 @@ pub async fn load_aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(aws_timeouts()).load().await
 }
 
-/// How long any AWS call may wait: a connection within 3 s, and then never more than 10 s
-/// without a byte of the answer. An answer that never comes, or a connection that stalls
-/// mid-answer, is then given up and retried by the SDK instead of holding the function
-/// until Lambda kills it. Large transfers keep going: the limit is between bytes, not on
-/// the whole call.
+/// How long an AWS API call may wait: a connection within 3 s, each attempt within 3 s (an
+/// answer that never comes is given up and the SDK tries again, instead of holding a
+/// function until Lambda kills it; Conveyor's calls to DynamoDB, EC2, CloudFront, Secrets
+/// Manager and SES answer in milliseconds), and the whole call, retries included, within
+/// 7 s, inside the 9 s a webhook function has. S3's transfers carry file bodies and take
+/// [`s3_timeouts`] instead.
 pub fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
     aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(std::time::Duration::from_secs(3))
-        .read_timeout(std::time::Duration::from_secs(10))
+        .operation_attempt_timeout(std::time::Duration::from_secs(3))
+        .operation_timeout(std::time::Duration::from_secs(7))
         .build()
+}
+
+/// S3's bound: only the connection's. An upload of a 64 MiB part from a slow CI runner or
+/// a download of a large artifact may rightly take minutes.
+pub fn s3_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder().connect_timeout(std::time::Duration::from_secs(3)).build()
 }
 
 /// The current time in Unix seconds.

@@ -28,6 +28,8 @@ pub enum ImagesError {
         regions.join(", ")
     )]
     WouldDropRegions { provider: String, version: i64, regions: Vec<String> },
+    #[error(transparent)]
+    Manifest(#[from] packer::ManifestError),
 }
 
 /// What an upload did to the image map.
@@ -49,6 +51,9 @@ pub async fn apply_run(table: &Table, provider: &str, run: &RunImages, now: i64)
         }
         let (current, version) = current_images(table, provider).await?;
         let next = packer::merge(&current, &run.image_map());
+        if next.len() > packer::MAX_REGIONS {
+            return Err(ImagesError::Manifest(packer::ManifestError::TooManyRegions { count: next.len() }));
+        }
         let changes = packer::diff(&current, &next);
         if changes.is_empty() {
             return Ok(Applied::NoOp { reason: "every image is current already".into() });

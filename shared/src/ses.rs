@@ -24,7 +24,12 @@ pub struct Mailer {
 
 impl Mailer {
     pub fn new(sdk: &SdkConfig) -> Self {
-        Self { client: Client::new(sdk) }
+        // One attempt per send: SES may have taken a message whose answer was lost, and the
+        // SDK's own retry would send it twice; alert-dispatch decides when to try again.
+        let config = aws_sdk_ses::config::Builder::from(sdk)
+            .retry_config(aws_sdk_ses::config::retry::RetryConfig::standard().with_max_attempts(1))
+            .build();
+        Self { client: Client::from_conf(config) }
     }
 
     /// Sends one email; answers SES's message id.

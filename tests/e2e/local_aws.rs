@@ -446,3 +446,27 @@ async fn an_artifact_pushed_into_a_kms_bucket_is_found_with_its_checksum() {
         assert_eq!((stored.sha256, stored.size), (sha256, size as i64));
     }
 }
+
+/// A part whose bytes are not the ones read (changed on the way) is refused by S3 through
+/// the part's checksum, and the upload is abandoned: nothing becomes visible under the key.
+#[tokio::test]
+async fn a_multipart_upload_with_a_changed_part_leaves_nothing_behind() {
+    use conveyor_e2e::{Effect, FaultProxy, Rule};
+    let bucket = conveyor_e2e::ARTIFACTS_BUCKET;
+    conveyor_shared::s3::Artifacts::new(&sdk().await).create_bucket_if_missing(bucket).await.unwrap();
+    let changing = FaultProxy::chaos(vec![Rule::new("s3", 1.0, Effect::Corrupt).only("UploadPart")], vec![], 3).await;
+    let ci = conveyor_shared::s3::Artifacts::new(
+        &conveyor_e2e::operator_sdk("artifact-push", "", "", &changing.url()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.tar.gz");
+    std::fs::write(&file, vec![7u8; 11 * 1024 * 1024]).unwrap();
+    let sha = "c".repeat(40);
+    let repository = unique_name("acme/changed");
+    let target = conveyor_cli::ops::ArtifactTarget { bucket, repository: &repository, sha: &sha, environment: None };
+    let failed = conveyor_cli::ops::push_artifact_file(&ci, &target, &file, 5 * 1024 * 1024, |_| {}).await.unwrap_err();
+    assert!(failed.to_string().contains("changed while it was being uploaded"), "{failed}");
+    let url = format!("s3://{bucket}/{repository}/{sha}.tar.gz");
+    let admin = conveyor_shared::s3::Artifacts::new(&sdk().await);
+    assert!(admin.head(&url).await.unwrap().is_none(), "nothing under the key");
+}

@@ -7,6 +7,7 @@ mod cdn;
 mod chaos;
 mod checks;
 mod intake;
+mod limits;
 mod local_aws;
 mod manifests;
 mod publish;

@@ -319,13 +319,15 @@ async fn tokens_are_listed_without_their_secret_revoked_at_once_and_expire() {
     let body = manifest(vec![build("ubuntu", "amazon-ebs", "us-west-2:ami-0aee8bac10830769b", "run-1")], "run-1");
     let token = app.provider_token("aws").await;
     let now = conveyor_shared::unix_now();
+    // `conveyor token create|list|revoke`, with the policy the docs publish for them.
+    let operator = app.operator_table("token").await;
     let short =
-        conveyor_cli::ops::create_provider_token(&app.table, &app.config, "aws", Some(now + 3600)).await.unwrap();
+        conveyor_cli::ops::create_provider_token(&operator, &app.config, "aws", Some(now + 3600)).await.unwrap();
     let short = String::from_utf8(short.expose().to_vec()).unwrap();
-    let lapsed = conveyor_cli::ops::create_provider_token(&app.table, &app.config, "aws", Some(now - 1)).await.unwrap();
+    let lapsed = conveyor_cli::ops::create_provider_token(&operator, &app.config, "aws", Some(now - 1)).await.unwrap();
     let lapsed = String::from_utf8(lapsed.expose().to_vec()).unwrap();
 
-    let listed = app.table.tokens().await.unwrap();
+    let listed = operator.tokens().await.unwrap();
     assert_eq!(listed.len(), 3, "{listed:?}");
     for grant in &listed {
         assert_eq!(grant.scope, "provider:aws");
@@ -340,11 +342,11 @@ async fn tokens_are_listed_without_their_secret_revoked_at_once_and_expire() {
 
     // Revoked: refused at once.
     let id = conveyor_shared::token::id_of(&conveyor_shared::token::hash(short.as_bytes()));
-    let revoked = app.table.revoke_token(&id).await.unwrap().expect("the token was there");
+    let revoked = operator.revoke_token(&id).await.unwrap().expect("the token was there");
     assert_eq!(revoked.id, id);
     let refused = app.upload_manifest("aws", &short, "", &body).await;
     assert_eq!(refused.status, 401, "{refused:?}");
-    assert!(app.table.revoke_token(&id).await.unwrap().is_none(), "revoking twice finds nothing");
+    assert!(operator.revoke_token(&id).await.unwrap().is_none(), "revoking twice finds nothing");
     assert_eq!(app.upload_manifest("aws", &token, "", &body).await.status, 200, "other tokens go on working");
-    assert_eq!(app.table.tokens().await.unwrap().len(), 2);
+    assert_eq!(operator.tokens().await.unwrap().len(), 2);
 }

@@ -5,6 +5,7 @@ use conveyor_shared::config::Environment;
 use conveyor_shared::domain::DeploymentRecord;
 use conveyor_shared::domain::alert::{Alert, AlertKind, AlertSource, Severity};
 use conveyor_shared::domain::rollout::TargetRecord;
+use conveyor_shared::domain::text::some_of;
 
 use crate::{Fanout, FanoutError};
 
@@ -80,14 +81,17 @@ impl Fanout {
             now,
         )
         .summary(format!("Rolling {} back in {}: wave {} is not back", deployment.version, env.name, wave + 1))
-        .cause(format!("{} did not come back to the last good release within the wave's timeout", missing.join(", ")))
+        .cause(format!(
+            "{} did not come back to the last good release within the wave's timeout",
+            some_of(&missing, ", ")
+        ))
         .impact("Those hosts may still run the release that was rolled back")
         .action("Check those hosts' agents (journalctl -u conveyor-agent); they go back at their next poll")
         .label("environment", env.name.clone())
         .label("release", deployment.version.clone())
-        .label("instances", missing.join(","));
+        .label("instances", some_of(&missing, ","));
         if self.table.record_alert(&alert).await? == conveyor_shared::store::Put::Created {
-            tracing::error!(environment = %env.name, hosts = %missing.join(", "), "hosts not back after a rollback wave");
+            tracing::error!(environment = %env.name, hosts = %some_of(&missing, ", "), "hosts not back after a rollback wave");
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! invalidation). Alert dispatch delivers exactly this; the id makes a retried cause one
 //! alert, not two.
 
+use super::text::cut;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -173,6 +174,11 @@ pub struct Alert {
     pub channels: Vec<String>,
 }
 
+/// The longest summary, cause (impact, action) and label value an alert keeps.
+pub const MAX_SUMMARY_CHARS: usize = 300;
+pub const MAX_TEXT_CHARS: usize = 4000;
+pub const MAX_LABEL_CHARS: usize = 1000;
+
 impl Alert {
     /// A new, pending alert.
     pub fn new(
@@ -199,28 +205,30 @@ impl Alert {
         }
     }
 
+    // Each text is bounded whatever built it (a host list, an agent's log): an alert is one
+    // item and one message, and chat shows a few thousand characters at most.
     pub fn summary(mut self, text: impl Into<String>) -> Self {
-        self.summary = text.into();
+        self.summary = cut(&text.into(), MAX_SUMMARY_CHARS);
         self
     }
 
     pub fn cause(mut self, text: impl Into<String>) -> Self {
-        self.cause = text.into();
+        self.cause = cut(&text.into(), MAX_TEXT_CHARS);
         self
     }
 
     pub fn impact(mut self, text: impl Into<String>) -> Self {
-        self.impact = text.into();
+        self.impact = cut(&text.into(), MAX_TEXT_CHARS);
         self
     }
 
     pub fn action(mut self, text: impl Into<String>) -> Self {
-        self.action = text.into();
+        self.action = cut(&text.into(), MAX_TEXT_CHARS);
         self
     }
 
     pub fn label(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.labels.insert(name.to_owned(), value.into());
+        self.labels.insert(name.to_owned(), cut(&value.into(), MAX_LABEL_CHARS));
         self
     }
 }

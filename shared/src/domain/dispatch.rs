@@ -3,6 +3,7 @@
 //! channel's answer is read, and when an undelivered message is tried again. Pure; the
 //! function sends and records.
 
+use super::text::cut;
 use serde_json::{Value, json};
 
 use super::alert::{Alert, AlertKind, Severity};
@@ -122,16 +123,6 @@ pub fn slack_payload(alert: &Alert) -> Value {
 /// Slack reads `&`, `<` and `>` as markup: escaped, as Slack documents.
 fn escape_mrkdwn(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// `text` cut to at most `max` characters (not bytes), ending in `…` when cut.
-fn cut(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// The JSON a webhook channel receives: the alert as stored, with its headline.

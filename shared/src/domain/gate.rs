@@ -149,7 +149,7 @@ pub fn decide(env: &Environment, runs: &[RunRecord]) -> Gate {
         return Gate::Wait(missing);
     }
     let passed: Vec<&str> = counted.iter().filter(|run| run.passed()).map(|run| run.name.as_str()).collect();
-    Gate::Deploy(format!("{} passed on {}", passed.join(", "), env.branch))
+    Gate::Deploy(format!("{} passed on {}", super::text::some_of(&passed, ", "), env.branch))
 }
 
 #[cfg(test)]

@@ -115,8 +115,18 @@ pub fn plan(site: &Site, keys: &[String]) -> Option<Invalidation> {
     if paths.iter().any(|p| p.len() > MAX_PATH_CHARS) {
         return Some(Invalidation::whole_site());
     }
-    Some(collapse(paths, site.invalidation_budget))
+    let planned = collapse(paths, site.invalidation_budget);
+    // The paths are kept on the publish record beside its stale keys: a plan that would not
+    // fit there beside them is the whole site.
+    if planned.paths.iter().map(String::len).sum::<usize>() > MAX_PLANNED_PATH_BYTES {
+        return Some(Invalidation::whole_site());
+    }
+    Some(planned)
 }
+
+/// The most bytes of paths a publish record keeps (its stale keys take at most
+/// [`crate::domain::publish::MAX_RECORDED_KEY_BYTES`] beside them, within DynamoDB's 400 KB).
+pub const MAX_PLANNED_PATH_BYTES: usize = 100 * 1024;
 
 /// Replaces the directories that save the most paths by wildcards until `budget` is met.
 fn collapse(mut paths: BTreeSet<String>, budget: usize) -> Invalidation {
@@ -371,5 +381,15 @@ mod tests {
         counted.add(&["/a".into(), "/b/*".into()]);
         assert_eq!(counted, InProgress { files: 1, wildcards: 1 });
         assert_eq!(month_of(1_795_000_000), "2026-11");
+    }
+
+    #[test]
+    fn paths_too_long_to_keep_beside_the_stale_keys_are_the_whole_site() {
+        let site = site("invalidation_budget = 3000\n");
+        let keys: Vec<String> = (0..2000).map(|i| format!("{}/{i}.html", "deep/".repeat(40))).collect();
+        let planned = plan(&site, &keys).unwrap();
+        assert_eq!(planned, Invalidation::whole_site(), "2000 paths of 200 bytes are more than a record keeps");
+        let few: Vec<String> = (0..20).map(|i| format!("docs/{i}.html")).collect();
+        assert_eq!(plan(&site, &few).unwrap().paths.len(), 20);
     }
 }

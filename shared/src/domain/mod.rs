@@ -16,6 +16,7 @@ pub mod publish;
 pub mod records;
 pub mod rollout;
 pub mod stripe;
+pub mod text;
 
 pub use records::{
     BranchHead, BuildRecord, CommitRecord, DeploymentRecord, DeploymentState, PushRecord, RefKind, RunState,

@@ -54,7 +54,13 @@ pub enum ManifestError {
     Malformed { build: String, reason: String },
     #[error("builds `{first}` and `{second}` both produce an image for region `{region}`")]
     RegionConflict { region: String, first: String, second: String },
+    #[error("the run names images in {count} regions; a provider has at most {MAX_REGIONS}")]
+    TooManyRegions { count: usize },
 }
+
+/// The most regions a provider's image map holds: every cloud has far fewer, and the map
+/// (three times over, in its history entry) must stay one small item.
+pub const MAX_REGIONS: usize = 100;
 
 /// What the last run of a manifest publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +105,9 @@ pub fn last_run(body: &[u8]) -> Result<RunImages, ManifestError> {
                 return Err(ManifestError::RegionConflict { region, first: first.clone(), second: build.name.clone() });
             }
             images.insert(region, (id, build.name.clone(), build.builder_type.clone()));
+            if images.len() > MAX_REGIONS {
+                return Err(ManifestError::TooManyRegions { count: images.len() });
+            }
         }
     }
     Ok(RunImages { run_uuid: run, images })

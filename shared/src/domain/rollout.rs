@@ -279,8 +279,13 @@ pub fn next_step(progress: &Progress, timeout_seconds: i64, now: i64, waiting_fo
     }
     if now - progress.wave_started_at > timeout_seconds {
         let missing = planned - settled;
-        let who =
-            if waiting_for.is_empty() { format!("{missing} of {planned} instances") } else { waiting_for.join(", ") };
+        // At most a few names: this reason is in the record every poll reads; the silent
+        // hosts are the wave's targets still waiting.
+        let who = if waiting_for.is_empty() {
+            format!("{missing} of {planned} instances")
+        } else {
+            format!("{} ({missing} of {planned} instances)", super::text::some_of(waiting_for, ", "))
+        };
         return Step::RollBack {
             reason: format!("wave {} timed out after {timeout_seconds} s waiting for {who}", wave + 1),
         };

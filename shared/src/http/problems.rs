@@ -89,6 +89,7 @@ impl Problem for ManifestError {
             ManifestError::UnknownBuilder { .. } => "unknown_builder",
             ManifestError::Malformed { .. } => "malformed_artifact",
             ManifestError::RegionConflict { .. } => "region_conflict",
+            ManifestError::TooManyRegions { .. } => "too_many_regions",
         }
     }
 }
@@ -166,6 +167,7 @@ mod ec2 {
                 ImagesError::Store(err) => err.status(),
                 ImagesError::Contended(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ImagesError::NothingToRollBack { .. } | ImagesError::WouldDropRegions { .. } => StatusCode::CONFLICT,
+                ImagesError::Manifest(err) => err.status(),
             }
         }
         fn code(&self) -> &'static str {
@@ -174,6 +176,7 @@ mod ec2 {
                 ImagesError::Contended(_) => "contended",
                 ImagesError::NothingToRollBack { .. } => "nothing_to_roll_back",
                 ImagesError::WouldDropRegions { .. } => "would_drop_regions",
+                ImagesError::Manifest(err) => err.code(),
             }
         }
         fn public_message(&self) -> String {

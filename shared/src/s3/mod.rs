@@ -81,7 +81,8 @@ impl Artifacts {
     /// With a config of the caller's (interceptors in benchmarks).
     pub fn from_conf(config: aws_sdk_s3::Config) -> Self {
         // Path-style addressing works with every endpoint, the local emulator's included.
-        Self { client: Client::from_conf(config.to_builder().force_path_style(true).build()) }
+        let config = config.to_builder().force_path_style(true).timeout_config(crate::s3_timeouts()).build();
+        Self { client: Client::from_conf(config) }
     }
 
     /// The artifact at `url`, or `None` when there is no such object.
@@ -286,38 +287,61 @@ pub(crate) async fn write_file(
         .set_cache_control(write.cache_control.map(str::to_owned))
         .set_content_encoding(write.content_encoding.map(str::to_owned))
         .set_metadata(metadata())
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
         .send()
         .await
         .map_err(|e| aws("CreateMultipartUpload", DisplayErrorContext(e).to_string()))?;
     let upload_id = upload.upload_id().unwrap_or_default().to_owned();
     let mut parts = Vec::new();
     let sent = async {
+        use sha2::Digest;
+        use std::io::Read;
+        // Each part is read once, into memory: it is sent with its own SHA-256 (S3 refuses
+        // other bytes) and feeds the whole file's, which must be the planned one before the
+        // upload is completed; otherwise nothing becomes visible.
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        let mut whole = sha2::Sha256::new();
         let mut offset = 0;
         for number in 1.. {
             if offset >= size {
                 break;
             }
             let length = part_size.min(size - offset);
-            let body = ByteStream::read_from()
-                .path(path)
-                .offset(offset)
-                .length(aws_sdk_s3::primitives::Length::Exact(length))
-                .build()
-                .await
-                .map_err(|e| aws("read", e.to_string()))?;
+            let mut bytes = vec![0; usize::try_from(length).map_err(|e| aws("read", e.to_string()))?];
+            file.read_exact(&mut bytes).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => S3Error::Changed(url.clone()),
+                _ => read(e),
+            })?;
+            whole.update(&bytes);
+            let checksum = aws_smithy_types::base64::encode(sha2::Sha256::digest(&bytes).as_slice());
             let part = client
                 .upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
                 .part_number(number)
-                .body(body)
+                .checksum_sha256(&checksum)
+                .body(ByteStream::from(bytes))
                 .send()
                 .await
-                .map_err(|e| aws("UploadPart", DisplayErrorContext(e).to_string()))?;
-            parts.push(CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build());
+                .map_err(|e| match e.code() {
+                    Some("BadDigest" | "XAmzContentChecksumMismatch") => S3Error::Changed(url.clone()),
+                    _ => aws("UploadPart", DisplayErrorContext(e).to_string()),
+                })?;
+            parts.push(
+                CompletedPart::builder()
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .checksum_sha256(checksum)
+                    .part_number(number)
+                    .build(),
+            );
             offset += length;
             progress(offset);
+        }
+        // More bytes than were planned (the file grew) or other ones: never completed.
+        let mut rest = [0u8; 1];
+        if hex::encode(whole.finalize()) != write.sha256 || file.read(&mut rest).map_err(read)? > 0 {
+            return Err(S3Error::Changed(url.clone()));
         }
         let done = client
             .complete_multipart_upload()
@@ -328,10 +352,6 @@ pub(crate) async fn write_file(
             .send()
             .await
             .map_err(|e| aws("CompleteMultipartUpload", DisplayErrorContext(e).to_string()))?;
-        // The parts were read one after another: the whole file must still hash as planned.
-        if file_sha256(path).map_err(read)? != write.sha256 {
-            return Err(S3Error::Changed(url.clone()));
-        }
         Ok(done.e_tag().unwrap_or_default().trim_matches('"').to_owned())
     }
     .await;

@@ -42,7 +42,7 @@ impl SiteBucket {
 
     pub fn from_conf(config: aws_sdk_s3::Config, bucket: &str) -> Self {
         // Path-style addressing works with every endpoint, the local emulator's included.
-        let config = config.to_builder().force_path_style(true).build();
+        let config = config.to_builder().force_path_style(true).timeout_config(crate::s3_timeouts()).build();
         Self { client: Client::from_conf(config), bucket: bucket.to_owned() }
     }
 

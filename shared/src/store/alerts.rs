@@ -129,7 +129,8 @@ impl Table {
     }
 
     /// Takes the right to send `alert` to `channel` now: only if it was never tried, is
-    /// waiting and due, or was being sent by an invocation whose lease ran out (it died).
+    /// waiting and due, or was being sent by an invocation whose lease ran out (it died). A
+    /// claim already ours passes: the SDK's retry of an update whose answer was lost.
     pub async fn claim_delivery(
         &self,
         alert: &Alert,
@@ -142,7 +143,7 @@ impl Table {
             Key::alert_delivery(alert.source.as_str(), &alert.id, channel),
             "SET #state = :sending, claim = :token, lease_until = :lease, #channel = :channel, \
              attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now",
-            "attribute_not_exists(pk) OR (#state = :waiting AND retry_at <= :now) OR (#state = :sending AND lease_until < :now)",
+            "attribute_not_exists(pk) OR (#state = :waiting AND retry_at <= :now) OR (#state = :sending AND (lease_until < :now OR claim = :token))",
             &[("#channel", "channel")],
             vec![
                 (":sending", s("sending")),

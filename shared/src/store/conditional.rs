@@ -8,6 +8,11 @@ pub trait StoredState: Copy {
     fn as_str(self) -> &'static str;
 }
 
+/// The longest reason a state change keeps (in `reason` and in its history entry): the
+/// records of long-running processes are read by every poll and must stay small whatever
+/// the reason names.
+pub const MAX_REASON_CHARS: usize = 1000;
+
 impl StoredState for crate::domain::DeploymentState {
     fn as_str(self) -> &'static str {
         crate::domain::DeploymentState::as_str(self)
@@ -31,6 +36,9 @@ impl Conditional {
     /// `history`, only if it is in state `from` now.
     pub fn transition<S: StoredState>(key: Key, from: S, to: S, reason: &str, at: i64) -> Self {
         let (from, to) = (from.as_str(), to.as_str());
+        // Kept in `reason` and in every history entry: whatever built it, bounded.
+        let reason = crate::domain::text::cut(reason, MAX_REASON_CHARS);
+        let reason = reason.as_str();
         let entry = AttributeValue::M(HashMap::from([
             ("from".into(), s(from)),
             ("to".into(), s(to)),

@@ -81,7 +81,7 @@ pub use alerts::{ChannelDelivery, DeliveryRecord, OutboxEntry, Tried};
 pub use billing::Ordered;
 pub use checks::{IncidentRecord, RunWritten};
 pub use claims::{Claim, Claimed, Handled, claim_token};
-pub use conditional::{Conditional, StoredState};
+pub use conditional::{Conditional, MAX_REASON_CHARS, StoredState};
 pub use images::ImageWrite;
 use retry::is_condition_failure;
 pub use retry::{Backoff, retry_conflicts, write_until_processed};

@@ -80,7 +80,8 @@ impl Table {
     }
 
     /// Elects one invocation to submit an uploaded publish's invalidation (the stream and the
-    /// tick can both try); one that died is replaced after `ttl` seconds.
+    /// tick can both try); one that died is replaced after `ttl` seconds. A claim already
+    /// ours passes: the SDK's retry of an update whose answer was lost.
     pub async fn claim_submission(
         &self,
         record: &PublishRecord,
@@ -91,7 +92,7 @@ impl Table {
         self.update_if(
             Key::publish(&record.site, &record.id),
             "SET submit_token = :token, submit_until = :until",
-            "#state = :uploaded AND (attribute_not_exists(submit_until) OR submit_until < :now)",
+            "#state = :uploaded AND (attribute_not_exists(submit_until) OR submit_until < :now OR submit_token = :token)",
             &[],
             vec![
                 (":token", s(token)),

@@ -49,6 +49,8 @@ impl Counter {
 
 /// How much of a failure's text the deployment record keeps (it is read by every poll).
 const FAILURE_ON_DEPLOYMENT: usize = 300;
+/// How much of an agent's report (its hooks' output) the target keeps.
+pub const MAX_DETAIL_CHARS: usize = 8000;
 
 fn target_state(state: TargetState) -> AttributeValue {
     s(state.as_str())
@@ -114,8 +116,9 @@ impl Table {
             ],
         };
         if let Some(detail) = detail {
+            // The tail of the agent's hook output: bounded here whatever the agent sent.
             target_change.set.push("detail = :detail".into());
-            target_change.values.push((":detail".into(), s(detail)));
+            target_change.values.push((":detail".into(), s(crate::domain::text::cut(detail, MAX_DETAIL_CHARS))));
         }
         // Counters are lists indexed by wave; `wave` comes from our own plan.
         let wave = target.wave;

@@ -300,3 +300,13 @@ fn neighbours_are_in_different_zones() {
             .unwrap();
     assert_eq!(waves, [vec!["i-1"], vec!["i-3"], vec!["i-2", "i-4"]]);
 }
+
+#[test]
+fn a_timeout_in_a_fleet_of_ten_thousand_names_a_few_hosts_and_counts_the_rest() {
+    let silent: Vec<String> = (0..10_000).map(|i| format!("i-{i:017x}")).collect();
+    let all_at_once = progress(0, &[10_000], &[0], &[0], &[0]);
+    let Step::RollBack { reason } = next_step(&all_at_once, 600, 601, &silent) else { panic!("times out") };
+    assert!(reason.contains("i-00000000000000000") && reason.contains("and 9980 more"), "{reason}");
+    assert!(reason.contains("10000 of 10000 instances"), "{reason}");
+    assert!(reason.len() < 1024, "the record every poll reads stays small: {} bytes", reason.len());
+}
