@@ -53,7 +53,7 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
         std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
     };
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(conveyor_shared::aws_timeouts())
+        .timeout_config(conveyor_shared::emulator_timeouts())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(

@@ -40,8 +40,11 @@ impl AwsFlags {
 
     /// The AWS configuration: the SDK's defaults, with the flags over them.
     pub async fn sdk(&self) -> SdkConfig {
-        let mut loader = aws_config::defaults(conveyor_shared::BehaviorVersion::latest())
-            .timeout_config(conveyor_shared::aws_timeouts());
+        // The local emulator answers one request at a time (and its first EC2 call loads its
+        // images for seconds): calls to it get the emulator's patience, not AWS's bounds.
+        let local = self.endpoint_url.as_deref().is_some_and(is_loopback_url);
+        let timeouts = if local { conveyor_shared::emulator_timeouts() } else { conveyor_shared::aws_timeouts() };
+        let mut loader = aws_config::defaults(conveyor_shared::BehaviorVersion::latest()).timeout_config(timeouts);
         if let Some(region) = self.region.clone().filter(|r| !r.trim().is_empty()) {
             loader = loader.region(aws_config::Region::new(region));
         }
@@ -60,4 +63,25 @@ impl AwsFlags {
         let table = Table::from_sdk(&self.sdk().await, settings.table.clone());
         (settings, table)
     }
+}
+
+/// Whether `url` is an http(s) URL whose host is this machine: `localhost`, or a loopback
+/// address (`127.0.0.0/8`, `[::1]`). Hosts that only begin like one (`127.0.0.1.example.com`,
+/// a user part as in `127.0.0.1@host`) are not.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.trim().parse::<http::Uri>() else {
+        return false;
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return false;
+    }
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let host = authority.host();
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

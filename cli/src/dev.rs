@@ -262,26 +262,7 @@ pub fn ensure_local_endpoints(vars: impl IntoIterator<Item = (String, String)>) 
     }
 }
 
-/// Whether `url` is an http(s) URL whose host is this machine: `localhost`, or a loopback
-/// address (`127.0.0.0/8`, `[::1]`). Hosts that only begin like one (`127.0.0.1.example.com`,
-/// a user part as in `127.0.0.1@host`) are not.
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(uri) = url.trim().parse::<http::Uri>() else {
-        return false;
-    };
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return false;
-    }
-    let Some(authority) = uri.authority() else {
-        return false;
-    };
-    if authority.as_str().contains('@') {
-        return false;
-    }
-    let host = authority.host();
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::context::is_loopback_url;
 
 /// Binds `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DevError> {

@@ -58,6 +58,17 @@ pub fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The bounds of calls to the local emulator, which answers one request at a time (its first
+/// EC2 call loads its images for seconds): a request may wait behind many others there.
+/// Tests and `conveyor dev` use these; what runs in AWS uses [`aws_timeouts`].
+pub fn emulator_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(15))
+        .operation_timeout(std::time::Duration::from_secs(60))
+        .build()
+}
+
 /// S3's bound: only the connection's. An upload of a 64 MiB part from a slow CI runner or
 /// a download of a large artifact may rightly take minutes.
 pub fn s3_timeouts() -> aws_config::timeout::TimeoutConfig {
