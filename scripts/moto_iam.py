@@ -245,6 +245,19 @@ def _normal_checks(self, resource):
 _moto_s3_action = ActionAuthenticatorMixin._authenticate_and_authorize_s3_action
 
 
+def _s3_request(handler, action, headers=None, path=None):
+    """An S3 authorisation request for `action` by the caller of `handler`'s request."""
+    return S3IAMRequest(
+        account_id=handler.current_account,
+        method=handler.method,
+        path=path or handler.raw_path,
+        data=handler.data,
+        body=handler.raw_body,
+        headers=headers or handler.headers,
+        action=action,
+    )
+
+
 def _s3_action(self, bucket_name=None, key_name=None):
     if (
         ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
@@ -262,16 +275,7 @@ def _s3_action(self, bucket_name=None, key_name=None):
             if token:
                 headers["X-Amz-Security-Token"] = token
             arn = f"{bucket_name or '*'}/{key_name}" if key_name else (bucket_name or "*")
-            request = S3IAMRequest(
-                account_id=self.current_account,
-                method=self.method,
-                path=self.raw_path,
-                data=self.data,
-                body=self.raw_body,
-                headers=headers,
-                action=self._get_action(),
-            )
-            request.check_action_permitted(f"arn:aws:s3:::{arn}")
+            _s3_request(self, self._get_action(), headers=headers).check_action_permitted(f"arn:aws:s3:::{arn}")
             return None
     if (
         ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
@@ -288,15 +292,7 @@ def _s3_action(self, bucket_name=None, key_name=None):
         parsed_url = urlparse(self.uri)
         path = self.raw_path + (f"?{parsed_url.query}" if parsed_url.query else "")
         for position, listed in enumerate(objects):
-            request = S3IAMRequest(
-                account_id=self.current_account,
-                method=self.method,
-                path=path,
-                data=self.data,
-                body=self.raw_body,
-                headers=self.headers,
-                action="DeleteObject",
-            )
+            request = _s3_request(self, "DeleteObject", path=path)
             if position == 0:
                 request.check_signature()
             request.check_action_permitted(f"arn:aws:s3:::{bucket_name}/{listed.get('Key', '')}")
@@ -308,16 +304,7 @@ def _s3_action(self, bucket_name=None, key_name=None):
         from urllib.parse import unquote
 
         source = unquote(source.split("?", 1)[0]).lstrip("/")
-        request = S3IAMRequest(
-            account_id=self.current_account,
-            method=self.method,
-            path=self.raw_path,
-            data=self.data,
-            body=self.raw_body,
-            headers=self.headers,
-            action="GetObject",
-        )
-        request.check_action_permitted(f"arn:aws:s3:::{source}")
+        _s3_request(self, "GetObject").check_action_permitted(f"arn:aws:s3:::{source}")
     return None
 
 
